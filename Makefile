@@ -1,0 +1,62 @@
+# Every capability is one target; `make help` lists them. Targets that need Python create .venv first.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON_BASE ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+# The offline demo: the synthetic cell images and the small CNN, a few seconds an epoch on a laptop CPU.
+DEMO_SET := --set data_source=synthetic --set model=cnn --set image_size=48 --set epochs=5 \
+            --set synthetic_examples=2000 --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: help env lock train demo data weights test lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  (pass options to train/demo with ARGS='--set epochs=3 ...')"
+
+$(STAMP): requirements.txt
+	@$(PYTHON_BASE) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"' \
+	  || { echo "error: Python 3.11 is required: install it or run make PYTHON_BASE=/path/to/python3.11"; exit 2; }
+	$(PYTHON_BASE) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+env: $(STAMP) ## create .venv from the pinned lock (requirements.txt)
+
+lock: ## re-pin requirements.txt from requirements.in (fresh venv in .venv-lock)
+	rm -rf .venv-lock && $(PYTHON_BASE) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet -r requirements.in
+	{ echo '# Pinned lock generated from requirements.in by `make lock` (Python 3.11, linux x86_64).'; \
+	  .venv-lock/bin/pip freeze; } > requirements.txt
+	rm -rf .venv-lock
+
+train: $(STAMP) ## train with config.yaml (VGG16 on TFDS malaria; run `make data` first)
+	$(PY) train.py $(ARGS)
+
+demo: $(STAMP) ## offline demo: small CNN on synthetic cell images (no download needed)
+	$(PY) train.py $(DEMO_SET) $(ARGS)
+
+data: $(STAMP) ## download and prepare TFDS malaria into tfds_data_dir (needs internet, ~340 MB)
+	$(PY) -m kerasflow.fetch data $(ARGS)
+
+weights: $(STAMP) ## cache the VGG16 ImageNet weights in ~/.keras/models (needs internet)
+	$(PY) -m kerasflow.fetch weights $(ARGS)
+
+test: $(STAMP) ## run the test suite (offline, CPU, ~5 minutes)
+	$(PY) -m pytest $(ARGS)
+
+lint: $(STAMP) ## ruff and shellcheck
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/shellcheck $$(git ls-files '*.bash' '*.sh' .ci/run)
+
+bench: $(STAMP) ## input-pipeline, --help and demo-epoch benchmarks (figures go to BENCHMARKS.md)
+	$(PY) bench/bench_pipeline.py $(ARGS)
+
+clean: ## remove caches and outputs (keeps .venv, data/ and stores)
+	rm -rf outputs .cache .pytest_cache .ruff_cache bench/results
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

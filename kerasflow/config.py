@@ -1,0 +1,214 @@
+"""Typed training configuration: one YAML file is the single source of every hyperparameter.
+
+The dataclass below mirrors `config.yaml` key for key; a test keeps the two (and the comments on every
+key) in sync. Loading is strict because a silently ignored typo in a hyperparameter costs a whole run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from kerasflow.errors import UserError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+
+
+def _choice(*options: str) -> dict[str, Any]:
+    return {"choices": options}
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+           hi_open: bool = False) -> dict[str, Any]:
+    return {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every hyperparameter of a run. No defaults here: config.yaml is their one source."""
+
+    data_source: str = field(metadata=_choice("tfds", "image_dir", "synthetic"))
+    tfds_name: str
+    tfds_data_dir: str
+    image_dir: str
+    synthetic_examples: int = field(metadata=_range(10))
+    val_fraction: float = field(metadata=_range(0, 1, lo_open=True, hi_open=True))
+    test_fraction: float = field(metadata=_range(0, 1, lo_open=True, hi_open=True))
+    cache_ram_mb: int = field(metadata=_range(0))
+    cache_dir: str
+    model: str = field(metadata=_choice("vgg16", "cnn"))
+    image_size: int = field(metadata=_range(8, 1024))
+    weights: str
+    cnn_blocks: int = field(metadata=_range(1, 6))
+    cnn_filters: int = field(metadata=_range(1, 512))
+    dense_units: int = field(metadata=_range(0, 8192))
+    dropout: float = field(metadata=_range(0, 1, hi_open=True))
+    batch_size: int = field(metadata=_range(1, 65536))
+    epochs: int = field(metadata=_range(1))
+    learning_rate: float = field(metadata=_range(0, 10, lo_open=True))
+    fine_tune_blocks: int = field(metadata=_range(0, 5))
+    fine_tune_epochs: int = field(metadata=_range(0))
+    fine_tune_learning_rate: float = field(metadata=_range(0, 10, lo_open=True))
+    augment: bool
+    rotation: float = field(metadata=_range(0, 0.5))
+    seed: int = field(metadata=_range(0, 2**31 - 1))
+    deterministic: bool
+    output_dir: str
+    run_name: str
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs over both phases: the x axis of every curve and the resume bookkeeping."""
+        return self.epochs + (self.fine_tune_epochs if self.has_fine_tune else 0)
+
+    @property
+    def has_fine_tune(self) -> bool:
+        return self.model == "vgg16" and self.fine_tune_blocks > 0 and self.fine_tune_epochs > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Config:
+        """A validated copy with some keys changed (used by tests and the search)."""
+        return from_dict({**self.to_dict(), **changes})
+
+
+def keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def _check_type(name: str, value: Any, typ: type) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    raise UserError(
+        f"config key '{name}' must be {typ.__name__}, got {type(value).__name__} {value!r}: "
+        f"fix it in the config file or with --set {name}=..."
+    )
+
+
+def _check_range(name: str, value: Any, meta: dict[str, Any]) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        raise UserError(
+            f"config key '{name}' is {value!r}; choose one of: {', '.join(meta['choices'])}"
+        )
+    lo, hi = meta.get("lo"), meta.get("hi")
+    too_low = lo is not None and (value <= lo if meta.get("lo_open") else value < lo)
+    too_high = hi is not None and (value >= hi if meta.get("hi_open") else value > hi)
+    if too_low or too_high:
+        left = "(" if meta.get("lo_open") else "["
+        right = ")" if meta.get("hi_open") else "]"
+        bounds = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+        raise UserError(f"config key '{name}' is {value}, outside {bounds}: pick a value in range")
+
+
+def _check_together(cfg: Config) -> None:
+    if cfg.model == "vgg16" and cfg.image_size < 32:
+        raise UserError(
+            f"image_size {cfg.image_size} is too small for vgg16 (needs >= 32): "
+            "set image_size: 32 or more, or model: cnn"
+        )
+    if cfg.val_fraction + cfg.test_fraction >= 0.95:
+        raise UserError(
+            "val_fraction + test_fraction leaves under 5% for training: lower one of them"
+        )
+    for name in ("val_fraction", "test_fraction"):
+        value = getattr(cfg, name)
+        if abs(value * 100 - round(value * 100)) > 1e-9:
+            raise UserError(f"config key '{name}' is {value}: use a multiple of 0.01")
+    if cfg.model == "cnn" and cfg.image_size < 2 ** cfg.cnn_blocks:
+        raise UserError(
+            f"image_size {cfg.image_size} is too small for {cfg.cnn_blocks} cnn blocks "
+            f"(each halves it): use image_size >= {2 ** cfg.cnn_blocks} or fewer cnn_blocks"
+        )
+
+
+def from_dict(raw: dict[str, Any], source: str = "the config") -> Config:
+    """Build a Config from a plain mapping, rejecting unknown, missing and ill-typed keys."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{source} must be a mapping of key: value lines, got {type(raw).__name__}")
+    known = keys()
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise UserError(
+            f"unknown config key '{unknown[0]}' in {source}: valid keys are listed in config.yaml"
+        )
+    missing = [k for k in known if k not in raw]
+    if missing:
+        raise UserError(f"config key '{missing[0]}' is missing from {source}: add it (see config.yaml)")
+    hints = get_type_hints(Config)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Config):
+        value = raw[f.name]
+        if value is None and hints[f.name] is str:
+            value = ""
+        values[f.name] = _check_type(f.name, value, hints[f.name])
+        _check_range(f.name, values[f.name], dict(f.metadata))
+    cfg = Config(**values)
+    _check_together(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one `key=value` override; the value is YAML so `epochs=3` is an int, `augment=false` a bool."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"override {text!r} is not key=value: write e.g. --set epochs=3")
+    if key not in keys():
+        raise UserError(f"unknown config key '{key}' in --set: valid keys are listed in config.yaml")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    if get_type_hints(Config)[key] is str and not isinstance(parsed, str):
+        parsed = value  # `run_name=2024` means the string, not a number
+    return key, parsed
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read the YAML config file, apply `key=value` overrides, and validate everything."""
+    import yaml
+
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist: pass an existing file with --config") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path} ({exc.strerror}): check its permissions") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {path} is not valid YAML{where}: fix the syntax") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must be a mapping of key: value lines")
+    for text_override in overrides or []:
+        key, value = parse_override(text_override)
+        raw[key] = value
+    return from_dict(raw, source=str(path))
+
+
+def dump(cfg: Config) -> str:
+    """The resolved config as YAML, in the key order of config.yaml, loadable by `load`."""
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)

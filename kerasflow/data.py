@@ -1,0 +1,397 @@
+"""Data sources behind one interface, decoded and resized once, then served by a fast tf.data pipeline.
+
+Every source yields the same `Examples`: uint8 images of one size, int labels, class names, and a digest
+that identifies the data for lineage. Decoding happens once per run (or once ever, through the cache
+file for data over the RAM budget); epochs then only gather batches from memory, which is what keeps a
+GPU fed (see BENCHMARKS.md). Shuffling is a stateless permutation keyed by (seed, epoch), so an epoch's
+order does not depend on how many epochs this process has already run: a resumed run sees the same
+batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kerasflow.config import Config
+from kerasflow.errors import UserError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+SYNTHETIC_CLASSES = ["parasitized", "uninfected"]  # same order and meaning as TFDS malaria
+
+
+@dataclass
+class Examples:
+    """All examples of a source: images (N, S, S, 3) uint8 (in RAM or a read-only memmap), labels (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    digest: str
+    source: dict[str, Any]
+    names: list[str] = field(default_factory=list)  # file paths / example ids, for splits and errors
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Splits:
+    """Indices into `Examples` for each split; disjoint and stratified by class."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for part in (self.train, self.val, self.test):
+            h.update(np.asarray(part, np.int64).tobytes())
+            h.update(b"|")
+        return h.hexdigest()[:16]
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# --- checks that must run before anything slow ----------------------------------------------------
+
+def check_available(cfg: Config) -> None:
+    """Fail in milliseconds when the data cannot be had, instead of after tfds' ~200 s of retries."""
+    if cfg.data_source == "tfds":
+        import tensorflow_datasets as tfds
+
+        try:
+            builder = tfds.builder(cfg.tfds_name, data_dir=cfg.tfds_data_dir)
+        except tfds.core.registered.DatasetNotFoundError:
+            raise UserError(
+                f"TFDS has no dataset named '{cfg.tfds_name}': fix tfds_name (e.g. malaria)"
+            ) from None
+        if not builder.is_prepared():
+            raise UserError(
+                f"TFDS dataset '{cfg.tfds_name}' is not downloaded in {cfg.tfds_data_dir}: run "
+                "`make data` where there is internet (or copy that folder here), or train offline with "
+                "--set data_source=synthetic or --set data_source=image_dir"
+            )
+    elif cfg.data_source == "image_dir":
+        _list_image_tree(Path(cfg.image_dir))
+
+
+def _list_image_tree(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    if not root.is_dir():
+        raise UserError(
+            f"image_dir {root} does not exist: point image_dir at a folder with one sub-folder per "
+            "class (e.g. cell_images/ with Parasitized/ and Uninfected/)"
+        )
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(
+            f"image_dir {root} has no class folders: put each class's images in its own sub-folder"
+        )
+    files: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        found = sorted(
+            p for p in (root / name).rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+        if not found:
+            raise UserError(
+                f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}): "
+                "add images or remove the folder"
+            )
+        files.extend((p, label) for p in found)
+    if len(classes) < 2:
+        raise UserError(
+            f"image_dir {root} has only one class folder ({classes[0]}): a classifier needs at least two"
+        )
+    return classes, files
+
+
+# --- the cache: decode once, keep uint8 in RAM or in a memmap file ---------------------------------
+
+class _Sink:
+    """Preallocated uint8 storage for decoded images: RAM when it fits the budget, else a memmap file."""
+
+    def __init__(self, n: int, size: int, cfg: Config, key: str) -> None:
+        nbytes = n * size * size * 3
+        self.path: Path | None = None
+        if nbytes <= cfg.cache_ram_mb * 2**20:
+            self.array = np.empty((n, size, size, 3), np.uint8)
+        else:
+            cache = Path(cfg.cache_dir)
+            cache.mkdir(parents=True, exist_ok=True)
+            self.path = cache / f"{key}.u8"
+            self.tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+            self.array = np.lib.format.open_memmap(self.tmp, "w+", np.uint8, (n, size, size, 3))
+
+    def finish(self, keep: np.ndarray | None = None) -> np.ndarray:
+        if self.path is None:
+            return self.array if keep is None else self.array[keep]
+        if keep is not None:  # corrupt files were dropped: compact into a new file
+            compact = np.lib.format.open_memmap(
+                self.tmp.with_suffix(".compact"), "w+", np.uint8, (int(keep.sum()), *self.array.shape[1:])
+            )
+            compact[:] = self.array[keep]
+            compact.flush()
+            del self.array
+            os.replace(self.tmp.with_suffix(".compact"), self.tmp)
+        else:
+            self.array.flush()
+            del self.array
+        os.replace(self.tmp, self.path)
+        return np.load(self.path, mmap_mode="r")
+
+
+def _cached(cfg: Config, key: str) -> np.ndarray | None:
+    path = Path(cfg.cache_dir) / f"{key}.u8"
+    if path.is_file():
+        return np.load(path, mmap_mode="r")
+    return None
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+def _decode_file(path: Path, size: int) -> tuple[np.ndarray | None, str]:
+    from PIL import Image
+
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(img, np.uint8), digest
+    except Exception:  # noqa: BLE001 - any decoder failure means "unreadable image"
+        return None, digest
+
+
+def load_image_dir(cfg: Config) -> Examples:
+    """Decode an image tree in parallel threads (PIL releases the GIL); unreadable files are skipped."""
+    root = Path(cfg.image_dir)
+    classes, files = _list_image_tree(root)
+    size = cfg.image_size
+    listing = hashlib.sha256()
+    for path, label in files:
+        stat = path.stat()
+        listing.update(f"{path.relative_to(root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    key = f"dir-{listing.hexdigest()[:20]}-{size}"
+    labels = np.array([label for _, label in files], np.int32)
+    names = [str(p.relative_to(root)) for p, _ in files]
+    meta_path = Path(cfg.cache_dir) / f"{key}.json"
+    cached = _cached(cfg, key)
+    if cached is not None and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        keep = np.array(meta["keep"], bool)
+        return Examples(cached, labels[keep], classes, meta["digest"], meta["source"],
+                        [n for n, k in zip(names, keep) if k])
+
+    sink = _Sink(len(files), size, cfg, key)
+    ok = np.zeros(len(files), bool)
+    hashes = [""] * len(files)
+
+    def work(i: int) -> None:
+        image, hashes[i] = _decode_file(files[i][0], size)
+        if image is not None:
+            sink.array[i] = image
+            ok[i] = True
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        list(pool.map(work, range(len(files)), chunksize=64))
+
+    bad = [names[i] for i in np.flatnonzero(~ok)]
+    if bad:
+        _warn(f"skipped {len(bad)} unreadable image(s) of {len(files)}, e.g. {root / bad[0]}")
+    for label, name in enumerate(classes):
+        if not ok[labels == label].any():
+            raise UserError(f"no readable image in class folder {root / name}: replace the corrupt files")
+    content = hashlib.sha256()
+    for i in np.flatnonzero(ok):
+        content.update(f"{names[i]}|{labels[i]}|{hashes[i]}\n".encode())
+    digest = content.hexdigest()[:16]
+    source = {"source": "image_dir", "path": str(root.resolve()), "classes": classes,
+              "files": int(ok.sum()), "skipped": len(bad)}
+    images = sink.finish(None if ok.all() else ok)
+    if sink.path is not None:
+        meta_path.write_text(json.dumps({"keep": ok.tolist(), "digest": digest, "source": source}))
+    return Examples(images, labels[ok], classes, digest, source, [n for n, k in zip(names, ok) if k])
+
+
+def load_tfds(cfg: Config) -> Examples:
+    """Read the prepared TFDS split once, resizing in a parallel tf.data map, into uint8 arrays."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    check_available(cfg)
+    builder = tfds.builder(cfg.tfds_name, data_dir=cfg.tfds_data_dir)
+    split = "train"
+    label_feature = builder.info.features["label"]
+    classes = list(label_feature.names)
+    spec = f"tfds:{cfg.tfds_name}:{builder.info.version}:{split}"
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
+    source = {"source": "tfds", "name": cfg.tfds_name, "version": str(builder.info.version),
+              "split": split, "data_dir": str(Path(cfg.tfds_data_dir).resolve())}
+    size = cfg.image_size
+    key = f"tfds-{digest}-{size}"
+    meta_path = Path(cfg.cache_dir) / f"{key}.json"
+    cached = _cached(cfg, key)
+    if cached is not None and meta_path.is_file():
+        labels = np.array(json.loads(meta_path.read_text())["labels"], np.int32)
+        return Examples(cached, labels, classes, digest, source, [str(i) for i in range(len(labels))])
+
+    ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+
+    def resize(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = tf.image.resize(image, (size, size), antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), tf.cast(label, tf.int32)
+
+    ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE).batch(256).prefetch(2)
+    splits = builder.info.splits  # empty under tfds.testing.mock_data: then collect chunks instead
+    n = int(splits[split].num_examples) if split in splits else 0
+    chunks_x, chunks_y = [], []
+    sink = _Sink(n, size, cfg, key) if n else None
+    at = 0
+    for x, y in ds.as_numpy_iterator():
+        if sink is not None:
+            sink.array[at:at + len(x)] = x
+        else:
+            chunks_x.append(x)
+        chunks_y.append(y)
+        at += len(x)
+    labels = np.concatenate(chunks_y).astype(np.int32)
+    if sink is not None:
+        images = sink.finish()
+        if sink.path is not None:
+            meta_path.write_text(json.dumps({"labels": labels.tolist()}))
+    else:
+        images = np.concatenate(chunks_x)
+    return Examples(images, labels, classes, digest, source, [str(i) for i in range(len(labels))])
+
+
+def draw_synthetic(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cell-like images: a pale stained disc; 'parasitized' ones carry 1-4 small dark ring-stage dots.
+
+    Image i depends only on (seed, i), so any subset or split is reproducible on its own.
+    """
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    images = np.empty((n, size, size, 3), np.uint8)
+    labels = np.empty(n, np.int32)
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        label = int(rng.integers(0, 2))
+        cx, cy = rng.uniform(0.4, 0.6, 2)
+        radius = rng.uniform(0.30, 0.42)
+        background = rng.uniform(225, 250)
+        cell = np.array([rng.uniform(200, 235), rng.uniform(140, 175), rng.uniform(160, 200)], np.float32)
+        inside = ((xx - cx) ** 2 + (yy - cy) ** 2) < radius**2
+        img = np.full((size, size, 3), background, np.float32)
+        img[inside] = cell
+        if label == 0:
+            for _ in range(int(rng.integers(1, 5))):
+                angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0, radius * 0.75)
+                px, py = cx + dist * np.cos(angle), cy + dist * np.sin(angle)
+                r = rng.uniform(0.05, 0.08)
+                dot = ((xx - px) ** 2 + (yy - py) ** 2) < r**2
+                img[dot] = np.array([90, 40, 110], np.float32) + rng.normal(0, 8, 3)
+        img += rng.normal(0, 6, img.shape)
+        images[i] = np.clip(img, 0, 255).astype(np.uint8)
+        labels[i] = label
+    return images, labels
+
+
+def load_synthetic(cfg: Config) -> Examples:
+    images, labels = draw_synthetic(cfg.synthetic_examples, cfg.image_size, cfg.seed)
+    params = {"source": "synthetic", "examples": cfg.synthetic_examples, "image_size": cfg.image_size,
+              "seed": cfg.seed, "generator": "draw_synthetic-v1"}
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    return Examples(images, labels, list(SYNTHETIC_CLASSES), digest, params,
+                    [str(i) for i in range(len(labels))])
+
+
+def class_names(cfg: Config) -> list[str]:
+    """The class names of the configured source, without loading any image."""
+    if cfg.data_source == "tfds":
+        import tensorflow_datasets as tfds
+
+        check_available(cfg)
+        return list(tfds.builder(cfg.tfds_name, data_dir=cfg.tfds_data_dir).info.features["label"].names)
+    if cfg.data_source == "image_dir":
+        return _list_image_tree(Path(cfg.image_dir))[0]
+    return list(SYNTHETIC_CLASSES)
+
+
+def load_examples(cfg: Config) -> Examples:
+    """Load every example of the configured source, decoded and resized to image_size."""
+    loaders = {"tfds": load_tfds, "image_dir": load_image_dir, "synthetic": load_synthetic}
+    return loaders[cfg.data_source](cfg)
+
+
+def split(examples: Examples, cfg: Config) -> Splits:
+    """Stratified, seeded train/val/test split by index (the same for every source)."""
+    rng = np.random.default_rng(cfg.seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for label in range(len(examples.class_names)):
+        idx = rng.permutation(np.flatnonzero(examples.labels == label))
+        n_test = round(len(idx) * cfg.test_fraction)
+        n_val = round(len(idx) * cfg.val_fraction)
+        parts["test"].append(idx[:n_test])
+        parts["val"].append(idx[n_test:n_test + n_val])
+        parts["train"].append(idx[n_test + n_val:])
+    out = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+    for name, idx in out.items():
+        if len(idx) == 0:
+            raise UserError(
+                f"the {name} split is empty ({len(examples)} examples): use more data or change "
+                "val_fraction/test_fraction"
+            )
+    return Splits(out["train"], out["val"], out["test"])
+
+
+def to_tf_dataset(examples: Examples, indices: np.ndarray, batch_size: int, *,
+                  shuffle_seed: int | None = None, epoch: tf.Variable | None = None) -> tf.data.Dataset:
+    """Batches of (uint8 images, labels) gathered from the decoded arrays.
+
+    With `shuffle_seed`, each epoch is a stateless permutation of `indices` keyed by (seed, epoch.value),
+    and `epoch` is set by `EpochCounter` at each epoch's start.
+    """
+    import tensorflow as tf
+
+    images, labels = examples.images, examples.labels
+    size = images.shape[1]
+    order = tf.constant(np.asarray(indices, np.int64))
+    if shuffle_seed is not None:
+        if epoch is None:
+            raise ValueError("a shuffled dataset needs the epoch variable")
+        seed = tf.constant(shuffle_seed, tf.int64)
+
+        def permute(_: tf.Tensor) -> tf.Tensor:
+            key = tf.stack([seed, tf.cast(epoch.read_value(), tf.int64)])
+            return tf.random.experimental.stateless_shuffle(order, seed=key)
+
+        ds = tf.data.Dataset.range(1).map(permute).unbatch()
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(order)
+
+    def gather_np(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return images[idx], labels[idx]
+
+    def gather(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x, y = tf.numpy_function(gather_np, [idx], (tf.uint8, tf.int32), stateful=False)
+        x.set_shape((None, size, size, 3))
+        y.set_shape((None,))
+        return x, y
+
+    return ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE
+    )

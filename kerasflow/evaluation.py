@@ -1,0 +1,66 @@
+"""Test metrics computed from predictions in NumPy, so train.py, MLflow and the analysis agree exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+EPSILON = 1e-7  # keras.backend.epsilon(): the same clipping as the training loss
+
+
+def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC curve of `scores` for class 1 at every distinct threshold (ties stay one point)."""
+    order = np.argsort(-scores, kind="stable")
+    scores, labels = scores[order], labels[order]
+    distinct = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    tps = np.cumsum(labels == 1)[distinct]
+    fps = np.cumsum(labels != 1)[distinct]
+    positives, negatives = max(int((labels == 1).sum()), 1), max(int((labels != 1).sum()), 1)
+    tpr = np.r_[0.0, tps / positives]
+    fpr = np.r_[0.0, fps / negatives]
+    thresholds = np.r_[np.inf, scores[distinct]]
+    return fpr, tpr, thresholds
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray,
+                           class_names: list[str]) -> dict[str, Any]:
+    """Loss, accuracy, macro precision/recall, per-class figures, confusion matrix; AUC and ROC if binary."""
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probabilities, np.float64)
+    k = len(class_names)
+    if k == 2:
+        p1 = probs.reshape(-1)
+        clipped = np.clip(p1, EPSILON, 1 - EPSILON)
+        loss = -np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
+        predicted = (p1 >= 0.5).astype(int)
+    else:
+        clipped = np.clip(probs, EPSILON, 1 - EPSILON)
+        loss = -np.mean(np.log(clipped[np.arange(len(labels)), labels]))
+        predicted = probs.argmax(axis=1)
+    confusion = np.zeros((k, k), int)
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = {}
+    for i, name in enumerate(class_names):
+        predicted_i, actual_i = confusion[:, i].sum(), confusion[i, :].sum()
+        per_class[name] = {
+            "precision": float(confusion[i, i] / predicted_i) if predicted_i else 0.0,
+            "recall": float(confusion[i, i] / actual_i) if actual_i else 0.0,
+            "support": int(actual_i),
+        }
+    metrics: dict[str, Any] = {
+        "loss": float(loss),
+        "accuracy": float(np.trace(confusion) / max(len(labels), 1)),
+        "precision": float(np.mean([c["precision"] for c in per_class.values()])),
+        "recall": float(np.mean([c["recall"] for c in per_class.values()])),
+        "examples": int(len(labels)),
+    }
+    if k == 2:
+        fpr, tpr, thresholds = roc_points(labels, probs.reshape(-1))
+        metrics["auc"] = float(np.trapezoid(tpr, fpr))
+        metrics["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(),
+                          "thresholds": [float(t) if np.isfinite(t) else None for t in thresholds]}
+    metrics["per_class"] = per_class
+    metrics["confusion_matrix"] = confusion.tolist()
+    metrics["class_names"] = list(class_names)
+    return metrics

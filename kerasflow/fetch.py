@@ -1,0 +1,60 @@
+"""Download what training needs from the internet, once: the TFDS dataset and the VGG16 weights.
+
+    python -m kerasflow.fetch data     # `make data`: TFDS download + prepare, with tfds' progress bars
+    python -m kerasflow.fetch weights  # `make weights`: VGG16 ImageNet notop weights into $KERAS_HOME
+"""
+
+from __future__ import annotations
+
+import sys
+
+from kerasflow import cli
+from kerasflow.errors import UserError
+
+
+def fetch_data(tfds_name: str, data_dir: str) -> None:
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+    if builder.is_prepared():
+        print(f"{tfds_name} is already prepared in {data_dir}")
+        return
+    try:
+        builder.download_and_prepare()
+    except Exception as exc:  # noqa: BLE001 - requests/urllib errors differ by version
+        if "Connection" in type(exc).__name__ or "Connection" in str(exc):
+            raise UserError(
+                f"cannot download {tfds_name} (no internet?): run `make data` on a machine with "
+                f"internet and copy {data_dir} here"
+            ) from None
+        raise
+    print(f"{tfds_name} prepared in {data_dir}")
+
+
+def fetch_weights() -> None:
+    from kerasflow import config
+    from kerasflow.models import vgg16_base
+
+    vgg16_base(config.load().replace(model="vgg16", weights="imagenet", image_size=32))
+    print("VGG16 ImageNet weights are cached")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__)
+    p.add_argument("what", choices=["data", "weights"])
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        from kerasflow import config
+
+        cfg = config.load(args.config, args.overrides)
+        if args.what == "data":
+            fetch_data(cfg.tfds_name, cfg.tfds_data_dir)
+        else:
+            fetch_weights()
+
+    return cli.run(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The run folder: where it goes, whether it may be (re)used, and writes that are never half-done.
+
+Layout of `<output_dir>/<run_name>/`:
+    config.yaml            resolved config (written first; its presence marks a started run)
+    history.jsonl          one row per finished epoch (kept across restarts)
+    .state/                BackupAndRestore checkpoints; removed when the run finishes
+    history.json metrics.json curves.png confusion_matrix.png roc.png
+    model.keras            written last: its presence marks a finished run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kerasflow import config as config_mod
+from kerasflow.config import Config
+from kerasflow.errors import UserError
+
+if TYPE_CHECKING:
+    import keras
+
+HISTORY_LOG = "history.jsonl"
+CONFIG_FILE = "config.yaml"
+MODEL_FILE = "model.keras"
+
+
+def _writable_ancestor(path: Path) -> Path:
+    probe = path.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    return probe
+
+
+def _can_write(folder: Path) -> bool:
+    """Try it: os.access says yes to root on read-only mounts and proc-like filesystems."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def plan(cfg: Config) -> Path:
+    """Decide the run folder and check it can be used, writing nothing."""
+    out = Path(cfg.output_dir)
+    existing = _writable_ancestor(out)
+    if not existing.is_dir():
+        raise UserError(f"output_dir {out} is inside a file ({existing}): choose a folder path")
+    if not _can_write(existing):
+        raise UserError(
+            f"output_dir {out} is not writable ({existing} denies writing): choose another with "
+            "--set output_dir=PATH"
+        )
+    name = cfg.run_name or time.strftime("%Y%m%d-%H%M%S")
+    run_dir = out / name
+    if not cfg.run_name:
+        suffix = 1
+        while run_dir.exists():
+            suffix += 1
+            run_dir = out / f"{name}-{suffix}"
+    if run_dir.exists():
+        check_resumable(run_dir, cfg)
+    return run_dir
+
+
+def check_resumable(run_dir: Path, cfg: Config) -> None:
+    if (run_dir / MODEL_FILE).exists():
+        raise UserError(
+            f"run folder {run_dir} already holds a finished run: pick another run_name or delete it"
+        )
+    saved = run_dir / CONFIG_FILE
+    if not saved.is_file():
+        if any(run_dir.iterdir()):
+            raise UserError(
+                f"{run_dir} exists and is not a run folder: pick another run_name or output_dir"
+            )
+        return
+    before = config_mod.load(saved).to_dict()
+    now = cfg.replace(run_name=run_dir.name).to_dict()
+    changed = [k for k in now if before[k] != now[k]]
+    if changed:
+        k = changed[0]
+        raise UserError(
+            f"run folder {run_dir} was started with {k}={before[k]!r}, not {now[k]!r}: resume with the "
+            "same config or pick another run_name"
+        )
+    if not _can_write(run_dir):
+        raise UserError(f"run folder {run_dir} is not writable: fix its permissions or pick another")
+
+
+def create(run_dir: Path, cfg: Config) -> bool:
+    """Create the folder and save the resolved config; True when this continues an earlier start."""
+    if (run_dir / CONFIG_FILE).is_file():
+        return True
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / CONFIG_FILE, config_mod.dump(cfg.replace(run_name=run_dir.name)))
+    return False
+
+
+def state_dir(run_dir: Path) -> Path:
+    return run_dir / ".state"
+
+
+def clear_state(run_dir: Path) -> None:
+    import shutil
+
+    shutil.rmtree(state_dir(run_dir), ignore_errors=True)
+    (run_dir / HISTORY_LOG).unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, text: str) -> Path:
+    """Write via a temp file in the same folder and rename: readers see the old or the new file only."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _atomic_keras(path: Path, save: Any) -> Path:
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{''.join(path.suffixes)}")
+    try:
+        save(str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_save_model(model: keras.Model, path: Path) -> Path:
+    return _atomic_keras(path, model.save)
+
+
+def atomic_save_weights(model: keras.Model, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _atomic_keras(path, model.save_weights)
+
+
+def read_history_rows(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / HISTORY_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_history_rows(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write(run_dir / HISTORY_LOG, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def read_history(run_dir: Path) -> dict[str, list[float]]:
+    """Epoch rows turned into Keras-History-style columns (plus an `epoch` column)."""
+    rows = read_history_rows(run_dir)
+    keys = sorted({k for row in rows for k in row}, key=lambda k: (k != "epoch", k))
+    return {k: [row.get(k, float("nan")) for row in rows] for k in keys}

@@ -1,0 +1,175 @@
+"""The training run, top to bottom: seed, check inputs, load data, build, fit (two phases), evaluate, save.
+
+`train(cfg)` is what train.py calls and what tests call with a shrunken config; train_mlflow.py composes
+the same steps (`prepare`, `fit`, `finish`) with tracking. Every check a user can fail runs before the
+run folder is created, so a bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kerasflow import data, evaluation, models, rundir
+from kerasflow.config import Config
+from kerasflow.errors import UserError
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs once the inputs are checked: data, model and the run folder."""
+
+    cfg: Config
+    run_dir: Path
+    examples: data.Examples
+    splits: data.Splits
+    model: keras.Model
+    epoch_var: tf.Variable
+    resumed: bool = False
+    history: dict[str, list[float]] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(cfg: Config) -> None:
+    """One seed for Python, NumPy and TF; op determinism makes kernels pick reproducible algorithms."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def prepare(cfg: Config) -> Prepared:
+    """Check everything a user can get wrong, then load data and build the model, then create the folder."""
+    run_dir = rundir.plan(cfg)  # validates the output folder; writes nothing yet
+    data.check_available(cfg)
+    seed_everything(cfg)
+    model = models.build(cfg, len(data.class_names(cfg)))  # before the slow load: weights fail fast
+    t0 = time.perf_counter()
+    examples = data.load_examples(cfg)
+    splits = data.split(examples, cfg)
+    print(
+        f"data: {len(examples)} images of {examples.images.shape[1]}px, classes "
+        f"{examples.class_names}, train/val/test {len(splits.train)}/{len(splits.val)}/"
+        f"{len(splits.test)} ({time.perf_counter() - t0:.1f} s to load)",
+        file=sys.stderr,
+    )
+    resumed = rundir.create(run_dir, cfg)
+    import tensorflow as tf
+
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
+    return Prepared(cfg, run_dir, examples, splits, model, epoch_var, resumed)
+
+
+def _callbacks(prep: Prepared, phase: str, extra: list[keras.callbacks.Callback]) -> list[Any]:
+    import keras
+
+    from kerasflow.callbacks import EpochCounter, HistoryLog
+
+    return [
+        EpochCounter(prep.epoch_var),
+        # before the backup: a kill between the two re-runs an epoch whose row HistoryLog then replaces
+        HistoryLog(prep.run_dir / rundir.HISTORY_LOG),
+        keras.callbacks.BackupAndRestore(str(rundir.state_dir(prep.run_dir) / phase),
+                                         double_checkpoint=True),
+        *extra,
+    ]
+
+
+def fit(prep: Prepared, extra_callbacks: list[keras.callbacks.Callback] | None = None,
+        verbose: int | str = "auto") -> dict[str, list[float]]:
+    """Phase 1 (frozen base / whole cnn), then optional fine-tuning; resumable after a kill."""
+    cfg, model = prep.cfg, prep.model
+    num_classes = len(prep.examples.class_names)
+    extra = list(extra_callbacks or [])
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    train_ds = data.to_tf_dataset(prep.examples, prep.splits.train, cfg.batch_size,
+                                  shuffle_seed=cfg.seed, epoch=prep.epoch_var)
+    val_ds = data.to_tf_dataset(prep.examples, prep.splits.val, cfg.batch_size)
+    phase1_done = rundir.state_dir(prep.run_dir) / "phase1.weights.h5"
+
+    models.compile_model(model, num_classes, cfg.learning_rate)
+    if phase1_done.is_file():
+        model.load_weights(phase1_done)
+    else:
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, verbose=verbose, shuffle=False,
+                  callbacks=_callbacks(prep, "phase1", extra))
+        rundir.atomic_save_weights(model, phase1_done)
+
+    if cfg.has_fine_tune:
+        base = models.find_base(model)
+        assert base is not None
+        models.set_fine_tune(base, cfg.fine_tune_blocks)
+        models.compile_model(model, num_classes, cfg.fine_tune_learning_rate)
+        model.fit(train_ds, validation_data=val_ds, initial_epoch=cfg.epochs,
+                  epochs=cfg.total_epochs, verbose=verbose, shuffle=False, callbacks=_callbacks(prep, "phase2", extra))
+    prep.history = rundir.read_history(prep.run_dir)
+    return prep.history
+
+
+def evaluate(prep: Prepared) -> dict[str, Any]:
+    """Test-set metrics from the model's predictions (loss, accuracy, AUC, precision, recall)."""
+    test_ds = data.to_tf_dataset(prep.examples, prep.splits.test, prep.cfg.batch_size)
+    probabilities = prep.model.predict(test_ds, verbose=0)
+    labels = prep.examples.labels[prep.splits.test]
+    prep.metrics = evaluation.classification_metrics(labels, probabilities, prep.examples.class_names)
+    return prep.metrics
+
+
+def finish(prep: Prepared) -> dict[str, Path]:
+    """Write the run's outputs; the model last, so a folder with model.keras is a finished run."""
+    from kerasflow import plots
+
+    out = prep.run_dir
+    rundir.atomic_write(out / "history.json", json.dumps(prep.history, indent=2))
+    rundir.atomic_write(out / "metrics.json", json.dumps(prep.metrics, indent=2))
+    files = {
+        "config": out / "config.yaml",
+        "history": out / "history.json",
+        "metrics": out / "metrics.json",
+        "curves": plots.training_curves(prep.history, out / "curves.png",
+                                        fine_tune_start=prep.cfg.epochs if prep.cfg.has_fine_tune else None),
+        "confusion_matrix": plots.confusion_matrix(prep.metrics["confusion_matrix"],
+                                                   prep.examples.class_names, out / "confusion_matrix.png"),
+    }
+    if models.binary(len(prep.examples.class_names)):
+        files["roc"] = plots.roc_curve(prep.metrics["roc"], out / "roc.png")
+    files["model"] = rundir.atomic_save_model(prep.model, out / "model.keras")
+    rundir.clear_state(out)
+    return files
+
+
+def train(cfg: Config, verbose: int | str = "auto") -> Prepared:
+    """Train one run end to end and return its state (run folder, model, metrics)."""
+    prep = prepare(cfg)
+    print(f"run folder: {prep.run_dir}{' (resuming)' if prep.resumed else ''}", file=sys.stderr)
+    fit(prep, verbose=verbose)
+    metrics = evaluate(prep)
+    finish(prep)
+    summary = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+    print(f"test: {json.dumps(summary)}", file=sys.stderr)
+    print(f"outputs: {prep.run_dir}", file=sys.stderr)
+    return prep
+
+
+def final_weights_digest(model: keras.Model) -> str:
+    """A hash of every weight, to compare runs bit for bit."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for w in model.weights:
+        h.update(np.ascontiguousarray(np.asarray(w)).tobytes())
+    return h.hexdigest()
+
