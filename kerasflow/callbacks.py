@@ -6,20 +6,31 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kerasflow import rundir
 
 
-class EpochCounter(keras.callbacks.Callback):
-    """Publishes the epoch about to run to the input pipeline, whose shuffle is keyed by it."""
+class EpochKeyedRandomness(keras.callbacks.Callback):
+    """Makes each epoch's randomness a function of (seed, epoch) alone, so a resumed run is bitwise exact.
 
-    def __init__(self, variable: tf.Variable) -> None:
+    It publishes the epoch to the input pipeline (whose shuffle is keyed by it) and resets the state of
+    every seed generator in the model (augmentation, dropout): Keras does not save those states with
+    the weights, so without this a run restored by BackupAndRestore would replay epoch 0's random flips.
+    """
+
+    def __init__(self, epoch: tf.Variable, seed: int) -> None:
         super().__init__()
-        self.variable = variable
+        self.epoch = epoch
+        self.seed = seed
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.variable.assign(epoch)
+        self.epoch.assign(epoch)
+        states = sorted((v for v in self.model.non_trainable_variables
+                         if v.path.endswith("seed_generator_state")), key=lambda v: v.path)
+        for index, state in enumerate(states):
+            state.assign(np.array([epoch + 1, self.seed * 1009 + index], np.int64))
 
 
 class HistoryLog(keras.callbacks.Callback):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -76,6 +77,9 @@ class Config:
         return from_dict({**self.to_dict(), **changes})
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def keys() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
 
@@ -88,6 +92,8 @@ def _check_type(name: str, value: Any, typ: type) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif typ is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)  # PyYAML reads 1e-4 (no dot) as a string: YAML 1.1 quirk
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif typ is str:

@@ -195,7 +195,7 @@ def load_image_dir(cfg: Config) -> Examples:
         meta = json.loads(meta_path.read_text())
         keep = np.array(meta["keep"], bool)
         return Examples(cached, labels[keep], classes, meta["digest"], meta["source"],
-                        [n for n, k in zip(names, keep) if k])
+                        [n for n, k in zip(names, keep, strict=True) if k])
 
     sink = _Sink(len(files), size, cfg, key)
     ok = np.zeros(len(files), bool)
@@ -225,7 +225,8 @@ def load_image_dir(cfg: Config) -> Examples:
     images = sink.finish(None if ok.all() else ok)
     if sink.path is not None:
         meta_path.write_text(json.dumps({"keep": ok.tolist(), "digest": digest, "source": source}))
-    return Examples(images, labels[ok], classes, digest, source, [n for n, k in zip(names, ok) if k])
+    kept_names = [n for n, k in zip(names, ok, strict=True) if k]
+    return Examples(images, labels[ok], classes, digest, source, kept_names)
 
 
 def load_tfds(cfg: Config) -> Examples:
@@ -363,7 +364,7 @@ def to_tf_dataset(examples: Examples, indices: np.ndarray, batch_size: int, *,
     """Batches of (uint8 images, labels) gathered from the decoded arrays.
 
     With `shuffle_seed`, each epoch is a stateless permutation of `indices` keyed by (seed, epoch.value),
-    and `epoch` is set by `EpochCounter` at each epoch's start.
+    and `epoch` is set by `EpochKeyedRandomness` at each epoch's start.
     """
     import tensorflow as tf
 

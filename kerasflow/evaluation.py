@@ -53,7 +53,7 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray,
         "accuracy": float(np.trace(confusion) / max(len(labels), 1)),
         "precision": float(np.mean([c["precision"] for c in per_class.values()])),
         "recall": float(np.mean([c["recall"] for c in per_class.values()])),
-        "examples": int(len(labels)),
+        "examples": len(labels),
     }
     if k == 2:
         fpr, tpr, thresholds = roc_points(labels, probs.reshape(-1))

@@ -21,7 +21,7 @@ def fetch_data(tfds_name: str, data_dir: str) -> None:
         return
     try:
         builder.download_and_prepare()
-    except Exception as exc:  # noqa: BLE001 - requests/urllib errors differ by version
+    except Exception as exc:
         if "Connection" in type(exc).__name__ or "Connection" in str(exc):
             raise UserError(
                 f"cannot download {tfds_name} (no internet?): run `make data` on a machine with "

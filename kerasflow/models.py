@@ -73,7 +73,7 @@ def vgg16_base(cfg: Config) -> keras.Model:
         return keras.applications.VGG16(include_top=False, weights=weights, input_shape=shape)
     except UserError:
         raise
-    except Exception as exc:  # noqa: BLE001 - keras raises a bare Exception when offline
+    except Exception as exc:
         text = str(exc)
         if weights == "imagenet" and ("URL fetch failure" in text or "urlopen" in text.lower()):
             raise UserError(

@@ -21,7 +21,7 @@ def training_curves(history: dict[str, list[float]], path: Path,
     plt = _pyplot()
     epochs = [e + 1 for e in history.get("epoch", [])]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
             if key in history:
                 ax.plot(epochs, history[key], marker="o", label=label)

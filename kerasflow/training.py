@@ -18,7 +18,6 @@ import numpy as np
 
 from kerasflow import data, evaluation, models, rundir
 from kerasflow.config import Config
-from kerasflow.errors import UserError
 
 if TYPE_CHECKING:
     import keras
@@ -75,10 +74,10 @@ def prepare(cfg: Config) -> Prepared:
 def _callbacks(prep: Prepared, phase: str, extra: list[keras.callbacks.Callback]) -> list[Any]:
     import keras
 
-    from kerasflow.callbacks import EpochCounter, HistoryLog
+    from kerasflow.callbacks import EpochKeyedRandomness, HistoryLog
 
     return [
-        EpochCounter(prep.epoch_var),
+        EpochKeyedRandomness(prep.epoch_var, prep.cfg.seed),
         # before the backup: a kill between the two re-runs an epoch whose row HistoryLog then replaces
         HistoryLog(prep.run_dir / rundir.HISTORY_LOG),
         keras.callbacks.BackupAndRestore(str(rundir.state_dir(prep.run_dir) / phase),
@@ -114,7 +113,8 @@ def fit(prep: Prepared, extra_callbacks: list[keras.callbacks.Callback] | None =
         models.set_fine_tune(base, cfg.fine_tune_blocks)
         models.compile_model(model, num_classes, cfg.fine_tune_learning_rate)
         model.fit(train_ds, validation_data=val_ds, initial_epoch=cfg.epochs,
-                  epochs=cfg.total_epochs, verbose=verbose, shuffle=False, callbacks=_callbacks(prep, "phase2", extra))
+                  epochs=cfg.total_epochs, verbose=verbose, shuffle=False,
+                  callbacks=_callbacks(prep, "phase2", extra))
     prep.history = rundir.read_history(prep.run_dir)
     return prep.history
 

@@ -1,0 +1,112 @@
+"""Every failure a user can cause: exit 2, one line naming problem and fix, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, run_script, set_args, write_png_tree
+
+
+def test_help_is_instant_and_does_not_import_tensorflow():
+    code = (
+        "import runpy, sys; sys.argv = ['train.py', '--help']\n"
+        "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'mlflow', 'tensorflow_datasets') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "--set KEY=VALUE" in out.stdout
+    assert "HEAVY []" in out.stdout
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+BAD_SETS = [
+    (["colour=red"], "unknown config key 'colour'"),
+    (["epochs=many"], "config key 'epochs' must be int"),
+    (["epochs=0"], "config key 'epochs' is 0"),
+    (["model=vgg16", "image_size=24"], "too small for vgg16 (needs >= 32)"),
+    (["data_source=ftp"], "choose one of: tfds, image_dir, synthetic"),
+    (["model=resnet"], "choose one of: vgg16, cnn"),
+]
+
+
+@pytest.mark.parametrize(("sets", "message"), BAD_SETS)
+def test_bad_config_values(tiny_overrides, tmp_path, sets, message):
+    result = run_script("train.py", *set_args([*tiny_overrides, *sets]))
+    assert_user_error(result, message)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_malformed_yaml_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 3\n  model: : cnn\n")
+    assert_user_error(run_script("train.py", "--config", str(bad)), "is not valid YAML at line", "fix")
+
+
+def test_missing_config_file(tmp_path):
+    assert_user_error(run_script("train.py", "--config", str(tmp_path / "nope.yaml")), "does not exist")
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        (None, "does not exist: point image_dir at a folder with one sub-folder per class"),
+        ({"Parasitized": 4, "Uninfected": 0}, "holds no images"),
+        ({"Parasitized": 4}, "has only one class folder"),
+    ],
+)
+def test_bad_image_dirs(tiny_overrides, tmp_path, layout, message):
+    root = tmp_path / "cells"
+    if layout is not None:
+        for name, n in layout.items():
+            (root / name).mkdir(parents=True)
+            if n:
+                write_png_tree(root, {name: n})
+    sets = [*tiny_overrides, "data_source=image_dir", f"image_dir={root}"]
+    result = run_script("train.py", *set_args(sets))
+    assert_user_error(result, message)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_unwritable_output_dir(tiny_overrides, tmp_path):
+    # /proc refuses new files even to root, where a chmod'ed folder would not
+    result = run_script("train.py", *set_args([*tiny_overrides, "output_dir=/proc/kerasflow-outputs"]))
+    assert_user_error(result, "is not writable", "--set output_dir=PATH")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_script("train.py", *set_args([*tiny_overrides, f"output_dir={blocker}/runs"]))
+    assert_user_error(result, "is inside a file")
+
+
+def test_offline_malaria_fails_fast(tiny_overrides, tmp_path):
+    start = time.perf_counter()
+    result = run_script("train.py", *set_args([*tiny_overrides, "data_source=tfds",
+                                               f"tfds_data_dir={tmp_path / 'tfds'}"]))
+    assert_user_error(result, "is not downloaded", "make data", "data_source=synthetic")
+    assert time.perf_counter() - start < 60
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_offline_vgg16_weights(tiny_overrides, tmp_path):
+    result = run_script("train.py", *set_args([*tiny_overrides, "model=vgg16", "weights=imagenet"]),
+                        env={"KERAS_HOME": str(tmp_path / "empty_keras_home")})
+    assert_user_error(result, "cannot download the VGG16 ImageNet weights", "make weights", "weights: none")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_missing_weights_file(tiny_overrides, tmp_path):
+    result = run_script("train.py", *set_args([*tiny_overrides, "model=vgg16",
+                                               f"weights={tmp_path / 'nope.h5'}"]))
+    assert_user_error(result, "weights file", "does not exist")
