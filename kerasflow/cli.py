@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from kerasflow.errors import UserError
+from kerasflow.errors import Terminated, UserError
 
 
 def parser(description: str | None, *, config_flags: bool = True) -> argparse.ArgumentParser:
@@ -35,6 +35,9 @@ def run(main: Callable[[], object]) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return Terminated.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -189,7 +189,7 @@ def _cached(cfg: Config, key: str) -> np.ndarray | None:
 
 # --- sources -------------------------------------------------------------------------------------
 
-def _resize_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
+def resize_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
     """The one resize every source uses: bilinear (antialiasing halves decode throughput), uint8."""
     import tensorflow as tf
 
@@ -221,7 +221,7 @@ def load_image_dir(cfg: Config) -> Examples:
 
     def decode(path: tf.Tensor, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return index, _resize_uint8(image, size)
+        return index, resize_uint8(image, size)
 
     paths = np.array([str(p) for p, _ in files])
     sink = _Sink(len(files), size, cfg, key)
@@ -288,7 +288,7 @@ def load_tfds(cfg: Config) -> Examples:
     ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
 
     def resize(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return _resize_uint8(image, size), tf.cast(label, tf.int32)
+        return resize_uint8(image, size), tf.cast(label, tf.int32)
 
     ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE).batch(256).prefetch(2)
     splits = builder.info.splits  # empty under tfds.testing.mock_data: then collect chunks instead

@@ -10,3 +10,9 @@ class UserError(Exception):
     """A problem in the user's input or environment, with the fix in its message."""
 
     exit_code = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception in the main thread, so cleanup runs as for Ctrl-C."""
+
+    exit_code = 143

@@ -1,8 +1,8 @@
 """The training run, top to bottom: seed, check inputs, load data, build, fit (two phases), evaluate, save.
 
-`train(cfg)` is what train.py calls and what tests call with a shrunken config; train_mlflow.py composes
-the same steps (`prepare`, `fit`, `finish`) with tracking. Every check a user can fail runs before the
-run folder is created, so a bad input leaves nothing behind.
+`train(cfg)` is what train.py calls and what tests call with a shrunken config; train_mlflow.py
+composes the same steps (`prepare`, `fit`, `evaluate`, `write_outputs`, `seal`) with tracking. Every
+check a user can fail runs before the run folder is created, so a bad input leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -97,24 +97,22 @@ def fit(prep: Prepared, extra_callbacks: list[keras.callbacks.Callback] | None =
     train_ds = data.to_tf_dataset(prep.examples, prep.splits.train, cfg.batch_size,
                                   shuffle_seed=cfg.seed, epoch=prep.epoch_var)
     val_ds = data.to_tf_dataset(prep.examples, prep.splits.val, cfg.batch_size)
-    phase1_done = rundir.state_dir(prep.run_dir) / "phase1.weights.h5"
-
-    models.compile_model(model, num_classes, cfg.learning_rate)
-    if phase1_done.is_file():
-        model.load_weights(phase1_done)
-    else:
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, verbose=verbose, shuffle=False,
-                  callbacks=_callbacks(prep, "phase1", extra))
-        rundir.atomic_save_weights(model, phase1_done)
-
+    phases = [("phase1", cfg.learning_rate, 0, cfg.epochs)]
     if cfg.has_fine_tune:
-        base = models.find_base(model)
-        assert base is not None
-        models.set_fine_tune(base, cfg.fine_tune_blocks)
-        models.compile_model(model, num_classes, cfg.fine_tune_learning_rate)
-        model.fit(train_ds, validation_data=val_ds, initial_epoch=cfg.epochs,
-                  epochs=cfg.total_epochs, verbose=verbose, shuffle=False,
-                  callbacks=_callbacks(prep, "phase2", extra))
+        phases.append(("phase2", cfg.fine_tune_learning_rate, cfg.epochs, cfg.total_epochs))
+    for name, learning_rate, first, last in phases:
+        if name == "phase2":
+            base = models.find_base(model)
+            assert base is not None
+            models.set_fine_tune(base, cfg.fine_tune_blocks)
+        models.compile_model(model, num_classes, learning_rate)
+        done = rundir.state_dir(prep.run_dir) / f"{name}.weights.h5"  # BackupAndRestore deletes its own
+        if done.is_file():
+            model.load_weights(done)
+            continue
+        model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, verbose=verbose,
+                  shuffle=False, callbacks=_callbacks(prep, name, extra))
+        rundir.atomic_save_weights(model, done)
     prep.history = rundir.read_history(prep.run_dir)
     return prep.history
 
@@ -128,15 +126,15 @@ def evaluate(prep: Prepared) -> dict[str, Any]:
     return prep.metrics
 
 
-def finish(prep: Prepared) -> dict[str, Path]:
-    """Write the run's outputs; the model last, so a folder with model.keras is a finished run."""
+def write_outputs(prep: Prepared) -> dict[str, Path]:
+    """Write the run's result files (all but the model)."""
     from kerasflow import plots
 
     out = prep.run_dir
     rundir.atomic_write(out / "history.json", json.dumps(prep.history, indent=2))
     rundir.atomic_write(out / "metrics.json", json.dumps(prep.metrics, indent=2))
     files = {
-        "config": out / "config.yaml",
+        "config": out / rundir.CONFIG_FILE,
         "history": out / "history.json",
         "metrics": out / "metrics.json",
         "curves": plots.training_curves(prep.history, out / "curves.png",
@@ -146,9 +144,14 @@ def finish(prep: Prepared) -> dict[str, Path]:
     }
     if models.binary(len(prep.examples.class_names)):
         files["roc"] = plots.roc_curve(prep.metrics["roc"], out / "roc.png")
-    files["model"] = rundir.atomic_save_model(prep.model, out / "model.keras")
-    rundir.clear_state(out)
     return files
+
+
+def seal(prep: Prepared) -> Path:
+    """Save model.keras, which marks the run finished, and drop the resume state."""
+    path = rundir.atomic_save_model(prep.model, prep.run_dir / rundir.MODEL_FILE)
+    rundir.clear_state(prep.run_dir)
+    return path
 
 
 def train(cfg: Config, verbose: int | str = "auto") -> Prepared:
@@ -157,7 +160,8 @@ def train(cfg: Config, verbose: int | str = "auto") -> Prepared:
     print(f"run folder: {prep.run_dir}{' (resuming)' if prep.resumed else ''}", file=sys.stderr)
     fit(prep, verbose=verbose)
     metrics = evaluate(prep)
-    finish(prep)
+    write_outputs(prep)
+    seal(prep)
     summary = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
     print(f"test: {json.dumps(summary)}", file=sys.stderr)
     print(f"outputs: {prep.run_dir}", file=sys.stderr)

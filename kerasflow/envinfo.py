@@ -1,0 +1,88 @@
+"""What a run ran on: code commit, dependency lock, TF/CUDA build, GPUs, container, host.
+
+Recorded with every tracked run so a result can be traced to the exact code and environment.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCK = ROOT / "requirements.txt"
+
+
+def _run(args: list[str], cwd: Path = ROOT) -> str | None:
+    try:
+        out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout
+
+
+def git_state() -> dict[str, Any]:
+    """Commit, dirty flag and the uncommitted diff (tracked files) of the project checkout."""
+    commit = _run(["git", "rev-parse", "HEAD"])
+    if commit is None:
+        return {"commit": "unknown (not a git checkout)", "dirty": None, "diff": ""}
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no"]) or ""
+    diff = (_run(["git", "diff", "HEAD"]) or "") if status.strip() else ""
+    return {"commit": commit.strip(), "dirty": bool(status.strip()), "diff": diff}
+
+
+def gpus() -> list[dict[str, str]]:
+    """GPU names and driver from nvidia-smi (empty without an NVIDIA GPU)."""
+    out = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
+    if not out:
+        return []
+    rows = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 3:
+            rows.append({"name": parts[0], "driver": parts[1], "memory": parts[2]})
+    return rows
+
+
+def container_image() -> str:
+    """The image id when running in our container (its build sets KERASFLOW_IMAGE), else 'none'."""
+    if os.environ.get("KERASFLOW_IMAGE"):
+        return os.environ["KERASFLOW_IMAGE"]
+    if Path("/.dockerenv").exists() or Path("/run/.containerenv").exists():
+        return "unknown container"
+    return "none"
+
+
+def tensorflow_build() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    info = dict(tf.sysconfig.get_build_info())
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "cuda_build": str(info.get("cuda_version", "none")),
+        "cudnn_build": str(info.get("cudnn_version", "none")),
+        "tf_gpus_visible": str(len(tf.config.list_physical_devices("GPU"))),
+    }
+
+
+def tags() -> dict[str, str]:
+    """Flat tags for the MLflow run (strings only)."""
+    git = git_state()
+    found = gpus()
+    out = {
+        "git_commit": git["commit"],
+        "git_dirty": str(git["dirty"]).lower(),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "container_image": container_image(),
+        "gpus": "; ".join(g["name"] for g in found) or "none",
+        "gpu_driver": found[0]["driver"] if found else "none",
+    }
+    out.update(tensorflow_build())
+    return out

@@ -1,0 +1,140 @@
+"""Model registry helpers: resolve a model URI with a clear error, and promote an alias by a metric.
+
+    python -m kerasflow.registry promote NAME --metric test_accuracy [--alias champion] [--mode max]
+    python -m kerasflow.registry show NAME
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import TYPE_CHECKING, Any
+
+from kerasflow import cli, store
+from kerasflow.errors import UserError
+
+if TYPE_CHECKING:
+    import mlflow
+
+
+def client(store_dir: str = store.DEFAULT_STORE) -> mlflow.MlflowClient:
+    """A client of the checked tracking store (the same resolution as train_mlflow.py)."""
+    uri = store.tracking_uri(store_dir)
+    store.check_backend(uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient()
+
+
+def _registered(c: mlflow.MlflowClient, name: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return c.get_registered_model(name)
+    except MlflowException:
+        names = [m.name for m in c.search_registered_models(max_results=20)]
+        raise UserError(
+            f"no registered model named '{name}' in {store.tracking_uri()}: registered models are "
+            f"{', '.join(names) or 'none'} (register with train_mlflow.py --register NAME)"
+        ) from None
+
+
+def resolve(uri: str, c: mlflow.MlflowClient) -> str:
+    """Check that a model URI points at something; the returned URI is what MLflow will load."""
+    from mlflow.exceptions import MlflowException
+
+    match = re.fullmatch(r"models:/([^/@]+)@(.+)", uri)
+    if match:
+        name, alias = match.groups()
+        model = _registered(c, name)
+        if alias not in (model.aliases or {}):
+            known = ", ".join(f"@{a}" for a in sorted(model.aliases or {})) or "none"
+            raise UserError(
+                f"registered model '{name}' has no alias '{alias}' (its aliases: {known}): use one of "
+                f"those, or set it with `python -m kerasflow.registry promote {name} --alias {alias}`"
+            )
+        return uri
+    match = re.fullmatch(r"models:/([^/@]+)/(\d+)", uri)
+    if match:
+        name, version = match.groups()
+        _registered(c, name)
+        try:
+            c.get_model_version(name, version)
+        except MlflowException:
+            raise UserError(f"registered model '{name}' has no version {version}") from None
+        return uri
+    import mlflow
+
+    try:
+        mlflow.models.get_model_info(uri)
+    except Exception as exc:  # noqa: BLE001 - MlflowException, OSError, ... all mean "no model there"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"no MLflow model at {uri} ({first[:200]}): use models:/NAME@ALIAS, models:/NAME/VERSION, "
+            "models:/<model id> or runs:/<run id>/model"
+        ) from None
+    return uri
+
+
+def promote(c: mlflow.MlflowClient, name: str, metric: str, alias: str = "champion",
+            mode: str = "max") -> dict[str, Any]:
+    """Point `alias` at the version whose source run has the best `metric`."""
+    _registered(c, name)
+    versions = c.search_model_versions(f"name='{name}'")
+    scored, seen = [], set()
+    for v in versions:
+        metrics = c.get_run(v.run_id).data.metrics if v.run_id else {}
+        seen.update(metrics)
+        if metric in metrics:
+            scored.append((metrics[metric], int(v.version)))
+    if not scored:
+        hint = ", ".join(sorted(m for m in seen if m.startswith("test_"))) or "none"
+        raise UserError(
+            f"no version of '{name}' has a run with metric '{metric}': choose one its runs log "
+            f"(e.g. {hint})"
+        )
+    best_value, best_version = (max if mode == "max" else min)(scored, key=lambda s: (s[0], s[1]))
+    model = c.get_registered_model(name)
+    before = (model.aliases or {}).get(alias)
+    c.set_registered_model_alias(name, alias, str(best_version))
+    return {"name": name, "alias": alias, "version": best_version, "metric": metric,
+            "value": best_value, "previous": before, "candidates": len(scored)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__, config_flags=False)
+    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR")
+    sub = p.add_subparsers(dest="command", required=True)
+    pr = sub.add_parser("promote", help="move an alias to the best version by a metric")
+    pr.add_argument("name")
+    pr.add_argument("--metric", default="test_accuracy")
+    pr.add_argument("--alias", default="champion")
+    pr.add_argument("--mode", choices=["max", "min"], default="max")
+    sh = sub.add_parser("show", help="list a registered model's versions, aliases and metrics")
+    sh.add_argument("name")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        c = client(args.store)
+        if args.command == "promote":
+            r = promote(c, args.name, args.metric, args.alias, args.mode)
+            was = f"; was v{r['previous']}" if r["previous"] else ""
+            print(f"{r['name']}@{r['alias']} -> version {r['version']} ({r['metric']}={r['value']:.4f}, "
+                  f"best of {r['candidates']}{was})")
+        else:
+            model = _registered(c, args.name)
+            by_version: dict[str, list[str]] = {}
+            for a, v in (model.aliases or {}).items():
+                by_version.setdefault(str(v), []).append(a)
+            for v in sorted(c.search_model_versions(f"name='{args.name}'"), key=lambda v: int(v.version)):
+                metrics = c.get_run(v.run_id).data.metrics if v.run_id else {}
+                shown = " ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics) if k.startswith("test_"))
+                aliases = " ".join(f"@{a}" for a in by_version.get(str(v.version), []))
+                print(f"v{v.version} run {v.run_id} {aliases} {shown}".replace("  ", " "))
+
+    return cli.run(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

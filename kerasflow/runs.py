@@ -1,0 +1,103 @@
+"""Look at tracked runs: filter, compare in a table, plot the best runs' validation curves.
+
+    python -m kerasflow.runs --filter "metrics.test_accuracy > 0.9" --top 5 --plot best.png
+    (`make runs FILTER="metrics.test_accuracy > 0.9"`)
+
+The filter is MLflow's search syntax: metrics.X, params.X, tags.X, attributes.status, ...
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kerasflow import cli, store
+from kerasflow.errors import UserError
+
+if TYPE_CHECKING:
+    import mlflow
+    import pandas as pd
+
+COLUMNS = ["run_id", "tags.mlflow.runName", "status", "params.model", "params.data_source",
+           "params.image_size", "params.epochs", "metrics.test_accuracy", "metrics.test_auc",
+           "metrics.test_loss", "metrics.val_accuracy"]
+
+
+def search(c: mlflow.MlflowClient, experiment: str, filter_string: str, order_by: str,
+           top: int) -> pd.DataFrame:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in c.search_experiments()]
+        raise UserError(f"no experiment '{experiment}' in the store (experiments: {', '.join(names)}): "
+                        "pass --experiment NAME")
+    try:
+        runs = mlflow.search_runs([exp.experiment_id], filter_string=filter_string, order_by=[order_by],
+                                  max_results=max(top, 1))
+    except MlflowException as exc:
+        raise UserError(f"bad filter or order ({str(exc).splitlines()[0][:200]}): see MLflow's search "
+                        "syntax, e.g. \"metrics.test_accuracy > 0.9\"") from None
+    if runs.empty:
+        raise UserError(f"no run of '{experiment}' matches {filter_string!r}: loosen the filter")
+    return runs
+
+
+def table(runs: pd.DataFrame) -> str:
+    shown = [c for c in COLUMNS if c in runs.columns]
+    frame = runs[shown].copy()
+    frame.columns = [c.split(".")[-1] if c != "tags.mlflow.runName" else "name" for c in shown]
+    frame["run_id"] = frame["run_id"].str[:8]
+    return frame.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def plot_curves(c: mlflow.MlflowClient, runs: pd.DataFrame, path: Path,
+                metrics: tuple[str, ...] = ("val_accuracy", "val_loss")) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4))
+    for ax, metric in zip(axes, metrics, strict=True):
+        for _, run in runs.iterrows():
+            history = sorted(c.get_metric_history(run["run_id"], metric), key=lambda m: m.step)
+            if history:
+                name = run.get("tags.mlflow.runName") or run["run_id"][:8]
+                ax.plot([m.step + 1 for m in history], [m.value for m in history], marker="o", label=name)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__, config_flags=False)
+    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR")
+    p.add_argument("--experiment", default="kerasflow")
+    p.add_argument("--filter", default="", help="MLflow search filter")
+    p.add_argument("--order-by", default="metrics.test_accuracy DESC")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--plot", type=Path, help="write the best runs' validation curves to this PNG")
+    args = p.parse_args(argv)
+
+    def go() -> Any:
+        from kerasflow import registry
+
+        c = registry.client(args.store)
+        runs = search(c, args.experiment, args.filter, args.order_by, args.top)
+        print(table(runs))
+        if args.plot:
+            print(f"curves: {plot_curves(c, runs, args.plot)}", file=sys.stderr)
+
+    return cli.run(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Serve a logged model over HTTP on 127.0.0.1 with `mlflow models serve`, and a client for it.
+
+    python -m kerasflow.serving MODEL_URI [--port 5001]        # `make serve MODEL=models:/NAME@champion`
+
+Request (POST /invocations, Content-Type: application/json): uint8 RGB images already resized to the
+model's input size, as nested lists, {"inputs": [[[[r, g, b], ...], ...], ...]}. Response:
+{"predictions": [[p], ...]} where p is the probability of class 1 (binary models; class names are in
+the model's metadata), or one probability per class otherwise. predict.py does both sides of that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerasflow import cli, store
+from kerasflow.errors import UserError
+
+
+def serve_command(uri: str, port: int) -> list[str]:
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    return [str(mlflow_bin), "models", "serve", "-m", uri, "--env-manager", "local",
+            "-h", "127.0.0.1", "-p", str(port)]
+
+
+def serve(uri: str, port: int, store_dir: str) -> None:
+    """Check the model exists (a bad URI fails here, not inside the server), then become the server."""
+    from kerasflow import registry
+
+    registry.resolve(uri, registry.client(store_dir))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri(store_dir),
+           # uvicorn and mlflow must be found on PATH by the server it starts
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    print(f"serving {uri} on http://127.0.0.1:{port}/invocations (Ctrl-C stops)", file=sys.stderr)
+    sys.stderr.flush()
+    os.execve(serve_command(uri, port)[0], serve_command(uri, port), env)
+
+
+def model_metadata(uri: str, store_dir: str) -> dict[str, Any]:
+    import mlflow
+
+    from kerasflow import registry
+
+    registry.resolve(uri, registry.client(store_dir))
+    return dict(mlflow.models.get_model_info(uri).metadata or {})
+
+
+def load_images(paths: list[str], size: int) -> np.ndarray:
+    """Files -> (N, size, size, 3) uint8, resized the way training resized them."""
+    import tensorflow as tf
+
+    from kerasflow.data import resize_uint8
+
+    out = []
+    for path in paths:
+        try:
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        except (tf.errors.OpError, ValueError):
+            raise UserError(f"cannot read image {path}: give PNG/JPEG/BMP/GIF files") from None
+        out.append(resize_uint8(image, size).numpy())
+    return np.stack(out)
+
+
+def request(url: str, images: np.ndarray, timeout: float = 60) -> list[Any]:
+    body = json.dumps({"inputs": images.tolist()}).encode()
+    req = urllib.request.Request(url.rstrip("/") + "/invocations", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return json.loads(response.read())["predictions"]
+    except urllib.error.HTTPError as exc:
+        raise UserError(f"the model server answered {exc.code}: {exc.read().decode()[:300]}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise UserError(f"cannot reach the model server at {url} ({getattr(exc, 'reason', exc)}): "
+                        "start it with `make serve MODEL=...`") from None
+
+
+def describe(predictions: list[Any], class_names: list[str]) -> list[tuple[str, float]]:
+    """(predicted class, its probability) per image."""
+    out = []
+    for p in predictions:
+        p = np.asarray(p, float).reshape(-1)
+        if p.size == 1:
+            k = int(p[0] >= 0.5)
+            out.append((class_names[k], float(p[0] if k else 1 - p[0])))
+        else:
+            k = int(p.argmax())
+            out.append((class_names[k], float(p[k])))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__, config_flags=False)
+    p.add_argument("model", help="models:/NAME@ALIAS, models:/NAME/VERSION, models:/<id>, runs:/<id>/model")
+    p.add_argument("--port", type=int, default=5001)
+    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR")
+    args = p.parse_args(argv)
+    return cli.run(lambda: serve(args.model, args.port, args.store))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

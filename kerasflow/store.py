@@ -1,0 +1,132 @@
+"""Where MLflow data lives, and a fast check that the tracking backend works before any training.
+
+The default store is embedded (no server) and self-contained: ONE folder holds the sqlite database and
+every artifact, so copying the folder moves everything:
+
+    store/
+      mlflow.db                      runs, params, metrics, tags, inputs, registry (sqlite)
+      artifacts/<experiment>/<run_id>/artifacts/...      run artifacts (figures, config, lock, ...)
+      artifacts/<experiment>/models/<model_id>/...       logged models (MLflow 3 LoggedModels)
+      artifacts/<id>/...             the same, for experiments created through `make server`
+
+`MLFLOW_TRACKING_URI`, when set, wins (an `http://` server, another database, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from kerasflow.errors import UserError
+
+DEFAULT_STORE = "store"
+DB_FILE = "mlflow.db"
+ARTIFACTS = "artifacts"
+
+
+def tracking_uri(store: str | Path = DEFAULT_STORE) -> str:
+    """MLFLOW_TRACKING_URI if set, else the sqlite database inside the store folder."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    return f"sqlite:///{(Path(store) / DB_FILE).resolve()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    return None
+
+
+def artifact_root(uri: str, experiment: str) -> str | None:
+    """Artifact folder for a new experiment in an embedded store (None: let the server decide)."""
+    db = sqlite_path(uri)
+    if db is None:
+        return None
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment).strip("-") or "experiment"
+    return str(db.parent / ARTIFACTS / slug)
+
+
+def _can_write(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_sqlite_schema(db: Path) -> None:
+    """Refuse a database this MLflow cannot use, naming the fix (MLflow's own errors come mid-run)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+    from mlflow.store.db.utils import _get_alembic_config, _get_latest_schema_revision
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "alembic_version" not in tables:
+                if tables:
+                    raise UserError(f"{db} is a sqlite file but not an MLflow store: point the store "
+                                    "elsewhere")
+                return  # empty database: MLflow creates its tables
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"{db} is not a readable sqlite database ({exc}): restore it from a backup "
+                        "or use another store") from None
+    found = row[0] if row else None
+    head = _get_latest_schema_revision()
+    if found == head:
+        return
+    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+    try:
+        known = found is not None and script.get_revision(found) is not None
+    except CommandError:
+        known = False
+    if not known:
+        import mlflow
+
+        raise UserError(
+            f"store {db} was written by a newer MLflow (schema {found}; MLflow {mlflow.__version__} "
+            f"here knows up to {head}): use the MLflow version that wrote it, or upgrade this one"
+        )
+    raise UserError(
+        f"store {db} has an older MLflow schema ({found}, this MLflow needs {head}): back it up, then "
+        f"run `mlflow db upgrade sqlite:///{db}`"
+    )
+
+
+def check_backend(uri: str) -> None:
+    """Fail in seconds, before training, when runs could not be recorded."""
+    db = sqlite_path(uri)
+    if db is not None:
+        folder = db.parent
+        probe = folder
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir() or not _can_write(probe):
+            raise UserError(f"MLflow store folder {folder} is not writable: fix its permissions or "
+                            "choose another with --store DIR")
+        if db.exists():
+            if not os.access(db, os.W_OK) or not _can_write(folder):
+                raise UserError(f"MLflow store {db} is read-only: fix its permissions or choose "
+                                "another with --store DIR")
+            check_sqlite_schema(db)
+        return
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                ok = response.status == 200
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError(
+                f"cannot reach the MLflow tracking server at {uri} ({reason}): start it with "
+                "`make server`, or fix/unset MLFLOW_TRACKING_URI"
+            ) from None
+        if not ok:
+            raise UserError(f"the MLflow server at {uri} is not healthy: check its log")

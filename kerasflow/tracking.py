@@ -1,0 +1,229 @@
+"""The training of kerasflow.training inside ONE MLflow run, with lineage, environment and the model.
+
+Why not `mlflow.keras.autolog` for the metrics: with a fine-tuning phase the second `fit` logs other
+`epochs`/learning-rate params, MLflow refuses to change a param, and autolog then silently drops every
+metric of that phase (seen with MLflow 3.17.2). `EpochMetricsLogger` logs each epoch at its absolute
+step and skips steps already logged, so a run resumed after a kill has no duplicated epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kerasflow import envinfo, rundir, store, training
+from kerasflow.config import Config
+from kerasflow.errors import Terminated, UserError
+
+if TYPE_CHECKING:
+    import keras
+    import mlflow
+
+RUN_ID_FILE = "mlflow_run_id"
+DEFAULT_EXPERIMENT = "kerasflow"
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def epoch_logger(client: mlflow.MlflowClient, run_id: str) -> keras.callbacks.Callback:
+    import keras
+
+    class EpochMetricsLogger(keras.callbacks.Callback):
+        """Per-epoch metrics at step = epoch; epochs already in the run (before a kill) are skipped."""
+
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            self.logged = {m.step for m in client.get_metric_history(run_id, "loss")}
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            if epoch in self.logged:
+                return
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            metrics = [Metric(k, float(v), now, epoch) for k, v in (logs or {}).items()]
+            client.log_batch(run_id, metrics=metrics, synchronous=True)
+            self.logged.add(epoch)
+
+    return EpochMetricsLogger()
+
+
+def _experiment_id(client: mlflow.MlflowClient, uri: str, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            raise UserError(f"MLflow experiment '{name}' is deleted: restore it or use --experiment NAME")
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=store.artifact_root(uri, name))
+
+
+def _resume_id(run_dir: Path, client: mlflow.MlflowClient) -> str | None:
+    path = run_dir / RUN_ID_FILE
+    if not path.is_file():
+        return None
+    run_id = path.read_text().strip()
+    try:
+        client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - MlflowException, or a store that lost it
+        raise UserError(
+            f"run folder {run_dir} belongs to MLflow run {run_id}, which this tracking store does not "
+            "have: use the store it was started with, or another run_name"
+        ) from None
+    return run_id
+
+
+def log_inputs(prep: training.Prepared) -> None:
+    """Data lineage: one input per split, with our digest (MLflow would hash every pixel otherwise)."""
+    import mlflow
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    ex = prep.examples
+    # an image folder is a path MLflow understands; tfds and synthetic are described by their parameters
+    source = ex.source["path"] if "path" in ex.source else CodeDatasetSource(
+        tags={k: json.dumps(v) if not isinstance(v, str) else v for k, v in ex.source.items()})
+    for context, idx in (("training", prep.splits.train), ("validation", prep.splits.val),
+                         ("test", prep.splits.test)):
+        # a zero-copy view with the split's shape and dtype: the schema and profile need no pixels
+        shape = (len(idx), *ex.images.shape[1:])
+        features = np.broadcast_to(ex.images[:1], shape)
+        dataset = mlflow.data.from_numpy(
+            features, targets=ex.labels[idx], source=source, name=f"{ex.source['source']}-{context}",
+            digest=f"{ex.digest}-{prep.splits.digest()}-{context}"[:36],
+        )
+        mlflow.log_input(dataset, context=context)
+
+
+def _requirements() -> list[str]:
+    """Pins for the logged model, from our lock: MLflow's own inference takes ~7 s of a ~7 s log."""
+    wanted = {"tensorflow", "keras", "numpy", "mlflow", "pillow"}
+    pins = []
+    for line in envinfo.LOCK.read_text().splitlines():
+        name = line.split("==")[0].strip().lower()
+        if name in wanted and "==" in line:
+            pins.append(line.strip())
+    return pins
+
+
+def log_model(prep: training.Prepared, register: str, alias: str) -> dict[str, Any]:
+    """The trained model as an MLflow model (keras flavor + signature), optionally registered."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    sample = np.asarray(prep.examples.images[prep.splits.test[:4]])
+    signature = infer_signature(sample, prep.model.predict(sample, verbose=0))
+    info = mlflow.keras.log_model(
+        prep.model, name="model", signature=signature, pip_requirements=_requirements(),
+        metadata={"class_names": prep.examples.class_names, "image_size": prep.cfg.image_size},
+    )
+    out: dict[str, Any] = {"model_uri": info.model_uri, "model_id": info.model_id}
+    if register:
+        version = mlflow.register_model(info.model_uri, register)
+        client = mlflow.MlflowClient()
+        if alias:
+            client.set_registered_model_alias(register, alias, version.version)
+        out.update(registered_model=register, version=version.version, alias=alias)
+    return out
+
+
+def _log_environment(run_id: str, client: mlflow.MlflowClient) -> None:
+    import mlflow
+
+    git = envinfo.git_state()
+    mlflow.set_tags(envinfo.tags())
+    mlflow.log_artifact(str(envinfo.LOCK), artifact_path="environment")
+    with tempfile.TemporaryDirectory() as tmp:
+        if git["dirty"] and git["diff"]:
+            (Path(tmp) / "git_diff.patch").write_text(git["diff"])
+            mlflow.log_artifact(str(Path(tmp) / "git_diff.patch"), artifact_path="environment")
+        gpus = envinfo.gpus()
+        (Path(tmp) / "hardware.json").write_text(json.dumps({"gpus": gpus, **envinfo.tensorflow_build()},
+                                                            indent=2))
+        mlflow.log_artifact(str(Path(tmp) / "hardware.json"), artifact_path="environment")
+
+
+def _log_results(prep: training.Prepared, files: dict[str, Path]) -> None:
+    import mlflow
+
+    metrics = {f"test_{k}": float(v) for k, v in prep.metrics.items() if isinstance(v, (int, float))}
+    mlflow.log_metrics(metrics)
+    for key, path in files.items():
+        if key != "model":
+            mlflow.log_artifact(str(path))
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = Path(tmp) / "model_summary.txt"
+        lines: list[str] = []
+        prep.model.summary(print_fn=lambda line, *args, **kw: lines.append(line))
+        summary.write_text("\n".join(lines) + "\n")
+        mlflow.log_artifact(str(summary))
+
+
+def train_tracked(cfg: Config, *, store_dir: str = store.DEFAULT_STORE, experiment: str = DEFAULT_EXPERIMENT,
+                  register: str = "", alias: str = "candidate", system_metrics: bool = False,
+                  verbose: int | str = "auto") -> tuple[training.Prepared, str]:
+    """train.py's run inside one MLflow run; returns the prepared state and the run id."""
+    uri = store.tracking_uri(store_dir)
+    store.check_backend(uri)  # seconds, before anything slow
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    launched = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run`: log into the run it made
+    exp_id = None if launched else _experiment_id(client, uri, experiment)
+    prep = training.prepare(cfg)
+    run_id = launched or _resume_id(prep.run_dir, client)
+    if system_metrics:
+        mlflow.enable_system_metrics_logging()
+    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
+                           run_name=prep.run_dir.name, log_system_metrics=system_metrics or None)
+    run_id = run.info.run_id
+    rundir.atomic_write(prep.run_dir / RUN_ID_FILE, run_id + "\n")
+    print(f"mlflow: run {run_id} in experiment '{experiment}' at {uri}"
+          f"{' (resumed)' if prep.resumed else ''}", file=sys.stderr)
+    status = "FAILED"
+    try:
+        with sigterm_as_interrupt():
+            if not prep.resumed or not client.get_run(run_id).data.params:
+                mlflow.log_params(prep.cfg.replace(run_name=prep.run_dir.name).to_dict())
+                mlflow.set_tags({"data_digest": prep.examples.digest, "split_digest": prep.splits.digest(),
+                                 "data_source": cfg.data_source, "kerasflow.entry": "train_mlflow.py"})
+                mlflow.log_artifact(str(prep.run_dir / rundir.CONFIG_FILE))
+                log_inputs(prep)
+                _log_environment(run_id, client)
+            training.fit(prep, extra_callbacks=[epoch_logger(client, run_id)], verbose=verbose)
+            training.evaluate(prep)
+            files = training.write_outputs(prep)
+            _log_results(prep, files)
+            model = log_model(prep, register, alias)
+            rundir.atomic_write(prep.run_dir / "mlflow_model.json", json.dumps(model, indent=2))
+            training.seal(prep)  # last: until here a rerun resumes this same MLflow run
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        mlflow.end_run(status)
+    summary = {k: round(v, 4) for k, v in prep.metrics.items() if isinstance(v, float)}
+    print(f"test: {json.dumps(summary)}", file=sys.stderr)
+    registered = f" registered as {register} v{model['version']}" if register else ""
+    print(f"mlflow: run {run_id} FINISHED; model {model['model_uri']}{registered}", file=sys.stderr)
+    return prep, run_id
