@@ -8,11 +8,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+STORE ?= store
+PORT ?= 5000
+SERVE_PORT ?= 5001
+MODEL ?=
+NAME ?= kerasflow
+METRIC ?= test_accuracy
+FILTER ?=
 # The offline demo: the synthetic cell images and the small CNN, a few seconds an epoch on a laptop CPU.
 DEMO_SET := --set data_source=synthetic --set model=cnn --set image_size=48 --set epochs=5 \
             --set synthetic_examples=2000 --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: help env lock train demo data weights test lint bench clean
+.PHONY: help env lock train demo data weights test lint bench clean track track-demo server serve \
+        predict runs promote mlproject
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +48,32 @@ train: $(STAMP) ## train with config.yaml (VGG16 on TFDS malaria; run `make data
 
 demo: $(STAMP) ## offline demo: small CNN on synthetic cell images (no download needed)
 	$(PY) train.py $(DEMO_SET) $(ARGS)
+
+track: $(STAMP) ## train with MLflow tracking into ./store (or MLFLOW_TRACKING_URI); ARGS as for train
+	$(PY) train_mlflow.py --store $(STORE) $(ARGS)
+
+track-demo: $(STAMP) ## the offline demo, tracked, its model registered as 'demo' with alias candidate
+	$(PY) train_mlflow.py --store $(STORE) $(DEMO_SET) --register demo $(ARGS)
+
+server: $(STAMP) ## MLflow server on 127.0.0.1:5000 (PORT=) over ./store, proxying artifacts (mlflow-artifacts:/)
+	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(abspath $(STORE))/mlflow.db \
+	  --artifacts-destination $(abspath $(STORE))/artifacts --host 127.0.0.1 --port $(PORT)
+
+serve: $(STAMP) ## serve a model on 127.0.0.1:5001: make serve MODEL=models:/demo@candidate
+	@test -n "$(MODEL)" || { echo "error: give the model: make serve MODEL=models:/NAME@ALIAS"; exit 2; }
+	$(PY) -m kerasflow.serving "$(MODEL)" --port $(SERVE_PORT) --store $(STORE)
+
+predict: $(STAMP) ## classify images with the served model: make predict MODEL=... IMAGES='a.png b.png'
+	$(PY) predict.py --url http://127.0.0.1:$(SERVE_PORT) --model "$(MODEL)" --store $(STORE) $(IMAGES)
+
+runs: $(STAMP) ## table of the best runs and their curves: make runs FILTER="metrics.test_accuracy > 0.9"
+	mkdir -p outputs && $(PY) -m kerasflow.runs --store $(STORE) --filter "$(FILTER)" --plot outputs/best_runs.png
+
+promote: $(STAMP) ## point @champion at the best version: make promote NAME=demo METRIC=test_accuracy
+	$(PY) -m kerasflow.registry --store $(STORE) promote "$(NAME)" --metric "$(METRIC)"
+
+mlproject: $(STAMP) ## regenerate MLproject from config.yaml
+	$(PY) -m kerasflow.mlproject > MLproject
 
 data: $(STAMP) ## download and prepare TFDS malaria into tfds_data_dir (needs internet, ~340 MB)
 	$(PY) -m kerasflow.fetch data $(ARGS)

@@ -20,6 +20,8 @@ import sqlite3
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kerasflow.errors import UserError
@@ -35,6 +37,25 @@ def tracking_uri(store: str | Path = DEFAULT_STORE) -> str:
     if env:
         return env
     return f"sqlite:///{(Path(store) / DB_FILE).resolve()}"
+
+
+@contextmanager
+def activated(uri: str) -> Iterator[None]:
+    """Make `uri` MLflow's tracking URI for a block, then put back what was there.
+
+    mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into os.environ, which would otherwise
+    make every later run in the same process (a notebook, the tests, a search) use this store.
+    """
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def sqlite_path(uri: str) -> Path | None:

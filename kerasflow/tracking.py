@@ -183,9 +183,14 @@ def train_tracked(cfg: Config, *, store_dir: str = store.DEFAULT_STORE, experime
     """train.py's run inside one MLflow run; returns the prepared state and the run id."""
     uri = store.tracking_uri(store_dir)
     store.check_backend(uri)  # seconds, before anything slow
+    with store.activated(uri):
+        return _train_in_store(cfg, uri, experiment, register, alias, system_metrics, verbose)
+
+
+def _train_in_store(cfg: Config, uri: str, experiment: str, register: str, alias: str,
+                    system_metrics: bool, verbose: int | str) -> tuple[training.Prepared, str]:
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     launched = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run`: log into the run it made
     exp_id = None if launched else _experiment_id(client, uri, experiment)

@@ -1,0 +1,367 @@
+"""MLflow tracking with real MLflow on a sqlite store in a temp dir: one run with everything, registry,
+serving over real HTTP, run status after failures, resume, a real tracking server, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, TINY, run_script, set_args
+
+from kerasflow import config
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90, proc: subprocess.Popen | None = None) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+def client_for(store_dir: Path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{store_dir / 'mlflow.db'}")
+    return mlflow.MlflowClient()
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory: pytest.TempPathFactory):
+    """One tracked, registered training run, shared by the read-only checks below."""
+    from kerasflow import tracking
+
+    tmp = tmp_path_factory.mktemp("tracked")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    cfg = config.load(None, [*TINY, "epochs=2", f"output_dir={tmp / 'out'}", "run_name=first",
+                             f"cache_dir={tmp / 'cache'}"])
+    prep, run_id = tracking.train_tracked(cfg, store_dir=str(tmp / "store"), register="tiny",
+                                          alias="candidate", verbose=0)
+    return tmp, prep, run_id
+
+
+def test_one_run_with_params_metrics_artifacts_inputs_and_environment(tracked):
+    tmp, prep, run_id = tracked
+    c = client_for(tmp / "store")
+    exp = c.get_experiment_by_name("kerasflow")
+    runs = c.search_runs([exp.experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith(str(tmp / "store" / "artifacts"))
+    params = run.data.params
+    assert set(config.keys()) <= set(params) and params["epochs"] == "2" and params["model"] == "cnn"
+    assert [m.step for m in c.get_metric_history(run_id, "loss")] == [0, 1]
+    assert [m.step for m in c.get_metric_history(run_id, "val_accuracy")] == [0, 1]
+    for key in ("test_accuracy", "test_auc", "test_loss", "test_precision", "test_recall"):
+        assert key in run.data.metrics
+    assert run.data.metrics["test_accuracy"] == pytest.approx(prep.metrics["accuracy"])
+    artifacts = {a.path for a in c.list_artifacts(run_id)} | {
+        a.path for a in c.list_artifacts(run_id, "environment")}
+    assert {"config.yaml", "curves.png", "confusion_matrix.png", "roc.png", "metrics.json", "history.json",
+            "model_summary.txt", "environment/requirements.txt", "environment/hardware.json"} <= artifacts
+    summary = Path(c.download_artifacts(run_id, "model_summary.txt", str(tmp)))
+    assert "Total params" in summary.read_text()
+    contexts = {}
+    for entry in run.inputs.dataset_inputs:
+        context = next(t.value for t in entry.tags if t.key == "mlflow.data.context")
+        contexts[context] = entry.dataset.digest
+    assert set(contexts) == {"training", "validation", "test"}
+    assert all(d.startswith(prep.examples.digest[:8]) for d in contexts.values())
+    tags = run.data.tags
+    for key in ("git_commit", "git_dirty", "host", "tensorflow", "keras", "cuda_build", "cudnn_build",
+                "gpus", "container_image", "data_digest", "split_digest"):
+        assert tags.get(key), key
+    assert tags["data_digest"] == prep.examples.digest
+    assert len(tags["git_commit"]) == 40
+
+
+def test_registered_model_loads_by_alias_and_predicts_like_the_trained_one(tracked):
+    import mlflow
+
+    tmp, prep, _ = tracked
+    client_for(tmp / "store")
+    loaded = mlflow.keras.load_model("models:/tiny@candidate")
+    batch = np.asarray(prep.examples.images[prep.splits.test[:8]])
+    assert np.allclose(loaded.predict(batch, verbose=0), prep.model.predict(batch, verbose=0), atol=1e-6)
+    pyfunc = mlflow.pyfunc.load_model("models:/tiny@candidate")
+    assert pyfunc.metadata.metadata["class_names"] == prep.examples.class_names
+
+
+def test_served_model_answers_a_real_http_post(tracked):
+    tmp, prep, _ = tracked
+    port = free_port()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "kerasflow.serving", "models:/tiny@candidate", "--port", str(port),
+         "--store", str(tmp / "store")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", timeout=120, proc=server)
+        from PIL import Image
+
+        paths = []
+        for i, idx in enumerate(prep.splits.test[:3]):
+            path = tmp / f"cell{i}.png"
+            Image.fromarray(np.asarray(prep.examples.images[idx])).save(path)
+            paths.append(str(path))
+        result = run_script("predict.py", "--url", f"http://127.0.0.1:{port}", "--model",
+                            "models:/tiny@candidate", "--store", str(tmp / "store"), *paths)
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
+        expected = prep.model.predict(np.asarray(prep.examples.images[prep.splits.test[:3]]), verbose=0)
+        for (_path, name, probability), p in zip(lines, expected.reshape(-1), strict=True):
+            k = int(p >= 0.5)
+            assert name == prep.examples.class_names[k]
+            assert float(probability) == pytest.approx(p if k else 1 - p, abs=1e-4)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_promote_moves_champion_to_the_best_version(tracked):
+    from kerasflow import registry, tracking
+    from kerasflow.errors import UserError
+
+    tmp, _, _ = tracked
+    cfg = config.load(None, [*TINY, "epochs=1", f"output_dir={tmp / 'out'}", "run_name=second",
+                             f"cache_dir={tmp / 'cache'}", "learning_rate=0.00001"])
+    tracking.train_tracked(cfg, store_dir=str(tmp / "store"), register="tiny", alias="candidate", verbose=0)
+    c = client_for(tmp / "store")
+    scores = {int(v.version): c.get_run(v.run_id).data.metrics["test_loss"]
+              for v in c.search_model_versions("name='tiny'")}
+    assert len(scores) == 2
+    result = registry.promote(c, "tiny", "test_loss", alias="champion", mode="min")
+    assert result["version"] == min(scores, key=scores.get)
+    assert str(c.get_model_version_by_alias("tiny", "champion").version) == str(result["version"])
+    with pytest.raises(UserError, match="no version of 'tiny' has a run with metric 'f1'"):
+        registry.promote(c, "tiny", "f1")
+
+
+def _tiny_cmd(tmp: Path, name: str, *extra: str, epochs: int = 2) -> list[str]:
+    sets = [*TINY, f"epochs={epochs}", f"output_dir={tmp / 'out'}", f"run_name={name}",
+            f"cache_dir={tmp / 'cache'}", *extra]
+    return [sys.executable, str(ROOT / "train_mlflow.py"), "--store", str(tmp / "store"), *set_args(sets)]
+
+
+def _runs_by_name(store_dir: Path) -> dict[str, object]:
+    c = client_for(store_dir)
+    exp = c.get_experiment_by_name("kerasflow")
+    return {r.info.run_name: r for r in c.search_runs([exp.experiment_id])}
+
+
+def _wait_for_epochs(run_dir: Path, proc: subprocess.Popen, n: int) -> None:
+    log = run_dir / "history.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {n} epochs before the process ended ({proc.poll()})")
+
+
+def test_exception_marks_the_run_failed(tmp_path, monkeypatch):
+    from kerasflow import tracking, training
+
+    def broken(prep):  # a fault injected after training, where real bugs would surface
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(training, "evaluate", broken)
+    cfg = config.load(None, [*TINY, f"output_dir={tmp_path / 'out'}", "run_name=bad",
+                             f"cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(RuntimeError, match="boom"):
+        tracking.train_tracked(cfg, store_dir=str(tmp_path / "store"), verbose=0)
+    assert _runs_by_name(tmp_path / "store")["bad"].info.status == "FAILED"
+
+
+def test_sigterm_marks_the_run_killed(tmp_path):
+    proc = subprocess.Popen(_tiny_cmd(tmp_path, "term", "synthetic_examples=600", epochs=30), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_epochs(tmp_path / "out" / "term", proc, 1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err
+    assert _runs_by_name(tmp_path / "store")["term"].info.status == "KILLED"
+
+
+def test_sigkill_then_rerun_continues_the_same_run_without_duplicate_epochs(tmp_path):
+    cmd = _tiny_cmd(tmp_path, "resume", "synthetic_examples=600", epochs=6)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_epochs(tmp_path / "out" / "resume", proc, 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _runs_by_name(tmp_path / "store")["resume"]
+    assert before.info.status == "RUNNING"  # what SIGKILL leaves; the rerun closes it
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _runs_by_name(tmp_path / "store")
+    assert len(runs) == 1
+    after = runs["resume"]
+    assert after.info.run_id == before.info.run_id and after.info.status == "FINISHED"
+    c = client_for(tmp_path / "store")
+    for metric in ("loss", "val_loss", "accuracy"):
+        assert sorted(m.step for m in c.get_metric_history(after.info.run_id, metric)) == list(range(6))
+
+
+def test_a_tracking_server_gets_a_full_run_with_proxied_artifacts(tmp_path):
+    port = free_port()
+    server_store = tmp_path / "server"
+    server_store.mkdir()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    server = subprocess.Popen(
+        [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{server_store / 'mlflow.db'}",
+         "--artifacts-destination", str(server_store / "artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{uri}/health", timeout=120, proc=server)
+        result = subprocess.run([*_tiny_cmd(tmp_path, "remote"), "--register", "remote-model"], cwd=ROOT,
+                                capture_output=True, text=True,
+                                env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+        assert result.returncode == 0, result.stderr[-3000:]
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        c = mlflow.MlflowClient()
+        run = c.search_runs([c.get_experiment_by_name("kerasflow").experiment_id])[0]
+        assert run.info.status == "FINISHED"
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+        assert {"curves.png", "config.yaml"} <= {a.path for a in c.list_artifacts(run.info.run_id)}
+        assert list((server_store / "artifacts").rglob("curves.png"))  # stored by the server
+        version = c.get_model_version_by_alias("remote-model", "candidate")
+        assert str(version.version) == "1"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+# --- bad input: exit 2, one line, no traceback, no RUNNING run left ----------------------------------
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_unreachable_tracking_server_fails_fast(tmp_path):
+    start = time.monotonic()
+    result = subprocess.run(_tiny_cmd(tmp_path, "x"), cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    assert_one_line_error(result, "cannot reach the MLflow tracking server", "make server")
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_store_folder(tmp_path):
+    cmd = _tiny_cmd(tmp_path, "x")
+    cmd[cmd.index("--store") + 1] = "/proc/kerasflow-store"
+    assert_one_line_error(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True),
+                          "MLflow store folder /proc/kerasflow-store is not writable", "--store DIR")
+
+
+def test_store_written_by_a_newer_mlflow_is_refused(tracked, tmp_path):
+    import shutil
+
+    src, _, _ = tracked
+    shutil.copytree(src / "store", tmp_path / "store")
+    with sqlite3.connect(tmp_path / "store" / "mlflow.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = 'f00dfeedbeef'")
+    result = subprocess.run(_tiny_cmd(tmp_path, "x"), cwd=ROOT, capture_output=True, text=True)
+    assert_one_line_error(result, "was written by a newer MLflow (schema f00dfeedbeef",
+                          "use the MLflow version")
+    result = run_script("predict.py", "--model", "models:/tiny@candidate", "--store", str(tmp_path / "store"),
+                        "x.png")
+    assert_one_line_error(result, "newer MLflow")
+
+
+def test_serve_refuses_unknown_alias_and_missing_model(tracked):
+    tmp, _, _ = tracked
+    store_dir = str(tmp / "store")
+    result = subprocess.run([sys.executable, "-m", "kerasflow.serving", "models:/tiny@nope", "--store",
+                             store_dir], cwd=ROOT, capture_output=True, text=True)
+    assert_one_line_error(result, "registered model 'tiny' has no alias 'nope'", "@candidate")
+    result = subprocess.run([sys.executable, "-m", "kerasflow.serving", "models:/ghost@champion", "--store",
+                             store_dir], cwd=ROOT, capture_output=True, text=True)
+    assert_one_line_error(result, "no registered model named 'ghost'")
+    result = subprocess.run([sys.executable, "-m", "kerasflow.serving", "runs:/0123456789abcdef/model",
+                             "--store", store_dir], cwd=ROOT, capture_output=True, text=True)
+    assert_one_line_error(result, "no MLflow model at runs:/0123456789abcdef/model")
+
+
+def test_promote_cli_errors(tracked):
+    tmp, _, _ = tracked
+    base = [sys.executable, "-m", "kerasflow.registry", "--store", str(tmp / "store"), "promote"]
+    result = subprocess.run([*base, "tiny", "--metric", "metrics_nobody_logs"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert_one_line_error(result, "no version of 'tiny' has a run with metric 'metrics_nobody_logs'",
+                          "test_accuracy")
+    result = subprocess.run([*base, "ghost"], cwd=ROOT, capture_output=True, text=True)
+    assert_one_line_error(result, "no registered model named 'ghost'", "tiny")
+
+
+def test_runs_listing_filters_and_plots(tracked, tmp_path):
+    tmp, _, run_id = tracked
+    result = subprocess.run([sys.executable, "-m", "kerasflow.runs", "--store", str(tmp / "store"),
+                             "--filter", "metrics.test_accuracy >= 0", "--plot", str(tmp_path / "best.png")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert run_id[:8] in result.stdout and "test_accuracy" in result.stdout
+    assert (tmp_path / "best.png").read_bytes()[:4] == b"\x89PNG"
+    result = subprocess.run([sys.executable, "-m", "kerasflow.runs", "--store", str(tmp / "store"),
+                             "--filter", "metrics.test_accuracy > 2"], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert_one_line_error(result, "no run of 'kerasflow' matches")
+
+
+def test_mlproject_mirrors_the_config_and_its_command_trains(tmp_path):
+    from mlflow.projects._project_spec import load_project
+
+    from kerasflow import mlproject
+
+    assert (ROOT / "MLproject").read_text() == mlproject.render(), "run `make mlproject`"
+    project = load_project(str(ROOT))
+    main = project.get_entry_point("main")
+    cfg = config.load()
+    assert set(main.parameters) == set(config.keys()) | {"register_model", "model_alias"}
+    for key, value in cfg.to_dict().items():
+        default = main.parameters[key].default
+        assert str(default).lower() == str(value).lower() or float(default) == value, key
+    params = {k.split("=")[0]: k.split("=", 1)[1] for k in TINY}
+    params.update(epochs="1", output_dir=str(tmp_path / "out"), run_name="mlp",
+                  cache_dir=str(tmp_path / "cache"))
+    command = main.compute_command(params, storage_dir=str(tmp_path))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # an activated venv
+    result = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out" / "mlp" / "model.keras").is_file()
+    assert json.loads((tmp_path / "out" / "mlp" / "mlflow_model.json").read_text())["model_uri"]
