@@ -19,7 +19,7 @@ FILTER ?=
 DEMO_SET := --set data_source=synthetic --set model=cnn --set image_size=48 --set epochs=5 \
             --set synthetic_examples=2000 --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: help env lock train demo data weights test lint bench clean track track-demo server serve \
+.PHONY: help env lock train demo data weights test lint bench bench-pipeline bench-tracking clean track track-demo server serve \
         predict runs promote mlproject
 
 help: ## list the targets
@@ -88,8 +88,13 @@ lint: $(STAMP) ## ruff and shellcheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/shellcheck $$(git ls-files '*.bash' '*.sh' .ci/run)
 
-bench: $(STAMP) ## input-pipeline, --help and demo-epoch benchmarks (figures go to BENCHMARKS.md)
+bench: bench-pipeline bench-tracking ## all benchmarks (figures go to BENCHMARKS.md)
+
+bench-pipeline: $(STAMP) ## input pipeline vs a generator, `train.py --help` time, demo epoch (~2 min)
 	$(PY) bench/bench_pipeline.py $(ARGS)
+
+bench-tracking: $(STAMP) ## MLflow tracking overhead and model-logging cost (~6 min)
+	$(PY) bench/bench_tracking.py $(ARGS)
 
 clean: ## remove caches and outputs (keeps .venv, data/ and stores)
 	rm -rf outputs .cache .pytest_cache .ruff_cache bench/results
