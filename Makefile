@@ -32,6 +32,8 @@ $(STAMP): requirements.txt
 	$(PYTHON_BASE) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	@# the package is used from this checkout (no build step): `python -m kerasflow.X` works from anywhere
+	echo "$(CURDIR)" > "$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/kerasflow-checkout.pth"
 	touch $(STAMP)
 
 env: $(STAMP) ## create .venv from the pinned lock (requirements.txt)

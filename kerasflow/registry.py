@@ -21,6 +21,7 @@ def client(store_dir: str = store.DEFAULT_STORE) -> mlflow.MlflowClient:
     """A client of the checked tracking store (the same resolution as train_mlflow.py)."""
     uri = store.tracking_uri(store_dir)
     store.check_backend(uri)
+    store.init_sqlite(uri)
     import mlflow
 
     mlflow.set_tracking_uri(uri)

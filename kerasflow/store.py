@@ -81,12 +81,41 @@ def _can_write(folder: Path) -> bool:
         return False
 
 
+def mlflow_schema_revisions() -> tuple[set[str], str]:
+    """(every schema revision the installed MLflow knows, its head), read from its migration scripts.
+
+    Parsing the files instead of importing mlflow + alembic keeps a check or a relocation at ~0.1 s.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("MLflow is not installed in this environment: run `make env`")
+    versions = Path(next(iter(spec.submodule_search_locations))) / "store" / "db_migrations" / "versions"
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in versions.glob("*.py"):
+        text = script.read_text()
+        rev = re.search(r"^revision\s*=\s*['\"](\w+)['\"]", text, re.M)
+        down = re.search(r"^down_revision\s*=\s*(.+)$", text, re.M)
+        if rev:
+            revisions.add(rev.group(1))
+        if down:
+            parents.update(re.findall(r"['\"](\w+)['\"]", down.group(1)))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"cannot tell MLflow's schema head from {versions}: {sorted(heads)}")
+    return revisions, heads.pop()
+
+
+def installed_mlflow_version() -> str:
+    from importlib.metadata import version
+
+    return version("mlflow")
+
+
 def check_sqlite_schema(db: Path) -> None:
     """Refuse a database this MLflow cannot use, naming the fix (MLflow's own errors come mid-run)."""
-    from alembic.script import ScriptDirectory
-    from alembic.util.exc import CommandError
-    from mlflow.store.db.utils import _get_alembic_config, _get_latest_schema_revision
-
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -100,25 +129,33 @@ def check_sqlite_schema(db: Path) -> None:
         raise UserError(f"{db} is not a readable sqlite database ({exc}): restore it from a backup "
                         "or use another store") from None
     found = row[0] if row else None
-    head = _get_latest_schema_revision()
+    known, head = mlflow_schema_revisions()
     if found == head:
         return
-    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
-    try:
-        known = found is not None and script.get_revision(found) is not None
-    except CommandError:
-        known = False
-    if not known:
-        import mlflow
-
+    if found not in known:
         raise UserError(
-            f"store {db} was written by a newer MLflow (schema {found}; MLflow {mlflow.__version__} "
-            f"here knows up to {head}): use the MLflow version that wrote it, or upgrade this one"
+            f"store {db} was written by a newer MLflow (schema {found}; MLflow "
+            f"{installed_mlflow_version()} here knows up to {head}): use the MLflow version that wrote "
+            "it, or upgrade this one"
         )
     raise UserError(
         f"store {db} has an older MLflow schema ({found}, this MLflow needs {head}): back it up, then "
         f"run `mlflow db upgrade sqlite:///{db}`"
     )
+
+
+def init_sqlite(uri: str) -> None:
+    """Create a new store's database with MLflow's Default experiment INSIDE the store folder.
+
+    Left to MLflow, experiment 0 would point at ./mlruns of whatever directory the first run started in.
+    """
+    db = sqlite_path(uri)
+    if db is None or db.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    SqlAlchemyStore(uri, str(db.parent / ARTIFACTS))  # the Default experiment gets artifacts/0
 
 
 def check_backend(uri: str) -> None:

@@ -183,6 +183,7 @@ def train_tracked(cfg: Config, *, store_dir: str = store.DEFAULT_STORE, experime
     """train.py's run inside one MLflow run; returns the prepared state and the run id."""
     uri = store.tracking_uri(store_dir)
     store.check_backend(uri)  # seconds, before anything slow
+    store.init_sqlite(uri)
     with store.activated(uri):
         return _train_in_store(cfg, uri, experiment, register, alias, system_metrics, verbose)
 

@@ -1,0 +1,411 @@
+"""Make a copied MLflow store work where it now is, by rewriting its ABSOLUTE artifact locations.
+
+    python -m kerasflow.relocate STORE [--from OLD] [--to NEW] [--dry-run] [--check]
+
+MLflow records where artifacts live as absolute paths; after an rsync to another machine or folder the
+UI shows no artifacts and models do not load, silently (mlflow#3144). This rewrites exactly the fields
+that hold those locations and nothing else:
+
+- sqlite store (STORE/mlflow.db, or the .db file): experiments.artifact_location, runs.artifact_uri,
+  logged_models.artifact_location, model_versions.storage_location and .source (when a path), trace tag
+  mlflow.artifactLocation; in ONE transaction.
+- legacy file store (STORE/<experiment id>/meta.yaml): the artifact_location / artifact_uri /
+  storage_location / source line of experiment, run, logged-model and registry version meta.yaml files;
+  every file is written to a temp file and renamed, so a crash leaves each file old or new and a rerun
+  completes. Other meta.yaml files (run outputs, registered models) hold no paths and are not touched.
+
+`mlflow-artifacts:/` (proxied) and remote (s3://, ...) locations are left alone and counted. The old
+prefix is detected from the stored locations; the new one is the store's folder. Idempotent.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kerasflow import cli
+from kerasflow.errors import UserError
+
+TMP_SUFFIX = ".relocate-tmp"
+
+
+@dataclass
+class Report:
+    """What a relocation found and did, per kind of record."""
+
+    kind: str
+    old: str | None = None
+    new: str | None = None
+    changed: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)  # proxied / remote locations
+    dry_run: bool = False
+
+    def summary(self) -> str:
+        verb = "would change" if self.dry_run else "changed"
+        parts = ", ".join(f"{self.changed[k]} {k}" for k in ("experiments", "runs", "models",
+                                                             "versions", "traces"))
+        text = f"{self.kind} store: {verb} {parts}"
+        if self.old and self.changed.total():
+            text += f" ({self.old} -> {self.new})"
+        if self.skipped:
+            text += "; left alone: " + ", ".join(f"{n} {k}" for k, n in sorted(self.skipped.items()))
+        return text
+
+
+# --- locations: plain paths and file:// URIs --------------------------------------------------------
+
+def _as_path(value: str) -> tuple[str, str] | None:
+    """(form, path) for a local location: form '' for a plain path, 'file://' or 'file:' for URIs."""
+    if value.startswith("file://"):
+        return "file://", value[len("file://"):]
+    if value.startswith("file:"):
+        return "file:", value[len("file:"):]
+    if value.startswith("/"):
+        return "", value
+    return None
+
+
+def _classify(value: str) -> str:
+    if _as_path(value) is not None:
+        return "local"
+    if value.startswith("mlflow-artifacts:"):
+        return "proxied"
+    if value.startswith(("models:/", "runs:/")):
+        return "reference"
+    return "remote"
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def _moved(value: str, old: str, new: str) -> str | None:
+    local = _as_path(value)
+    if local is None:
+        return None
+    form, path = local
+    if not _under(path, old) or (_under(new, old) and _under(path, new)):  # not ours, or already moved
+        return None
+    result = new.rstrip("/") + path[len(old.rstrip("/")):]
+    return form + result if result != path else None
+
+
+def detect_old_prefix(locations: list[str], new: Path) -> str | None:
+    """The prefix that, swapped for `new`, makes the most stored locations exist (None: nothing to do)."""
+    votes: Counter[str] = Counter()
+    for value in locations:
+        local = _as_path(value)
+        if local is None or _under(local[1], str(new)):
+            continue
+        parts = Path(local[1]).parts
+        for k in range(1, len(parts)):
+            if (new.joinpath(*parts[k:])).exists():
+                votes[str(Path(*parts[:k]))] += 1
+                break
+    return votes.most_common(1)[0][0] if votes else None
+
+
+# --- store kinds ---------------------------------------------------------------------------------
+
+def detect(store: Path) -> tuple[str, Path]:
+    """('sqlite', db file) or ('file', root folder); refuses anything else with the reason."""
+    if store.is_file():
+        with open(store, "rb") as fh:
+            if fh.read(16) != b"SQLite format 3\x00":
+                raise UserError(f"{store} is not a sqlite database: give an MLflow store folder or .db file")
+        return "sqlite", store
+    if not store.is_dir():
+        raise UserError(f"no MLflow store at {store}: give the folder you copied (e.g. ./store)")
+    if (store / "mlflow.db").is_file():
+        return "sqlite", store / "mlflow.db"
+    if any((p / "meta.yaml").is_file() for p in store.iterdir() if p.is_dir() and p.name.isdigit()):
+        return "file", store
+    if (store / "mlruns").is_dir() and any(
+            (p / "meta.yaml").is_file() for p in (store / "mlruns").iterdir() if p.is_dir()):
+        return "file", store / "mlruns"
+    if not any(store.iterdir()):
+        raise UserError(f"{store} is empty: copy the store into it first (e.g. make pull FROM=...)")
+    raise UserError(
+        f"{store} is not an MLflow store (no mlflow.db, no <experiment id>/meta.yaml): point at the "
+        "store folder"
+    )
+
+
+def _can_write(folder: Path) -> bool:
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+# --- sqlite ----------------------------------------------------------------------------------------
+
+SQL_FIELDS = [  # (report key, table, column, row filter)
+    ("experiments", "experiments", "artifact_location", ""),
+    ("runs", "runs", "artifact_uri", ""),
+    ("models", "logged_models", "artifact_location", ""),
+    ("versions", "model_versions", "storage_location", ""),
+    ("versions", "model_versions", "source", ""),
+    ("traces", "trace_tags", "value", "key = 'mlflow.artifactLocation'"),
+]
+
+
+def _sqlite_values(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, Any, str]]:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    rows = []
+    for key, table, column, where in SQL_FIELDS:
+        if table not in tables:
+            continue
+        sql = f"SELECT rowid, {column} FROM {table} WHERE {column} IS NOT NULL"
+        if where:
+            sql += f" AND {where}"
+        rows += [(key, table, column, where, rowid, value) for rowid, value in conn.execute(sql)]
+    return rows
+
+
+def relocate_sqlite(db: Path, old: str | None, new: Path, dry_run: bool) -> Report:
+    from kerasflow import store as store_mod
+
+    store_mod.check_sqlite_schema(db)  # corrupt / foreign / newer-schema databases stop here
+    report = Report("sqlite", dry_run=dry_run)
+    if not dry_run and (not os.access(db, os.W_OK) or not _can_write(db.parent)):
+        raise UserError(f"store {db} is read-only: copy it somewhere writable, or fix its permissions")
+    try:
+        conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")  # one writer; readers see all of it or none of it
+    except sqlite3.OperationalError as exc:
+        raise UserError(f"cannot open {db} for writing ({exc}): is it read-only or locked?") from None
+    try:
+        rows = _sqlite_values(conn)
+        report.old, report.new = _resolve_prefixes([r[5] for r in rows], old, new)
+        updates: dict[str, list[tuple[str, Any]]] = {}
+        for key, table, column, _, rowid, value in rows:
+            kind = _classify(value)
+            if kind in ("proxied", "remote"):
+                report.skipped[f"{kind} {key}"] += 1
+                continue
+            moved = _moved(value, report.old, report.new) if report.old else None
+            if moved is not None:
+                updates.setdefault(f"{table}.{column}", []).append((moved, rowid))
+                report.changed[key] += 1
+        for target, pairs in updates.items():
+            table, column = target.split(".")
+            conn.executemany(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", pairs)
+        conn.execute("ROLLBACK" if dry_run else "COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
+    return report
+
+
+# --- legacy file store -----------------------------------------------------------------------------
+
+FILE_KEYS = {"experiments": ("artifact_location",), "runs": ("artifact_uri",),
+             "models": ("artifact_location",), "versions": ("storage_location", "source")}
+
+
+def _meta_files(root: Path) -> list[tuple[str, Path]]:
+    """The meta.yaml files that hold artifact locations, by kind (and nothing else)."""
+    out: list[tuple[str, Path]] = []
+    exp_dirs = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
+    trash = root / ".trash"
+    if trash.is_dir():
+        exp_dirs += [p for p in trash.iterdir() if p.is_dir()]
+    for exp in exp_dirs:
+        if (exp / "meta.yaml").is_file():
+            out.append(("experiments", exp / "meta.yaml"))
+        with os.scandir(exp) as entries:
+            for entry in entries:
+                if not entry.is_dir() or entry.name in ("tags", "datasets", "traces"):
+                    continue
+                if entry.name == "models":
+                    out += [("models", m / "meta.yaml") for m in Path(entry.path).iterdir()
+                            if (m / "meta.yaml").is_file()]
+                elif os.path.isfile(os.path.join(entry.path, "meta.yaml")):
+                    out.append(("runs", Path(entry.path) / "meta.yaml"))
+    registry = root / "models"
+    if registry.is_dir():
+        out += [("versions", v / "meta.yaml") for m in registry.iterdir() if m.is_dir()
+                for v in m.iterdir() if v.name.startswith("version-") and (v / "meta.yaml").is_file()]
+    return out
+
+
+def _yaml_loader() -> Any:
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _read_meta(path: Path, keys: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    import yaml
+
+    text = path.read_text()
+    try:
+        data = yaml.load(text, Loader=_yaml_loader())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"{path} is not valid YAML{where}: restore it from the source store") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not an MLflow meta.yaml (not a mapping): restore it")
+    return text, {k: data[k] for k in keys if isinstance(data.get(k), str)}
+
+
+def _replace_line(text: str, key: str, value: str) -> str:
+    """Swap one top-level `key: value` line, keeping every other byte of the file."""
+    import yaml
+
+    rendered = yaml.safe_dump({key: value}, default_flow_style=False, width=1 << 30).rstrip("\n")
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith(f"{key}:"):
+            ending = "\n" if line.endswith("\n") else ""
+            lines[i] = rendered + ending
+            return "".join(lines)
+    raise ValueError(key)
+
+
+def _atomic_replace(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def relocate_files(root: Path, old: str | None, new: Path, dry_run: bool) -> Report:
+    report = Report("file", dry_run=dry_run)
+    for stale in root.rglob(f"*{TMP_SUFFIX}"):  # left by a killed earlier run: the rename never happened
+        if not dry_run:
+            stale.unlink()
+    files = _meta_files(root)
+    parsed = [(kind, path, *_read_meta(path, FILE_KEYS[kind])) for kind, path in _progress(files, "reading")]
+    report.old, report.new = _resolve_prefixes([v for *_, values in parsed for v in values.values()],
+                                               old, new)
+    if not dry_run and not _can_write(root):
+        raise UserError(f"store {root} is read-only: copy it somewhere writable, or fix its permissions")
+    plan: list[tuple[Path, str]] = []
+    for kind, path, text, values in parsed:
+        new_text = text
+        for key, value in values.items():
+            location_kind = _classify(value)
+            if location_kind in ("proxied", "remote"):
+                report.skipped[f"{location_kind} {kind}"] += 1
+                continue
+            moved = _moved(value, report.old, report.new) if report.old else None
+            if moved is not None:
+                new_text = _replace_line(new_text, key, moved)
+        if new_text != text:
+            plan.append((path, new_text))
+            report.changed[kind] += 1
+    if not dry_run:
+        unwritable = [p for p, _ in plan if not os.access(p, os.W_OK)]
+        if unwritable:
+            raise UserError(f"{unwritable[0]} is read-only: fix the store's permissions; nothing was changed")
+        for path, text in _progress(plan, "writing"):
+            _atomic_replace(path, text)
+    return report
+
+
+# --- shared ----------------------------------------------------------------------------------------
+
+def _resolve_prefixes(values: list[str], old: str | None, new: Path) -> tuple[str | None, str]:
+    new_s = str(new)
+    locals_ = [p for v in values if (p := _as_path(v)) is not None]
+    if old is not None:
+        old = old[len("file://"):] if old.startswith("file://") else old
+        old = old.rstrip("/") or "/"
+        if not any(_under(path, old) or _under(path, new_s) for _, path in locals_):
+            sample = next((path for _, path in locals_), "none")
+            raise UserError(f"--from {old} matches no stored location (e.g. {sample}): check the old path")
+        return old, new_s
+    return detect_old_prefix(values, new), new_s
+
+
+def stored_locations(store: Path) -> list[tuple[str, str]]:
+    """(kind, location) of every run, logged model, model version and trace in the store."""
+    kind, path = detect(store)
+    if kind == "sqlite":
+        from kerasflow import store as store_mod
+
+        store_mod.check_sqlite_schema(path)
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            return [(r[0], r[5]) for r in _sqlite_values(conn)]
+    return [(k, v) for k, p in _meta_files(path) for v in _read_meta(p, FILE_KEYS[k])[1].values()]
+
+
+def check(store: Path) -> tuple[int, list[str]]:
+    """Local artifact locations that point nowhere: MLflow shows such runs with no artifacts, silently.
+
+    Experiments are not checked: MLflow creates an experiment's folder with its first run.
+    """
+    values = [v for k, v in stored_locations(store) if k != "experiments"]
+    local = [v for v in values if _as_path(v) is not None]
+    return len(local), [v for v in local if not Path(_as_path(v)[1]).exists()]
+
+
+def _progress(items: list[Any], what: str) -> Any:
+    if len(items) < 2000 or not sys.stderr.isatty():
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=what, unit="file", file=sys.stderr)
+
+
+def relocate(store: Path, old: str | None = None, to: Path | None = None, dry_run: bool = False) -> Report:
+    """Rewrite the store's artifact locations from `old` (detected) to `to` (the store's folder)."""
+    kind, path = detect(store)
+    root = path.parent if kind == "sqlite" else path
+    new = (to or root).absolute()
+    if kind == "sqlite":
+        return relocate_sqlite(path, old, new, dry_run)
+    return relocate_files(root, old, new, dry_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__, config_flags=False)
+    p.add_argument("store", type=Path, help="store folder (with mlflow.db, or a legacy mlruns/) or .db file")
+    p.add_argument("--from", dest="old", help="old prefix (default: detected from the stored locations)")
+    p.add_argument("--to", type=Path, help="new prefix (default: the store's folder)")
+    p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    p.add_argument("--check", action="store_true",
+                   help="change nothing; list artifact locations that point nowhere (exit 1 if any)")
+    p.add_argument("--kind", action="store_true", help="print the store kind (sqlite|file) and exit")
+    args = p.parse_args(argv)
+    broken = False
+
+    def go() -> None:
+        nonlocal broken
+        if args.kind:
+            print(detect(args.store)[0])
+            return
+        if args.check:
+            total, missing = check(args.store)
+            broken = bool(missing)
+            if missing:
+                print(f"check: {len(missing)} of {total} artifact locations point nowhere, e.g. {missing[0]} "
+                      f"(fix: python -m kerasflow.relocate {args.store})")
+            else:
+                print(f"check: all {total} artifact locations exist")
+            return
+        t0 = time.perf_counter()
+        report = relocate(args.store, args.old, args.to, args.dry_run)
+        print(f"{report.summary()} in {time.perf_counter() - t0:.2f} s")
+
+    code = cli.run(go)
+    return 1 if code == 0 and broken else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
