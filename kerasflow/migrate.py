@@ -1,0 +1,78 @@
+"""Move a legacy file store (mlruns/) onto sqlite, which MLflow 3 needs for its newer features.
+
+    python -m kerasflow.migrate MLRUNS [--db PATH]     # default db: next to mlruns/, i.e. ../mlflow.db
+
+`mlflow migrate-filestore` copies artifact locations verbatim and aborts with a UNIQUE constraint error
+on stores where MLflow 3's log_model re-logged step-0 metrics (duplicate lines in <run>/metrics/<key>).
+So: relocate the file store to where it is now, drop exact duplicate metric lines, migrate, then check
+that every artifact location of the new database exists. Artifacts stay where they are (mlruns/).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from kerasflow import cli, relocate
+from kerasflow.errors import UserError
+
+
+def dedupe_metrics(root: Path) -> int:
+    """Remove exact duplicate lines from every run's and logged model's metric files; count them."""
+    removed = 0
+    for metrics_dir in [*root.glob("*/*/metrics"), *root.glob("*/models/*/metrics")]:
+        for path in metrics_dir.rglob("*"):
+            if not path.is_file():
+                continue
+            lines = path.read_text().splitlines(keepends=True)
+            unique = list(dict.fromkeys(lines))
+            if len(unique) != len(lines):
+                removed += len(lines) - len(unique)
+                tmp = path.with_name(path.name + relocate.TMP_SUFFIX)
+                tmp.write_text("".join(unique))
+                os.replace(tmp, path)
+    return removed
+
+
+def migrate(source: Path, db: Path | None = None) -> tuple[Path, int, relocate.Report]:
+    kind, root = relocate.detect(source)
+    if kind != "file":
+        raise UserError(f"{source} is already a sqlite store: nothing to migrate")
+    db = (db or root.parent / "mlflow.db").absolute()
+    if db.exists():
+        raise UserError(f"{db} already exists: pass --db NEW_PATH (migration never overwrites a database)")
+    relocate.relocate(root)
+    removed = dedupe_metrics(root)
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    env = {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"}
+    result = subprocess.run([str(mlflow_bin), "migrate-filestore", "--source", str(root), "--target",
+                             f"sqlite:///{db}", "--no-progress"], capture_output=True, text=True, env=env,
+                            stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        db.unlink(missing_ok=True)
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        cause = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else "")
+        raise UserError(f"mlflow migrate-filestore failed: {cause[:300]}")
+    return db, removed, relocate.relocate(db)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__, config_flags=False)
+    p.add_argument("source", type=Path, help="the legacy store (mlruns/ or its parent)")
+    p.add_argument("--db", type=Path, help="new sqlite database (default: mlflow.db next to mlruns/)")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        db, removed, report = migrate(args.source, args.db)
+        total, missing = relocate.check(db)
+        print(f"migrated into {db} (dropped {removed} duplicate metric lines); {report.summary()}; "
+              f"{total - len(missing)}/{total} artifact locations exist")
+        print(f"open it: ./run_mlflow_ui.bash {db.parent}")
+
+    return cli.run(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
