@@ -348,11 +348,15 @@ def stored_locations(store: Path) -> list[tuple[str, str]]:
 def check(store: Path) -> tuple[int, list[str]]:
     """Local artifact locations that point nowhere: MLflow shows such runs with no artifacts, silently.
 
+    A missing folder INSIDE the store is a run that never logged an artifact (MLflow creates the folder
+    with the first one); a missing location outside the store is what a move leaves behind.
     Experiments are not checked: MLflow creates an experiment's folder with its first run.
     """
+    kind, path = detect(store)
+    root = str((path.parent if kind == "sqlite" else path).absolute())
     values = [v for k, v in stored_locations(store) if k != "experiments"]
-    local = [v for v in values if _as_path(v) is not None]
-    return len(local), [v for v in local if not Path(_as_path(v)[1]).exists()]
+    local = [(v, p[1]) for v in values if (p := _as_path(v)) is not None]
+    return len(local), [v for v, p in local if not _under(p, root) and not Path(p).exists()]
 
 
 def _progress(items: list[Any], what: str) -> Any:

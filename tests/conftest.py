@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The tests never touch the network or a user's caches: a private, empty Keras home.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# CI sets this so a test that needs a system tool fails instead of skipping when the tool is missing.
+REQUIRE_TOOLS = os.environ.get("KERASFLOW_REQUIRE_TOOLS") == "1"
+
+
+def require_tool(name: str, available: bool | None = None) -> str:
+    """The tool's path; else skip with the reason (a failure under KERASFLOW_REQUIRE_TOOLS=1)."""
+    path = shutil.which(name) if available is None else (name if available else None)
+    if path:
+        return path
+    message = f"needs {name}, which is not available here (.ci/run installs it)"
+    if REQUIRE_TOOLS:
+        pytest.fail(f"{message}; KERASFLOW_REQUIRE_TOOLS=1 makes a missing tool a failure")
+    pytest.skip(message)
+
 
 # The real config.yaml, shrunk so a training run takes seconds on a 2-core CPU.
 TINY = [

@@ -31,7 +31,7 @@ def tracking_uri(kind: str, path: Path) -> str:
     return str(path)
 
 
-def experiment(client, uri: str, name: str) -> str:  # noqa: ANN001
+def experiment(client, uri: str, name: str) -> str:
     from kerasflow import store
 
     return client.create_experiment(name, artifact_location=store.artifact_root(uri, name))
