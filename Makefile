@@ -15,15 +15,16 @@ MODEL ?=
 NAME ?= kerasflow
 METRIC ?= test_accuracy
 FILTER ?=
+FROM ?=
 # The offline demo: the synthetic cell images and the small CNN, a few seconds an epoch on a laptop CPU.
 DEMO_SET := --set data_source=synthetic --set model=cnn --set image_size=48 --set epochs=5 \
             --set synthetic_examples=2000 --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: help env lock train demo data weights test lint bench bench-pipeline bench-tracking clean track track-demo server serve \
-        predict runs promote mlproject
+.PHONY: help env lock train demo data weights test lint bench bench-pipeline bench-tracking bench-relocate clean track track-demo server serve \
+        predict runs promote ui pull relocate migrate mlproject
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
 	@echo "  (pass options to train/demo with ARGS='--set epochs=3 ...')"
 
 $(STAMP): requirements.txt
@@ -74,6 +75,19 @@ runs: $(STAMP) ## table of the best runs and their curves: make runs FILTER="met
 promote: $(STAMP) ## point @champion at the best version: make promote NAME=demo METRIC=test_accuracy
 	$(PY) -m kerasflow.registry --store $(STORE) promote "$(NAME)" --metric "$(METRIC)"
 
+ui: $(STAMP) ## MLflow UI on 127.0.0.1:5000 over a (copied) store, fixing its paths first: make ui STORE=...
+	./run_mlflow_ui.bash "$(STORE)" --port $(PORT)
+
+pull: $(STAMP) ## consistent copy of a store in use, then relocation: make pull FROM=user@server:path/store
+	@test -n "$(FROM)" || { echo "error: give the source: make pull FROM=user@server:path/to/store"; exit 2; }
+	$(PY) -m kerasflow.pull "$(FROM)" "$(STORE)"
+
+relocate: $(STAMP) ## rewrite a store's absolute artifact paths to where it is now: make relocate STORE=...
+	$(PY) -m kerasflow.relocate "$(STORE)"
+
+migrate: $(STAMP) ## move a legacy file store onto sqlite: make migrate STORE=path/to/mlruns
+	$(PY) -m kerasflow.migrate "$(STORE)"
+
 mlproject: $(STAMP) ## regenerate MLproject from config.yaml
 	$(PY) -m kerasflow.mlproject > MLproject
 
@@ -83,20 +97,23 @@ data: $(STAMP) ## download and prepare TFDS malaria into tfds_data_dir (needs in
 weights: $(STAMP) ## cache the VGG16 ImageNet weights in ~/.keras/models (needs internet)
 	$(PY) -m kerasflow.fetch weights $(ARGS)
 
-test: $(STAMP) ## run the test suite (offline, CPU, ~5 minutes)
+test: $(STAMP) ## run the test suite (offline, CPU, ~8 minutes)
 	$(PY) -m pytest $(ARGS)
 
 lint: $(STAMP) ## ruff and shellcheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/shellcheck $$(git ls-files '*.bash' '*.sh' .ci/run)
 
-bench: bench-pipeline bench-tracking ## all benchmarks (figures go to BENCHMARKS.md)
+bench: bench-pipeline bench-tracking bench-relocate ## all benchmarks (figures go to BENCHMARKS.md)
 
 bench-pipeline: $(STAMP) ## input pipeline vs a generator, `train.py --help` time, demo epoch (~2 min)
 	$(PY) bench/bench_pipeline.py $(ARGS)
 
 bench-tracking: $(STAMP) ## MLflow tracking overhead and model-logging cost (~6 min)
 	$(PY) bench/bench_tracking.py $(ARGS)
+
+bench-relocate: $(STAMP) ## relocating 10,000-run stores, vs the sed one-liner (~3 min)
+	$(PY) bench/bench_relocate.py $(ARGS)
 
 clean: ## remove caches and outputs (keeps .venv, data/ and stores)
 	rm -rf outputs .cache .pytest_cache .ruff_cache bench/results
