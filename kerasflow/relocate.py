@@ -21,6 +21,7 @@ prefix is detected from the stored locations; the new one is the store's folder.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -99,11 +100,19 @@ def _moved(value: str, old: str, new: str) -> str | None:
 def detect_old_prefix(locations: list[str], new: Path) -> str | None:
     """The prefix that, swapped for `new`, makes the most stored locations exist (None: nothing to do)."""
     votes: Counter[str] = Counter()
+    new_s = str(new).rstrip("/")
     for value in locations:
         local = _as_path(value)
-        if local is None or _under(local[1], str(new)):
+        if local is None or _under(local[1], new_s):
             continue
-        parts = Path(local[1]).parts
+        path = local[1]
+        # Nearly every location shares one prefix: try those already found before walking the parts.
+        known = next((p for p, _ in votes.most_common(3) if _under(path, p)
+                      and os.path.exists(new_s + path[len(p.rstrip("/")):])), None)
+        if known is not None:
+            votes[known] += 1
+            continue
+        parts = Path(path).parts
         for k in range(1, len(parts)):
             if (new.joinpath(*parts[k:])).exists():
                 votes[str(Path(*parts[:k]))] += 1
@@ -248,10 +257,68 @@ def _yaml_loader() -> Any:
     return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+_KEY_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*):(?: (.*))?")
+_SINGLE_QUOTED = re.compile(r"'(?:[^']|'')*'")
+_DOUBLE_QUOTED = re.compile(r'"[^"\\]*"')
+_PLAIN_START = set("'\"[]{}&*!|>%@`#,?:- \t")
+
+
+def _simple_scalar(value: str) -> str | None:
+    """The string a one-line YAML value denotes, when it is trivially valid (else None: parse fully).
+
+    MLflow writes meta.yaml as flat `key: scalar` lines; recognising those without the YAML machinery
+    makes relocation as fast as sed. Anything unusual goes through the real parser.
+    """
+    if value in ("[]", "{}"):
+        return value
+    if value[:1] == "'":
+        return value[1:-1].replace("''", "'") if _SINGLE_QUOTED.fullmatch(value) else None
+    if value[:1] == '"':
+        return value[1:-1] if _DOUBLE_QUOTED.fullmatch(value) else None
+    if (not value or value[0] in _PLAIN_START or value != value.rstrip() or ": " in value
+            or " #" in value or value.endswith(":") or "\t" in value):
+        return None
+    return value
+
+
+def _fast_meta(text: str, keys: tuple[str, ...]) -> dict[str, str] | None:
+    """`keys`' string values when every line is a simple `key: scalar` (proven valid YAML), else None."""
+    found: dict[str, str] = {}
+    seen: set[str] = set()
+    for line in text.split("\n"):
+        if not line:
+            continue
+        match = _KEY_LINE.fullmatch(line)
+        if match is None or match[1] in seen:
+            return None
+        seen.add(match[1])
+        if match[2] is None:
+            if match[1] in keys:
+                return None
+            continue
+        value = _simple_scalar(match[2])
+        if value is None:
+            return None
+        if match[1] in keys:
+            if match[2][0] not in "'\"" and _as_path(value) is None and not _is_uri(value):
+                return None  # a plain scalar YAML may resolve to a number, bool or null: ask YAML
+            found[match[1]] = value
+    return found
+
+
+def _is_uri(value: str) -> bool:
+    scheme, sep, _ = value.partition(":")
+    return bool(sep) and scheme.replace("-", "").replace("+", "").replace(".", "").isalnum()
+
+
 def _read_meta(path: Path, keys: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     import yaml
 
-    text = path.read_text()
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    fast = _fast_meta(text, keys)
+    if fast is not None:
+        return text, fast
     try:
         data = yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError as exc:
@@ -263,33 +330,57 @@ def _read_meta(path: Path, keys: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     return text, {k: data[k] for k in keys if isinstance(data.get(k), str)}
 
 
-def _replace_line(text: str, key: str, value: str) -> str:
-    """Swap one top-level `key: value` line, keeping every other byte of the file."""
+def _render(key: str, value: str) -> str:
+    """`key: value` as YAML writes it; plain when that reads back as the same string."""
+    if _simple_scalar(value) == value and value not in ("[]", "{}") and (_as_path(value) or _is_uri(value)):
+        return f"{key}: {value}"
     import yaml
 
-    rendered = yaml.safe_dump({key: value}, default_flow_style=False, width=1 << 30).rstrip("\n")
-    lines = text.splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        if line.startswith(f"{key}:"):
-            ending = "\n" if line.endswith("\n") else ""
-            lines[i] = rendered + ending
-            return "".join(lines)
-    raise ValueError(key)
+    return yaml.safe_dump({key: value}, default_flow_style=False, width=1 << 30).rstrip("\n")
+
+
+def _replace_line(text: str, key: str, value: str) -> str:
+    """Swap one top-level `key: value` line, keeping every other byte of the file."""
+    start = 0 if text.startswith(f"{key}:") else text.find(f"\n{key}:") + 1
+    if start == 0 and not text.startswith(f"{key}:"):
+        raise ValueError(key)
+    end = text.find("\n", start)
+    while end >= 0 and text[end + 1:end + 2] in (" ", "\t"):  # a folded value's continuation lines
+        end = text.find("\n", end + 1)
+    end = len(text) if end < 0 else end
+    return text[:start] + _render(key, value) + text[end:]
 
 
 def _atomic_replace(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "w") as fh:
-        fh.write(text)
+    tmp = f"{path}{TMP_SUFFIX}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
+
+
+def _write_all(plan: list[tuple[Path, str]]) -> None:
+    """Write the planned files; creating files is mostly kernel time, so a few threads overlap it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bar = _progress(plan, "writing")  # a tqdm bar on a terminal, else the plan itself
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in pool.map(lambda item: _atomic_replace(*item), plan):
+            if bar is not plan:
+                bar.update(1)
+    if bar is not plan:
+        bar.close()
 
 
 def relocate_files(root: Path, old: str | None, new: Path, dry_run: bool) -> Report:
     report = Report("file", dry_run=dry_run)
-    for stale in root.rglob(f"*{TMP_SUFFIX}"):  # left by a killed earlier run: the rename never happened
-        if not dry_run:
-            stale.unlink()
     files = _meta_files(root)
+    for _, path in files:  # a temp file left by a killed earlier run: its rename never happened
+        stale = f"{path}{TMP_SUFFIX}"
+        if not dry_run and os.path.lexists(stale):
+            os.unlink(stale)
     parsed = [(kind, path, *_read_meta(path, FILE_KEYS[kind])) for kind, path in _progress(files, "reading")]
     report.old, report.new = _resolve_prefixes([v for *_, values in parsed for v in values.values()],
                                                old, new)
@@ -313,8 +404,7 @@ def relocate_files(root: Path, old: str | None, new: Path, dry_run: bool) -> Rep
         unwritable = [p for p, _ in plan if not os.access(p, os.W_OK)]
         if unwritable:
             raise UserError(f"{unwritable[0]} is read-only: fix the store's permissions; nothing was changed")
-        for path, text in _progress(plan, "writing"):
-            _atomic_replace(path, text)
+        _write_all(plan)
     return report
 
 
