@@ -40,6 +40,12 @@ class Config:
     test_fraction: float = field(metadata=_range(0, 1, lo_open=True, hi_open=True))
     cache_ram_mb: int = field(metadata=_range(0))
     cache_dir: str
+    splits_file: str
+    outer_fold: int = field(metadata=_range(0))
+    inner_fold: int = field(metadata=_range(0))
+    n_outer_folds: int = field(metadata=_range(2, 100))
+    n_inner_folds: int = field(metadata=_range(2, 100))
+    group_pattern: str
     model: str = field(metadata=_choice("vgg16", "cnn"))
     image_size: int = field(metadata=_range(8, 1024))
     weights: str
@@ -59,6 +65,9 @@ class Config:
     deterministic: bool
     output_dir: str
     run_name: str
+    search_metric: str
+    search_direction: str = field(metadata=_choice("maximize", "minimize"))
+    search_space: dict = field(metadata={"search_space": True})
 
     @property
     def total_epochs(self) -> int:
@@ -99,6 +108,9 @@ def _check_type(name: str, value: Any, typ: type) -> Any:
     elif typ is str:
         if isinstance(value, str):
             return value
+    elif typ is dict:
+        if isinstance(value, dict):
+            return value
     raise UserError(
         f"config key '{name}' must be {typ.__name__}, got {type(value).__name__} {value!r}: "
         f"fix it in the config file or with --set {name}=..."
@@ -134,11 +146,60 @@ def _check_together(cfg: Config) -> None:
         value = getattr(cfg, name)
         if abs(value * 100 - round(value * 100)) > 1e-9:
             raise UserError(f"config key '{name}' is {value}: use a multiple of 0.01")
+    if cfg.group_pattern:
+        try:
+            re.compile(cfg.group_pattern)
+        except re.error as exc:
+            raise UserError(f"group_pattern {cfg.group_pattern!r} is not a valid regular expression "
+                            f"({exc}): fix it, or set it to \"\" for no grouping") from None
     if cfg.model == "cnn" and cfg.image_size < 2 ** cfg.cnn_blocks:
         raise UserError(
             f"image_size {cfg.image_size} is too small for {cfg.cnn_blocks} cnn blocks "
             f"(each halves it): use image_size >= {2 ** cfg.cnn_blocks} or fewer cnn_blocks"
         )
+
+
+SPEC_KEYS = {"low", "high", "log", "step", "choices"}
+
+
+def _check_search_space(cfg: Config) -> None:
+    """Every range must be non-empty and every value it can produce a valid value of its key."""
+    hints = get_type_hints(Config)
+    for key, spec in cfg.search_space.items():
+        where = f"search_space key '{key}'"
+        if key not in hints or key.startswith("search_") or key in ("run_name", "output_dir", "seed"):
+            raise UserError(f"{where} is not a config key the search can vary: use keys of config.yaml "
+                            "like learning_rate or dropout")
+        if not isinstance(spec, dict) or not spec or set(spec) - SPEC_KEYS:
+            raise UserError(f"{where} must be {{low: .., high: .., log: true?, step: ..?}} or "
+                            f"{{choices: [..]}}, got {spec!r}")
+        if "choices" in spec:
+            if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise UserError(f"{where} has an empty or malformed choices list: give at least one value")
+            candidates = list(spec["choices"])
+        else:
+            if hints[key] not in (int, float) or "low" not in spec or "high" not in spec:
+                raise UserError(f"{where} needs low and high (numbers; a {hints[key].__name__} key takes "
+                                "choices)")
+            low, high = spec["low"], spec["high"]
+            for bound in (low, high):
+                try:
+                    _check_type(key, bound, hints[key])
+                except UserError:
+                    raise UserError(f"{where}: low and high must be {hints[key].__name__}s, got "
+                                    f"{low!r} and {high!r}") from None
+            if not low < high:
+                raise UserError(f"{where} has an empty range (low {low} >= high {high}): make low < high")
+            if spec.get("log") and low <= 0:
+                raise UserError(f"{where} is log-scaled, so low must be > 0 (got {low})")
+            candidates = [low, high]
+        for value in candidates:
+            try:
+                _check_type(key, value, hints[key])
+                _check_range(key, value, dict(next(f for f in dataclasses.fields(Config)
+                                                   if f.name == key).metadata))
+            except UserError as exc:
+                raise UserError(f"{where}: {exc}") from None
 
 
 def from_dict(raw: dict[str, Any], source: str = "the config") -> Config:
@@ -164,6 +225,7 @@ def from_dict(raw: dict[str, Any], source: str = "the config") -> Config:
         _check_range(f.name, values[f.name], dict(f.metadata))
     cfg = Config(**values)
     _check_together(cfg)
+    _check_search_space(cfg)
     return cfg
 
 

@@ -366,10 +366,26 @@ def class_names(cfg: Config) -> list[str]:
     return list(SYNTHETIC_CLASSES)
 
 
+_DATA_KEYS = ("data_source", "tfds_name", "tfds_data_dir", "image_dir", "synthetic_examples", "image_size",
+              "seed", "cache_ram_mb", "cache_dir")
+_reuse: dict[str, Any] = {"on": False, "key": None, "examples": None}
+
+
+def reuse_loaded_examples(on: bool = True) -> None:
+    """Keep the last loaded examples for the next run with the same data keys (search trials, cv folds)."""
+    _reuse.update(on=on, key=None, examples=None)
+
+
 def load_examples(cfg: Config) -> Examples:
     """Load every example of the configured source, decoded and resized to image_size."""
+    key = tuple(getattr(cfg, k) for k in _DATA_KEYS)
+    if _reuse["on"] and _reuse["key"] == key:
+        return _reuse["examples"]
     loaders = {"tfds": load_tfds, "image_dir": load_image_dir, "synthetic": load_synthetic}
-    return loaders[cfg.data_source](cfg)
+    examples = loaders[cfg.data_source](cfg)
+    if _reuse["on"]:
+        _reuse.update(key=key, examples=examples)
+    return examples
 
 
 def split(examples: Examples, cfg: Config) -> Splits:

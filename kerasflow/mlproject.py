@@ -30,18 +30,39 @@ def _default(value: object) -> str:
     return repr(value)
 
 
+ENTRY_POINTS = {
+    # name: (script, extra parameters as (name, type, default, flag)), config keys come first
+    "main": ("train_mlflow.py", [("register_model", "string", '""', "--register"),
+                                 ("model_alias", "string", "candidate", "--alias")]),
+    "splits": ("make_splits.py", [("out", "string", "outputs/splits.json", "--out")]),
+    "cv": ("cv.py", [("n_outer", "float", "0", "--n-outer"), ("n_inner", "float", "0", "--n-inner")]),
+    "tune": ("tune.py", [("trials", "float", "20", "--trials"), ("workers", "float", "1", "--workers"),
+                         ("study", "string", "search", "--study"), ("storage", "string", '""', "--storage"),
+                         ("register_model", "string", '""', "--register"),
+                         ("model_alias", "string", "candidate", "--alias")]),
+}
+ANALYZE = [("filter", "string", '""', "--filter"), ("positive", "string", '""', "--positive"),
+           ("max_runs", "float", "200", "--max-runs")]
+
+
 def render() -> str:
     cfg = config.load()
     hints = get_type_hints(config.Config)
-    params = [(k, MLFLOW_TYPES[hints[k]], _default(v)) for k, v in cfg.to_dict().items()]
-    lines = [HEADER, "entry_points:", "  main:", "    parameters:"]
-    lines += [f"      {k}: {{type: {t}, default: {d}}}" for k, t, d in params]
-    lines += ["      register_model: {type: string, default: \"\"}",
-              "      model_alias: {type: string, default: candidate}"]
+    # the search space is a mapping: it comes from the config file, not from a parameter
+    params = [(k, MLFLOW_TYPES[hints[k]], _default(v)) for k, v in cfg.to_dict().items()
+              if hints[k] is not dict]
     sets = " ".join(f"--set {k}={{{k}}}" for k, _, _ in params)
-    lines += ["    command: >-",
-              f"      python train_mlflow.py {sets}",
-              "      --register {register_model} --alias {model_alias}", ""]
+    lines = [HEADER, "entry_points:"]
+    for name, (script, extra) in ENTRY_POINTS.items():
+        lines += [f"  {name}:", "    parameters:"]
+        lines += [f"      {k}: {{type: {t}, default: {d}}}" for k, t, d in params]
+        lines += [f"      {k}: {{type: {t}, default: {d}}}" for k, t, d, _ in extra]
+        flags = " ".join(f"{flag} {{{k}}}" for k, _, _, flag in extra)
+        lines += ["    command: >-", f"      python {script} {sets}", f"      {flags}"]
+    lines += ["  analyze:", "    parameters:"]
+    lines += [f"      {k}: {{type: {t}, default: {d}}}" for k, t, d, _ in ANALYZE]
+    lines += ["    command: >-", "      python analyze_predictions.py "
+              + " ".join(f"{flag} {{{k}}}" for k, _, _, flag in ANALYZE), ""]
     return "\n".join(lines)
 
 

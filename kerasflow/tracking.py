@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,15 @@ def _experiment_id(client: mlflow.MlflowClient, uri: str, name: str) -> str:
             raise UserError(f"MLflow experiment '{name}' is deleted: restore it or use --experiment NAME")
         return found.experiment_id
     return client.create_experiment(name, artifact_location=store.artifact_root(uri, name))
+
+
+def launched_or_named(client: mlflow.MlflowClient, uri: str, experiment: str) -> tuple[str | None, str, str]:
+    """(run id made by `mlflow run`, or None; experiment id; experiment name) for a parent run."""
+    launched = os.environ.get("MLFLOW_RUN_ID")
+    if launched:
+        exp_id = client.get_run(launched).info.experiment_id
+        return launched, exp_id, client.get_experiment(exp_id).name
+    return None, _experiment_id(client, uri, experiment), experiment
 
 
 def _resume_id(run_dir: Path, client: mlflow.MlflowClient) -> str | None:
@@ -179,28 +189,44 @@ def _log_results(prep: training.Prepared, files: dict[str, Path]) -> None:
 
 def train_tracked(cfg: Config, *, store_dir: str = store.DEFAULT_STORE, experiment: str = DEFAULT_EXPERIMENT,
                   register: str = "", alias: str = "candidate", system_metrics: bool = False,
-                  verbose: int | str = "auto") -> tuple[training.Prepared, str]:
+                  verbose: int | str = "auto", nested: Nested | None = None) -> tuple[training.Prepared, str]:
     """train.py's run inside one MLflow run; returns the prepared state and the run id."""
     uri = store.tracking_uri(store_dir)
     store.check_backend(uri)  # seconds, before anything slow
     store.init_sqlite(uri)
     with store.activated(uri):
-        return _train_in_store(cfg, uri, experiment, register, alias, system_metrics, verbose)
+        return _train_in_store(cfg, uri, experiment, register, alias, system_metrics, verbose,
+                               nested or Nested())
 
 
-def _train_in_store(cfg: Config, uri: str, experiment: str, register: str, alias: str,
-                    system_metrics: bool, verbose: int | str) -> tuple[training.Prepared, str]:
+@dataclass
+class Nested:
+    """How a run sits inside a larger experiment (a CV fold, a search trial); the default: on its own."""
+
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    log_model: bool = True  # folds and trials only need metrics; the final retrain logs its model
+    callbacks: list[Any] = field(default_factory=list)
+    stopped: tuple[type[BaseException], ...] = ()  # exceptions that end the run KILLED (e.g. pruned)
+
+
+def _train_in_store(cfg: Config, uri: str, experiment: str, register: str, alias: str, system_metrics: bool,
+                    verbose: int | str, nested: Nested) -> tuple[training.Prepared, str]:
     import mlflow
 
     client = mlflow.MlflowClient()
-    launched = os.environ.get("MLFLOW_RUN_ID")  # set by `mlflow run`: log into the run it made
+    # set by `mlflow run`: log into the run it made (a parent of cv/tune consumed it already)
+    launched = None if nested.parent_run_id else os.environ.get("MLFLOW_RUN_ID")
     exp_id = None if launched else _experiment_id(client, uri, experiment)
     prep = training.prepare(cfg)
     run_id = launched or _resume_id(prep.run_dir, client)
     if system_metrics:
         mlflow.enable_system_metrics_logging()
+    in_parent = mlflow.active_run() is not None  # a parent run of this process (cv)
+    parent = None if run_id or in_parent else nested.parent_run_id  # one of another process (tune workers)
     run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
-                           run_name=prep.run_dir.name, log_system_metrics=system_metrics or None)
+                           run_name=prep.run_dir.name, log_system_metrics=system_metrics or None,
+                           nested=in_parent, parent_run_id=parent, tags=dict(nested.tags) or None)
     run_id = run.info.run_id
     rundir.atomic_write(prep.run_dir / RUN_ID_FILE, run_id + "\n")
     print(f"mlflow: run {run_id} in experiment '{experiment}' at {uri}"
@@ -212,24 +238,33 @@ def _train_in_store(cfg: Config, uri: str, experiment: str, register: str, alias
                 mlflow.log_params(prep.cfg.replace(run_name=prep.run_dir.name).to_dict())
                 mlflow.set_tags({"data_digest": prep.examples.digest, "split_digest": prep.splits.digest(),
                                  "data_source": cfg.data_source, "kerasflow.entry": "train_mlflow.py"})
+                if prep.splits_file_digest:
+                    mlflow.set_tags({"splits_file_digest": prep.splits_file_digest})
                 mlflow.log_artifact(str(prep.run_dir / rundir.CONFIG_FILE))
                 log_inputs(prep)
                 _log_environment(run_id, client)
-            training.fit(prep, extra_callbacks=[epoch_logger(client, run_id)], verbose=verbose)
+            training.fit(prep, extra_callbacks=[epoch_logger(client, run_id), *nested.callbacks],
+                         verbose=verbose)
             training.evaluate(prep)
             files = training.write_outputs(prep)
             _log_results(prep, files)
-            model = log_model(prep, register, alias)
-            rundir.atomic_write(prep.run_dir / "mlflow_model.json", json.dumps(model, indent=2))
+            model: dict[str, Any] = {}
+            if nested.log_model:
+                model = log_model(prep, register, alias)
+                rundir.atomic_write(prep.run_dir / "mlflow_model.json", json.dumps(model, indent=2))
             training.seal(prep)  # last: until here a rerun resumes this same MLflow run
         status = "FINISHED"
     except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except nested.stopped:
         status = "KILLED"
         raise
     finally:
         mlflow.end_run(status)
     summary = {k: round(v, 4) for k, v in prep.metrics.items() if isinstance(v, float)}
     print(f"test: {json.dumps(summary)}", file=sys.stderr)
-    registered = f" registered as {register} v{model['version']}" if register else ""
-    print(f"mlflow: run {run_id} FINISHED; model {model['model_uri']}{registered}", file=sys.stderr)
+    registered = f" registered as {register} v{model['version']}" if register and model else ""
+    logged = f"; model {model['model_uri']}{registered}" if model else ""
+    print(f"mlflow: run {run_id} FINISHED{logged}", file=sys.stderr)
     return prep, run_id

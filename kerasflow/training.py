@@ -35,6 +35,8 @@ class Prepared:
     model: keras.Model
     epoch_var: tf.Variable
     resumed: bool = False
+    splits_file_digest: str = ""  # set when the splits come from a splits file (folds.py)
+    probabilities: np.ndarray | None = None  # test-set predictions, after evaluate()
     history: dict[str, list[float]] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -57,7 +59,14 @@ def prepare(cfg: Config) -> Prepared:
     model = models.build(cfg, len(data.class_names(cfg)))  # before the slow load: weights fail fast
     t0 = time.perf_counter()
     examples = data.load_examples(cfg)
-    splits = data.split(examples, cfg)
+    splits_file_digest = ""
+    if cfg.splits_file:
+        from kerasflow import folds
+
+        chosen = folds.fold(cfg, examples)
+        splits, splits_file_digest = chosen.splits, chosen.digest
+    else:
+        splits = data.split(examples, cfg)
     print(
         f"data: {len(examples)} images of {examples.images.shape[1]}px, classes "
         f"{examples.class_names}, train/val/test {len(splits.train)}/{len(splits.val)}/"
@@ -68,7 +77,7 @@ def prepare(cfg: Config) -> Prepared:
     import tensorflow as tf
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
-    return Prepared(cfg, run_dir, examples, splits, model, epoch_var, resumed)
+    return Prepared(cfg, run_dir, examples, splits, model, epoch_var, resumed, splits_file_digest)
 
 
 def _callbacks(prep: Prepared, phase: str, extra: list[keras.callbacks.Callback]) -> list[Any]:
@@ -120,9 +129,9 @@ def fit(prep: Prepared, extra_callbacks: list[keras.callbacks.Callback] | None =
 def evaluate(prep: Prepared) -> dict[str, Any]:
     """Test-set metrics from the model's predictions (loss, accuracy, AUC, precision, recall)."""
     test_ds = data.to_tf_dataset(prep.examples, prep.splits.test, prep.cfg.batch_size)
-    probabilities = prep.model.predict(test_ds, verbose=0)
+    prep.probabilities = prep.model.predict(test_ds, verbose=0)
     labels = prep.examples.labels[prep.splits.test]
-    prep.metrics = evaluation.classification_metrics(labels, probabilities, prep.examples.class_names)
+    prep.metrics = evaluation.classification_metrics(labels, prep.probabilities, prep.examples.class_names)
     return prep.metrics
 
 
@@ -133,10 +142,12 @@ def write_outputs(prep: Prepared) -> dict[str, Path]:
     out = prep.run_dir
     rundir.atomic_write(out / "history.json", json.dumps(prep.history, indent=2))
     rundir.atomic_write(out / "metrics.json", json.dumps(prep.metrics, indent=2))
+    rundir.atomic_write(out / "test_predictions.csv", predictions_csv(prep))
     files = {
         "config": out / rundir.CONFIG_FILE,
         "history": out / "history.json",
         "metrics": out / "metrics.json",
+        "predictions": out / "test_predictions.csv",
         "curves": plots.training_curves(prep.history, out / "curves.png",
                                         fine_tune_start=prep.cfg.epochs if prep.cfg.has_fine_tune else None),
         "confusion_matrix": plots.confusion_matrix(prep.metrics["confusion_matrix"],
@@ -145,6 +156,27 @@ def write_outputs(prep: Prepared) -> dict[str, Path]:
     if models.binary(len(prep.examples.class_names)):
         files["roc"] = plots.roc_curve(prep.metrics["roc"], out / "roc.png")
     return files
+
+
+def predictions_csv(prep: Prepared) -> str:
+    """One row per test example: its name, true label and the predicted probability of each class."""
+    import csv
+    import io
+
+    assert prep.probabilities is not None
+    names = prep.examples.names or [str(i) for i in range(len(prep.examples))]
+    classes = prep.examples.class_names
+    probs = np.asarray(prep.probabilities, np.float64)
+    if probs.ndim == 1 or probs.shape[1] == 1:  # a sigmoid output is P(class 1)
+        p1 = probs.reshape(-1)
+        probs = np.stack([1 - p1, p1], axis=1)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["example", "label", *[f"prob_{c}" for c in classes]])
+    for row, index in enumerate(prep.splits.test):
+        writer.writerow([names[index], classes[prep.examples.labels[index]],
+                         *[repr(float(p)) for p in probs[row]]])
+    return buffer.getvalue()
 
 
 def seal(prep: Prepared) -> Path:

@@ -1,0 +1,154 @@
+"""Nested cross-validation over a splits file, as a tree of MLflow runs: cv -> outer fold -> inner fold.
+
+    python cv.py --set splits_file=outputs/splits.json [--n-outer 2] [--n-inner 2]
+
+Each inner-fold run is a full train_mlflow.py run (train on the inner train fold, validate on its dev
+fold, test on the outer fold's test set) tagged `kerasflow.level=inner_fold`; its outer-fold run gets the
+mean of its inner runs' test metrics; the cv run gets the mean and std over outer folds
+(`test_<metric>_mean`, `test_<metric>_std`) and a table of every fold (cv_folds.csv).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kerasflow import folds, store, tracking
+from kerasflow.config import Config
+from kerasflow.errors import UserError
+
+if TYPE_CHECKING:
+    import mlflow
+
+LEVEL_TAG = "kerasflow.level"
+
+
+@contextmanager
+def run_status(run: mlflow.ActiveRun) -> Iterator[None]:
+    """End `run` FINISHED, FAILED on an error or KILLED on Ctrl-C/SIGTERM: never left RUNNING."""
+    import mlflow
+
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run.info.run_id:
+            mlflow.end_run(status)
+        else:
+            mlflow.MlflowClient().set_terminated(run.info.run_id, status)
+
+
+def metric_stats(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean and (population) std of each metric over rows."""
+    out: dict[str, float] = {}
+    for key in sorted(set().union(*rows)):
+        values = np.array([r[key] for r in rows if key in r], np.float64)
+        out[f"{key}_mean"] = float(values.mean())
+        out[f"{key}_std"] = float(values.std())
+    return out
+
+
+def _test_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {f"test_{k}": float(v) for k, v in metrics.items() if isinstance(v, float)}
+
+
+def cross_validate(cfg: Config, *, n_outer: int | None = None, n_inner: int | None = None,
+                   store_dir: str = store.DEFAULT_STORE, experiment: str = tracking.DEFAULT_EXPERIMENT,
+                   verbose: int | str = "auto") -> dict[str, Any]:
+    """Train every (outer, inner) fold as nested runs; returns the cv run id and the aggregates."""
+    if not cfg.splits_file:
+        raise UserError("cross-validation needs a splits file: run `make splits`, then pass "
+                        "--set splits_file=outputs/splits.json")
+    splits = folds.read(cfg.splits_file)
+    n_outer = n_outer or len(splits["outer"])
+    n_inner = n_inner or len(splits["outer"][0]["inner"])
+    if n_outer < 1 or n_inner < 1:
+        raise UserError("--n-outer and --n-inner must be at least 1")
+    folds.check_counts(splits, n_outer, n_inner, cfg.splits_file)
+    uri = store.tracking_uri(store_dir)
+    store.check_backend(uri)
+    store.init_sqlite(uri)
+    with store.activated(uri):
+        return _run(cfg, splits, n_outer, n_inner, uri, experiment, verbose)
+
+
+def _run(cfg: Config, splits: dict[str, Any], n_outer: int, n_inner: int, uri: str, experiment: str,
+         verbose: int | str) -> dict[str, Any]:
+    import mlflow
+
+    from kerasflow import data
+
+    data.reuse_loaded_examples()  # every fold trains on the same decoded examples
+    client = mlflow.MlflowClient()
+    launched, exp_id, experiment = tracking.launched_or_named(client, uri, experiment)
+    name = cfg.run_name or time.strftime("cv-%Y%m%d-%H%M%S")
+    tags = {LEVEL_TAG: "cv", "splits_file_digest": splits["digest"], "kerasflow.entry": "cv.py"}
+    parent = mlflow.start_run(run_id=launched, experiment_id=None if launched else exp_id,
+                              run_name=None if launched else name, tags=tags)
+    print(f"mlflow: cv run {parent.info.run_id} ({n_outer} outer x {n_inner} inner folds) at {uri}",
+          file=sys.stderr)
+    table: list[dict[str, Any]] = []
+    outer_means: list[dict[str, float]] = []
+    with tracking.sigterm_as_interrupt(), run_status(parent):
+        mlflow.log_params({**cfg.to_dict(), "n_outer": n_outer, "n_inner": n_inner})
+        for o in range(n_outer):
+            outer = mlflow.start_run(experiment_id=exp_id, nested=True, run_name=f"{name}-outer{o}",
+                                     tags={LEVEL_TAG: "outer_fold", "outer_fold": str(o)})
+            with run_status(outer):
+                inner_rows = []
+                for i in range(n_inner):
+                    fold_cfg = cfg.replace(outer_fold=o, inner_fold=i, run_name=f"{name}-o{o}-i{i}")
+                    nested = tracking.Nested(tags={LEVEL_TAG: "inner_fold", "outer_fold": str(o),
+                                                   "inner_fold": str(i)}, log_model=False)
+                    prep, run_id = tracking._train_in_store(fold_cfg, uri, experiment, "", "", False,
+                                                            verbose, nested)
+                    row = _test_metrics(prep.metrics)
+                    inner_rows.append(row)
+                    table.append({"outer_fold": o, "inner_fold": i, "run_id": run_id, **row})
+                means = {k[:-len("_mean")]: v for k, v in metric_stats(inner_rows).items()
+                         if k.endswith("_mean")}
+                mlflow.log_metrics(means)
+                outer_means.append(means)
+        aggregate = metric_stats(outer_means)
+        mlflow.log_metrics(aggregate)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(table)
+        mlflow.log_text(buffer.getvalue(), "cv_folds.csv")
+    shown = {k: round(v, 4) for k, v in aggregate.items() if k.startswith(("test_accuracy", "test_auc"))}
+    print(f"cv: {parent.info.run_id} FINISHED; {shown}", file=sys.stderr)
+    return {"run_id": parent.info.run_id, "metrics": aggregate, "folds": table}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kerasflow import cli
+
+    p = cli.parser(__doc__)
+    p.add_argument("--n-outer", type=int, default=None, help="outer folds to run (default: all in the file)")
+    p.add_argument("--n-inner", type=int, default=None, help="inner folds per outer fold (default: all)")
+    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR",
+                   help="store folder (default: store)")
+    p.add_argument("--experiment", default=tracking.DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        from kerasflow import config
+
+        cfg = config.load(args.config, args.overrides)
+        cross_validate(cfg, n_outer=args.n_outer, n_inner=args.n_inner, store_dir=args.store,
+                       experiment=args.experiment)
+
+    return cli.run(go)

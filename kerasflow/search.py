@@ -1,0 +1,309 @@
+"""Hyperparameter search with Optuna over the space declared in config.yaml (`search_space`).
+
+    python tune.py --trials 20 [--workers 2] [--study NAME] [--storage URL] [--register NAME]
+
+TPE sampler seeded from `seed`; median pruning on `search_metric` through the Keras pruning callback;
+every trial a nested MLflow run (tags kerasflow.level=trial, optuna.trial=N) under one search run; then a
+final retrain with the best parameters (its model logged, optionally registered). The study lives in a
+sqlite file beside the MLflow store by default (store/optuna.db); any RDB URL (postgresql://...) lets
+workers on several machines share it. `--trials` is the study's TOTAL: rerunning the same command after
+an interruption continues where it stopped. A trial whose worker died is failed by Optuna's heartbeat
+after --grace seconds and retried once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, get_type_hints
+
+from kerasflow import config as config_mod
+from kerasflow import store, tracking
+from kerasflow.config import Config
+from kerasflow.errors import UserError
+
+if TYPE_CHECKING:
+    import mlflow
+    import optuna
+
+LEVEL_TAG = "kerasflow.level"
+COUNTED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")  # toward --trials; FAIL is retried instead
+
+
+def space_digest(cfg: Config) -> str:
+    """What makes two searches the same study: the space, the metric and its direction."""
+    spec = {"space": cfg.search_space, "metric": cfg.search_metric, "direction": cfg.search_direction}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
+    """One value per key of the space (types follow the config key)."""
+    hints = get_type_hints(Config)
+    params: dict[str, Any] = {}
+    for key, spec in space.items():
+        if "choices" in spec:
+            params[key] = trial.suggest_categorical(key, spec["choices"])
+        elif hints[key] is int:
+            params[key] = trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step", 1),
+                                            log=bool(spec.get("log", False)))
+        else:
+            params[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]),
+                                              step=spec.get("step"), log=bool(spec.get("log", False)))
+    return params
+
+
+def default_storage(store_dir: str) -> str:
+    return f"sqlite:///{Path(store_dir).absolute() / 'optuna.db'}"
+
+
+def _storage(url: str, grace: int) -> optuna.storages.BaseStorage:
+    import optuna
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:"):
+        path = Path(url[len("sqlite:///"):])
+        if not path.parent.is_dir():
+            raise UserError(f"study storage folder {path.parent} does not exist: create it or pass --storage")
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # several workers wait, not fail
+    try:
+        return RDBStorage(url, heartbeat_interval=max(1, grace // 3), grace_period=grace,
+                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1), **kwargs)
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise UserError(f"study storage {url} needs a database driver ({exc.name}): pip install it") from None
+    except Exception as exc:  # sqlalchemy's errors for a bad URL or an unreachable server
+        if isinstance(exc, optuna.exceptions.OptunaError):
+            raise
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise UserError(f"cannot open study storage {url} ({type(exc).__name__}: {first}): check the URL "
+                        "and that the database is up") from None
+
+
+def _study(cfg: Config, name: str, storage: optuna.storages.BaseStorage, worker: int) -> optuna.Study:
+    import optuna
+
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed + worker)  # workers must not propose the same
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                               direction=cfg.search_direction, load_if_exists=True)
+
+
+def open_study(cfg: Config, name: str, storage_url: str, grace: int, worker: int = 0) -> optuna.Study:
+    """Create or load the study; refuse one of the same name with a different space."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = _study(cfg, name, _storage(storage_url, grace), worker)
+    digest = space_digest(cfg)
+    found = study.user_attrs.get("space_digest")
+    if found is None:
+        study.set_user_attr("space_digest", digest)
+        study.set_user_attr("search_space", cfg.search_space)
+        study.set_user_attr("search_metric", cfg.search_metric)
+    elif found != digest:
+        raise UserError(
+            f"study '{name}' in {storage_url} was made with another search space or metric "
+            f"({json.dumps(study.user_attrs.get('search_space'))}, {study.user_attrs.get('search_metric')}): "
+            "use a new --study name, or the config it was made with"
+        )
+    return study
+
+
+def counted(study: optuna.Study) -> int:
+    import optuna
+
+    states = tuple(getattr(optuna.trial.TrialState, s) for s in COUNTED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def run_worker(cfg: Config, *, study_name: str, storage_url: str, trials: int, parent_run_id: str,
+               uri: str, experiment: str, worker: int, grace: int, verbose: int | str = 2) -> int:
+    """Run trials until the study holds `trials` of them; returns how many this worker ran."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna_integration import KerasPruningCallback
+
+    from kerasflow import data
+
+    study = open_study(cfg, study_name, storage_url, grace, worker)
+    data.reuse_loaded_examples()  # decode the data once per worker, not once per trial
+    ran = 0
+
+    def objective(trial: optuna.Trial) -> float:
+        nonlocal ran
+        ran += 1
+        params = suggest(trial, cfg.search_space)
+        trial_cfg = cfg.replace(**params, run_name=f"{study_name}-trial{trial.number:03d}")
+        nested = tracking.Nested(
+            parent_run_id=parent_run_id, log_model=False, stopped=(optuna.TrialPruned,),
+            tags={LEVEL_TAG: "trial", "optuna.study": study_name, "optuna.trial": str(trial.number)},
+            callbacks=[KerasPruningCallback(trial, cfg.search_metric)])
+        prep, run_id = tracking._train_in_store(trial_cfg, uri, experiment, "", "", False, verbose, nested)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        values = prep.history.get(cfg.search_metric)
+        if not values:
+            raise UserError(f"search_metric '{cfg.search_metric}' is not a training metric (have: "
+                            f"{', '.join(sorted(prep.history))}): fix search_metric in the config")
+        return float(values[-1])
+
+    if counted(study) < trials:
+        study.optimize(objective, callbacks=[MaxTrialsCallback(
+            trials, states=tuple(getattr(optuna.trial.TrialState, s) for s in COUNTED))],
+            catch=(), gc_after_trial=True)
+    return ran
+
+
+def _spawn_workers(n: int, cfg_path: Path, args: dict[str, Any]) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for worker in range(1, n + 1):
+        cmd = [sys.executable, "-m", "kerasflow.search", "--worker", str(worker), "--config", str(cfg_path),
+               "--worker-args", json.dumps(args)]
+        procs.append(subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+    return procs
+
+
+def tune(cfg: Config, *, trials: int, workers: int = 1, study_name: str = "search", storage: str = "",
+         store_dir: str = store.DEFAULT_STORE, experiment: str = tracking.DEFAULT_EXPERIMENT,
+         register: str = "", alias: str = "candidate", grace: int = 300, verbose: int | str = 2
+         ) -> dict[str, Any]:
+    """Run the study with `workers` processes (this one included), then retrain the best trial."""
+    if not cfg.search_space:
+        raise UserError("search_space in the config is empty: declare the keys to search (see config.yaml)")
+    if trials < 1 or workers < 1:
+        raise UserError("--trials and --workers must be at least 1")
+    storage_url = storage or default_storage(store_dir)
+    uri = store.tracking_uri(store_dir)
+    store.check_backend(uri)
+    store.init_sqlite(uri)
+    study = open_study(cfg, study_name, storage_url, grace)  # refuses a changed space before any run
+    with store.activated(uri):
+        return _tune(cfg, study, trials, workers, study_name, storage_url, uri, experiment, register, alias,
+                     grace, verbose)
+
+
+def _parent_run(study: optuna.Study, experiment_id: str, study_name: str, launched: str | None
+                ) -> mlflow.ActiveRun:
+    """The search run: the one this study started before (an interrupted search resumes it), or a new one."""
+    import mlflow
+
+    tags = {LEVEL_TAG: "search", "optuna.study": study_name, "kerasflow.entry": "tune.py"}
+    if launched:  # `mlflow run . -e tune` made the run to log into
+        study.set_user_attr("mlflow_run_id", launched)
+        return mlflow.start_run(run_id=launched, tags=tags)
+    previous = study.user_attrs.get("mlflow_run_id")
+    if previous:
+        try:
+            mlflow.MlflowClient().get_run(previous)
+            return mlflow.start_run(run_id=previous)
+        except mlflow.exceptions.MlflowException:
+            pass  # the study outlived its MLflow store: start a new search run
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=study_name, tags=tags)
+    study.set_user_attr("mlflow_run_id", run.info.run_id)
+    return run
+
+
+def _tune(cfg: Config, study: optuna.Study, trials: int, workers: int, study_name: str, storage_url: str,
+          uri: str, experiment: str, register: str, alias: str, grace: int, verbose: int | str
+          ) -> dict[str, Any]:
+    import mlflow
+    import optuna
+
+    from kerasflow.crossval import run_status
+
+    client = mlflow.MlflowClient()
+    launched, exp_id, experiment = tracking.launched_or_named(client, uri, experiment)
+    parent = _parent_run(study, exp_id, study_name, launched)
+    parent_id = parent.info.run_id
+    print(f"mlflow: search run {parent_id}; study '{study_name}' in {storage_url} has "
+          f"{counted(study)} of {trials} trials", file=sys.stderr)
+    procs: list[subprocess.Popen[bytes]] = []
+    with tracking.sigterm_as_interrupt(), run_status(parent), tempfile.TemporaryDirectory() as tmp:
+        if not client.get_run(parent_id).data.params:
+            mlflow.log_params({**{k: v for k, v in cfg.to_dict().items() if k != "search_space"},
+                               "search_space": json.dumps(cfg.search_space), "study": study_name})
+        cfg_path = Path(tmp) / "config.yaml"
+        cfg_path.write_text(config_mod.dump(cfg))
+        args = {"study_name": study_name, "storage_url": storage_url, "trials": trials,
+                "parent_run_id": parent_id, "uri": uri, "experiment": experiment, "grace": grace}
+        try:
+            procs = _spawn_workers(workers - 1, cfg_path, args)
+            run_worker(cfg, worker=0, verbose=verbose, **args)
+            failed = [p.args for p in procs if p.wait() != 0]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+                    p.wait()
+        if failed:
+            raise UserError(f"{len(failed)} search worker(s) failed (see their messages above); rerun the "
+                            "same command to continue the study")
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not complete:
+            raise UserError(f"study '{study_name}' has no complete trial (all pruned or failed): widen the "
+                            "search space or raise epochs")
+        best = study.best_trial
+        mlflow.log_metrics({f"best_{cfg.search_metric}": float(best.value),
+                            "trials_complete": len(complete),
+                            "trials_pruned": len(study.get_trials(
+                                deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))})
+        mlflow.set_tags({"best_trial": str(best.number),
+                         "best_trial_run_id": str(best.user_attrs.get("mlflow_run_id", ""))})
+        mlflow.log_dict(best.params, "best_params.json")
+        mlflow.log_text(study.trials_dataframe().to_csv(index=False), "trials.csv")
+        final_cfg = cfg.replace(**best.params, run_name=f"{study_name}-best")
+        nested = tracking.Nested(tags={LEVEL_TAG: "final", "optuna.study": study_name,
+                                       "optuna.best_trial": str(best.number)})
+        _, final_id = tracking._train_in_store(final_cfg, uri, experiment, register, alias, False,
+                                                  verbose, nested)
+        mlflow.set_tag("final_run_id", final_id)
+    print(f"search: best trial {best.number} {cfg.search_metric}={best.value:.4f} {best.params}; "
+          f"final run {final_id}", file=sys.stderr)
+    return {"run_id": parent_id, "best_params": best.params, "best_value": best.value,
+            "final_run_id": final_id, "trials": len(study.trials)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kerasflow import cli
+
+    p = cli.parser(__doc__)
+    p.add_argument("--trials", type=int, default=20, help="total trials the study should have (default 20)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--study", default="search", help="Optuna study name (default: search)")
+    p.add_argument("--storage", default="", help="study storage URL (default: sqlite:///STORE/optuna.db)")
+    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR",
+                   help="store folder (default: store)")
+    p.add_argument("--experiment", default=tracking.DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    p.add_argument("--register", default="", metavar="NAME", help="register the final model under NAME")
+    p.add_argument("--alias", default="candidate", help="alias for the registered version")
+    p.add_argument("--grace", type=int, default=300,
+                   help="seconds without a heartbeat before a trial counts as dead (default 300)")
+    p.add_argument("--worker", type=int, default=None, help=argparse_hidden())
+    p.add_argument("--worker-args", default=None, help=argparse_hidden())
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        cfg = config_mod.load(args.config, args.overrides)
+        if args.worker is not None:  # a process started by _spawn_workers
+            with store.activated(json.loads(args.worker_args)["uri"]):
+                run_worker(cfg, worker=args.worker, **json.loads(args.worker_args))
+            return
+        tune(cfg, trials=args.trials, workers=args.workers, study_name=args.study, storage=args.storage,
+             store_dir=args.store, experiment=args.experiment, register=args.register, alias=args.alias,
+             grace=args.grace)
+
+    return cli.run(go)
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    sys.exit(main())

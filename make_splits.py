@@ -1,0 +1,19 @@
+#!/usr/bin/env python3
+"""Write the dataset's nested cross-validation folds to a splits file, once (see kerasflow/folds.py).
+
+Stratified by class; for an image tree, grouped by patient (group_pattern) so no patient is on both
+sides. Training uses a fold with --set splits_file=PATH --set outer_fold=O --set inner_fold=I.
+
+examples:
+  python make_splits.py --set data_source=image_dir --set image_dir=data/cell_images
+  python make_splits.py --set data_source=synthetic --set n_outer_folds=3 --out outputs/splits.json
+"""
+
+from __future__ import annotations
+
+import sys
+
+from kerasflow import folds
+
+if __name__ == "__main__":
+    sys.exit(folds.main())
