@@ -16,12 +16,16 @@ NAME ?= kerasflow
 METRIC ?= test_accuracy
 FILTER ?=
 FROM ?=
+SPLITS ?= outputs/splits.json
+TRIALS ?= 20
+WORKERS ?= 1
+STUDY ?= search
 # The offline demo: the synthetic cell images and the small CNN, a few seconds an epoch on a laptop CPU.
 DEMO_SET := --set data_source=synthetic --set model=cnn --set image_size=48 --set epochs=5 \
             --set synthetic_examples=2000 --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: help env lock train demo data weights test lint bench bench-pipeline bench-tracking bench-relocate clean track track-demo server serve \
-        predict runs promote ui pull relocate migrate mlproject
+        predict runs promote ui pull relocate migrate mlproject splits cv tune analyze
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -88,6 +92,19 @@ relocate: $(STAMP) ## rewrite a store's absolute artifact paths to where it is n
 migrate: $(STAMP) ## move a legacy file store onto sqlite: make migrate STORE=path/to/mlruns
 	$(PY) -m kerasflow.migrate "$(STORE)"
 
+splits: $(STAMP) ## write the nested CV folds once: make splits SPLITS=outputs/splits.json ARGS='--set ...'
+	$(PY) make_splits.py --out "$(SPLITS)" $(ARGS)
+
+cv: $(STAMP) ## nested cross-validation as MLflow runs over $(SPLITS) (written first when missing)
+	test -f "$(SPLITS)" || $(PY) make_splits.py --out "$(SPLITS)" $(ARGS)
+	$(PY) cv.py --store $(STORE) --set splits_file="$(SPLITS)" $(ARGS)
+
+tune: $(STAMP) ## Optuna search over config.yaml's search_space: make tune TRIALS=20 WORKERS=2 STUDY=search
+	$(PY) tune.py --store $(STORE) --trials $(TRIALS) --workers $(WORKERS) --study "$(STUDY)" $(ARGS)
+
+analyze: $(STAMP) ## Youden threshold + mlflow.models.evaluate on runs' predictions: make analyze FILTER=...
+	$(PY) analyze_predictions.py --store $(STORE) --filter "$(FILTER)" $(ARGS)
+
 mlproject: $(STAMP) ## regenerate MLproject from config.yaml
 	$(PY) -m kerasflow.mlproject > MLproject
 
@@ -97,7 +114,7 @@ data: $(STAMP) ## download and prepare TFDS malaria into tfds_data_dir (needs in
 weights: $(STAMP) ## cache the VGG16 ImageNet weights in ~/.keras/models (needs internet)
 	$(PY) -m kerasflow.fetch weights $(ARGS)
 
-test: $(STAMP) ## run the test suite (offline, CPU, ~8 minutes)
+test: $(STAMP) ## run the test suite (offline, CPU, ~10 minutes)
 	$(PY) -m pytest $(ARGS)
 
 lint: $(STAMP) ## ruff and shellcheck

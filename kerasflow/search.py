@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_type_hints
 
 from kerasflow import config as config_mod
-from kerasflow import store, tracking
+from kerasflow import rundir, store, tracking
 from kerasflow.config import Config
 from kerasflow.errors import UserError
 
@@ -62,8 +62,10 @@ def default_storage(store_dir: str) -> str:
 
 
 def _storage(url: str, grace: int) -> optuna.storages.BaseStorage:
+    import warnings
+
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:"):
@@ -72,8 +74,11 @@ def _storage(url: str, grace: int) -> optuna.storages.BaseStorage:
             raise UserError(f"study storage folder {path.parent} does not exist: create it or pass --storage")
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # several workers wait, not fail
     try:
-        return RDBStorage(url, heartbeat_interval=max(1, grace // 3), grace_period=grace,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1), **kwargs)
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, stable since 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=max(1, grace // 3), grace_period=grace,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                              **kwargs)
     except (ImportError, ModuleNotFoundError) as exc:
         raise UserError(f"study storage {url} needs a database driver ({exc.name}): pip install it") from None
     except Exception as exc:  # sqlalchemy's errors for a bad URL or an unreachable server
@@ -141,7 +146,8 @@ def run_worker(cfg: Config, *, study_name: str, storage_url: str, trials: int, p
         trial_cfg = cfg.replace(**params, run_name=f"{study_name}-trial{trial.number:03d}")
         nested = tracking.Nested(
             parent_run_id=parent_run_id, log_model=False, stopped=(optuna.TrialPruned,),
-            tags={LEVEL_TAG: "trial", "optuna.study": study_name, "optuna.trial": str(trial.number)},
+            tags={LEVEL_TAG: "trial", "optuna.study": study_name, "optuna.trial": str(trial.number),
+                  "optuna.worker": str(worker)},
             callbacks=[KerasPruningCallback(trial, cfg.search_metric)])
         prep, run_id = tracking._train_in_store(trial_cfg, uri, experiment, "", "", False, verbose, nested)
         trial.set_user_attr("mlflow_run_id", run_id)
@@ -255,11 +261,17 @@ def _tune(cfg: Config, study: optuna.Study, trials: int, workers: int, study_nam
                          "best_trial_run_id": str(best.user_attrs.get("mlflow_run_id", ""))})
         mlflow.log_dict(best.params, "best_params.json")
         mlflow.log_text(study.trials_dataframe().to_csv(index=False), "trials.csv")
-        final_cfg = cfg.replace(**best.params, run_name=f"{study_name}-best")
-        nested = tracking.Nested(tags={LEVEL_TAG: "final", "optuna.study": study_name,
-                                       "optuna.best_trial": str(best.number)})
-        _, final_id = tracking._train_in_store(final_cfg, uri, experiment, register, alias, False,
-                                                  verbose, nested)
+        final_cfg = cfg.replace(**best.params, run_name=f"{study_name}-best-trial{best.number}")
+        final_dir = Path(cfg.output_dir) / final_cfg.run_name
+        if (final_dir / rundir.MODEL_FILE).is_file() and (final_dir / tracking.RUN_ID_FILE).is_file():
+            final_id = (final_dir / tracking.RUN_ID_FILE).read_text().strip()  # a rerun of a done study
+            print(f"search: the best trial is still {best.number}, retrained in run {final_id}",
+                  file=sys.stderr)
+        else:
+            nested = tracking.Nested(tags={LEVEL_TAG: "final", "optuna.study": study_name,
+                                           "optuna.best_trial": str(best.number)})
+            _, final_id = tracking._train_in_store(final_cfg, uri, experiment, register, alias, False,
+                                                   verbose, nested)
         mlflow.set_tag("final_run_id", final_id)
     print(f"search: best trial {best.number} {cfg.search_metric}={best.value:.4f} {best.params}; "
           f"final run {final_id}", file=sys.stderr)

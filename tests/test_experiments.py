@@ -1,0 +1,321 @@
+"""Experiment automation on real data sources and a real MLflow store: splits files, nested
+cross-validation, Optuna search (two worker processes, resume), analysis of predictions, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, TINY, set_args
+
+from kerasflow import config, data, folds
+from kerasflow.errors import UserError
+
+pytestmark = pytest.mark.slow
+
+# learns in 2 epochs on 2 CPU cores in a few seconds, so metrics mean something
+SMALL = [*TINY, "synthetic_examples=160", "epochs=2", "learning_rate=0.003"]
+SPACE = "search_space={learning_rate: {low: 0.001, high: 0.01, log: true}, dense_units: {choices: [8, 16]}}"
+
+
+def overrides(tmp: Path, *extra: str) -> list[str]:
+    return [*SMALL, f"output_dir={tmp / 'outputs'}", f"cache_dir={tmp / 'cache'}", *extra]
+
+
+def run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def client_for(store_dir: Path):
+    import mlflow
+
+    return mlflow.MlflowClient(f"sqlite:///{store_dir / 'mlflow.db'}")
+
+
+def runs_of(store_dir: Path, query: str = "") -> list:
+    client = client_for(store_dir)
+    exp = client.get_experiment_by_name("kerasflow")
+    return client.search_runs([exp.experiment_id], query, max_results=1000)
+
+
+def make_splits(tmp: Path, *extra: str) -> Path:
+    out = tmp / "splits.json"
+    result = run("make_splits.py", *set_args(overrides(tmp, *extra)), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+# --- splits -----------------------------------------------------------------------------------------
+
+def test_splits_are_stratified_complete_and_seeded(tmp_path):
+    cfg = config.load(None, overrides(tmp_path, "synthetic_examples=300", "n_outer_folds=3",
+                                      "n_inner_folds=2"))
+    examples = data.load_examples(cfg)
+    first, again = folds.make(cfg, examples), folds.make(cfg, examples)
+    other = folds.make(cfg.replace(seed=7), examples)
+    assert first == again and first["digest"] == again["digest"]
+    assert first["outer"] != other["outer"]
+    labels = np.asarray(first["labels"])
+    overall = labels.mean()
+    tests = [set(o["test"]) for o in first["outer"]]
+    assert set().union(*tests) == set(range(len(labels))) and sum(map(len, tests)) == len(labels)
+    for outer in first["outer"]:
+        assert abs(labels[outer["test"]].mean() - overall) < 0.05  # stratified
+        for inner in outer["inner"]:
+            train, dev = set(inner["train"]), set(inner["dev"])
+            assert not train & dev and not (train | dev) & set(outer["test"])
+            assert train | dev | set(outer["test"]) == set(range(len(labels)))
+            assert abs(labels[inner["dev"]].mean() - overall) < 0.08
+
+
+def nih_tree(root: Path, patients: int = 12, per_class: int = 5) -> Path:
+    """NIH layout: every patient has cells in both class folders, named <patient>_IMG_..._cell_<n>.png."""
+    from PIL import Image
+
+    images, _ = data.draw_synthetic(patients * per_class * 2, 32, 0)
+    k = 0
+    for cls in ("Parasitized", "Uninfected"):
+        (root / cls).mkdir(parents=True)
+        for p in range(patients):
+            for i in range(per_class + (p % 3)):  # unequal patient sizes
+                Image.fromarray(images[k % len(images)]).save(
+                    root / cls / f"C{100 + p}P{60 + p}ThinF_IMG_20150918_1441{p:02d}_cell_{i}.png")
+                k += 1
+    return root
+
+
+def test_image_tree_splits_keep_each_patient_on_one_side(tmp_path):
+    root = nih_tree(tmp_path / "cell_images")
+    out = make_splits(tmp_path, "data_source=image_dir", f"image_dir={root}", "n_outer_folds=3",
+                      "n_inner_folds=2")
+    splits = json.loads(out.read_text())
+    patient = [re.match(r"(C\d+P\d+ThinF)_", Path(n).name).group(1) for n in splits["examples"]]
+    assert splits["groups"] == patient and len(set(patient)) == 12
+    for outer in splits["outer"]:
+        test_patients = {patient[i] for i in outer["test"]}
+        for inner in outer["inner"]:
+            train = {patient[i] for i in inner["train"]}
+            dev = {patient[i] for i in inner["dev"]}
+            assert not test_patients & (train | dev), "a patient is in train/dev and test"
+            assert not train & dev, "a patient is in train and dev"
+    assert {Path(n).parts[0] for n in splits["examples"]} == {"Parasitized", "Uninfected"}
+
+
+def test_training_takes_a_fold_and_logs_the_splits_digest(tmp_path):
+    from kerasflow import tracking
+
+    out = make_splits(tmp_path, "n_outer_folds=3", "n_inner_folds=2")
+    splits = json.loads(out.read_text())
+    cfg = config.load(None, overrides(tmp_path, f"splits_file={out}", "outer_fold=2", "inner_fold=1",
+                                      "run_name=fold"))
+    prep, run_id = tracking.train_tracked(cfg, store_dir=str(tmp_path / "store"), verbose=0)
+    assert prep.splits.test.tolist() == splits["outer"][2]["test"]
+    assert prep.splits.val.tolist() == splits["outer"][2]["inner"][1]["dev"]
+    assert prep.splits.train.tolist() == splits["outer"][2]["inner"][1]["train"]
+    run_ = client_for(tmp_path / "store").get_run(run_id)
+    assert run_.data.tags["splits_file_digest"] == splits["digest"]
+    assert run_.data.params["outer_fold"] == "2"
+
+
+# --- cross-validation -------------------------------------------------------------------------------
+
+def test_two_by_two_cv_makes_the_nested_run_tree_with_aggregates(tmp_path):
+    out = make_splits(tmp_path, "n_outer_folds=3", "n_inner_folds=3")
+    result = run("cv.py", *set_args(overrides(tmp_path, f"splits_file={out}", "run_name=cv")),
+                 "--n-outer", "2", "--n-inner", "2", "--store", str(tmp_path / "store"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = runs_of(tmp_path / "store")
+    by_level: dict[str, list] = {}
+    for r in runs:
+        by_level.setdefault(r.data.tags.get("kerasflow.level"), []).append(r)
+    assert {k: len(v) for k, v in by_level.items()} == {"cv": 1, "outer_fold": 2, "inner_fold": 4}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    cv = by_level["cv"][0]
+    for outer in by_level["outer_fold"]:
+        assert outer.data.tags["mlflow.parentRunId"] == cv.info.run_id
+        children = [r for r in by_level["inner_fold"]
+                    if r.data.tags["mlflow.parentRunId"] == outer.info.run_id]
+        assert len(children) == 2 and {c.data.tags["outer_fold"] for c in children} == {
+            outer.data.tags["outer_fold"]}
+        assert outer.data.metrics["test_accuracy"] == pytest.approx(
+            np.mean([c.data.metrics["test_accuracy"] for c in children]))
+    outer_acc = [o.data.metrics["test_accuracy"] for o in by_level["outer_fold"]]
+    assert cv.data.metrics["test_accuracy_mean"] == pytest.approx(np.mean(outer_acc))
+    assert cv.data.metrics["test_accuracy_std"] == pytest.approx(np.std(outer_acc))
+    assert "test_auc_mean" in cv.data.metrics and "test_loss_std" in cv.data.metrics
+    table = client_for(tmp_path / "store").download_artifacts(cv.info.run_id, "cv_folds.csv", str(tmp_path))
+    assert len(Path(table).read_text().splitlines()) == 5
+
+
+# --- search -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-trial search run by two worker processes on one sqlite study."""
+    tmp = tmp_path_factory.mktemp("search")
+    result = run("tune.py", *set_args(overrides(tmp, SPACE)), "--trials", "3", "--workers", "2",
+                 "--study", "two", "--store", str(tmp / "store"), "--register", "tuned")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return tmp
+
+
+def test_two_workers_run_three_trials_then_retrain_the_best(searched):
+    import optuna
+
+    store_dir = searched / "store"
+    trials = runs_of(store_dir, "tags.kerasflow.level = 'trial'")
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in trials) == [0, 1, 2]
+    study = optuna.load_study(study_name="two", storage=f"sqlite:///{store_dir / 'optuna.db'}")
+    assert len(study.trials) == 3
+    [parent] = runs_of(store_dir, "tags.kerasflow.level = 'search'")
+    [final] = runs_of(store_dir, "tags.kerasflow.level = 'final'")
+    assert {r.data.tags["mlflow.parentRunId"] for r in [*trials, final]} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED"
+    best_run = next(r for r in trials if r.data.tags["optuna.trial"] == str(study.best_trial.number))
+    for key, value in study.best_params.items():
+        assert final.data.params[key] == str(value)
+        assert best_run.data.params[key] == str(value)
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(study.best_value)
+    version = client_for(store_dir).get_model_version_by_alias("tuned", "candidate")
+    assert version.run_id == final.info.run_id
+    for trial in trials:  # each trial's value is its last val_accuracy
+        state = next(t for t in study.trials if t.number == int(trial.data.tags["optuna.trial"]))
+        if state.state == optuna.trial.TrialState.COMPLETE:
+            history = client_for(store_dir).get_metric_history(trial.info.run_id, "val_accuracy")
+            assert state.value == pytest.approx(max(history, key=lambda m: m.step).value)
+
+
+def test_an_interrupted_study_continues_its_trial_count(tmp_path):
+    import optuna
+
+    common = [*set_args(overrides(tmp_path, SPACE)), "--study", "resumed", "--store", str(tmp_path / "store")]
+    first = run("tune.py", *common, "--trials", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run("tune.py", *common, "--trials", "3")
+    assert second.returncode == 0, second.stderr[-3000:]
+    study = optuna.load_study(study_name="resumed", storage=f"sqlite:///{tmp_path / 'store' / 'optuna.db'}")
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    trials = runs_of(tmp_path / "store", "tags.kerasflow.level = 'trial'")
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in trials) == [0, 1, 2]
+    assert len(runs_of(tmp_path / "store", "tags.kerasflow.level = 'search'")) == 1  # the same search run
+    assert "has 2 of 3 trials" in second.stderr
+
+
+def test_a_pruned_trial_ends_killed_not_running(tmp_path):
+    import keras
+    import optuna
+
+    from kerasflow import tracking
+
+    class PruneAtOnce(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise optuna.TrialPruned()
+
+    cfg = config.load(None, overrides(tmp_path, "run_name=pruned"))
+    nested = tracking.Nested(log_model=False, callbacks=[PruneAtOnce()], stopped=(optuna.TrialPruned,))
+    with pytest.raises(optuna.TrialPruned):
+        tracking.train_tracked(cfg, store_dir=str(tmp_path / "store"), verbose=0, nested=nested)
+    [run_] = runs_of(tmp_path / "store")
+    assert run_.info.status == "KILLED"
+
+
+# --- analysis ---------------------------------------------------------------------------------------
+
+def test_analysis_logs_figures_and_metrics_that_match_the_predictions(searched, tmp_path):
+    import pandas as pd
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+    store_dir = searched / "store"
+    result = run("analyze_predictions.py", "--filter", "tags.kerasflow.level = 'trial'", "--store",
+                 str(store_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = client_for(store_dir)
+    for trial in runs_of(store_dir, "tags.kerasflow.level = 'trial' and attributes.status = 'FINISHED'"):
+        assert trial.info.status == "FINISHED"  # analysis keeps the status training gave
+        m = trial.data.metrics
+        assert "analysis/roc_pr.png" in {a.path for a in client.list_artifacts(trial.info.run_id, "analysis")}
+        path = client.download_artifacts(trial.info.run_id, "test_predictions.csv", str(tmp_path))
+        frame = pd.read_csv(path)
+        positive = frame["label"] == "parasitized"
+        predicted = frame["prob_parasitized"] >= m["analysis_threshold"]
+        assert m["analysis_accuracy_score"] == pytest.approx(accuracy_score(positive, predicted))
+        assert m["analysis_recall_score"] == pytest.approx(recall_score(positive, predicted))
+        assert m["analysis_precision_score"] == pytest.approx(precision_score(positive, predicted,
+                                                                              zero_division=0))
+        assert m["analysis_f1_score"] == pytest.approx(f1_score(positive, predicted))
+        assert m["analysis_roc_auc"] == pytest.approx(roc_auc_score(positive, frame["prob_parasitized"]))
+        fpr = (predicted & ~positive).sum() / (~positive).sum()
+        tpr = (predicted & positive).sum() / positive.sum()
+        assert m["analysis_youden_j"] == pytest.approx(tpr - fpr)
+        # the test accuracy training logged at 0.5 agrees with the logged probabilities
+        assert m["test_accuracy"] == pytest.approx(((frame["prob_uninfected"] >= 0.5) == ~positive).mean())
+
+
+# --- bad input: exit 2, one line ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("search_space={colour: {choices: [red]}}", "search_space key 'colour' is not a config key"),
+    ("search_space={dropout: {low: 0.4, high: 0.2}}", "has an empty range (low 0.4 >= high 0.2)"),
+    ("search_space={dense_units: {choices: []}}", "empty or malformed choices list"),
+])
+def test_bad_search_space(tmp_path, setting, message):
+    assert_user_error(run("tune.py", *set_args(overrides(tmp_path, setting)), "--trials", "1", "--store",
+                          str(tmp_path / "store")), message)
+    assert not (tmp_path / "store").exists()
+
+
+def test_more_outer_folds_than_the_file_has(tmp_path):
+    out = make_splits(tmp_path, "n_outer_folds=2", "n_inner_folds=2")
+    assert_user_error(run("cv.py", *set_args(overrides(tmp_path, f"splits_file={out}")), "--n-outer", "3",
+                          "--store", str(tmp_path / "store")),
+                      "3 outer folds asked for, but splits file", "has 2")
+    assert_user_error(run("train.py", *set_args(overrides(tmp_path, f"splits_file={out}", "outer_fold=2"))),
+                      "has 2")
+
+
+def test_splits_file_of_another_dataset(tmp_path):
+    out = make_splits(tmp_path, "n_outer_folds=2", "n_inner_folds=2")
+    result = run("train.py", *set_args(overrides(tmp_path, f"splits_file={out}", "synthetic_examples=170")))
+    assert_user_error(result, "was made for another dataset", "make splits")
+    assert not (tmp_path / "outputs").exists()
+    edited = json.loads(out.read_text())
+    edited["outer"][0]["test"].pop()
+    out.write_text(json.dumps(edited))
+    assert_user_error(run("train.py", *set_args(overrides(tmp_path, f"splits_file={out}"))), "was edited")
+
+
+def test_study_name_with_another_space_is_refused(searched):
+    other = "search_space={dropout: {low: 0.1, high: 0.2}}"
+    result = run("tune.py", *set_args(overrides(searched, other)), "--trials", "4", "--study", "two",
+                 "--store", str(searched / "store"))
+    assert_user_error(result, "study 'two'", "another search space")
+    assert len(runs_of(searched / "store", "tags.kerasflow.level = 'search'")) == 1  # no run started
+
+
+def test_analysis_with_a_filter_matching_no_run(searched):
+    assert_user_error(run("analyze_predictions.py", "--filter", "metrics.test_accuracy > 2", "--store",
+                          str(searched / "store")), "no finished run", "matches metrics.test_accuracy > 2")
+    assert_user_error(run("analyze_predictions.py", "--filter", "metrics.test_accuracy >>> 2", "--store",
+                          str(searched / "store")), "bad --filter")
+
+
+def test_cv_without_a_splits_file(tmp_path):
+    assert_user_error(run("cv.py", *set_args(overrides(tmp_path)), "--store", str(tmp_path / "store")),
+                      "needs a splits file", "make splits")
+    with pytest.raises(UserError, match="does not exist"):
+        folds.read(tmp_path / "missing.json")
