@@ -20,6 +20,8 @@ SPLITS ?= outputs/splits.json
 TRIALS ?= 20
 WORKERS ?= 1
 STUDY ?= search
+N_OUTER ?= 0
+N_INNER ?= 0
 # The offline demo: the synthetic cell images and the small CNN, a few seconds an epoch on a laptop CPU.
 DEMO_SET := --set data_source=synthetic --set model=cnn --set image_size=48 --set epochs=5 \
             --set synthetic_examples=2000 --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
@@ -95,9 +97,9 @@ migrate: $(STAMP) ## move a legacy file store onto sqlite: make migrate STORE=pa
 splits: $(STAMP) ## write the nested CV folds once: make splits SPLITS=outputs/splits.json ARGS='--set ...'
 	$(PY) make_splits.py --out "$(SPLITS)" $(ARGS)
 
-cv: $(STAMP) ## nested cross-validation as MLflow runs over $(SPLITS) (written first when missing)
+cv: $(STAMP) ## nested CV as MLflow runs over SPLITS (written when missing): make cv N_OUTER=2 N_INNER=2
 	test -f "$(SPLITS)" || $(PY) make_splits.py --out "$(SPLITS)" $(ARGS)
-	$(PY) cv.py --store $(STORE) --set splits_file="$(SPLITS)" $(ARGS)
+	$(PY) cv.py --store $(STORE) --set splits_file="$(SPLITS)" --n-outer $(N_OUTER) --n-inner $(N_INNER) $(ARGS)
 
 tune: $(STAMP) ## Optuna search over config.yaml's search_space: make tune TRIALS=20 WORKERS=2 STUDY=search
 	$(PY) tune.py --store $(STORE) --trials $(TRIALS) --workers $(WORKERS) --study "$(STUDY)" $(ARGS)
