@@ -12,8 +12,32 @@ examples:
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from kerasflow import folds
+from kerasflow import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__)
+    p.add_argument("--out", type=Path, default=Path("outputs/splits.json"),
+                   help="where to write the splits file (default: outputs/splits.json)")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        from kerasflow import config, data, folds
+
+        cfg = config.load(args.config, args.overrides)
+        data.check_available(cfg)
+        splits = folds.make(cfg, data.load_examples(cfg))
+        folds.write(splits, args.out)
+        sizes = [len(o["test"]) for o in splits["outer"]]
+        grouping = f", grouped into {len(set(splits['groups']))} groups" if splits["groups"] else ""
+        print(f"splits: {len(splits['examples'])} examples, {cfg.n_outer_folds} outer folds (test sizes "
+              f"{sizes}) x {cfg.n_inner_folds} inner, stratified{grouping}; digest {splits['digest']} -> "
+              f"{args.out}")
+
+    return cli.run(go)
+
 
 if __name__ == "__main__":
-    sys.exit(folds.main())
+    sys.exit(main())

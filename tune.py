@@ -14,7 +14,33 @@ from __future__ import annotations
 
 import sys
 
-from kerasflow import search
+from kerasflow import cli, store
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__)
+    p.add_argument("--trials", type=int, default=20, help="total trials the study should have (default 20)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--study", default="search", help="Optuna study name (default: search)")
+    p.add_argument("--storage", default="", help="study storage URL (default: sqlite:///STORE/optuna.db)")
+    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR", help="store folder (default store)")
+    p.add_argument("--experiment", default=store.DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    p.add_argument("--register", default="", metavar="NAME", help="register the final model under NAME")
+    p.add_argument("--alias", default="candidate", help="alias for the registered version")
+    p.add_argument("--grace", type=int, default=300,
+                   help="seconds without a heartbeat before a trial counts as dead (default 300)")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        from kerasflow import config, search
+
+        cfg = config.load(args.config, args.overrides)
+        search.tune(cfg, trials=args.trials, workers=args.workers, study_name=args.study,
+                    storage=args.storage, store_dir=args.store, experiment=args.experiment,
+                    register=args.register, alias=args.alias, grace=args.grace)
+
+    return cli.run(go)
+
 
 if __name__ == "__main__":
-    sys.exit(search.main())
+    sys.exit(main())

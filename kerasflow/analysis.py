@@ -159,23 +159,3 @@ def analyze(filter_string: str, *, store_dir: str = store.DEFAULT_STORE,
                               f"{PREFIX}roc_auc")}
             print(f"{run.info.run_id} {run.info.run_name}: {shown}", file=sys.stderr)
         return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    from kerasflow import cli
-
-    p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("--filter", default="", help="MLflow search filter, e.g. \"metrics.test_accuracy > 0.9\"")
-    p.add_argument("--positive", default=None,
-                   help="positive class for the threshold (default: the first class, parasitized)")
-    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR",
-                   help="store folder (default: store)")
-    p.add_argument("--experiment", default=tracking.DEFAULT_EXPERIMENT, help="MLflow experiment name")
-    p.add_argument("--max-runs", type=int, default=200, help="analyse at most this many runs")
-    args = p.parse_args(argv)
-
-    def go() -> None:
-        analyze(args.filter, store_dir=args.store, experiment=args.experiment, positive=args.positive,
-                max_runs=args.max_runs)
-
-    return cli.run(go)

@@ -131,24 +131,3 @@ def _run(cfg: Config, splits: dict[str, Any], n_outer: int, n_inner: int, uri: s
     shown = {k: round(v, 4) for k, v in aggregate.items() if k.startswith(("test_accuracy", "test_auc"))}
     print(f"cv: {parent.info.run_id} FINISHED; {shown}", file=sys.stderr)
     return {"run_id": parent.info.run_id, "metrics": aggregate, "folds": table}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from kerasflow import cli
-
-    p = cli.parser(__doc__)
-    p.add_argument("--n-outer", type=int, default=None, help="outer folds to run (default: all in the file)")
-    p.add_argument("--n-inner", type=int, default=None, help="inner folds per outer fold (default: all)")
-    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR",
-                   help="store folder (default: store)")
-    p.add_argument("--experiment", default=tracking.DEFAULT_EXPERIMENT, help="MLflow experiment name")
-    args = p.parse_args(argv)
-
-    def go() -> None:
-        from kerasflow import config
-
-        cfg = config.load(args.config, args.overrides)
-        cross_validate(cfg, n_outer=args.n_outer, n_inner=args.n_inner, store_dir=args.store,
-                       experiment=args.experiment)
-
-    return cli.run(go)

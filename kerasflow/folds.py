@@ -168,28 +168,3 @@ def fold(cfg: Config, examples: data.Examples) -> Fold:
     inner = outer["inner"][cfg.inner_fold]
     parts = [np.asarray(x, np.int64) for x in (inner["train"], inner["dev"], outer["test"])]
     return Fold(data.Splits(*parts), splits["digest"])
-
-
-def main(argv: list[str] | None = None) -> int:
-    from kerasflow import cli
-
-    p = cli.parser(__doc__)
-    p.add_argument("--out", type=Path, default=Path("outputs/splits.json"),
-                   help="where to write the splits file (default: outputs/splits.json)")
-    args = p.parse_args(argv)
-
-    def go() -> None:
-        from kerasflow import config
-
-        cfg = config.load(args.config, args.overrides)
-        data.check_available(cfg)
-        examples = data.load_examples(cfg)
-        splits = make(cfg, examples)
-        write(splits, args.out)
-        sizes = [len(o["test"]) for o in splits["outer"]]
-        grouping = (f", grouped by {len(set(splits['groups']))} groups" if splits["groups"] is not None
-                    else "")
-        print(f"splits: {len(examples)} examples, {cfg.n_outer_folds} outer folds (test sizes {sizes}) x "
-              f"{cfg.n_inner_folds} inner, stratified{grouping}; digest {splits['digest']} -> {args.out}")
-
-    return cli.run(go)

@@ -167,8 +167,7 @@ def run_worker(cfg: Config, *, study_name: str, storage_url: str, trials: int, p
 def _spawn_workers(n: int, cfg_path: Path, args: dict[str, Any]) -> list[subprocess.Popen[bytes]]:
     procs = []
     for worker in range(1, n + 1):
-        cmd = [sys.executable, "-m", "kerasflow.search", "--worker", str(worker), "--config", str(cfg_path),
-               "--worker-args", json.dumps(args)]
+        cmd = [sys.executable, "-m", "kerasflow.search", str(cfg_path), json.dumps(args), str(worker)]
         procs.append(subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
     return procs
 
@@ -279,43 +278,20 @@ def _tune(cfg: Config, study: optuna.Study, trials: int, workers: int, study_nam
             "final_run_id": final_id, "trials": len(study.trials)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def worker_main(argv: list[str] | None = None) -> int:
+    """Entry of a worker process started by `tune` (python -m kerasflow.search CONFIG ARGS_JSON WORKER)."""
     from kerasflow import cli
 
-    p = cli.parser(__doc__)
-    p.add_argument("--trials", type=int, default=20, help="total trials the study should have (default 20)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
-    p.add_argument("--study", default="search", help="Optuna study name (default: search)")
-    p.add_argument("--storage", default="", help="study storage URL (default: sqlite:///STORE/optuna.db)")
-    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR",
-                   help="store folder (default: store)")
-    p.add_argument("--experiment", default=tracking.DEFAULT_EXPERIMENT, help="MLflow experiment name")
-    p.add_argument("--register", default="", metavar="NAME", help="register the final model under NAME")
-    p.add_argument("--alias", default="candidate", help="alias for the registered version")
-    p.add_argument("--grace", type=int, default=300,
-                   help="seconds without a heartbeat before a trial counts as dead (default 300)")
-    p.add_argument("--worker", type=int, default=None, help=argparse_hidden())
-    p.add_argument("--worker-args", default=None, help=argparse_hidden())
-    args = p.parse_args(argv)
+    config_path, args_json, worker = argv if argv is not None else sys.argv[1:4]
 
     def go() -> None:
-        cfg = config_mod.load(args.config, args.overrides)
-        if args.worker is not None:  # a process started by _spawn_workers
-            with store.activated(json.loads(args.worker_args)["uri"]):
-                run_worker(cfg, worker=args.worker, **json.loads(args.worker_args))
-            return
-        tune(cfg, trials=args.trials, workers=args.workers, study_name=args.study, storage=args.storage,
-             store_dir=args.store, experiment=args.experiment, register=args.register, alias=args.alias,
-             grace=args.grace)
+        cfg = config_mod.load(config_path)
+        args = json.loads(args_json)
+        with store.activated(args["uri"]):
+            run_worker(cfg, worker=int(worker), **args)
 
     return cli.run(go)
 
 
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(worker_main())

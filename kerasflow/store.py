@@ -27,6 +27,7 @@ from pathlib import Path
 from kerasflow.errors import UserError
 
 DEFAULT_STORE = "store"
+DEFAULT_EXPERIMENT = "kerasflow"
 DB_FILE = "mlflow.db"
 ARTIFACTS = "artifacts"
 

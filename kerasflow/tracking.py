@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import mlflow
 
 RUN_ID_FILE = "mlflow_run_id"
-DEFAULT_EXPERIMENT = "kerasflow"
+DEFAULT_EXPERIMENT = store.DEFAULT_EXPERIMENT
 
 
 @contextmanager

@@ -85,3 +85,13 @@ def write_png_tree(root: Path, counts: dict[str, int], size: int = 40, seed: int
         for i, image in enumerate(images):
             Image.fromarray(image).save(folder / f"C{c}P{i % 5}ThinF_IMG_{i:04d}_cell_{i}.png")
     return root
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit code 2, no traceback, exactly one `error:` line, and it holds every fragment."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, run_script, set_args, write_png_tree
+from conftest import ROOT, assert_user_error, run_script, set_args, write_png_tree
 
 
 def test_help_is_instant_and_does_not_import_tensorflow():
@@ -21,15 +21,6 @@ def test_help_is_instant_and_does_not_import_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert "--set KEY=VALUE" in out.stdout
     assert "HEAVY []" in out.stdout
-
-
-def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, result.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 BAD_SETS = [

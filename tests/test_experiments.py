@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, set_args
+from conftest import ROOT, TINY, assert_user_error, set_args
 
 from kerasflow import config, data, folds
 from kerasflow.errors import UserError
@@ -30,15 +30,6 @@ def overrides(tmp: Path, *extra: str) -> list[str]:
 def run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout)
-
-
-def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, result.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def client_for(store_dir: Path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, run_script, set_args
+from conftest import ROOT, TINY, assert_user_error, run_script, set_args
 
 from kerasflow import config
 
@@ -263,20 +263,11 @@ def test_a_tracking_server_gets_a_full_run_with_proxied_artifacts(tmp_path):
 
 # --- bad input: exit 2, one line, no traceback, no RUNNING run left ----------------------------------
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-
-
 def test_unreachable_tracking_server_fails_fast(tmp_path):
     start = time.monotonic()
     result = subprocess.run(_tiny_cmd(tmp_path, "x"), cwd=ROOT, capture_output=True, text=True,
                             env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
-    assert_one_line_error(result, "cannot reach the MLflow tracking server", "make server")
+    assert_user_error(result, "cannot reach the MLflow tracking server", "make server")
     assert time.monotonic() - start < 60
     assert not (tmp_path / "out").exists()
 
@@ -284,7 +275,7 @@ def test_unreachable_tracking_server_fails_fast(tmp_path):
 def test_unwritable_store_folder(tmp_path):
     cmd = _tiny_cmd(tmp_path, "x")
     cmd[cmd.index("--store") + 1] = "/proc/kerasflow-store"
-    assert_one_line_error(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True),
+    assert_user_error(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True),
                           "MLflow store folder /proc/kerasflow-store is not writable", "--store DIR")
 
 
@@ -296,11 +287,11 @@ def test_store_written_by_a_newer_mlflow_is_refused(tracked, tmp_path):
     with sqlite3.connect(tmp_path / "store" / "mlflow.db") as db:
         db.execute("UPDATE alembic_version SET version_num = 'f00dfeedbeef'")
     result = subprocess.run(_tiny_cmd(tmp_path, "x"), cwd=ROOT, capture_output=True, text=True)
-    assert_one_line_error(result, "was written by a newer MLflow (schema f00dfeedbeef",
+    assert_user_error(result, "was written by a newer MLflow (schema f00dfeedbeef",
                           "use the MLflow version")
     result = run_script("predict.py", "--model", "models:/tiny@candidate", "--store", str(tmp_path / "store"),
                         "x.png")
-    assert_one_line_error(result, "newer MLflow")
+    assert_user_error(result, "newer MLflow")
 
 
 def test_serve_refuses_unknown_alias_and_missing_model(tracked):
@@ -308,13 +299,13 @@ def test_serve_refuses_unknown_alias_and_missing_model(tracked):
     store_dir = str(tmp / "store")
     result = subprocess.run([sys.executable, "-m", "kerasflow.serving", "models:/tiny@nope", "--store",
                              store_dir], cwd=ROOT, capture_output=True, text=True)
-    assert_one_line_error(result, "registered model 'tiny' has no alias 'nope'", "@candidate")
+    assert_user_error(result, "registered model 'tiny' has no alias 'nope'", "@candidate")
     result = subprocess.run([sys.executable, "-m", "kerasflow.serving", "models:/ghost@champion", "--store",
                              store_dir], cwd=ROOT, capture_output=True, text=True)
-    assert_one_line_error(result, "no registered model named 'ghost'")
+    assert_user_error(result, "no registered model named 'ghost'")
     result = subprocess.run([sys.executable, "-m", "kerasflow.serving", "runs:/0123456789abcdef/model",
                              "--store", store_dir], cwd=ROOT, capture_output=True, text=True)
-    assert_one_line_error(result, "no MLflow model at runs:/0123456789abcdef/model")
+    assert_user_error(result, "no MLflow model at runs:/0123456789abcdef/model")
 
 
 def test_promote_cli_errors(tracked):
@@ -322,10 +313,10 @@ def test_promote_cli_errors(tracked):
     base = [sys.executable, "-m", "kerasflow.registry", "--store", str(tmp / "store"), "promote"]
     result = subprocess.run([*base, "tiny", "--metric", "metrics_nobody_logs"], cwd=ROOT,
                             capture_output=True, text=True)
-    assert_one_line_error(result, "no version of 'tiny' has a run with metric 'metrics_nobody_logs'",
+    assert_user_error(result, "no version of 'tiny' has a run with metric 'metrics_nobody_logs'",
                           "test_accuracy")
     result = subprocess.run([*base, "ghost"], cwd=ROOT, capture_output=True, text=True)
-    assert_one_line_error(result, "no registered model named 'ghost'", "tiny")
+    assert_user_error(result, "no registered model named 'ghost'", "tiny")
 
 
 def test_runs_listing_filters_and_plots(tracked, tmp_path):
@@ -339,7 +330,7 @@ def test_runs_listing_filters_and_plots(tracked, tmp_path):
     result = subprocess.run([sys.executable, "-m", "kerasflow.runs", "--store", str(tmp / "store"),
                              "--filter", "metrics.test_accuracy > 2"], cwd=ROOT, capture_output=True,
                             text=True)
-    assert_one_line_error(result, "no run of 'kerasflow' matches")
+    assert_user_error(result, "no run of 'kerasflow' matches")
 
 
 def test_mlproject_mirrors_the_config_and_its_command_trains(tmp_path):
