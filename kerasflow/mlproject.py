@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-import shlex
+import json
+import re
 import sys
 from typing import get_type_hints
 
@@ -26,7 +27,7 @@ def _default(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return '""' if value == "" else shlex.quote(value) if " " in value else value
+        return value if re.fullmatch(r"[A-Za-z0-9_./-]+", value) else json.dumps(value)  # YAML-safe
     return repr(value)
 
 

@@ -342,8 +342,14 @@ def test_mlproject_mirrors_the_config_and_its_command_trains(tmp_path):
     project = load_project(str(ROOT))
     main = project.get_entry_point("main")
     cfg = config.load()
-    assert set(main.parameters) == set(config.keys()) | {"register_model", "model_alias"}
+    scalar_keys = {k for k, v in cfg.to_dict().items() if not isinstance(v, dict)}  # not search_space
+    assert set(main.parameters) == scalar_keys | {"register_model", "model_alias"}
+    for entry in ("splits", "cv", "tune"):
+        assert scalar_keys <= set(project.get_entry_point(entry).parameters), entry
+    assert {"filter", "positive"} <= set(project.get_entry_point("analyze").parameters)
     for key, value in cfg.to_dict().items():
+        if key not in scalar_keys:
+            continue
         default = main.parameters[key].default
         assert str(default).lower() == str(value).lower() or float(default) == value, key
     params = {k.split("=")[0]: k.split("=", 1)[1] for k in TINY}
