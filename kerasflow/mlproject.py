@@ -15,9 +15,23 @@ from kerasflow import config
 HEADER = """\
 # Generated from config.yaml by `make mlproject`: edit config.yaml (or kerasflow/mlproject.py), not this.
 # Each parameter mirrors a config key (same name and default); `--set` validates the values.
-# Run: mlflow run . --env-manager local -P epochs=3 --experiment-name kerasflow
+# Run it with `make run` (project_driver.bash: tracking server, image build, GPU, tmux over SSH), or:
+#   mlflow run . -A network=host [-A gpus=all] -P epochs=3 --experiment-name kerasflow
+# with MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (`make server`): MLflow mounts only the run's artifact
+# folder into the container, so models logged to a local store from inside it would be lost.
 name: kerasflow
-python_env: python_env.yaml
+docker_env:
+  # built by run_script.bash / project_driver.bash from docker/Dockerfile (tagged with the commit too)
+  image: kerasflow:latest
+  # MLflow runs this command with bash in the project folder, so ${PWD} is this checkout: the code,
+  # data/ and outputs/ are the host's; the CUDA JIT cache survives in a named volume.
+  volumes: ["${PWD}:/workspace", "kerasflow-cuda-cache:/cache/nv"]
+  environment:
+    - ["PYTHONHASHSEED", "0"]
+    - ["TF_DETERMINISTIC_OPS", "1"]
+    - ["KERAS_HOME", "/opt/keras"]
+    - ["TFDS_DATA_DIR", "/workspace/data/tfds"]
+    - ["CUDA_CACHE_MAXSIZE", "4294967296"]
 """
 
 MLFLOW_TYPES = {str: "string", bool: "string", int: "float", float: "float"}

@@ -1,0 +1,75 @@
+# Shared by run_script.bash and project_driver.bash (sourced, not run): the image tag, building it
+# when missing or stale, GPU detection, and one-line errors (exit 2).
+# shellcheck shell=bash
+
+KF_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+KF_IMAGE_REPO="${KF_IMAGE_REPO:-kerasflow}"
+
+die() {
+  echo "error: $*" >&2
+  exit 2
+}
+
+note() {
+  echo "note: $*" >&2
+}
+
+# Docker installed and its daemon reachable, or one line saying what to do.
+check_docker() {
+  command -v docker > /dev/null 2>&1 \
+    || die "docker is not installed: install Docker Engine (https://docs.docker.com/engine/install/)"
+  local out
+  if ! out="$(docker info --format '{{.ServerVersion}}' 2>&1)"; then
+    die "the Docker daemon is not reachable ($(head -n 1 <<< "$out")): start it (sudo systemctl start docker) or check DOCKER_HOST and your docker group membership"
+  fi
+}
+
+# kerasflow:<commit>, with -dirty when the checkout has uncommitted changes.
+image_tag() {
+  local commit dirty=""
+  commit="$(git -C "$KF_ROOT" rev-parse --short=12 HEAD 2> /dev/null || echo nogit)"
+  if [ -n "$(git -C "$KF_ROOT" status --porcelain 2> /dev/null)" ]; then
+    dirty="-dirty"
+  fi
+  echo "${KF_IMAGE_REPO}:${commit}${dirty}"
+}
+
+# Build the image when it is missing, or always for a dirty tree (its tag cannot tell what changed;
+# the layer cache makes that a code-layer-only rebuild). Prints the image name on stdout.
+ensure_image() {
+  local image
+  image="$(image_tag)"
+  if [[ "$image" == *-dirty ]] || ! docker image inspect "$image" > /dev/null 2>&1; then
+    note "building $image (docker/Dockerfile)"
+    docker build --file "$KF_ROOT/docker/Dockerfile" \
+      --build-arg "USER_UID=$(id -u)" --build-arg "USER_GID=$(id -g)" \
+      --tag "$image" --tag "${KF_IMAGE_REPO}:latest" "$KF_ROOT" >&2 \
+      || die "building $image failed (see the docker output above)"
+  fi
+  echo "$image"
+}
+
+# Prints `--gpus all` when a GPU can be used. GPU=auto (default) falls back to CPU with a note;
+# GPU=on refuses to run without one; GPU=off never asks.
+gpu_args() {
+  local mode="${GPU:-auto}" runtimes="" gpus=""
+  case "$mode" in
+    off) return 0 ;;
+    on | auto) ;;
+    *) die "GPU=$mode is not one of auto, on, off" ;;
+  esac
+  runtimes="$(docker info --format '{{json .Runtimes}}' 2> /dev/null || true)"
+  if command -v nvidia-smi > /dev/null 2>&1; then
+    gpus="$(nvidia-smi -L 2> /dev/null | grep -c '^GPU ' || true)"
+  fi
+  if [[ "$runtimes" == *nvidia* ]] && [ "${gpus:-0}" -gt 0 ]; then
+    echo "--gpus all"
+    return 0
+  fi
+  local why="no NVIDIA container runtime in \`docker info\`"
+  [[ "$runtimes" == *nvidia* ]] && why="\`nvidia-smi -L\` lists no GPU"
+  if [ "$mode" = on ]; then
+    die "GPU=on but $why: install the NVIDIA driver and nvidia-container-toolkit, or run with GPU=off"
+  fi
+  note "$why: running on CPU (GPU=on makes this an error)"
+}

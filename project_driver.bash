@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# `make run`: train with `mlflow run` in the project image, tracked by a host MLflow server.
+#
+#   ./project_driver.bash [-e ENTRY] [--experiment NAME] [--name RUN] [--detach|--foreground] [-P k=v ...]
+#
+# 1. Ensures an MLflow tracking server with proxied artifacts runs on 127.0.0.1:$PORT over ./store
+#    (MLflow mounts only the run's artifact folder into the container, so MLflow-3 models logged
+#    inside docker to a local store are lost; through the server they are not).
+# 2. Builds the image when missing or stale (docker/lib.bash) and tags it kerasflow:latest, the image
+#    MLproject's docker_env names.
+# 3. Runs `mlflow run . -e ENTRY -A network=host [-A gpus=all] --experiment-name NAME -P ...`.
+# Over SSH (or with --detach) it starts itself in a detached tmux session, logs to logs/<name>.log,
+# records the exit status in logs/<name>.status, and prints how to attach and follow. A second run
+# while one is in progress is refused.
+set -euo pipefail
+
+# shellcheck source=docker/lib.bash
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/docker/lib.bash"
+
+PORT="${PORT:-5000}"
+STORE="${STORE:-$KF_ROOT/store}"
+MLFLOW="${MLFLOW:-$KF_ROOT/.venv/bin/mlflow}"
+entry="main" experiment="kerasflow" name="" mode="auto"
+params=()
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    -e | --entry) entry="${2:?}"; shift 2 ;;
+    --experiment) experiment="${2:?}"; shift 2 ;;
+    --name) name="${2:?}"; shift 2 ;;
+    --detach) mode="detach"; shift ;;
+    --foreground) mode="foreground"; shift ;;
+    -P) params+=(-P "${2:?}"); shift 2 ;;
+    -h | --help) sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) die "unknown argument '$1': see ./project_driver.bash --help" ;;
+  esac
+done
+name="${name:-$entry-$(date +%Y%m%d-%H%M%S)}"
+[[ "$name" =~ ^[A-Za-z0-9._-]+$ ]] || die "--name '$name' may only hold letters, digits, '.', '_' and '-'"
+logs="${LOGS:-$KF_ROOT/logs}"
+session="${KF_TMUX_SESSION:-kerasflow}"
+lock="$logs/driver.lock"
+mkdir -p "$logs"
+
+# One run at a time: the lock holds the PID of the driver that owns it.
+if [ -f "$lock" ] && kill -0 "$(cat "$lock" 2> /dev/null || echo 0)" 2> /dev/null; then
+  die "a run is already in progress (pid $(cat "$lock"), $(cat "$logs/current" 2> /dev/null || echo '?')): wait for it, or attach with: tmux attach -t $session"
+fi
+
+if [ "$mode" = detach ] || { [ "$mode" = auto ] && [ -n "${SSH_CONNECTION:-}" ] && [ -z "${TMUX:-}" ]; }; then
+  command -v tmux > /dev/null || die "tmux is not installed (needed to keep the run alive after you log out): apt-get install tmux, or pass --foreground"
+  tmux has-session -t "$session" 2> /dev/null && die "tmux session '$session' exists: tmux attach -t $session, or end it"
+  # a tmux server that already runs would not pass this shell's environment on: pass it explicitly
+  cmd=(env "PATH=$PATH" "PORT=$PORT" "STORE=$STORE" "MLFLOW=$MLFLOW" "LOGS=$logs" "GPU=${GPU:-auto}"
+       "KF_TMUX_SESSION=$session" "$0" -e "$entry" --experiment "$experiment" --name "$name" --foreground
+       "${params[@]}")
+  tmux new-session -d -s "$session" -c "$KF_ROOT" "$(printf '%q ' "${cmd[@]}")"
+  echo "started '$name' in tmux session '$session' (detached)"
+  echo "  follow:  tail -f $logs/$name.log"
+  echo "  attach:  tmux attach -t $session     (detach again: Ctrl-b d)"
+  echo "  status:  cat $logs/$name.status      (the exit code, once it ends)"
+  exit 0
+fi
+
+echo "$$" > "$lock"
+echo "$name" > "$logs/current"
+trap 'rm -f "$lock" "$logs/current"' EXIT
+log="$logs/$name.log"
+rm -f "$logs/$name.status"
+
+ensure_server() {
+  local url="http://127.0.0.1:$PORT"
+  if python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)" "$url/health" 2> /dev/null; then
+    note "using the MLflow server at $url"
+    return 0
+  fi
+  [ -x "$MLFLOW" ] || die "no MLflow at $MLFLOW: run make env (or set MLFLOW=/path/to/mlflow)"
+  mkdir -p "$STORE/artifacts"
+  note "starting an MLflow server at $url over $STORE (log: $logs/mlflow-server.log)"
+  nohup "$MLFLOW" server --backend-store-uri "sqlite:///$STORE/mlflow.db" \
+    --artifacts-destination "$STORE/artifacts" --host 127.0.0.1 --port "$PORT" \
+    > "$logs/mlflow-server.log" 2>&1 &
+  for _ in $(seq 1 60); do
+    python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)" "$url/health" 2> /dev/null && return 0
+    sleep 1
+  done
+  die "the MLflow server did not come up on $url within 60 s: see $logs/mlflow-server.log (port $PORT busy? set PORT=...)"
+}
+
+set +e  # the run's own exit status is recorded, not acted on
+{
+  set -e
+  check_docker
+  ensure_server
+  gpu="$(gpu_args)"
+  ensure_image > /dev/null
+  run_args=(-A network=host)
+  [ -n "$gpu" ] && run_args+=(-A gpus=all)
+  echo "mlflow run . -e $entry --experiment-name $experiment ${run_args[*]} ${params[*]}"
+  MLFLOW_TRACKING_URI="http://127.0.0.1:$PORT" exec "$MLFLOW" run "$KF_ROOT" -e "$entry" \
+    --experiment-name "$experiment" "${run_args[@]}" "${params[@]}"
+} 2>&1 | tee "$log"
+status="${PIPESTATUS[0]}"
+set -e
+echo "$status" > "$logs/$name.status"
+echo "exit status $status ($logs/$name.status)" | tee -a "$log"
+exit "$status"
