@@ -523,7 +523,7 @@ def _pip_mounts() -> tuple[list[str], list[str]]:
         args += ["--build-arg", f"{arg}={value}"]
         for part in value.split():
             path = part[len("file://") :] if part.startswith("file://") else part
-            path = str(Path(path).parent.parent) if part.startswith("file://") else path
+            path = str(Path(path).parent) if part.startswith("file://") else path  # <root>/simple: <root>
             if path.startswith("/") and Path(path).exists() and not path.startswith("/etc/ssl/certs"):
                 volumes.append(f"{path}:{path}:ro")
     return args, sorted(set(volumes))
@@ -570,6 +570,8 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "bud",
         "--isolation",
         "chroot",
+        "--format",
+        "docker",  # the OCI format drops SHELL (and with it pipefail)
         "--layers",
         "-f",
         "docker/Dockerfile",
