@@ -88,8 +88,30 @@ if args[0] == "run":
     sys.exit(int(os.environ.get("FAKE_RUN_EXIT", "0")))
 '''
 
-TOOLS = ["bash", "sh", "env", "git", "id", "dirname", "head", "grep", "cat", "date", "seq", "sed", "mkdir",
-         "rm", "tee", "sleep", "python3", "printf", "tmux", "tr", "ls", "nohup"]
+TOOLS = [
+    "bash",
+    "sh",
+    "env",
+    "git",
+    "id",
+    "dirname",
+    "head",
+    "grep",
+    "cat",
+    "date",
+    "seq",
+    "sed",
+    "mkdir",
+    "rm",
+    "tee",
+    "sleep",
+    "python3",
+    "printf",
+    "tmux",
+    "tr",
+    "ls",
+    "nohup",
+]
 
 
 def free_port() -> int:
@@ -247,7 +269,7 @@ def test_run_script_errors(sandbox):
 
 
 def _stop_fake_server(sb: dict) -> None:
-    subprocess.run(["pkill", "-f", f"--directory {sb['state'] / 'server'}"], capture_output=True)
+    subprocess.run(["pkill", "-f", "--", f"--directory {sb['state'] / 'server'}"], capture_output=True)
 
 
 def test_driver_starts_a_server_builds_and_runs_mlflow_in_docker(sandbox):
@@ -492,13 +514,36 @@ def test_post_start_command_serves_jupyterlab_on_localhost_with_a_random_token(t
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
         if listening:  # bound to loopback only
             assert all("127.0.0.1:" in line for line in listening.splitlines()), listening
-        # a second token differs: it is random, not fixed
-        again = subprocess.run(
-            ["python3", "-c", "import secrets; print(secrets.token_hex(24))"], capture_output=True, text=True
-        ).stdout.strip()
-        assert again != token
+        assert (
+            "already runs"
+            in subprocess.run(
+                ["bash", str(repo / "docker" / "start-jupyter.bash")],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+        )
+        # the next start (a new container) gets another token: random, never a fixed one
+        subprocess.run(["pkill", "-f", "--", f"--port {port}"], capture_output=True)
+        deadline = time.monotonic() + 30
+        while (
+            time.monotonic() < deadline
+            and subprocess.run(["pgrep", "-f", "--", f"--port {port}"]).returncode == 0
+        ):
+            time.sleep(0.3)
+        restarted = subprocess.run(
+            ["bash", str(repo / "docker" / "start-jupyter.bash")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert restarted.returncode == 0, restarted.stderr
+        second = re.search(r"token=([0-9a-f]+)", url_file.read_text()).group(1)
+        assert len(second) == 48 and second != token
     finally:
-        subprocess.run(["pkill", "-f", f"--port {port}"], capture_output=True)
+        subprocess.run(["pkill", "-f", "--", f"--port {port}"], capture_output=True)
 
 
 # --- the image really builds --------------------------------------------------------------------------

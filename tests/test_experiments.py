@@ -310,3 +310,45 @@ def test_cv_without_a_splits_file(tmp_path):
                       "needs a splits file", "make splits")
     with pytest.raises(UserError, match="does not exist"):
         folds.read(tmp_path / "missing.json")
+
+
+def test_unusable_study_storage_and_unknown_positive_class(searched, tmp_path):
+    tune = [*set_args(overrides(tmp_path, SPACE)), "--trials", "1", "--store", str(tmp_path / "store")]
+    missing = f"sqlite:///{tmp_path / 'no' / 'such' / 'optuna.db'}"
+    assert_user_error(run("tune.py", *tune, "--storage", missing), "study storage folder", "does not exist")
+    server = "postgresql://nobody@127.0.0.1:1/optuna"
+    assert_user_error(run("tune.py", *tune, "--storage", server), f"study storage {server}")
+    analyze = ["--filter", "tags.kerasflow.level = 'final'", "--store", str(searched / "store")]
+    assert_user_error(run("analyze_predictions.py", *analyze, "--positive", "healthy"),
+                      "--positive 'healthy' is not a class")
+
+
+def test_every_mlproject_entry_point_command_runs_locally(tmp_path):
+    """MLflow's own loader computes each entry point's command; it runs here on synthetic data."""
+    import os
+
+    from mlflow.projects._project_spec import load_project
+
+    project = load_project(str(ROOT))
+    base = {k.split("=")[0]: k.split("=", 1)[1] for k in overrides(tmp_path, "synthetic_examples=120")}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    splits = tmp_path / "splits.json"
+    steps = [
+        ("splits", {**base, "n_outer_folds": "2", "n_inner_folds": "2", "out": str(splits)}),
+        ("cv", {**base, "splits_file": str(splits), "n_outer": "1", "n_inner": "1", "run_name": "mp-cv"}),
+        ("tune", {**base, "trials": "1", "study": "mp", "storage": f"sqlite:///{tmp_path / 'optuna.db'}"}),
+        ("analyze", {"filter": "tags.kerasflow.level = 'final'", "positive": "parasitized"}),
+    ]
+    for entry, params in steps:
+        command = project.get_entry_point(entry).compute_command(params, storage_dir=str(tmp_path))
+        result = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, env=env,
+                                timeout=600)
+        assert result.returncode == 0, (entry, command, result.stderr[-3000:])
+    client = client_for(tmp_path)
+    exp = client.get_experiment_by_name("kerasflow")
+    levels = sorted(r.data.tags.get("kerasflow.level", "") for r in client.search_runs([exp.experiment_id]))
+    assert levels == ["cv", "final", "inner_fold", "outer_fold", "search", "trial"]
+    [final] = client.search_runs([exp.experiment_id], "tags.kerasflow.level = 'final'")
+    assert "analysis_threshold" in final.data.metrics
+
