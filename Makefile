@@ -125,11 +125,12 @@ data: $(STAMP) ## download and prepare TFDS malaria into tfds_data_dir (needs in
 weights: $(STAMP) ## cache the VGG16 ImageNet weights in ~/.keras/models (needs internet)
 	$(PY) -m kerasflow.fetch weights $(ARGS)
 
-test: $(STAMP) ## run the test suite (offline, CPU, ~10 minutes)
+test: $(STAMP) ## run the test suite (offline, CPU, ~12 minutes)
 	$(PY) -m pytest $(ARGS)
 
-lint: $(STAMP) ## ruff and shellcheck
+lint: $(STAMP) ## ruff, shellcheck and hadolint
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint docker/Dockerfile
 	$(VENV)/bin/shellcheck -x $$(git ls-files '*.bash' '*.sh' .ci/run)
 
 bench: bench-pipeline bench-tracking bench-relocate ## all benchmarks (figures go to BENCHMARKS.md)
