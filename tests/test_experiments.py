@@ -352,3 +352,22 @@ def test_every_mlproject_entry_point_command_runs_locally(tmp_path):
     [final] = client.search_runs([exp.experiment_id], "tags.kerasflow.level = 'final'")
     assert "analysis_threshold" in final.data.metrics
 
+
+
+def test_youden_threshold_and_multiclass_labelling():
+    import pandas as pd
+
+    from kerasflow import analysis
+
+    # cutting at 0.7 gives TPR 3/5, FPR 0 (J 0.6); at 0.6 TPR 1, FPR 1/4 (J 0.75, the best)
+    positive = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0], bool)
+    score = np.array([0.9, 0.8, 0.7, 0.62, 0.6, 0.65, 0.3, 0.2, 0.1])
+    chosen = analysis.youden_threshold(positive, score)
+    assert chosen["threshold"] == pytest.approx(0.6) and chosen["j"] == pytest.approx(1 - 0.25)
+    frame = pd.DataFrame({"example": list("abc"), "label": ["x", "y", "z"],
+                          "prob_x": [0.7, 0.2, 0.1], "prob_y": [0.2, 0.5, 0.3], "prob_z": [0.1, 0.3, 0.6]})
+    labelled, info = analysis.label_predictions(frame, None)
+    assert labelled["prediction"].tolist() == ["x", "y", "z"] and info["positive"] is None
+    with pytest.raises(UserError, match="one class only"):
+        analysis.label_predictions(pd.DataFrame({"label": ["p", "p"], "prob_p": [0.9, 0.8],
+                                                 "prob_q": [0.1, 0.2]}), "p")
