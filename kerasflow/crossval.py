@@ -11,11 +11,14 @@ mean of its inner runs' test metrics; the cv run gets the mean and std over oute
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -84,37 +87,84 @@ def cross_validate(cfg: Config, *, n_outer: int | None = None, n_inner: int | No
         return _run(cfg, splits, n_outer, n_inner, uri, experiment, verbose)
 
 
+def _finished_fold(fold_dir: Path) -> str | None:
+    """The MLflow run id of a fold that an earlier start of this cv finished, else None."""
+    from kerasflow import rundir
+
+    id_file = fold_dir / tracking.RUN_ID_FILE
+    if (fold_dir / rundir.MODEL_FILE).is_file() and id_file.is_file():
+        return id_file.read_text().strip()
+    return None
+
+
 def _run(cfg: Config, splits: dict[str, Any], n_outer: int, n_inner: int, uri: str, experiment: str,
          verbose: int | str) -> dict[str, Any]:
     import mlflow
 
-    from kerasflow import data
+    from kerasflow import config as config_mod
+    from kerasflow import data, rundir
 
     data.reuse_loaded_examples()  # every fold trains on the same decoded examples
     client = mlflow.MlflowClient()
     launched, exp_id, experiment = tracking.launched_or_named(client, uri, experiment)
     name = cfg.run_name or time.strftime("cv-%Y%m%d-%H%M%S")
-    tags = {LEVEL_TAG: "cv", "splits_file_digest": splits["digest"], "kerasflow.entry": "cv.py"}
-    parent = mlflow.start_run(run_id=launched, experiment_id=None if launched else exp_id,
-                              run_name=None if launched else name, tags=tags)
-    print(f"mlflow: cv run {parent.info.run_id} ({n_outer} outer x {n_inner} inner folds) at {uri}",
+    # Rerunning with the same run_name resumes: the same cv and outer-fold runs, finished folds skipped.
+    state_path = Path(cfg.output_dir) / f"{name}.cv.json"
+    config_digest = hashlib.sha256(config_mod.dump(cfg.replace(run_name=name)).encode()).hexdigest()[:16]
+    state: dict[str, Any] = {"run_id": None, "outer": {}, "config_digest": config_digest}
+    if state_path.is_file() and not launched:
+        state = json.loads(state_path.read_text())
+        if state["config_digest"] != config_digest:
+            raise UserError(f"cv '{name}' was started with another config ({state_path}): resume it with "
+                            "the same settings, or pick another run_name")
+        try:
+            client.get_run(state["run_id"])
+        except mlflow.exceptions.MlflowException:
+            raise UserError(f"cv '{name}' belongs to MLflow run {state['run_id']}, which this store does not "
+                            "have: use the store it was started with, or another run_name") from None
+    tags = {LEVEL_TAG: "cv", "splits_file_digest": splits["digest"], "kerasflow.entry": "cv.py",
+            "cv.n_outer": str(n_outer), "cv.n_inner": str(n_inner)}
+    resumed = state["run_id"] is not None
+    parent = mlflow.start_run(run_id=launched or state["run_id"],
+                              experiment_id=None if launched or resumed else exp_id,
+                              run_name=None if launched or resumed else name, tags=tags)
+
+    def save_state() -> None:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        rundir.atomic_write(state_path, json.dumps(state, indent=2))
+
+    state["run_id"] = parent.info.run_id
+    save_state()
+    print(f"mlflow: cv run {parent.info.run_id} ({n_outer} outer x {n_inner} inner folds) at {uri}"
+          f"{' (resumed)' if resumed else ''}; after an interruption rerun with --set run_name={name}",
           file=sys.stderr)
     table: list[dict[str, Any]] = []
     outer_means: list[dict[str, float]] = []
     with tracking.sigterm_as_interrupt(), run_status(parent):
-        mlflow.log_params({**cfg.to_dict(), "n_outer": n_outer, "n_inner": n_inner})
+        if not client.get_run(parent.info.run_id).data.params:
+            mlflow.log_params(cfg.replace(run_name=name).to_dict())
         for o in range(n_outer):
-            outer = mlflow.start_run(experiment_id=exp_id, nested=True, run_name=f"{name}-outer{o}",
+            outer = mlflow.start_run(run_id=state["outer"].get(str(o)), experiment_id=exp_id, nested=True,
+                                     run_name=f"{name}-outer{o}",
                                      tags={LEVEL_TAG: "outer_fold", "outer_fold": str(o)})
+            state["outer"][str(o)] = outer.info.run_id
+            save_state()
             with run_status(outer):
                 inner_rows = []
                 for i in range(n_inner):
                     fold_cfg = cfg.replace(outer_fold=o, inner_fold=i, run_name=f"{name}-o{o}-i{i}")
-                    nested = tracking.Nested(tags={LEVEL_TAG: "inner_fold", "outer_fold": str(o),
-                                                   "inner_fold": str(i)}, log_model=False)
-                    prep, run_id = tracking._train_in_store(fold_cfg, uri, experiment, "", "", False,
-                                                            verbose, nested)
-                    row = _test_metrics(prep.metrics)
+                    run_id = _finished_fold(Path(cfg.output_dir) / fold_cfg.run_name)
+                    if run_id is not None:
+                        logged = client.get_run(run_id).data.metrics
+                        row = {k: v for k, v in logged.items()
+                               if k.startswith("test_") and k != "test_examples"}
+                        print(f"cv: fold {o}/{i} was finished before (run {run_id})", file=sys.stderr)
+                    else:
+                        nested = tracking.Nested(tags={LEVEL_TAG: "inner_fold", "outer_fold": str(o),
+                                                       "inner_fold": str(i)}, log_model=False)
+                        prep, run_id = tracking._train_in_store(fold_cfg, uri, experiment, "", "", False,
+                                                                verbose, nested)
+                        row = _test_metrics(prep.metrics)
                     inner_rows.append(row)
                     table.append({"outer_fold": o, "inner_fold": i, "run_id": run_id, **row})
                 means = {k[:-len("_mean")]: v for k, v in metric_stats(inner_rows).items()

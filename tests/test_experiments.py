@@ -28,8 +28,9 @@ def overrides(tmp: Path, *extra: str) -> list[str]:
 
 
 def run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
 
 
 def client_for(store_dir: Path):
@@ -53,9 +54,11 @@ def make_splits(tmp: Path, *extra: str) -> Path:
 
 # --- splits -----------------------------------------------------------------------------------------
 
+
 def test_splits_are_stratified_complete_and_seeded(tmp_path):
-    cfg = config.load(None, overrides(tmp_path, "synthetic_examples=300", "n_outer_folds=3",
-                                      "n_inner_folds=2"))
+    cfg = config.load(
+        None, overrides(tmp_path, "synthetic_examples=300", "n_outer_folds=3", "n_inner_folds=2")
+    )
     examples = data.load_examples(cfg)
     first, again = folds.make(cfg, examples), folds.make(cfg, examples)
     other = folds.make(cfg.replace(seed=7), examples)
@@ -85,15 +88,17 @@ def nih_tree(root: Path, patients: int = 12, per_class: int = 5) -> Path:
         for p in range(patients):
             for i in range(per_class + (p % 3)):  # unequal patient sizes
                 Image.fromarray(images[k % len(images)]).save(
-                    root / cls / f"C{100 + p}P{60 + p}ThinF_IMG_20150918_1441{p:02d}_cell_{i}.png")
+                    root / cls / f"C{100 + p}P{60 + p}ThinF_IMG_20150918_1441{p:02d}_cell_{i}.png"
+                )
                 k += 1
     return root
 
 
 def test_image_tree_splits_keep_each_patient_on_one_side(tmp_path):
     root = nih_tree(tmp_path / "cell_images")
-    out = make_splits(tmp_path, "data_source=image_dir", f"image_dir={root}", "n_outer_folds=3",
-                      "n_inner_folds=2")
+    out = make_splits(
+        tmp_path, "data_source=image_dir", f"image_dir={root}", "n_outer_folds=3", "n_inner_folds=2"
+    )
     splits = json.loads(out.read_text())
     patient = [re.match(r"(C\d+P\d+ThinF)_", Path(n).name).group(1) for n in splits["examples"]]
     assert splits["groups"] == patient and len(set(patient)) == 12
@@ -112,8 +117,9 @@ def test_training_takes_a_fold_and_logs_the_splits_digest(tmp_path):
 
     out = make_splits(tmp_path, "n_outer_folds=3", "n_inner_folds=2")
     splits = json.loads(out.read_text())
-    cfg = config.load(None, overrides(tmp_path, f"splits_file={out}", "outer_fold=2", "inner_fold=1",
-                                      "run_name=fold"))
+    cfg = config.load(
+        None, overrides(tmp_path, f"splits_file={out}", "outer_fold=2", "inner_fold=1", "run_name=fold")
+    )
     prep, run_id = tracking.train_tracked(cfg, store_dir=str(tmp_path / "store"), verbose=0)
     assert prep.splits.test.tolist() == splits["outer"][2]["test"]
     assert prep.splits.val.tolist() == splits["outer"][2]["inner"][1]["dev"]
@@ -125,10 +131,19 @@ def test_training_takes_a_fold_and_logs_the_splits_digest(tmp_path):
 
 # --- cross-validation -------------------------------------------------------------------------------
 
+
 def test_two_by_two_cv_makes_the_nested_run_tree_with_aggregates(tmp_path):
     out = make_splits(tmp_path, "n_outer_folds=3", "n_inner_folds=3")
-    result = run("cv.py", *set_args(overrides(tmp_path, f"splits_file={out}", "run_name=cv")),
-                 "--n-outer", "2", "--n-inner", "2", "--store", str(tmp_path / "store"))
+    result = run(
+        "cv.py",
+        *set_args(overrides(tmp_path, f"splits_file={out}", "run_name=cv")),
+        "--n-outer",
+        "2",
+        "--n-inner",
+        "2",
+        "--store",
+        str(tmp_path / "store"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = runs_of(tmp_path / "store")
     by_level: dict[str, list] = {}
@@ -139,12 +154,15 @@ def test_two_by_two_cv_makes_the_nested_run_tree_with_aggregates(tmp_path):
     cv = by_level["cv"][0]
     for outer in by_level["outer_fold"]:
         assert outer.data.tags["mlflow.parentRunId"] == cv.info.run_id
-        children = [r for r in by_level["inner_fold"]
-                    if r.data.tags["mlflow.parentRunId"] == outer.info.run_id]
+        children = [
+            r for r in by_level["inner_fold"] if r.data.tags["mlflow.parentRunId"] == outer.info.run_id
+        ]
         assert len(children) == 2 and {c.data.tags["outer_fold"] for c in children} == {
-            outer.data.tags["outer_fold"]}
+            outer.data.tags["outer_fold"]
+        }
         assert outer.data.metrics["test_accuracy"] == pytest.approx(
-            np.mean([c.data.metrics["test_accuracy"] for c in children]))
+            np.mean([c.data.metrics["test_accuracy"] for c in children])
+        )
     outer_acc = [o.data.metrics["test_accuracy"] for o in by_level["outer_fold"]]
     assert cv.data.metrics["test_accuracy_mean"] == pytest.approx(np.mean(outer_acc))
     assert cv.data.metrics["test_accuracy_std"] == pytest.approx(np.std(outer_acc))
@@ -153,14 +171,58 @@ def test_two_by_two_cv_makes_the_nested_run_tree_with_aggregates(tmp_path):
     assert len(Path(table).read_text().splitlines()) == 5
 
 
+def test_a_cv_rerun_with_its_name_resumes_and_skips_finished_folds(tmp_path):
+    out = make_splits(tmp_path, "n_outer_folds=2", "n_inner_folds=2")
+    args = [
+        *set_args(overrides(tmp_path, f"splits_file={out}", "run_name=cvr")),
+        "--store",
+        str(tmp_path / "store"),
+        "--n-inner",
+        "1",
+    ]
+    first = run("cv.py", *args, "--n-outer", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    [leaf] = runs_of(tmp_path / "store", "tags.kerasflow.level = 'inner_fold'")
+    second = run("cv.py", *args, "--n-outer", "2")  # e.g. after a kill, or to add folds
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "(resumed)" in second.stderr and "fold 0/0 was finished before" in second.stderr
+    leaves = runs_of(tmp_path / "store", "tags.kerasflow.level = 'inner_fold'")
+    assert len(leaves) == 2 and leaf.info.run_id in {r.info.run_id for r in leaves}  # not trained again
+    [cv] = runs_of(tmp_path / "store", "tags.kerasflow.level = 'cv'")
+    outers = runs_of(tmp_path / "store", "tags.kerasflow.level = 'outer_fold'")
+    assert len(outers) == 2 and cv.info.status == "FINISHED" and cv.data.tags["cv.n_outer"] == "2"
+    assert cv.data.metrics["test_accuracy_mean"] == pytest.approx(
+        np.mean([o.data.metrics["test_accuracy"] for o in outers])
+    )
+    changed = [
+        *set_args(overrides(tmp_path, f"splits_file={out}", "run_name=cvr", "epochs=3")),
+        "--store",
+        str(tmp_path / "store"),
+    ]
+    assert_user_error(run("cv.py", *changed), "cv 'cvr' was started with another config")
+
+
 # --- search -----------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-trial search run by two worker processes on one sqlite study."""
     tmp = tmp_path_factory.mktemp("search")
-    result = run("tune.py", *set_args(overrides(tmp, SPACE)), "--trials", "3", "--workers", "2",
-                 "--study", "two", "--store", str(tmp / "store"), "--register", "tuned")
+    result = run(
+        "tune.py",
+        *set_args(overrides(tmp, SPACE)),
+        "--trials",
+        "3",
+        "--workers",
+        "2",
+        "--study",
+        "two",
+        "--store",
+        str(tmp / "store"),
+        "--register",
+        "tuned",
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return tmp
 
@@ -227,13 +289,15 @@ def test_a_pruned_trial_ends_killed_not_running(tmp_path):
 
 # --- analysis ---------------------------------------------------------------------------------------
 
+
 def test_analysis_logs_figures_and_metrics_that_match_the_predictions(searched, tmp_path):
     import pandas as pd
     from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
     store_dir = searched / "store"
-    result = run("analyze_predictions.py", "--filter", "tags.kerasflow.level = 'trial'", "--store",
-                 str(store_dir))
+    result = run(
+        "analyze_predictions.py", "--filter", "tags.kerasflow.level = 'trial'", "--store", str(store_dir)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     client = client_for(store_dir)
     for trial in runs_of(store_dir, "tags.kerasflow.level = 'trial' and attributes.status = 'FINISHED'"):
@@ -246,8 +310,9 @@ def test_analysis_logs_figures_and_metrics_that_match_the_predictions(searched, 
         predicted = frame["prob_parasitized"] >= m["analysis_threshold"]
         assert m["analysis_accuracy_score"] == pytest.approx(accuracy_score(positive, predicted))
         assert m["analysis_recall_score"] == pytest.approx(recall_score(positive, predicted))
-        assert m["analysis_precision_score"] == pytest.approx(precision_score(positive, predicted,
-                                                                              zero_division=0))
+        assert m["analysis_precision_score"] == pytest.approx(
+            precision_score(positive, predicted, zero_division=0)
+        )
         assert m["analysis_f1_score"] == pytest.approx(f1_score(positive, predicted))
         assert m["analysis_roc_auc"] == pytest.approx(roc_auc_score(positive, frame["prob_parasitized"]))
         fpr = (predicted & ~positive).sum() / (~positive).sum()
@@ -259,24 +324,47 @@ def test_analysis_logs_figures_and_metrics_that_match_the_predictions(searched, 
 
 # --- bad input: exit 2, one line ---------------------------------------------------------------------
 
-@pytest.mark.parametrize(("setting", "message"), [
-    ("search_space={colour: {choices: [red]}}", "search_space key 'colour' is not a config key"),
-    ("search_space={dropout: {low: 0.4, high: 0.2}}", "has an empty range (low 0.4 >= high 0.2)"),
-    ("search_space={dense_units: {choices: []}}", "empty or malformed choices list"),
-])
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("search_space={colour: {choices: [red]}}", "search_space key 'colour' is not a config key"),
+        ("search_space={dropout: {low: 0.4, high: 0.2}}", "has an empty range (low 0.4 >= high 0.2)"),
+        ("search_space={dense_units: {choices: []}}", "empty or malformed choices list"),
+    ],
+)
 def test_bad_search_space(tmp_path, setting, message):
-    assert_user_error(run("tune.py", *set_args(overrides(tmp_path, setting)), "--trials", "1", "--store",
-                          str(tmp_path / "store")), message)
+    assert_user_error(
+        run(
+            "tune.py",
+            *set_args(overrides(tmp_path, setting)),
+            "--trials",
+            "1",
+            "--store",
+            str(tmp_path / "store"),
+        ),
+        message,
+    )
     assert not (tmp_path / "store").exists()
 
 
 def test_more_outer_folds_than_the_file_has(tmp_path):
     out = make_splits(tmp_path, "n_outer_folds=2", "n_inner_folds=2")
-    assert_user_error(run("cv.py", *set_args(overrides(tmp_path, f"splits_file={out}")), "--n-outer", "3",
-                          "--store", str(tmp_path / "store")),
-                      "3 outer folds asked for, but splits file", "has 2")
-    assert_user_error(run("train.py", *set_args(overrides(tmp_path, f"splits_file={out}", "outer_fold=2"))),
-                      "has 2")
+    assert_user_error(
+        run(
+            "cv.py",
+            *set_args(overrides(tmp_path, f"splits_file={out}")),
+            "--n-outer",
+            "3",
+            "--store",
+            str(tmp_path / "store"),
+        ),
+        "3 outer folds asked for, but splits file",
+        "has 2",
+    )
+    assert_user_error(
+        run("train.py", *set_args(overrides(tmp_path, f"splits_file={out}", "outer_fold=2"))), "has 2"
+    )
 
 
 def test_splits_file_of_another_dataset(tmp_path):
@@ -292,22 +380,50 @@ def test_splits_file_of_another_dataset(tmp_path):
 
 def test_study_name_with_another_space_is_refused(searched):
     other = "search_space={dropout: {low: 0.1, high: 0.2}}"
-    result = run("tune.py", *set_args(overrides(searched, other)), "--trials", "4", "--study", "two",
-                 "--store", str(searched / "store"))
+    result = run(
+        "tune.py",
+        *set_args(overrides(searched, other)),
+        "--trials",
+        "4",
+        "--study",
+        "two",
+        "--store",
+        str(searched / "store"),
+    )
     assert_user_error(result, "study 'two'", "another search space")
     assert len(runs_of(searched / "store", "tags.kerasflow.level = 'search'")) == 1  # no run started
 
 
 def test_analysis_with_a_filter_matching_no_run(searched):
-    assert_user_error(run("analyze_predictions.py", "--filter", "metrics.test_accuracy > 2", "--store",
-                          str(searched / "store")), "no finished run", "matches metrics.test_accuracy > 2")
-    assert_user_error(run("analyze_predictions.py", "--filter", "metrics.test_accuracy >>> 2", "--store",
-                          str(searched / "store")), "bad --filter")
+    assert_user_error(
+        run(
+            "analyze_predictions.py",
+            "--filter",
+            "metrics.test_accuracy > 2",
+            "--store",
+            str(searched / "store"),
+        ),
+        "no finished run",
+        "matches metrics.test_accuracy > 2",
+    )
+    assert_user_error(
+        run(
+            "analyze_predictions.py",
+            "--filter",
+            "metrics.test_accuracy >>> 2",
+            "--store",
+            str(searched / "store"),
+        ),
+        "bad --filter",
+    )
 
 
 def test_cv_without_a_splits_file(tmp_path):
-    assert_user_error(run("cv.py", *set_args(overrides(tmp_path)), "--store", str(tmp_path / "store")),
-                      "needs a splits file", "make splits")
+    assert_user_error(
+        run("cv.py", *set_args(overrides(tmp_path)), "--store", str(tmp_path / "store")),
+        "needs a splits file",
+        "make splits",
+    )
     with pytest.raises(UserError, match="does not exist"):
         folds.read(tmp_path / "missing.json")
 
@@ -319,8 +435,10 @@ def test_unusable_study_storage_and_unknown_positive_class(searched, tmp_path):
     server = "postgresql://nobody@127.0.0.1:1/optuna"
     assert_user_error(run("tune.py", *tune, "--storage", server), f"study storage {server}")
     analyze = ["--filter", "tags.kerasflow.level = 'final'", "--store", str(searched / "store")]
-    assert_user_error(run("analyze_predictions.py", *analyze, "--positive", "healthy"),
-                      "--positive 'healthy' is not a class")
+    assert_user_error(
+        run("analyze_predictions.py", *analyze, "--positive", "healthy"),
+        "--positive 'healthy' is not a class",
+    )
 
 
 def test_every_mlproject_entry_point_command_runs_locally(tmp_path):
@@ -331,8 +449,11 @@ def test_every_mlproject_entry_point_command_runs_locally(tmp_path):
 
     project = load_project(str(ROOT))
     base = {k.split("=")[0]: k.split("=", 1)[1] for k in overrides(tmp_path, "synthetic_examples=120")}
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
     splits = tmp_path / "splits.json"
     steps = [
         ("splits", {**base, "n_outer_folds": "2", "n_inner_folds": "2", "out": str(splits)}),
@@ -342,8 +463,9 @@ def test_every_mlproject_entry_point_command_runs_locally(tmp_path):
     ]
     for entry, params in steps:
         command = project.get_entry_point(entry).compute_command(params, storage_dir=str(tmp_path))
-        result = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, env=env,
-                                timeout=600)
+        result = subprocess.run(
+            command, shell=True, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600
+        )
         assert result.returncode == 0, (entry, command, result.stderr[-3000:])
     client = client_for(tmp_path)
     exp = client.get_experiment_by_name("kerasflow")
@@ -351,7 +473,6 @@ def test_every_mlproject_entry_point_command_runs_locally(tmp_path):
     assert levels == ["cv", "final", "inner_fold", "outer_fold", "search", "trial"]
     [final] = client.search_runs([exp.experiment_id], "tags.kerasflow.level = 'final'")
     assert "analysis_threshold" in final.data.metrics
-
 
 
 def test_youden_threshold_and_multiclass_labelling():
@@ -364,10 +485,18 @@ def test_youden_threshold_and_multiclass_labelling():
     score = np.array([0.9, 0.8, 0.7, 0.62, 0.6, 0.65, 0.3, 0.2, 0.1])
     chosen = analysis.youden_threshold(positive, score)
     assert chosen["threshold"] == pytest.approx(0.6) and chosen["j"] == pytest.approx(1 - 0.25)
-    frame = pd.DataFrame({"example": list("abc"), "label": ["x", "y", "z"],
-                          "prob_x": [0.7, 0.2, 0.1], "prob_y": [0.2, 0.5, 0.3], "prob_z": [0.1, 0.3, 0.6]})
+    frame = pd.DataFrame(
+        {
+            "example": list("abc"),
+            "label": ["x", "y", "z"],
+            "prob_x": [0.7, 0.2, 0.1],
+            "prob_y": [0.2, 0.5, 0.3],
+            "prob_z": [0.1, 0.3, 0.6],
+        }
+    )
     labelled, info = analysis.label_predictions(frame, None)
     assert labelled["prediction"].tolist() == ["x", "y", "z"] and info["positive"] is None
     with pytest.raises(UserError, match="one class only"):
-        analysis.label_predictions(pd.DataFrame({"label": ["p", "p"], "prob_p": [0.9, 0.8],
-                                                 "prob_q": [0.1, 0.2]}), "p")
+        analysis.label_predictions(
+            pd.DataFrame({"label": ["p", "p"], "prob_p": [0.9, 0.8], "prob_q": [0.1, 0.2]}), "p"
+        )
