@@ -58,6 +58,8 @@ def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_storage(store_dir: str) -> str:
+    """The study beside the MLflow store (created if missing, e.g. when tracking goes to a server)."""
+    Path(store_dir).mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{Path(store_dir).absolute() / 'optuna.db'}"
 
 
