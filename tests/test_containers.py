@@ -707,3 +707,51 @@ def test_the_image_trains_as_its_user_with_the_baked_weights(built_image):
     )
     assert out.returncode == 0, out.stderr[-4000:]
     assert "model.keras" in out.stdout and "tf 2.21.0" in out.stdout
+
+
+def test_the_pinned_cuda_wheels_are_exactly_what_tensorflow_and_cuda_needs(tmp_path):
+    """The GPU variant is not built here (its wheels are ~2.7 GB); pip proves its pins resolve with TF's
+    own `and-cuda` extra and the project lock, and that no NVIDIA wheel is missing or extra."""
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "docker" / "requirements-cuda.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    report = tmp_path / "report.json"
+    tf_pin = next(
+        line
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.startswith("tensorflow==")
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            tf_pin.replace("tensorflow", "tensorflow[and-cuda]"),
+            "-c",
+            str(ROOT / "requirements.txt"),
+            "-c",
+            str(ROOT / "docker" / "requirements-cuda.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if result.returncode != 0 and re.search(
+        r"connection|Could not fetch|Temporary failure", result.stderr, re.I
+    ):
+        require_tool("the package index (network)", available=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resolved = {
+        i["metadata"]["name"].lower(): i["metadata"]["version"]
+        for i in json.loads(report.read_text())["install"]
+    }
+    nvidia = {k: v for k, v in resolved.items() if k.startswith("nvidia-")}
+    assert nvidia == {k.lower(): v for k, v in pins.items()}
