@@ -4,9 +4,11 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON_BASE ?= $(shell command -v python3.11 || command -v python3)
-VENV ?= .venv
+# Inside the project image (devcontainer, ./run_script.bash make ...) its /opt/venv is the environment.
+IN_IMAGE := $(if $(wildcard .venv/bin/python),,$(wildcard /opt/venv/.kerasflow-image))
+VENV ?= $(if $(IN_IMAGE),/opt/venv,.venv)
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+STAMP := $(if $(IN_IMAGE),,$(VENV)/.installed)
 ARGS ?=
 STORE ?= store
 PORT ?= 5000
@@ -33,6 +35,7 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
 	@echo "  (pass options to train/demo with ARGS='--set epochs=3 ...')"
 
+ifneq ($(STAMP),)
 $(STAMP): requirements.txt
 	@$(PYTHON_BASE) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"' \
 	  || { echo "error: Python 3.11 is required: install it or run make PYTHON_BASE=/path/to/python3.11"; exit 2; }
@@ -42,6 +45,7 @@ $(STAMP): requirements.txt
 	@# the package is used from this checkout (no build step): `python -m kerasflow.X` works from anywhere
 	echo "$(CURDIR)" > "$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/kerasflow-checkout.pth"
 	touch $(STAMP)
+endif
 
 env: $(STAMP) ## create .venv from the pinned lock (requirements.txt)
 
@@ -114,7 +118,7 @@ shell: ## a shell in the project image with this checkout at /workspace (GPU=aut
 	./run_script.bash bash
 
 run: $(STAMP) ## mlflow run in the image via a host tracking server; detached in tmux over SSH: make run ARGS='-P epochs=3'
-	./project_driver.bash $(ARGS)
+	MLFLOW="$(VENV)/bin/mlflow" ./project_driver.bash $(ARGS)
 
 mlproject: $(STAMP) ## regenerate MLproject from config.yaml
 	$(PY) -m kerasflow.mlproject > MLproject

@@ -28,13 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = config.load(args.config, args.overrides)
         data.check_available(cfg)
-        splits = folds.make(cfg, data.load_examples(cfg))
-        folds.write(splits, args.out)
-        sizes = [len(o["test"]) for o in splits["outer"]]
-        grouping = f", grouped into {len(set(splits['groups']))} groups" if splits["groups"] else ""
-        print(f"splits: {len(splits['examples'])} examples, {cfg.n_outer_folds} outer folds (test sizes "
-              f"{sizes}) x {cfg.n_inner_folds} inner, stratified{grouping}; digest {splits['digest']} -> "
-              f"{args.out}")
+        folds.make_file(cfg, args.out)
 
     return cli.run(go)
 

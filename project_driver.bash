@@ -19,7 +19,9 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/docker/lib.bash"
 
 PORT="${PORT:-5000}"
 STORE="${STORE:-$KF_ROOT/store}"
+[[ "$STORE" == /* ]] || STORE="$PWD/$STORE"
 MLFLOW="${MLFLOW:-$KF_ROOT/.venv/bin/mlflow}"
+[[ "$MLFLOW" == /* ]] || MLFLOW="$PWD/$MLFLOW"
 entry="main" experiment="kerasflow" name="" mode="auto"
 params=()
 while [ "$#" -gt 0 ]; do
@@ -48,11 +50,16 @@ fi
 
 if [ "$mode" = detach ] || { [ "$mode" = auto ] && [ -n "${SSH_CONNECTION:-}" ] && [ -z "${TMUX:-}" ]; }; then
   command -v tmux > /dev/null || die "tmux is not installed (needed to keep the run alive after you log out): apt-get install tmux, or pass --foreground"
-  tmux has-session -t "$session" 2> /dev/null && die "tmux session '$session' exists: tmux attach -t $session, or end it"
+  tmux has-session -t "=$session" 2> /dev/null && die "tmux session '$session' exists: tmux attach -t $session, or end it"
   # a tmux server that already runs would not pass this shell's environment on: pass it explicitly
   cmd=(env "PATH=$PATH" "PORT=$PORT" "STORE=$STORE" "MLFLOW=$MLFLOW" "LOGS=$logs" "GPU=${GPU:-auto}"
-       "KF_TMUX_SESSION=$session" "$0" -e "$entry" --experiment "$experiment" --name "$name" --foreground
-       "${params[@]}")
+       "KF_TMUX_SESSION=$session")
+  for var in HOME DOCKER_HOST BASE_IMAGE TF_VARIANT VGG16_WEIGHTS_URL VGG16_WEIGHTS_MD5 PIP_INDEX_URL \
+             PIP_EXTRA_INDEX_URL; do
+    [ -n "${!var:-}" ] && cmd+=("$var=${!var}")
+  done
+  cmd+=("$KF_ROOT/project_driver.bash" -e "$entry" --experiment "$experiment" --name "$name" --foreground
+        "${params[@]}")
   tmux new-session -d -s "$session" -c "$KF_ROOT" "$(printf '%q ' "${cmd[@]}")"
   echo "started '$name' in tmux session '$session' (detached)"
   echo "  follow:  tail -f $logs/$name.log"
@@ -75,10 +82,11 @@ ensure_server() {
   fi
   [ -x "$MLFLOW" ] || die "no MLflow at $MLFLOW: run make env (or set MLFLOW=/path/to/mlflow)"
   mkdir -p "$STORE/artifacts"
-  note "starting an MLflow server at $url over $STORE (log: $logs/mlflow-server.log)"
+  note "starting an MLflow server at $url over $STORE (log: $logs/mlflow-server.log, pid: $logs/mlflow-server.pid)"
   nohup "$MLFLOW" server --backend-store-uri "sqlite:///$STORE/mlflow.db" \
     --artifacts-destination "$STORE/artifacts" --host 127.0.0.1 --port "$PORT" \
     > "$logs/mlflow-server.log" 2>&1 &
+  echo "$!" > "$logs/mlflow-server.pid"
   for _ in $(seq 1 60); do
     python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)" "$url/health" 2> /dev/null && return 0
     sleep 1
@@ -93,7 +101,9 @@ set +e  # the run's own exit status is recorded, not acted on
   ensure_server
   gpu="$(gpu_args)"
   ensure_image > /dev/null
-  run_args=(-A network=host)
+  # host network: the container reaches the server on 127.0.0.1; init: signals reach the training
+  # (not PID 1); a name per run: `docker kill kerasflow-NAME` stops exactly this one.
+  run_args=(-A network=host -A init -A "name=kerasflow-$name")
   [ -n "$gpu" ] && run_args+=(-A gpus=all)
   echo "mlflow run . -e $entry --experiment-name $experiment ${run_args[*]} ${params[*]}"
   MLFLOW_TRACKING_URI="http://127.0.0.1:$PORT" exec "$MLFLOW" run "$KF_ROOT" -e "$entry" \

@@ -18,8 +18,9 @@ check_docker
 gpu="$(gpu_args)"
 image="$(ensure_image)"
 
+# the label finds this checkout's containers: docker ps --filter label=kerasflow.checkout=$PWD
 args=(run --rm --init --user "$(id -u):$(id -g)" --volume "$KF_ROOT:/workspace" --workdir /workspace
-      --volume kerasflow-cuda-cache:/cache/nv)
+      --volume kerasflow-cuda-cache:/cache/nv --label "kerasflow.checkout=$KF_ROOT")
 [ -t 0 ] && [ -t 1 ] && args+=(--interactive --tty)
 [ -n "$gpu" ] && args+=(--gpus all)
 for port in ${PORTS:-}; do

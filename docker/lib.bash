@@ -34,6 +34,32 @@ image_tag() {
   echo "${KF_IMAGE_REPO}:${commit}${dirty}"
 }
 
+# `docker build` arguments taken from the environment, so a user behind a mirror (or a machine with no
+# registry) builds without editing files: BASE_IMAGE, TF_VARIANT, VGG16_WEIGHTS_URL, VGG16_WEIGHTS_MD5,
+# PIP_INDEX_URL, PIP_EXTRA_INDEX_URL (URLs only: a host path would not exist inside the build).
+build_args() {
+  local name
+  for name in BASE_IMAGE TF_VARIANT VGG16_WEIGHTS_URL VGG16_WEIGHTS_MD5 PIP_INDEX_URL PIP_EXTRA_INDEX_URL; do
+    if [ -n "${!name:-}" ]; then
+      printf '%s\n' --build-arg "$name=${!name}"
+    fi
+  done
+  printf '%s\n' --build-arg "USER_UID=$(id -u)" --build-arg "USER_GID=$(id -g)"
+  # An engine without the default bridge network (--bridge=none) builds on the host network.
+  if ! docker network inspect bridge > /dev/null 2>&1; then
+    printf '%s\n' --network host
+  fi
+}
+
+# docker build with the classic builder where the CLI has no buildx (BuildKit would refuse to start).
+docker_build() {
+  if docker buildx version > /dev/null 2>&1; then
+    docker build "$@"
+  else
+    DOCKER_BUILDKIT=0 docker build "$@"
+  fi
+}
+
 # Build the image when it is missing, or always for a dirty tree (its tag cannot tell what changed;
 # the layer cache makes that a code-layer-only rebuild). Prints the image name on stdout.
 ensure_image() {
@@ -41,8 +67,9 @@ ensure_image() {
   image="$(image_tag)"
   if [[ "$image" == *-dirty ]] || ! docker image inspect "$image" > /dev/null 2>&1; then
     note "building $image (docker/Dockerfile)"
-    docker build --file "$KF_ROOT/docker/Dockerfile" \
-      --build-arg "USER_UID=$(id -u)" --build-arg "USER_GID=$(id -g)" \
+    local args
+    mapfile -t args < <(build_args)
+    docker_build --file "$KF_ROOT/docker/Dockerfile" "${args[@]}" \
       --tag "$image" --tag "${KF_IMAGE_REPO}:latest" "$KF_ROOT" >&2 \
       || die "building $image failed (see the docker output above)"
   fi

@@ -275,6 +275,36 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     return from_dict(raw, source=str(path))
 
 
+# Keys whose empty value asks the run to choose one (a generated run name, splits written for a CV):
+# what was chosen is in the run's config.yaml artifact, not in the empty param `mlflow run` logged.
+RESOLVED_WHEN_EMPTY = frozenset({"run_name", "splits_file"})
+
+
+def same_param(key: str, logged: str, value: Any) -> bool:
+    """Whether a param text logged by someone else means `value`.
+
+    `mlflow run` logs every entry-point parameter as its command-line text: shell-quoted ("''",
+    "'^([^_]+)_'") and unparsed ("false" for False, "5" for 5.0). MLflow refuses to change a logged
+    param, so agreement is decided on the parsed values, not the strings.
+    """
+    import shlex
+
+    try:
+        words = shlex.split(logged)
+    except ValueError:
+        words = [logged]
+    text = words[0] if len(words) == 1 else ("" if not words else logged)
+    if key not in keys() or key == "search_space":
+        return str(value) in (logged, text)
+    try:
+        parsed = _check_type(key, parse_override(f"{key}={text}")[1], get_type_hints(Config)[key])
+    except UserError:
+        return False
+    if parsed == "" and key in RESOLVED_WHEN_EMPTY:
+        return True
+    return parsed == value
+
+
 def dump(cfg: Config) -> str:
     """The resolved config as YAML, in the key order of config.yaml, loadable by `load`."""
     import yaml

@@ -71,9 +71,14 @@ def cross_validate(cfg: Config, *, n_outer: int | None = None, n_inner: int | No
                    store_dir: str = store.DEFAULT_STORE, experiment: str = tracking.DEFAULT_EXPERIMENT,
                    verbose: int | str = "auto") -> dict[str, Any]:
     """Train every (outer, inner) fold as nested runs; returns the cv run id and the aggregates."""
-    if not cfg.splits_file:
-        raise UserError("cross-validation needs a splits file: run `make splits`, then pass "
-                        "--set splits_file=outputs/splits.json")
+    if not cfg.splits_file:  # as `make cv` does: the folds of this data, written once and reused
+        path = Path(cfg.output_dir) / "splits.json"
+        if not path.is_file():
+            from kerasflow import data
+
+            data.check_available(cfg)
+            folds.make_file(cfg, path)
+        cfg = cfg.replace(splits_file=str(path))
     splits = folds.read(cfg.splits_file)
     n_outer = n_outer or len(splits["outer"])
     n_inner = n_inner or len(splits["outer"][0]["inner"])
@@ -141,8 +146,7 @@ def _run(cfg: Config, splits: dict[str, Any], n_outer: int, n_inner: int, uri: s
     table: list[dict[str, Any]] = []
     outer_means: list[dict[str, float]] = []
     with tracking.sigterm_as_interrupt(), run_status(parent):
-        if not client.get_run(parent.info.run_id).data.params:
-            mlflow.log_params(cfg.replace(run_name=name).to_dict())
+        tracking.log_params_merged(client, parent.info.run_id, cfg.replace(run_name=name).to_dict())
         for o in range(n_outer):
             outer = mlflow.start_run(run_id=state["outer"].get(str(o)), experiment_id=exp_id, nested=True,
                                      run_name=f"{name}-outer{o}",

@@ -112,6 +112,18 @@ def write(splits: dict[str, Any], path: Path) -> None:
     atomic_write(path, json.dumps(splits, separators=(",", ":")))
 
 
+def make_file(cfg: Config, path: Path) -> dict[str, Any]:
+    """Load the data, make its folds and write them to `path`; returns the splits."""
+    splits = make(cfg, data.load_examples(cfg))
+    write(splits, path)
+    sizes = [len(o["test"]) for o in splits["outer"]]
+    grouping = f", grouped into {len(set(splits['groups']))} groups" if splits["groups"] else ""
+    print(f"splits: {len(splits['examples'])} examples, {cfg.n_outer_folds} outer folds (test sizes "
+          f"{sizes}) x {cfg.n_inner_folds} inner, stratified{grouping}; digest {splits['digest']} -> {path}",
+          file=sys.stderr)
+    return splits
+
+
 def read(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:

@@ -230,9 +230,9 @@ def _tune(cfg: Config, study: optuna.Study, trials: int, workers: int, study_nam
           f"{counted(study)} of {trials} trials", file=sys.stderr)
     procs: list[subprocess.Popen[bytes]] = []
     with tracking.sigterm_as_interrupt(), run_status(parent), tempfile.TemporaryDirectory() as tmp:
-        if not client.get_run(parent_id).data.params:
-            mlflow.log_params({**{k: v for k, v in cfg.to_dict().items() if k != "search_space"},
-                               "search_space": json.dumps(cfg.search_space), "study": study_name})
+        tracking.log_params_merged(client, parent_id, {
+            **{k: v for k, v in cfg.to_dict().items() if k != "search_space"},
+            "search_space": json.dumps(cfg.search_space), "study": study_name})
         cfg_path = Path(tmp) / "config.yaml"
         cfg_path.write_text(config_mod.dump(cfg))
         args = {"study_name": study_name, "storage_url": storage_url, "trials": trials,

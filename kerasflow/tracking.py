@@ -35,6 +35,26 @@ RUN_ID_FILE = "mlflow_run_id"
 DEFAULT_EXPERIMENT = store.DEFAULT_EXPERIMENT
 
 
+def log_params_merged(client: mlflow.MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log the config as params into a run that may hold params already (made by `mlflow run`).
+
+    Params that mean the same value are kept as they are; a real conflict is one line, since MLflow
+    refuses to change a logged param.
+    """
+    from mlflow.entities import Param
+
+    from kerasflow import config
+
+    logged = client.get_run(run_id).data.params
+    for key, value in params.items():
+        if key in logged and not config.same_param(key, logged[key], value):
+            raise UserError(f"run {run_id} already has param {key}={logged[key]!r} but this config says "
+                            f"{key}={value!r}: pass the same value, or start a new run (unset MLFLOW_RUN_ID)")
+    new = [Param(k, str(v)) for k, v in params.items() if k not in logged]
+    for i in range(0, len(new), 100):  # MLflow's log_batch takes at most 100 params a call
+        client.log_batch(run_id, params=new[i:i + 100])
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -235,7 +255,7 @@ def _train_in_store(cfg: Config, uri: str, experiment: str, register: str, alias
     try:
         with sigterm_as_interrupt():
             if not prep.resumed or not client.get_run(run_id).data.params:
-                mlflow.log_params(prep.cfg.replace(run_name=prep.run_dir.name).to_dict())
+                log_params_merged(client, run_id, prep.cfg.replace(run_name=prep.run_dir.name).to_dict())
                 mlflow.set_tags({"data_digest": prep.examples.digest, "split_digest": prep.splits.digest(),
                                  "data_source": cfg.data_source, "kerasflow.entry": "train_mlflow.py"})
                 if prep.splits_file_digest:

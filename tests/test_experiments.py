@@ -418,12 +418,20 @@ def test_analysis_with_a_filter_matching_no_run(searched):
     )
 
 
-def test_cv_without_a_splits_file(tmp_path):
-    assert_user_error(
-        run("cv.py", *set_args(overrides(tmp_path)), "--store", str(tmp_path / "store")),
-        "needs a splits file",
-        "make splits",
-    )
+def test_cv_without_a_splits_file_writes_the_folds_once_and_reuses_them(tmp_path):
+    """As `make cv` does (and the cv entry point of `make run ARGS='-e cv'`, whose splits_file is '')."""
+    args = [*set_args(overrides(tmp_path, "n_outer_folds=2", "n_inner_folds=2")),
+            "--store", str(tmp_path / "store"), "--n-outer", "1", "--n-inner", "1"]
+    first = run("cv.py", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    written = tmp_path / "outputs" / "splits.json"
+    assert f"-> {written}" in first.stderr
+    splits = folds.read(written)
+    assert len(splits["outer"]) == 2 and len(splits["outer"][0]["inner"]) == 2
+    mtime = written.stat().st_mtime_ns
+    second = run("cv.py", *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert written.stat().st_mtime_ns == mtime and "splits:" not in second.stderr  # reused, not rewritten
     with pytest.raises(UserError, match="does not exist"):
         folds.read(tmp_path / "missing.json")
 

@@ -1,0 +1,736 @@
+"""The user's container flows, for real, on a Docker engine (tests/engine.bash starts one where none runs).
+
+Everything here runs as a NON-root user (the test makes one, `kftest`, when it runs as root, as CI
+does), in a checkout that user owns, with the CPU variant of the image built ONCE for that user's UID
+by `make image` (build args from the environment: a local Debian base, weights served on 127.0.0.1):
+
+- run_script.bash trains in the container; every file it writes is the user's; GPU=auto/on; ports;
+- `make run` (project_driver.bash), foreground and detached in real tmux: host server, `mlflow run`,
+  the run FINISHED with metrics, artifacts and a model that loads on the host by alias; a second run
+  refused; a container killed mid-run leaves the run FAILED, never RUNNING;
+- every MLproject entry point (main, splits, cv, tune, analyze) through `make run`;
+- the devcontainer: `devcontainer up` builds .devcontainer.json, JupyterLab answers 403/200, `devcontainer
+  exec` trains as the remote user, and notebooks/explore.ipynb runs in the container's kernel over a
+  store holding an embedded run and a `make run` run.
+
+The engine has no bridge network (never made here): containers use the host network. What cannot be
+shown without one (a published port answering) or without a GPU is said in the README.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY, require_tool
+
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
+
+TESTER = "kftest"
+BASE = "localhost/py311-base:bookworm"
+BASE_CA = f"{BASE}-ca"  # + this machine's CA bundle, for pip inside the build (TLS-intercepting networks)
+VENV = ROOT / ".venv"
+TINY_P = [arg for item in TINY for arg in ("-P", item)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def docker(*args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
+
+
+@dataclass
+class User:
+    """Who runs the flows: a non-root user, reached with runuser when the tests run as root."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+    via_root: bool
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        path = f"{VENV / 'bin'}:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+        base = {
+            "HOME": str(self.home),
+            "USER": self.name,
+            "LOGNAME": self.name,
+            "PATH": path,
+            "LANG": "C.UTF-8",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        for name in ("DOCKER_HOST", "SSL_CERT_FILE", "PIP_CERT"):
+            if os.environ.get(name):
+                base[name] = os.environ[name]
+        return {**base, **(extra or {})}
+
+    def argv(self, cmd: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+        if self.via_root:
+            return (
+                ["runuser", "-u", self.name, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()], *cmd],
+                {"PATH": os.environ["PATH"]},
+            )
+        return cmd, {**os.environ, **env}
+
+    def run(
+        self, cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 900
+    ) -> subprocess.CompletedProcess[str]:
+        argv, full_env = self.argv(cmd, self.env(env))
+        return subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+    def popen(self, cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        argv, full_env = self.argv(cmd, self.env(env))
+        return subprocess.Popen(
+            argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+
+def foreign_files(folder: Path, uid: int) -> list[str]:
+    """Files and folders under `folder` NOT owned by uid (.git aside: the test made it)."""
+    out = []
+    for path in folder.rglob("*"):
+        if ".git" in path.relative_to(folder).parts:
+            continue
+        if path.lstat().st_uid != uid:
+            out.append(f"{path.relative_to(folder)} (uid {path.lstat().st_uid})")
+    return out
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+# --- fixtures: engine, user, checkout, image ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def engine() -> None:
+    require_tool("docker")
+    started = subprocess.run(
+        ["bash", str(ROOT / "tests" / "engine.bash"), "start"], capture_output=True, text=True, timeout=180
+    )
+    if started.returncode != 0:
+        require_tool(f"a Docker engine ({started.stderr.strip()})", available=False)
+    networks = docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    yield
+    # no test may create a network: a bridge's private-range traffic is forbidden on these machines
+    assert docker("network", "ls", "--format", "{{.Name}}").stdout.split() == networks
+    subprocess.run(["bash", str(ROOT / "tests" / "engine.bash"), "stop"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def tester(engine) -> User:
+    if os.geteuid() != 0:  # a user's machine: the user is non-root already and can reach their engine
+        entry = pwd.getpwuid(os.getuid())
+        return User(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), via_root=False)
+    require_tool("runuser")
+    try:
+        pwd.getpwnam(TESTER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--create-home", "--user-group", "--shell", "/bin/bash", TESTER], check=True
+        )
+    socket_path = Path(os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://"))
+    group = subprocess.run(
+        ["stat", "-c", "%G", str(socket_path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    subprocess.run(["usermod", "-aG", group, TESTER], check=True)
+    entry = pwd.getpwnam(TESTER)
+    # the user must reach the project's .venv (the host tools: mlflow, the devcontainer CLI's python)
+    for folder in [*reversed(VENV.parents), VENV]:
+        if folder.stat().st_mode & 0o001 == 0:
+            folder.chmod(folder.stat().st_mode | 0o001)
+    return User(TESTER, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), via_root=True)
+
+
+@pytest.fixture(scope="session")
+def workdir(tester: User) -> Path:
+    base = Path(
+        subprocess.run(
+            ["mktemp", "-d", "/tmp/kf-engine-XXXXXX"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    base.chmod(0o755)
+    os.chown(base, tester.uid, tester.gid)
+    yield base
+    # files the containers wrote are the user's; root (CI) or the user removes them
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def checkout(tester: User, workdir: Path) -> Path:
+    """A git checkout of this working tree, owned by the user, committed (so the image tag is clean)."""
+    repo = workdir / "repo"
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    for name in filter(None, listed):
+        src = ROOT / name
+        if not src.is_file():
+            continue
+        dst = repo / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    subprocess.run(["chown", "-R", f"{tester.uid}:{tester.gid}", str(repo)], check=True)
+    git = [
+        "git",
+        "-c",
+        "user.name=kftest",
+        "-c",
+        "user.email=kftest@localhost",
+        "-c",
+        "init.defaultBranch=main",
+    ]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "checkout for the engine tests"]):
+        result = tester.run([*git, *cmd], cwd=repo)
+        assert result.returncode == 0, result.stderr
+    # `make` uses the project's .venv (VENV=...): its stamp must be newer than this copy's lock
+    os.utime(repo / "requirements.txt", (0, 0))
+    return repo
+
+
+@pytest.fixture(scope="session")
+def weights(workdir: Path) -> dict[str, str]:
+    """A VGG16 notop weights file in Keras' own h5 format, served on 127.0.0.1 like the real download."""
+    folder = workdir / "weights"
+    folder.mkdir()
+    path = folder / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+        import h5py, keras
+        from keras.src.legacy.saving import legacy_h5_format
+        keras.utils.set_random_seed(0)
+        model = keras.applications.VGG16(include_top=False, weights=None)
+        with h5py.File({str(path)!r}, "w") as f:
+            legacy_h5_format.save_weights_to_hdf5_group(f, model)
+        """),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    yield {
+        "VGG16_WEIGHTS_URL": f"http://127.0.0.1:{port}/{path.name}",
+        "VGG16_WEIGHTS_MD5": hashlib.md5(path.read_bytes()).hexdigest(),
+    }
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def build_env(engine, weights: dict[str, str]) -> dict[str, str]:
+    """What a user without registry access sets to build: a local base, the CPU variant, a weights URL."""
+    if docker("image", "inspect", BASE_CA).returncode != 0:
+        require_tool("mmdebstrap")
+        made = subprocess.run(
+            ["bash", str(ROOT / "docker" / "bootstrap-base.bash"), "--host-ca", BASE],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert made.returncode == 0, made.stderr[-3000:]
+    return {"BASE_IMAGE": BASE_CA, "TF_VARIANT": "cpu", **weights}
+
+
+@pytest.fixture(scope="session")
+def image(tester: User, checkout: Path, build_env: dict[str, str]) -> dict:
+    """The CPU image, built once by `make image` as the user; the tag of the checkout's commit."""
+    old_latest = docker("image", "inspect", "--format", "{{.Id}}", "kerasflow:latest").stdout.strip()
+    t0 = time.monotonic()
+    built = tester.run(["make", "image", f"VENV={VENV}"], cwd=checkout, env=build_env, timeout=2400)
+    seconds = time.monotonic() - t0
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    sha = tester.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=checkout).stdout.strip()
+    tag = f"kerasflow:{sha}"
+    image_id = docker("image", "inspect", "--format", "{{.Id}}", tag, check=True).stdout.strip()
+    print(f"image {tag} built in {seconds:.0f} s")
+    if old_latest and old_latest != image_id:
+        docker("rmi", old_latest)  # the last run's image: only its own top layers go, the cache stays
+    yield {"tag": tag, "id": image_id, "seconds": seconds}
+    docker("rmi", tag)  # kerasflow:latest (a fixed tag) keeps the layers for the next run's cache
+
+
+@pytest.fixture
+def cleanup_containers():
+    """Containers a test starts are removed by label/name even when it fails."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        docker("rm", "-f", name)
+
+
+# --- the image ------------------------------------------------------------------------------------------
+
+
+def test_the_image_is_built_for_the_user_with_the_baked_weights(image, tester, build_env):
+    info = json.loads(docker("image", "inspect", image["tag"], check=True).stdout)[0]["Config"]
+    assert info["User"] == "dev" and info["WorkingDir"] == "/workspace"
+    env = dict(e.split("=", 1) for e in info["Env"])
+    assert env["KERAS_HOME"] == "/opt/keras" and int(env["CUDA_CACHE_MAXSIZE"]) >= 2**31
+    out = docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        image["tag"],
+        "bash",
+        "-c",
+        "id -u; id -g; md5sum /opt/keras/models/*.h5; stat -c %a /opt/keras; python --version; "
+        "make --version | head -n 1; jupyter lab --version; python -c 'import ipykernel, nbclient'",
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.split()
+    assert lines[:2] == [str(tester.uid), str(tester.gid)]
+    assert build_env["VGG16_WEIGHTS_MD5"] in out.stdout and "1777" in out.stdout
+    assert "Python 3.11" in out.stdout and "GNU Make" in out.stdout
+
+
+def test_a_new_uid_or_weights_url_rebuilds_only_the_top_layers(image, checkout, build_env):
+    """ARGs are declared just before their step: another UID must reuse the 3 GB dependency layers."""
+    base = ["build", "-f", "docker/Dockerfile", "--network", "host", "-q"]
+    args = [x for k, v in build_env.items() for x in ("--build-arg", f"{k}={v}")]
+    t0 = time.monotonic()
+    other = subprocess.run(
+        [
+            "docker",
+            *base,
+            *args,
+            "--build-arg",
+            "USER_UID=4321",
+            "--build-arg",
+            "USER_GID=4321",
+            "-t",
+            "kerasflow-test:uid4321",
+            ".",
+        ],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
+    seconds = time.monotonic() - t0
+    try:
+        assert other.returncode == 0, other.stderr[-3000:]
+        ours = json.loads(docker("image", "inspect", image["tag"], check=True).stdout)[0]["RootFS"]["Layers"]
+        theirs = json.loads(docker("image", "inspect", "kerasflow-test:uid4321", check=True).stdout)[0][
+            "RootFS"
+        ]["Layers"]
+        shared = len([a for a, b in zip(ours, theirs, strict=False) if a == b])
+        sizes = docker("history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}", image["tag"]).stdout
+        assert shared >= len(ours) - 3, (shared, len(ours), sizes)  # user, code, .pth layers differ
+        print(f"rebuild for another UID: {seconds:.0f} s, {shared} of {len(ours)} layers shared")
+    finally:
+        docker("rmi", "kerasflow-test:uid4321")
+
+
+# --- 1. run_script.bash ---------------------------------------------------------------------------------
+
+
+def test_run_script_trains_in_the_container_and_every_file_is_the_users(image, tester, checkout):
+    result = tester.run(
+        [
+            "./run_script.bash",
+            "python",
+            "train.py",
+            *[x for t in TINY for x in ("--set", t)],
+            "--set",
+            "run_name=run-script",
+        ],
+        cwd=checkout,
+        env={"GPU": "auto"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "building" not in result.stderr, "the image of this commit exists: no rebuild"
+    assert "running on CPU" in result.stderr  # GPU=auto says that it falls back
+    run_dir = checkout / "outputs" / "run-script"
+    assert (run_dir / "model.keras").is_file() and (run_dir / "metrics.json").is_file()
+    assert not foreign_files(checkout, tester.uid)
+
+
+def test_run_script_gpu_on_fails_in_one_line(image, tester, checkout):
+    result = tester.run(["./run_script.bash", "true"], cwd=checkout, env={"GPU": "on"})
+    one_error_line(result, "GPU=on but no NVIDIA container runtime", "GPU=off")
+
+
+def test_published_ports_are_bound_to_localhost_only(image, tester, checkout):
+    """The binding is recorded on the container; it answering needs a bridge, which is never made here."""
+    proc = tester.popen(
+        ["./run_script.bash", "sleep", "120"], cwd=checkout, env={"PORTS": "8888", "GPU": "off"}
+    )
+    try:
+        container = ""
+        deadline = time.monotonic() + 120
+        while not container and time.monotonic() < deadline:
+            container = docker("ps", "-q", "--filter", f"label=kerasflow.checkout={checkout}").stdout.strip()
+            time.sleep(0.5)
+        assert container, proc.stderr.read() if proc.poll() is not None else "no container"
+        bindings = json.loads(
+            docker("inspect", "--format", "{{json .HostConfig.PortBindings}}", container, check=True).stdout
+        )
+        assert bindings == {"8888/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8888"}]}
+    finally:
+        if container:
+            docker("kill", container)
+        proc.wait(timeout=60)
+
+
+# --- 2. make run ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_env(workdir: Path) -> dict[str, str]:
+    """One tracking-server port for the module; the server the driver starts is stopped by its pid."""
+    env = {
+        "GPU": "off",
+        "PORT": str(free_port()),
+        "KF_TMUX_SESSION": f"kf-engine-{uuid.uuid4().hex[:8]}",
+        "TMUX_TMPDIR": str(workdir),
+    }
+    yield env
+    pid_file = workdir / "repo" / "logs" / "mlflow-server.pid"
+    if pid_file.is_file():
+        subprocess.run(["kill", pid_file.read_text().strip()], capture_output=True)
+    subprocess.run(
+        ["runuser", "-u", TESTER, "--", "env", f"TMUX_TMPDIR={workdir}", "tmux", "kill-server"]
+        if os.geteuid() == 0
+        else ["env", f"TMUX_TMPDIR={workdir}", "tmux", "kill-server"],
+        capture_output=True,
+    )
+
+
+def make_run(
+    tester: User, checkout: Path, run_env: dict[str, str], args: list[str], timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    return tester.run(
+        ["make", "run", f"VENV={VENV}", f"ARGS={shlex.join(args)}"],
+        cwd=checkout,
+        env=run_env,
+        timeout=timeout,
+    )
+
+
+def client(run_env: dict[str, str]):
+    import mlflow
+
+    return mlflow.MlflowClient(f"http://127.0.0.1:{run_env['PORT']}")
+
+
+def runs_named(run_env: dict[str, str], experiment: str = "kerasflow", filter_string: str = "") -> list:
+    c = client(run_env)
+    exp = c.get_experiment_by_name(experiment)
+    return c.search_runs([exp.experiment_id], filter_string) if exp else []
+
+
+@pytest.fixture(scope="module")
+def foreground_run(image, tester, checkout, run_env) -> subprocess.CompletedProcess[str]:
+    """The README's headline command, registering its model as kfdemo (the notebook loads it too)."""
+    args = [
+        "--foreground",
+        "--name",
+        "fg",
+        *TINY_P,
+        "-P",
+        "epochs=2",
+        "-P",
+        "augment=false",
+        "-P",
+        "register_model=kfdemo",
+    ]
+    return make_run(tester, checkout, run_env, args)
+
+
+def test_make_run_trains_in_the_container_and_the_model_loads_on_the_host(
+    foreground_run, tester, checkout, run_env
+):
+    import mlflow
+
+    result = foreground_run
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "Changing param values is not allowed" not in result.stdout + result.stderr
+    assert (checkout / "logs" / "fg.status").read_text().strip() == "0"
+    [run] = [r for r in runs_named(run_env) if r.data.params.get("register_model") == "kfdemo"]
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.project.entryPoint"] == "main"
+    c = client(run_env)
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "val_accuracy")] == [0, 1]
+    assert "test_accuracy" in run.data.metrics
+    # MLflow's own params (shell-quoted command-line text) and ours agree: one value per key
+    assert run.data.params["augment"] == "false" and run.data.params["group_pattern"] == "'^([^_]+)_'"
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "metrics.json", "training_curves.png"} <= artifacts, artifacts
+    # the training ran as the user: what it wrote in the checkout is theirs
+    assert not foreign_files(checkout, tester.uid)
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{run_env['PORT']}")
+    try:
+        model = mlflow.keras.load_model("models:/kfdemo@candidate")
+        import numpy as np
+
+        assert model.predict(np.zeros((2, 32, 32, 3), np.uint8), verbose=0).shape[0] == 2
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_a_real_param_conflict_is_one_line(image, tester, checkout, run_env):
+    """A run id whose logged epochs differ from the config's: refused in one line, the run not RUNNING."""
+    c = client(run_env)
+    exp = c.get_experiment_by_name("kerasflow") or c.get_experiment(c.create_experiment("kerasflow"))
+    exp_id = getattr(exp, "experiment_id", None) or exp
+    run = c.create_run(exp_id)
+    c.log_param(run.info.run_id, "epochs", "7")
+    result = tester.run(
+        ["python", "train_mlflow.py", *[x for t in TINY for x in ("--set", t)], "--set", "epochs=1"],
+        cwd=checkout,
+        env={"MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{run_env['PORT']}"},
+    )
+    one_error_line(result, "already has param epochs='7'", "epochs=1", "new run")
+    assert c.get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_detached_make_run_refuses_a_second_and_a_killed_container_fails_the_run(
+    image, tester, checkout, run_env
+):
+    require_tool("tmux")
+    env = {**run_env, "SSH_CONNECTION": "127.0.0.1 5555 127.0.0.1 22"}
+    args = ["--name", "det", *TINY_P, "-P", "epochs=200", "-P", "synthetic_examples=2000"]
+    t0 = time.monotonic()
+    started = make_run(tester, checkout, env, args)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert time.monotonic() - t0 < 60 and "tmux attach -t" in started.stdout
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        running = docker("ps", "-q", "--filter", "name=^kerasflow-det$").stdout.strip()
+        log = (checkout / "logs" / "det.log").read_text() if (checkout / "logs" / "det.log").exists() else ""
+        if running and "Epoch 2/" in log:
+            break
+        assert not (checkout / "logs" / "det.status").exists(), log[-3000:]
+        time.sleep(1)
+    assert running, "the training container never ran"
+    second = make_run(tester, checkout, {**run_env}, ["--foreground", "--name", "again", *TINY_P])
+    one_error_line(second, "a run is already in progress", "det", "tmux attach")
+    assert docker("kill", "kerasflow-det").returncode == 0
+    status = checkout / "logs" / "det.status"
+    while not status.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert status.read_text().strip() not in ("", "0")
+    [run] = [r for r in runs_named(run_env) if r.info.run_name and r.data.params.get("epochs") == "200"]
+    assert run.info.status in ("FAILED", "KILLED")
+
+
+# --- 3. every MLproject entry point through make run -----------------------------------------------------
+
+
+def test_every_entry_point_runs_through_make_run(image, tester, checkout, run_env):
+    small = [*TINY_P, "-P", "n_outer_folds=2", "-P", "n_inner_folds=2"]
+    steps = [
+        ("splits", ["-e", "splits", *small, "-P", "out=outputs/engine-splits.json"]),
+        ("cv", ["-e", "cv", *small, "-P", "n_outer=1", "-P", "n_inner=1"]),  # splits made when none given
+        ("tune", ["-e", "tune", *TINY_P, "-P", "trials=2", "-P", "study=engine"]),
+        ("analyze", ["-e", "analyze", "-P", "filter=tags.kerasflow.level = 'final'"]),
+    ]
+    for name, args in steps:
+        result = make_run(tester, checkout, run_env, ["--foreground", "--name", f"ep-{name}", *args])
+        assert result.returncode == 0, f"{name}: " + result.stdout[-4000:] + result.stderr[-2000:]
+        assert (checkout / "logs" / f"ep-{name}.status").read_text().strip() == "0"
+    assert (checkout / "outputs" / "engine-splits.json").is_file()
+    assert (checkout / "outputs" / "splits.json").is_file()  # the cv entry point wrote its folds
+    by_entry: dict[str, list] = {}
+    for run in runs_named(run_env):
+        by_entry.setdefault(run.data.tags.get("mlflow.project.entryPoint", ""), []).append(run)
+    for entry in ("splits", "cv", "tune", "analyze"):
+        assert by_entry.get(entry) and all(r.info.status == "FINISHED" for r in by_entry[entry]), entry
+    levels = {r.data.tags.get("kerasflow.level") for r in runs_named(run_env)}
+    assert {"cv", "outer_fold", "inner_fold", "search", "trial", "final"} <= levels, levels
+    analyzed = runs_named(run_env, filter_string="tags.kerasflow.level = 'final'")
+    assert analyzed and all(
+        "analysis_threshold" in r.data.metrics or any(k.startswith("analysis_") for k in r.data.metrics)
+        for r in analyzed
+    )
+    assert not foreign_files(checkout, tester.uid)
+
+
+# --- 4 + 5. the devcontainer, JupyterLab and the notebook -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def devcontainer(image, tester: User, checkout: Path, workdir: Path, build_env: dict[str, str]) -> dict:
+    """`devcontainer up` on the user's .devcontainer.json plus host networking (an override GENERATED
+    from it: the engine has no bridge), as the user; removed by its --id-label afterwards."""
+    import json5
+
+    cli = require_tool("devcontainer")
+    config = json5.loads((checkout / ".devcontainer.json").read_text())
+    port = free_port()
+    config["runArgs"] = [*config.get("runArgs", []), "--network=host"]
+    config["build"]["options"] = [*config["build"].get("options", []), "--network=host"]
+    config["build"]["dockerfile"] = str(checkout / config["build"]["dockerfile"])
+    config["build"]["context"] = str(checkout / config["build"]["context"])
+    config["containerEnv"] = {**config.get("containerEnv", {}), "JUPYTER_PORT": str(port)}
+    override = workdir / "devcontainer.override.json"
+    override.write_text(json.dumps(config, indent=2))
+    os.chown(override, tester.uid, tester.gid)
+    label = f"kerasflow.test={uuid.uuid4().hex[:12]}"
+    common = ["--workspace-folder", str(checkout), "--id-label", label]
+    env = {**build_env, "DOCKER_BUILDKIT": "0"}
+    before = set(docker("images", "-q", "--no-trunc").stdout.split())
+    t0 = time.monotonic()
+    up = tester.run(
+        [cli, "up", *common, "--override-config", str(override)], cwd=checkout, env=env, timeout=1800
+    )
+    seconds = time.monotonic() - t0
+    info = {"cli": cli, "common": common, "env": env, "port": port, "seconds": seconds}
+    try:
+        assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-4000:]
+        info["up"] = json.loads(up.stdout.strip().splitlines()[-1])
+        print(f"devcontainer up in {seconds:.0f} s")
+        yield info
+    finally:
+        for container in docker("ps", "-aq", "--filter", f"label={label}").stdout.split():
+            docker("rm", "-f", container)
+        for image_id in set(docker("images", "-q", "--no-trunc").stdout.split()) - before:
+            docker("rmi", "-f", image_id)
+
+
+def dc_exec(
+    dc: dict, tester: User, checkout: Path, *cmd: str, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    remote_env = [x for k, v in (env or {}).items() for x in ("--remote-env", f"{k}={v}")]
+    return tester.run(
+        [dc["cli"], "exec", *dc["common"], *remote_env, *cmd], cwd=checkout, env=dc["env"], timeout=timeout
+    )
+
+
+def test_devcontainer_serves_jupyterlab_with_a_token(devcontainer, checkout):
+    assert devcontainer["up"]["outcome"] == "success"
+    url_file = checkout / "logs" / "jupyter.url"
+    deadline = time.monotonic() + 120
+    while not url_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    url = url_file.read_text().strip()
+    port = devcontainer["port"]
+    assert url.startswith(f"http://127.0.0.1:{port}/lab?token=")
+    token = url.split("token=")[1]
+    api = f"http://127.0.0.1:{port}/api/sessions"
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{api}?token={token}", timeout=5)
+            break
+        except OSError:
+            time.sleep(1)
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(api, timeout=10)
+    assert denied.value.code == 403
+    assert urllib.request.urlopen(f"{api}?token={token}", timeout=10).status == 200
+
+
+def test_devcontainer_exec_trains_as_the_remote_user_and_files_are_the_hosts(devcontainer, tester, checkout):
+    result = dc_exec(
+        devcontainer,
+        tester,
+        checkout,
+        "python",
+        "train.py",
+        *[x for t in TINY for x in ("--set", t)],
+        "--set",
+        "run_name=devcontainer",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    whoami = dc_exec(devcontainer, tester, checkout, "bash", "-c", "id -un; id -u")
+    assert whoami.stdout.split()[-2:] == ["dev", str(tester.uid)]
+    assert (checkout / "outputs" / "devcontainer" / "model.keras").is_file()
+    assert not foreign_files(checkout, tester.uid)
+
+
+def test_the_notebook_explores_embedded_and_make_run_runs_in_the_containers_kernel(
+    devcontainer, foreground_run, tester, checkout
+):
+    """An embedded run made in the devcontainer (`make track`) beside the `make run` runs of this store;
+    the notebook lists both, plots their curves and classifies images with the registered model."""
+    import nbformat
+
+    tracked = dc_exec(
+        devcontainer,
+        tester,
+        checkout,
+        "make",
+        "track",
+        "ARGS=" + " ".join(f"--set {t}" for t in TINY) + " --experiment devcontainer --register nb",
+    )
+    assert tracked.returncode == 0, tracked.stdout[-3000:] + tracked.stderr[-3000:]
+    out = "outputs/explore.executed.ipynb"
+    executed = dc_exec(
+        devcontainer,
+        tester,
+        checkout,
+        "jupyter",
+        "nbconvert",
+        "--to",
+        "notebook",
+        "--execute",
+        "notebooks/explore.ipynb",
+        "--output",
+        f"/workspace/{out}",
+        env={"KF_STORE": "store", "KF_MODEL": "models:/kfdemo@candidate"},
+    )
+    assert executed.returncode == 0, executed.stdout[-3000:] + executed.stderr[-3000:]
+    nb = nbformat.read(checkout / out, as_version=4)
+    text = "\n".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+    )
+    images = [
+        o
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+        if "image/png" in o.get("data", {})
+    ]
+    assert "embedded (make track)" in text and "mlflow run (make run)" in text, text[-3000:]
+    assert "devcontainer" in text and "kerasflow" in text  # both experiments
+    assert images, "the curves figure"
+    assert "model models:/kfdemo@candidate: image size 32" in text
+    assert "predicted" in text and ("parasitized" in text or "uninfected" in text)
+    assert not [
+        o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"
+    ]
