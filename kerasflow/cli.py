@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib.abc
+import importlib.util
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 
 from kerasflow.errors import Terminated, UserError
 
@@ -22,9 +27,51 @@ def parser(description: str | None, *, config_flags: bool = True) -> argparse.Ar
     return p
 
 
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """fd 2 to /dev/null: C++ code writes there directly, below Python's sys.stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Runs the first `import tensorflow` with fd 2 silenced: its absl/oneDNN/CUDA-stub lines are
+    written before TF reads TF_CPP_MIN_LOG_LEVEL. A failing import still raises (and is shown)."""
+
+    def find_spec(self, name: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            loader, real = spec.loader, spec.loader.exec_module
+
+            def exec_module(module: ModuleType) -> None:
+                with _stderr_silenced():
+                    real(module)
+
+            loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
 def quiet_tensorflow() -> None:
-    """Hide TF's C++ start-up chatter (CUDA probing on CPU hosts) unless the user asked for it."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Hide TF's start-up noise on every run ("failed call to cuInit" on CPU hosts, oneDNN notices,
+    "NodeDef mentions attribute ...") unless the user asked for it: TF_CPP_MIN_LOG_LEVEL set by them, or
+    KERASFLOW_VERBOSE=1. What matters is said by us in one line (training's `device:` line)."""
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or os.environ.get("KERASFLOW_VERBOSE") == "1":
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    hooked = any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path)
+    if "tensorflow" not in sys.modules and not hooked:
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
 def run(main: Callable[[], object]) -> int:

@@ -51,10 +51,24 @@ def seed_everything(cfg: Config) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+def describe_devices() -> str:
+    """One line on what TensorFlow trains on: it replaces TF's own start-up lines, hidden by default."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        built = "a CUDA build" if tf.test.is_built_with_cuda() else "a CPU-only build"
+        return (f"device: CPU (TensorFlow {tf.__version__}, {built}, sees no GPU; "
+                "TF_CPP_MIN_LOG_LEVEL=0 shows its reasons)")
+    names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+    return f"device: {len(gpus)} GPU{'s' if len(gpus) > 1 else ''} ({', '.join(names)})"
+
+
 def prepare(cfg: Config) -> Prepared:
     """Check everything a user can get wrong, then load data and build the model, then create the folder."""
     run_dir = rundir.plan(cfg)  # validates the output folder; writes nothing yet
     data.check_available(cfg)
+    print(describe_devices(), file=sys.stderr)
     seed_everything(cfg)
     model = models.build(cfg, len(data.class_names(cfg)))  # before the slow load: weights fail fast
     t0 = time.perf_counter()

@@ -45,7 +45,13 @@ TESTER = "kftest"
 BASE = "localhost/py311-base:bookworm"
 BASE_CA = f"{BASE}-ca"  # + this machine's CA bundle, for pip inside the build (TLS-intercepting networks)
 VENV = ROOT / ".venv"
-TINY_P = [arg for item in TINY for arg in ("-P", item)]
+
+
+def tiny_p(**changes: object) -> list[str]:
+    """TINY as `-P key=value` pairs, some changed (MLflow refuses a repeated -P)."""
+    values = dict(item.split("=", 1) for item in TINY)
+    values.update({k: str(v) for k, v in changes.items()})
+    return [arg for k, v in values.items() for arg in ("-P", f"{k}={v}")]
 
 
 def free_port() -> int:
@@ -159,9 +165,12 @@ def tester(engine) -> User:
     ).stdout.strip()
     subprocess.run(["usermod", "-aG", group, TESTER], check=True)
     entry = pwd.getpwnam(TESTER)
-    # the user must reach the project's .venv (the host tools: mlflow, the devcontainer CLI's python)
-    for folder in [*reversed(VENV.parents), VENV]:
+    # the user must reach the project's .venv and the interpreter it links to (pyenv's lives under
+    # /root): search (x) permission on the folders on the way, nothing more
+    interpreter = (VENV / "bin" / "python").resolve()
+    for folder in {*VENV.parents, VENV, *interpreter.parents}:
         if folder.stat().st_mode & 0o001 == 0:
+            print(f"note: o+x on {folder} so that {TESTER} reaches {interpreter}")
             folder.chmod(folder.stat().st_mode | 0o001)
     return User(TESTER, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), via_root=True)
 
@@ -469,11 +478,7 @@ def foreground_run(image, tester, checkout, run_env) -> subprocess.CompletedProc
         "--foreground",
         "--name",
         "fg",
-        *TINY_P,
-        "-P",
-        "epochs=2",
-        "-P",
-        "augment=false",
+        *tiny_p(epochs=2, augment="false"),
         "-P",
         "register_model=kfdemo",
     ]
@@ -531,7 +536,7 @@ def test_detached_make_run_refuses_a_second_and_a_killed_container_fails_the_run
 ):
     require_tool("tmux")
     env = {**run_env, "SSH_CONNECTION": "127.0.0.1 5555 127.0.0.1 22"}
-    args = ["--name", "det", *TINY_P, "-P", "epochs=200", "-P", "synthetic_examples=2000"]
+    args = ["--name", "det", *tiny_p(epochs=200, synthetic_examples=2000)]
     t0 = time.monotonic()
     started = make_run(tester, checkout, env, args)
     assert started.returncode == 0, started.stdout + started.stderr
@@ -545,7 +550,7 @@ def test_detached_make_run_refuses_a_second_and_a_killed_container_fails_the_run
         assert not (checkout / "logs" / "det.status").exists(), log[-3000:]
         time.sleep(1)
     assert running, "the training container never ran"
-    second = make_run(tester, checkout, {**run_env}, ["--foreground", "--name", "again", *TINY_P])
+    second = make_run(tester, checkout, {**run_env}, ["--foreground", "--name", "again", *tiny_p()])
     one_error_line(second, "a run is already in progress", "det", "tmux attach")
     assert docker("kill", "kerasflow-det").returncode == 0
     status = checkout / "logs" / "det.status"
@@ -560,11 +565,11 @@ def test_detached_make_run_refuses_a_second_and_a_killed_container_fails_the_run
 
 
 def test_every_entry_point_runs_through_make_run(image, tester, checkout, run_env):
-    small = [*TINY_P, "-P", "n_outer_folds=2", "-P", "n_inner_folds=2"]
+    small = tiny_p(n_outer_folds=2, n_inner_folds=2)
     steps = [
         ("splits", ["-e", "splits", *small, "-P", "out=outputs/engine-splits.json"]),
         ("cv", ["-e", "cv", *small, "-P", "n_outer=1", "-P", "n_inner=1"]),  # splits made when none given
-        ("tune", ["-e", "tune", *TINY_P, "-P", "trials=2", "-P", "study=engine"]),
+        ("tune", ["-e", "tune", *tiny_p(), "-P", "trials=2", "-P", "study=engine"]),
         ("analyze", ["-e", "analyze", "-P", "filter=tags.kerasflow.level = 'final'"]),
     ]
     for name, args in steps:
