@@ -3,7 +3,13 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
 
-PYTHON_BASE ?= $(shell command -v python3.11 || command -v python3)
+# The newest supported Python (3.11-3.13) found by RUNNING each candidate: pyenv's shims exist for
+# versions that are not active and fail when run. Override with PYTHON_BASE=/path/to/python3.
+PYTHON_CANDIDATES := python3.13 python3.12 python3.11 python3 \
+  $(wildcard $(HOME)/.pyenv/versions/3.1[123]*/bin/python3 /opt/homebrew/bin/python3.1[123] /usr/local/bin/python3.1[123])
+PYTHON_BASE ?= $(shell for p in $(PYTHON_CANDIDATES); do "$$p" -c 'import sys; v = sys.version_info; \
+  (3, 11) <= v[:2] < (3, 14) and print(f"{v[0]}.{v[1]:02d}.{v[2]:03d} {sys.executable}")' 2> /dev/null || true; \
+  done | sort -r | head -n 1 | cut -d" " -f2)
 # Inside the project image (devcontainer, ./run_script.bash make ...) its /opt/venv is the environment.
 IN_IMAGE := $(if $(wildcard .venv/bin/python),,$(wildcard /opt/venv/.kerasflow-image))
 VENV ?= $(if $(IN_IMAGE),/opt/venv,.venv)
@@ -28,7 +34,7 @@ N_INNER ?= 0
 DEMO_SET := --set data_source=synthetic --set model=cnn --set image_size=48 --set epochs=5 \
             --set synthetic_examples=2000 --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: help env lock train demo data weights test lint bench bench-pipeline bench-tracking bench-relocate clean track track-demo server serve \
+.PHONY: help env lock train demo data weights test lint bench bench-pipeline bench-tracking bench-relocate clean test-fast test-gpu-image track track-demo server serve \
         predict runs promote ui pull relocate migrate mlproject splits cv tune analyze image shell run
 
 help: ## list the targets
@@ -37,8 +43,9 @@ help: ## list the targets
 
 ifneq ($(STAMP),)
 $(STAMP): requirements.txt
-	@$(PYTHON_BASE) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"' \
-	  || { echo "error: Python 3.11 is required: install it or run make PYTHON_BASE=/path/to/python3.11"; exit 2; }
+	@test -n "$(PYTHON_BASE)" && "$(PYTHON_BASE)" -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 14)' \
+	  2> /dev/null || { echo "error: no Python 3.11, 3.12 or 3.13 found$(if $(PYTHON_BASE), ($(PYTHON_BASE) is $$("$(PYTHON_BASE)" -V 2> /dev/null || echo "not runnable")),): install one (python.org, your package manager, pyenv) or run make PYTHON_BASE=/path/to/python3.12"; exit 2; }
+	@echo "env: creating $(VENV) with $$("$(PYTHON_BASE)" -V) ($(PYTHON_BASE))"
 	$(PYTHON_BASE) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
@@ -129,8 +136,14 @@ data: $(STAMP) ## download and prepare TFDS malaria into tfds_data_dir (needs in
 weights: $(STAMP) ## cache the VGG16 ImageNet weights in ~/.keras/models (needs internet)
 	$(PY) -m kerasflow.fetch weights $(ARGS)
 
-test: $(STAMP) ## run the test suite (offline, CPU, ~12 minutes)
-	$(PY) -m pytest $(ARGS)
+test: $(STAMP) ## the whole suite: a real Docker engine and the CPU image included (offline, CPU, ~25 min)
+	$(PY) -m pytest -m "not gpu_image" $(ARGS)
+
+test-fast: $(STAMP) ## the quick loop: no Docker engine, no image, no browser, nothing slow (~2 min)
+	$(PY) -m pytest -m "not slow and not engine and not gpu_image" $(ARGS)
+
+test-gpu-image: $(STAMP) ## build the GPU variant (8 GB) and check its CUDA libraries (CI runs it)
+	$(PY) -m pytest -m gpu_image -s $(ARGS)
 
 lint: $(STAMP) ## ruff, shellcheck and hadolint
 	$(VENV)/bin/ruff check .

@@ -65,11 +65,11 @@ def label_predictions(frame: pd.DataFrame, positive: str | None) -> tuple[pd.Dat
 
 
 def _figure(info: dict[str, Any]) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import precision_recall_curve
+
+    from kerasflow.plots import pyplot
+
+    plt = pyplot()
 
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.5))
     roc.plot(info["fpr"], info["tpr"], label="ROC")

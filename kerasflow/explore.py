@@ -75,19 +75,15 @@ class Explorer:
         return frame[["run_id", "tags.mlflow.runName", "experiment", "made_by", "status", *metrics]]
 
     def curves(self, run_ids: list[str], metric: str = "val_accuracy") -> Figure:
-        """One line per run: `metric` at every epoch (steps are epochs)."""
+        """One line per run: `metric` at every epoch."""
         from matplotlib.figure import Figure
+
+        from kerasflow.plots import metric_histories
 
         fig = Figure(figsize=(6, 3.5))  # no pyplot: no global state, any backend (inline in Jupyter)
         ax = fig.subplots()
-        for run_id in run_ids:
-            history = sorted(self.client.get_metric_history(run_id, metric), key=lambda m: m.step)
-            name = self.client.get_run(run_id).info.run_name
-            ax.plot([m.step + 1 for m in history], [m.value for m in history], marker="o", label=name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(fontsize="small")
+        names = [(run_id, self.client.get_run(run_id).info.run_name) for run_id in run_ids]
+        metric_histories(ax, self.client, names, metric)
         fig.tight_layout()
         return fig
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,7 +18,7 @@ def _pyplot() -> Any:
 def training_curves(history: dict[str, list[float]], path: Path,
                     fine_tune_start: int | None = None) -> Path:
     """Loss and accuracy per epoch, train vs validation; a dashed line where fine-tuning starts."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [e + 1 for e in history.get("epoch", [])]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
@@ -28,6 +28,7 @@ def training_curves(history: dict[str, list[float]], path: Path,
         if fine_tune_start is not None:
             ax.axvline(fine_tune_start + 0.5, color="gray", linestyle="--", label="fine-tuning")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole: no 1.5 ticks
         ax.set_ylabel(metric)
         ax.set_title(metric)
         ax.grid(alpha=0.3)
@@ -38,9 +39,22 @@ def training_curves(history: dict[str, list[float]], path: Path,
     return path
 
 
+def metric_histories(ax: Any, client: Any, runs: list[tuple[str, str]], metric: str) -> None:
+    """One line per (run id, label): `metric` at every epoch of the run (MLflow steps are epochs)."""
+    for run_id, label in runs:
+        history = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
+        if history:
+            ax.plot([m.step + 1 for m in history], [m.value for m in history], marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path) -> Path:
     """Counts per (true, predicted) class on the test split."""
-    plt = _pyplot()
+    plt = pyplot()
     k = len(class_names)
     fig, ax = plt.subplots(figsize=(1.6 * k + 2.5, 1.6 * k + 1.5))
     image = ax.imshow(matrix, cmap="Blues")
@@ -65,7 +79,7 @@ def roc_curve(roc: dict[str, list[float]], path: Path) -> Path:
     """ROC of the class-1 probability on the test split."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     auc = float(np.trapezoid(roc["tpr"], roc["fpr"]))
     ax.plot(roc["fpr"], roc["tpr"], label=f"AUC = {auc:.3f}")

@@ -55,22 +55,14 @@ def table(runs: pd.DataFrame) -> str:
 
 def plot_curves(c: mlflow.MlflowClient, runs: pd.DataFrame, path: Path,
                 metrics: tuple[str, ...] = ("val_accuracy", "val_loss")) -> Path:
-    import matplotlib
+    from kerasflow.plots import metric_histories, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4))
+    labels = [(run["run_id"], run.get("tags.mlflow.runName") or run["run_id"][:8])
+              for _, run in runs.iterrows()]
     for ax, metric in zip(axes, metrics, strict=True):
-        for _, run in runs.iterrows():
-            history = sorted(c.get_metric_history(run["run_id"], metric), key=lambda m: m.step)
-            if history:
-                name = run.get("tags.mlflow.runName") or run["run_id"][:8]
-                ax.plot([m.step + 1 for m in history], [m.value for m in history], marker="o", label=name)
-        ax.set_xlabel("epoch")
-        ax.set_title(metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        metric_histories(ax, c, labels, metric)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -235,14 +235,15 @@ def _train_in_store(cfg: Config, uri: str, experiment: str, register: str, alias
     import mlflow
 
     client = mlflow.MlflowClient()
-    # set by `mlflow run`: log into the run it made (a parent of cv/tune consumed it already)
-    launched = None if nested.parent_run_id else os.environ.get("MLFLOW_RUN_ID")
+    # set by `mlflow run`: log into the run it made, unless this run sits under a parent (the cv/tune
+    # parent in this process, or one of another process) that consumed it already
+    in_parent = mlflow.active_run() is not None
+    launched = None if nested.parent_run_id or in_parent else os.environ.get("MLFLOW_RUN_ID")
     exp_id = None if launched else _experiment_id(client, uri, experiment)
     prep = training.prepare(cfg)
     run_id = launched or _resume_id(prep.run_dir, client)
     if system_metrics:
         mlflow.enable_system_metrics_logging()
-    in_parent = mlflow.active_run() is not None  # a parent run of this process (cv)
     parent = None if run_id or in_parent else nested.parent_run_id  # one of another process (tune workers)
     run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
                            run_name=prep.run_dir.name, log_system_metrics=system_metrics or None,

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import shlex
 import shutil
 import socket
@@ -502,7 +503,7 @@ def test_make_run_trains_in_the_container_and_the_model_loads_on_the_host(
     # MLflow's own params (shell-quoted command-line text) and ours agree: one value per key
     assert run.data.params["augment"] == "false" and run.data.params["group_pattern"] == "'^([^_]+)_'"
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "metrics.json", "training_curves.png"} <= artifacts, artifacts
+    assert {"config.yaml", "metrics.json", "curves.png", "history.json"} <= artifacts, artifacts
     # the training ran as the user: what it wrote in the checkout is theirs
     assert not foreign_files(checkout, tester.uid)
     mlflow.set_tracking_uri(f"http://127.0.0.1:{run_env['PORT']}")
@@ -739,3 +740,58 @@ def test_the_notebook_explores_embedded_and_make_run_runs_in_the_containers_kern
     assert not [
         o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"
     ]
+
+
+# --- 6. the GPU variant (built, and checked as far as a machine without a GPU can) ----------------------
+
+CUDA_LIBRARIES = [  # what TF 2.21's CUDA build loads (CUDA 12.x, cuDNN 9)
+    "libcudart.so.12",
+    "libcublas.so.12",
+    "libcublasLt.so.12",
+    "libcufft.so.11",
+    "libcusparse.so.12",
+    "libcusolver.so.11",
+    "libcurand.so.10",
+    "libcudnn.so.9",
+    "libnccl.so.2",
+    "libnvJitLink.so.12",
+]
+
+
+@pytest.mark.gpu_image
+def test_the_gpu_variant_resolves_every_cuda_library_and_trains_on_cpu(checkout, build_env):
+    """`make test-gpu-image` (CI's own step): the pinned tensorflow[and-cuda] wheels, ldconfig'd."""
+    tag = "kerasflow-test:gpu"  # a fixed tag: its 5 GB CUDA layer stays cached for the next run
+    old = docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+    args = [x for k, v in {**build_env, "TF_VARIANT": "gpu"}.items() for x in ("--build-arg", f"{k}={v}")]
+    t0 = time.monotonic()
+    built = subprocess.run(
+        ["docker", "build", "-q", "--network", "host", "-f", "docker/Dockerfile", *args, "-t", tag, "."],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
+    seconds = time.monotonic() - t0
+    assert built.returncode == 0, built.stderr[-3000:]
+    new = docker("image", "inspect", "--format", "{{.Id}}", tag, check=True).stdout.strip()
+    if old and old != new:
+        docker("rmi", old)
+    size = int(docker("image", "inspect", "--format", "{{.Size}}", tag, check=True).stdout)
+    print(f"GPU variant built in {seconds:.0f} s, {size / 1e9:.1f} GB")
+    check = " ".join(f'ldconfig -p | grep -q "{lib} " || echo "missing {lib}";' for lib in CUDA_LIBRARIES)
+    script = (
+        f"{check} python -c 'import tensorflow as tf; b = tf.sysconfig.get_build_info(); "
+        'print("cuda", b["cuda_version"], "cudnn", b["cudnn_version"])\' && cd /opt/kerasflow && '
+        "python train.py " + " ".join(f"--set {t}" for t in TINY) + " --set output_dir=/tmp/out"
+    )
+    out = docker("run", "--rm", "--network", "none", tag, "bash", "-c", script, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "missing" not in out.stdout, out.stdout
+    assert re.search(r"cuda 12\.\d+ cudnn 9\b", out.stdout), out.stdout
+    # no GPU: one line of ours says so; TF's own start-up lines stay hidden
+    device = [line for line in out.stderr.splitlines() if line.startswith("device:")]
+    assert device == [device[0]] and "CPU" in device[0] and "a CUDA build" in device[0], out.stderr
+    assert "cuInit" not in out.stderr and "absl::InitializeLog" not in out.stderr, out.stderr
+    assert "test: {" in out.stderr
