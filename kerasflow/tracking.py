@@ -99,8 +99,12 @@ def _experiment_id(client: mlflow.MlflowClient, uri: str, name: str) -> str:
 
 
 def launched_or_named(client: mlflow.MlflowClient, uri: str, experiment: str) -> tuple[str | None, str, str]:
-    """(run id made by `mlflow run`, or None; experiment id; experiment name) for a parent run."""
-    launched = os.environ.get("MLFLOW_RUN_ID")
+    """(run id made by `mlflow run`, or None; experiment id; experiment name) for a parent run.
+
+    The id is taken out of the environment: `mlflow.start_run()` without a run id resumes
+    $MLFLOW_RUN_ID, which would put every child run (a fold, a trial) into the parent.
+    """
+    launched = os.environ.pop("MLFLOW_RUN_ID", None)
     if launched:
         exp_id = client.get_run(launched).info.experiment_id
         return launched, exp_id, client.get_experiment(exp_id).name
@@ -238,7 +242,8 @@ def _train_in_store(cfg: Config, uri: str, experiment: str, register: str, alias
     # set by `mlflow run`: log into the run it made, unless this run sits under a parent (the cv/tune
     # parent in this process, or one of another process) that consumed it already
     in_parent = mlflow.active_run() is not None
-    launched = None if nested.parent_run_id or in_parent else os.environ.get("MLFLOW_RUN_ID")
+    from_env = os.environ.pop("MLFLOW_RUN_ID", None)  # else start_run() would resume it (see above)
+    launched = None if nested.parent_run_id or in_parent else from_env
     exp_id = None if launched else _experiment_id(client, uri, experiment)
     prep = training.prepare(cfg)
     run_id = launched or _resume_id(prep.run_dir, client)
