@@ -36,7 +36,7 @@ class Explorer:
 
         from kerasflow import ui
 
-        self.store = Path(store_dir)
+        self.store = _find_store(Path(store_dir))
         if not (self.store / "mlflow.db").is_file():
             raise UserError(f"no MLflow store at {self.store} (no mlflow.db): pass the store folder, "
                             "e.g. open_store('store') after `make track` or `make run`")
@@ -118,6 +118,17 @@ class Explorer:
 
 def open_store(store_dir: str | Path = store_mod.DEFAULT_STORE) -> Explorer:
     return Explorer(store_dir)
+
+
+def _find_store(path: Path) -> Path:
+    """A relative store path from the working folder or the nearest folder above it that has one:
+    JupyterLab runs a notebook in notebooks/, VS Code in the workspace root."""
+    if path.is_absolute():
+        return path
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / path / "mlflow.db").is_file():
+            return folder / path
+    return path
 
 
 def _free_port() -> int:
