@@ -141,11 +141,15 @@ def engine() -> None:
     )
     if started.returncode != 0:
         require_tool(f"a Docker engine ({started.stderr.strip()})", available=False)
+    we_started = "dockerd started" in started.stdout  # else it ran before: leave it running after
     networks = docker("network", "ls", "--format", "{{.Name}}").stdout.split()
     yield
     # no test may create a network: a bridge's private-range traffic is forbidden on these machines
     assert docker("network", "ls", "--format", "{{.Name}}").stdout.split() == networks
-    subprocess.run(["bash", str(ROOT / "tests" / "engine.bash"), "stop"], capture_output=True, timeout=120)
+    if we_started:
+        subprocess.run(
+            ["bash", str(ROOT / "tests" / "engine.bash"), "stop"], capture_output=True, timeout=120
+        )
 
 
 @pytest.fixture(scope="session")
@@ -783,13 +787,14 @@ def test_the_gpu_variant_resolves_every_cuda_library_and_trains_on_cpu(checkout,
     check = " ".join(f'ldconfig -p | grep -q "{lib} " || echo "missing {lib}";' for lib in CUDA_LIBRARIES)
     script = (
         f"{check} python -c 'import tensorflow as tf; b = tf.sysconfig.get_build_info(); "
-        'print("cuda", b["cuda_version"], "cudnn", b["cudnn_version"])\' && cd /opt/kerasflow && '
+        'print("cuda", b["cuda_version"], "cudnn", b["cudnn_version"])\' 2> /dev/null && '
+        "cd /opt/kerasflow && "
         "python train.py " + " ".join(f"--set {t}" for t in TINY) + " --set output_dir=/tmp/out"
     )
     out = docker("run", "--rm", "--network", "none", tag, "bash", "-c", script, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "missing" not in out.stdout, out.stdout
-    assert re.search(r"cuda 12\.\d+ cudnn 9\b", out.stdout), out.stdout
+    assert re.search(r"cuda 12(\.\d+)+ cudnn 9\b", out.stdout), out.stdout
     # no GPU: one line of ours says so; TF's own start-up lines stay hidden
     device = [line for line in out.stderr.splitlines() if line.startswith("device:")]
     assert device == [device[0]] and "CPU" in device[0] and "a CUDA build" in device[0], out.stderr
