@@ -83,21 +83,75 @@ def test_unwritable_output_dir(tiny_overrides, tmp_path):
 
 def test_offline_malaria_fails_fast(tiny_overrides, tmp_path):
     start = time.perf_counter()
-    result = run_script("train.py", *set_args([*tiny_overrides, "data_source=tfds",
-                                               f"tfds_data_dir={tmp_path / 'tfds'}"]))
+    result = run_script(
+        "train.py", *set_args([*tiny_overrides, "data_source=tfds", f"tfds_data_dir={tmp_path / 'tfds'}"])
+    )
     assert_user_error(result, "is not downloaded", "make data", "data_source=synthetic")
     assert time.perf_counter() - start < 60
     assert not (tmp_path / "outputs").exists()
 
 
 def test_offline_vgg16_weights(tiny_overrides, tmp_path):
-    result = run_script("train.py", *set_args([*tiny_overrides, "model=vgg16", "weights=imagenet"]),
-                        env={"KERAS_HOME": str(tmp_path / "empty_keras_home")})
+    result = run_script(
+        "train.py",
+        *set_args([*tiny_overrides, "model=vgg16", "weights=imagenet"]),
+        env={"KERAS_HOME": str(tmp_path / "empty_keras_home")},
+    )
     assert_user_error(result, "cannot download the VGG16 ImageNet weights", "make weights", "weights: none")
     assert not (tmp_path / "outputs").exists()
 
 
 def test_missing_weights_file(tiny_overrides, tmp_path):
-    result = run_script("train.py", *set_args([*tiny_overrides, "model=vgg16",
-                                               f"weights={tmp_path / 'nope.h5'}"]))
+    result = run_script(
+        "train.py", *set_args([*tiny_overrides, "model=vgg16", f"weights={tmp_path / 'nope.h5'}"])
+    )
     assert_user_error(result, "weights file", "does not exist")
+
+
+def test_a_cpu_run_starts_quietly_unless_asked(tiny_overrides):
+    """TF's start-up lines (absl, oneDNN, cudart_stub, cuInit) are hidden; one `device:` line says it."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *set_args(tiny_overrides)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    first = quiet.stderr.splitlines()[0]
+    assert first.startswith("device: CPU") and "sees no GPU" in first, quiet.stderr[:2000]
+    for noise in ("absl::InitializeLog", "oneDNN", "cudart_stub", "cuInit", "NodeDef mentions"):
+        assert noise not in quiet.stderr, noise
+    asked = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *set_args(tiny_overrides), "--set", "run_name=asked"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**env, "KERASFLOW_VERBOSE": "1"},
+        timeout=600,
+    )
+    assert asked.returncode == 0 and "oneDNN" in asked.stderr  # shown when asked for
+
+
+def test_curves_have_whole_epoch_ticks():
+    from matplotlib.figure import Figure
+
+    from kerasflow.plots import metric_histories
+
+    class Metric:
+        def __init__(self, step: int, value: float) -> None:
+            self.step, self.value = step, value
+
+    class Client:
+        def get_metric_history(self, run_id: str, metric: str) -> list[Metric]:
+            return [Metric(s, 0.5 + s / 10) for s in range(3)]
+
+    ax = Figure().subplots()
+    metric_histories(ax, Client(), [("r1", "run one")], "val_accuracy")
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
