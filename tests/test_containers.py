@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, require_tool
+from conftest import ROOT, assert_user_error, require_tool
 
 FAKE_DOCKER = r'''#!/usr/bin/env python3
 """Stand-in for the docker CLI: records every call, keeps "images" as files, never runs anything."""
@@ -154,14 +154,6 @@ def calls(sb: dict, verb: str) -> list[list[str]]:
     return [r for r in rows if r[:1] == [verb]]
 
 
-def one_error_line(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-
-
 # --- run_script.bash ----------------------------------------------------------------------------------
 
 
@@ -180,7 +172,7 @@ def test_gpu_is_used_when_the_runtime_and_a_gpu_are_there(sandbox):
 
 
 def test_gpu_on_with_the_runtime_but_no_gpu_listed_fails_in_one_line(sandbox):
-    one_error_line(
+    assert_user_error(
         script(
             sandbox, "run_script.bash", "true", GPU="on", FAKE_DOCKER_RUNTIMES='{"nvidia":{}}', FAKE_GPUS="0"
         ),
@@ -197,7 +189,7 @@ def test_driver_refuses_bad_arguments_before_touching_docker():
         result = subprocess.run(
             [str(ROOT / "project_driver.bash"), *args], capture_output=True, text=True, timeout=60
         )
-        one_error_line(result, fragment)
+        assert_user_error(result, fragment)
 
 
 # --- MLproject docker_env ---------------------------------------------------------------------------

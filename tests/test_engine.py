@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, require_tool
+from conftest import ROOT, TINY, assert_user_error, require_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
-TESTER = "kftest"
+USER_NAME = "kftest"
 BASE = "localhost/py311-base:bookworm"
 BASE_CA = f"{BASE}-ca"  # + this machine's CA bundle, for pip inside the build (TLS-intercepting networks)
 VENV = ROOT / ".venv"
@@ -122,14 +122,6 @@ def foreign_files(folder: Path, uid: int) -> list[str]:
     return out
 
 
-def one_error_line(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-
-
 # --- fixtures: engine, user, checkout, image ------------------------------------------------------------
 
 
@@ -143,7 +135,11 @@ def engine() -> None:
         require_tool(f"a Docker engine ({started.stderr.strip()})", available=False)
     we_started = "dockerd started" in started.stdout  # else it ran before: leave it running after
     networks = docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    volumes = set(docker("volume", "ls", "-q").stdout.split())
     yield
+    for volume in set(docker("volume", "ls", "-q").stdout.split()) - volumes:
+        if volume.startswith("kerasflow-"):  # the CUDA cache and /data volumes the flows created
+            docker("volume", "rm", volume)
     # no test may create a network: a bridge's private-range traffic is forbidden on these machines
     assert docker("network", "ls", "--format", "{{.Name}}").stdout.split() == networks
     if we_started:
@@ -153,49 +149,49 @@ def engine() -> None:
 
 
 @pytest.fixture(scope="session")
-def tester(engine) -> User:
+def user(engine) -> User:
     if os.geteuid() != 0:  # a user's machine: the user is non-root already and can reach their engine
         entry = pwd.getpwuid(os.getuid())
         return User(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), via_root=False)
     require_tool("runuser")
     try:
-        pwd.getpwnam(TESTER)
+        pwd.getpwnam(USER_NAME)
     except KeyError:
         subprocess.run(
-            ["useradd", "--create-home", "--user-group", "--shell", "/bin/bash", TESTER], check=True
+            ["useradd", "--create-home", "--user-group", "--shell", "/bin/bash", USER_NAME], check=True
         )
     socket_path = Path(os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://"))
     group = subprocess.run(
         ["stat", "-c", "%G", str(socket_path)], capture_output=True, text=True, check=True
     ).stdout.strip()
-    subprocess.run(["usermod", "-aG", group, TESTER], check=True)
-    entry = pwd.getpwnam(TESTER)
+    subprocess.run(["usermod", "-aG", group, USER_NAME], check=True)
+    entry = pwd.getpwnam(USER_NAME)
     # the user must reach the project's .venv and the interpreter it links to (pyenv's lives under
     # /root): search (x) permission on the folders on the way, nothing more
     interpreter = (VENV / "bin" / "python").resolve()
     for folder in {*VENV.parents, VENV, *interpreter.parents}:
         if folder.stat().st_mode & 0o001 == 0:
-            print(f"note: o+x on {folder} so that {TESTER} reaches {interpreter}")
+            print(f"note: o+x on {folder} so that {USER_NAME} reaches {interpreter}")
             folder.chmod(folder.stat().st_mode | 0o001)
-    return User(TESTER, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), via_root=True)
+    return User(USER_NAME, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), via_root=True)
 
 
 @pytest.fixture(scope="session")
-def workdir(tester: User) -> Path:
+def workdir(user: User) -> Path:
     base = Path(
         subprocess.run(
             ["mktemp", "-d", "/tmp/kf-engine-XXXXXX"], capture_output=True, text=True, check=True
         ).stdout.strip()
     )
     base.chmod(0o755)
-    os.chown(base, tester.uid, tester.gid)
+    os.chown(base, user.uid, user.gid)
     yield base
     # files the containers wrote are the user's; root (CI) or the user removes them
     shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def checkout(tester: User, workdir: Path) -> Path:
+def checkout(user: User, workdir: Path) -> Path:
     """A git checkout of this working tree, owned by the user, committed (so the image tag is clean)."""
     repo = workdir / "repo"
     listed = (
@@ -215,7 +211,7 @@ def checkout(tester: User, workdir: Path) -> Path:
         dst = repo / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
-    subprocess.run(["chown", "-R", f"{tester.uid}:{tester.gid}", str(repo)], check=True)
+    subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(repo)], check=True)
     git = [
         "git",
         "-c",
@@ -226,7 +222,7 @@ def checkout(tester: User, workdir: Path) -> Path:
         "init.defaultBranch=main",
     ]
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "checkout for the engine tests"]):
-        result = tester.run([*git, *cmd], cwd=repo)
+        result = user.run([*git, *cmd], cwd=repo)
         assert result.returncode == 0, result.stderr
     # `make` uses the project's .venv (VENV=...): its stamp must be newer than this copy's lock
     os.utime(repo / "requirements.txt", (0, 0))
@@ -286,14 +282,14 @@ def build_env(engine, weights: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def image(tester: User, checkout: Path, build_env: dict[str, str]) -> dict:
+def image(user: User, checkout: Path, build_env: dict[str, str]) -> dict:
     """The CPU image, built once by `make image` as the user; the tag of the checkout's commit."""
     old_latest = docker("image", "inspect", "--format", "{{.Id}}", "kerasflow:latest").stdout.strip()
     t0 = time.monotonic()
-    built = tester.run(["make", "image", f"VENV={VENV}"], cwd=checkout, env=build_env, timeout=2400)
+    built = user.run(["make", "image", f"VENV={VENV}"], cwd=checkout, env=build_env, timeout=2400)
     seconds = time.monotonic() - t0
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    sha = tester.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=checkout).stdout.strip()
+    sha = user.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=checkout).stdout.strip()
     tag = f"kerasflow:{sha}"
     image_id = docker("image", "inspect", "--format", "{{.Id}}", tag, check=True).stdout.strip()
     print(f"image {tag} built in {seconds:.0f} s")
@@ -315,7 +311,7 @@ def cleanup_containers():
 # --- the image ------------------------------------------------------------------------------------------
 
 
-def test_the_image_is_built_for_the_user_with_the_baked_weights(image, tester, build_env):
+def test_the_image_is_built_for_the_user_with_the_baked_weights(image, user, build_env):
     info = json.loads(docker("image", "inspect", image["tag"], check=True).stdout)[0]["Config"]
     assert info["User"] == "dev" and info["WorkingDir"] == "/workspace"
     env = dict(e.split("=", 1) for e in info["Env"])
@@ -334,38 +330,33 @@ def test_the_image_is_built_for_the_user_with_the_baked_weights(image, tester, b
     )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.split()
-    assert lines[:2] == [str(tester.uid), str(tester.gid)]
+    assert lines[:2] == [str(user.uid), str(user.gid)]
     assert build_env["VGG16_WEIGHTS_MD5"] in out.stdout and "1777" in out.stdout
     assert "Python 3.11" in out.stdout and "GNU Make" in out.stdout
 
 
-def test_a_new_uid_or_weights_url_rebuilds_only_the_top_layers(image, checkout, build_env):
-    """ARGs are declared just before their step: another UID must reuse the 3 GB dependency layers."""
-    base = ["build", "-f", "docker/Dockerfile", "--network", "host", "-q"]
-    args = [x for k, v in build_env.items() for x in ("--build-arg", f"{k}={v}")]
+def docker_build(checkout: Path, tag: str, build_args: dict[str, str]) -> tuple[float, str]:
+    """docker build of the checkout (classic builder, host network: no bridge here); (seconds, error)."""
+    args = [x for k, v in build_args.items() for x in ("--build-arg", f"{k}={v}")]
     t0 = time.monotonic()
-    other = subprocess.run(
-        [
-            "docker",
-            *base,
-            *args,
-            "--build-arg",
-            "USER_UID=4321",
-            "--build-arg",
-            "USER_GID=4321",
-            "-t",
-            "kerasflow-test:uid4321",
-            ".",
-        ],
+    built = subprocess.run(
+        ["docker", "build", "-q", "--network", "host", "-f", "docker/Dockerfile", *args, "-t", tag, "."],
         cwd=checkout,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=3000,
         env={**os.environ, "DOCKER_BUILDKIT": "0"},
     )
-    seconds = time.monotonic() - t0
+    return time.monotonic() - t0, "" if built.returncode == 0 else built.stderr[-3000:]
+
+
+def test_a_new_uid_or_weights_url_rebuilds_only_the_top_layers(image, checkout, build_env):
+    """ARGs are declared just before their step: another UID must reuse the 3 GB dependency layers."""
+    seconds, error = docker_build(
+        checkout, "kerasflow-test:uid4321", {**build_env, "USER_UID": "4321", "USER_GID": "4321"}
+    )
     try:
-        assert other.returncode == 0, other.stderr[-3000:]
+        assert not error, error
         ours = json.loads(docker("image", "inspect", image["tag"], check=True).stdout)[0]["RootFS"]["Layers"]
         theirs = json.loads(docker("image", "inspect", "kerasflow-test:uid4321", check=True).stdout)[0][
             "RootFS"
@@ -381,8 +372,8 @@ def test_a_new_uid_or_weights_url_rebuilds_only_the_top_layers(image, checkout, 
 # --- 1. run_script.bash ---------------------------------------------------------------------------------
 
 
-def test_run_script_trains_in_the_container_and_every_file_is_the_users(image, tester, checkout):
-    result = tester.run(
+def test_run_script_trains_in_the_container_and_every_file_is_the_users(image, user, checkout):
+    result = user.run(
         [
             "./run_script.bash",
             "python",
@@ -399,17 +390,17 @@ def test_run_script_trains_in_the_container_and_every_file_is_the_users(image, t
     assert "running on CPU" in result.stderr  # GPU=auto says that it falls back
     run_dir = checkout / "outputs" / "run-script"
     assert (run_dir / "model.keras").is_file() and (run_dir / "metrics.json").is_file()
-    assert not foreign_files(checkout, tester.uid)
+    assert not foreign_files(checkout, user.uid)
 
 
-def test_run_script_gpu_on_fails_in_one_line(image, tester, checkout):
-    result = tester.run(["./run_script.bash", "true"], cwd=checkout, env={"GPU": "on"})
-    one_error_line(result, "GPU=on but no NVIDIA container runtime", "GPU=off")
+def test_run_script_gpu_on_fails_in_one_line(image, user, checkout):
+    result = user.run(["./run_script.bash", "true"], cwd=checkout, env={"GPU": "on"})
+    assert_user_error(result, "GPU=on but no NVIDIA container runtime", "GPU=off")
 
 
-def test_published_ports_are_bound_to_localhost_only(image, tester, checkout):
+def test_published_ports_are_bound_to_localhost_only(image, user, checkout):
     """The binding is recorded on the container; it answering needs a bridge, which is never made here."""
-    proc = tester.popen(
+    proc = user.popen(
         ["./run_script.bash", "sleep", "120"], cwd=checkout, env={"PORTS": "8888", "GPU": "off"}
     )
     try:
@@ -446,7 +437,7 @@ def run_env(workdir: Path) -> dict[str, str]:
     if pid_file.is_file():
         subprocess.run(["kill", pid_file.read_text().strip()], capture_output=True)
     subprocess.run(
-        ["runuser", "-u", TESTER, "--", "env", f"TMUX_TMPDIR={workdir}", "tmux", "kill-server"]
+        ["runuser", "-u", USER_NAME, "--", "env", f"TMUX_TMPDIR={workdir}", "tmux", "kill-server"]
         if os.geteuid() == 0
         else ["env", f"TMUX_TMPDIR={workdir}", "tmux", "kill-server"],
         capture_output=True,
@@ -454,9 +445,9 @@ def run_env(workdir: Path) -> dict[str, str]:
 
 
 def make_run(
-    tester: User, checkout: Path, run_env: dict[str, str], args: list[str], timeout: float = 900
+    user: User, checkout: Path, run_env: dict[str, str], args: list[str], timeout: float = 900
 ) -> subprocess.CompletedProcess[str]:
-    return tester.run(
+    return user.run(
         ["make", "run", f"VENV={VENV}", f"ARGS={shlex.join(args)}"],
         cwd=checkout,
         env=run_env,
@@ -477,7 +468,7 @@ def runs_named(run_env: dict[str, str], experiment: str = "kerasflow", filter_st
 
 
 @pytest.fixture(scope="module")
-def foreground_run(image, tester, checkout, run_env) -> subprocess.CompletedProcess[str]:
+def foreground_run(image, user, checkout, run_env) -> subprocess.CompletedProcess[str]:
     """The README's headline command, registering its model as kfdemo (the notebook loads it too)."""
     args = [
         "--foreground",
@@ -487,11 +478,11 @@ def foreground_run(image, tester, checkout, run_env) -> subprocess.CompletedProc
         "-P",
         "register_model=kfdemo",
     ]
-    return make_run(tester, checkout, run_env, args)
+    return make_run(user, checkout, run_env, args)
 
 
 def test_make_run_trains_in_the_container_and_the_model_loads_on_the_host(
-    foreground_run, tester, checkout, run_env
+    foreground_run, user, checkout, run_env
 ):
     import mlflow
 
@@ -509,7 +500,7 @@ def test_make_run_trains_in_the_container_and_the_model_loads_on_the_host(
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.json", "curves.png", "history.json"} <= artifacts, artifacts
     # the training ran as the user: what it wrote in the checkout is theirs
-    assert not foreign_files(checkout, tester.uid)
+    assert not foreign_files(checkout, user.uid)
     mlflow.set_tracking_uri(f"http://127.0.0.1:{run_env['PORT']}")
     try:
         model = mlflow.keras.load_model("models:/kfdemo@candidate")
@@ -520,30 +511,30 @@ def test_make_run_trains_in_the_container_and_the_model_loads_on_the_host(
         mlflow.set_tracking_uri(None)
 
 
-def test_a_real_param_conflict_is_one_line(image, tester, checkout, run_env):
+def test_a_real_param_conflict_is_one_line(image, user, checkout, run_env):
     """A run id whose logged epochs differ from the config's: refused in one line, the run not RUNNING."""
     c = client(run_env)
     exp = c.get_experiment_by_name("kerasflow") or c.get_experiment(c.create_experiment("kerasflow"))
     exp_id = getattr(exp, "experiment_id", None) or exp
     run = c.create_run(exp_id)
     c.log_param(run.info.run_id, "epochs", "7")
-    result = tester.run(
+    result = user.run(
         ["python", "train_mlflow.py", *[x for t in TINY for x in ("--set", t)], "--set", "epochs=1"],
         cwd=checkout,
         env={"MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{run_env['PORT']}"},
     )
-    one_error_line(result, "already has param epochs='7'", "epochs=1", "new run")
+    assert_user_error(result, "already has param epochs='7'", "epochs=1", "new run")
     assert c.get_run(run.info.run_id).info.status == "FAILED"
 
 
 def test_detached_make_run_refuses_a_second_and_a_killed_container_fails_the_run(
-    image, tester, checkout, run_env
+    image, user, checkout, run_env
 ):
     require_tool("tmux")
     env = {**run_env, "SSH_CONNECTION": "127.0.0.1 5555 127.0.0.1 22"}
     args = ["--name", "det", *tiny_p(epochs=200, synthetic_examples=2000)]
     t0 = time.monotonic()
-    started = make_run(tester, checkout, env, args)
+    started = make_run(user, checkout, env, args)
     assert started.returncode == 0, started.stdout + started.stderr
     assert time.monotonic() - t0 < 60 and "tmux attach -t" in started.stdout
     deadline = time.monotonic() + 300
@@ -555,8 +546,8 @@ def test_detached_make_run_refuses_a_second_and_a_killed_container_fails_the_run
         assert not (checkout / "logs" / "det.status").exists(), log[-3000:]
         time.sleep(1)
     assert running, "the training container never ran"
-    second = make_run(tester, checkout, {**run_env}, ["--foreground", "--name", "again", *tiny_p()])
-    one_error_line(second, "a run is already in progress", "det", "tmux attach")
+    second = make_run(user, checkout, {**run_env}, ["--foreground", "--name", "again", *tiny_p()])
+    assert_user_error(second, "a run is already in progress", "det", "tmux attach")
     assert docker("kill", "kerasflow-det").returncode == 0
     status = checkout / "logs" / "det.status"
     while not status.exists() and time.monotonic() < deadline:
@@ -569,7 +560,7 @@ def test_detached_make_run_refuses_a_second_and_a_killed_container_fails_the_run
 # --- 3. every MLproject entry point through make run -----------------------------------------------------
 
 
-def test_every_entry_point_runs_through_make_run(image, tester, checkout, run_env):
+def test_every_entry_point_runs_through_make_run(image, user, checkout, run_env):
     small = tiny_p(n_outer_folds=2, n_inner_folds=2)
     steps = [
         ("splits", ["-e", "splits", *small, "-P", "out=outputs/engine-splits.json"]),
@@ -578,7 +569,7 @@ def test_every_entry_point_runs_through_make_run(image, tester, checkout, run_en
         ("analyze", ["-e", "analyze", "-P", "filter=tags.kerasflow.level = 'final'"]),
     ]
     for name, args in steps:
-        result = make_run(tester, checkout, run_env, ["--foreground", "--name", f"ep-{name}", *args])
+        result = make_run(user, checkout, run_env, ["--foreground", "--name", f"ep-{name}", *args])
         assert result.returncode == 0, f"{name}: " + result.stdout[-4000:] + result.stderr[-2000:]
         assert (checkout / "logs" / f"ep-{name}.status").read_text().strip() == "0"
     assert (checkout / "outputs" / "engine-splits.json").is_file()
@@ -595,14 +586,14 @@ def test_every_entry_point_runs_through_make_run(image, tester, checkout, run_en
         "analysis_threshold" in r.data.metrics or any(k.startswith("analysis_") for k in r.data.metrics)
         for r in analyzed
     )
-    assert not foreign_files(checkout, tester.uid)
+    assert not foreign_files(checkout, user.uid)
 
 
 # --- 4 + 5. the devcontainer, JupyterLab and the notebook -----------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def devcontainer(image, tester: User, checkout: Path, workdir: Path, build_env: dict[str, str]) -> dict:
+def devcontainer(image, user: User, checkout: Path, workdir: Path, build_env: dict[str, str]) -> dict:
     """`devcontainer up` on the user's .devcontainer.json plus host networking (an override GENERATED
     from it: the engine has no bridge), as the user; removed by its --id-label afterwards."""
     import json5
@@ -617,13 +608,13 @@ def devcontainer(image, tester: User, checkout: Path, workdir: Path, build_env: 
     config["containerEnv"] = {**config.get("containerEnv", {}), "JUPYTER_PORT": str(port)}
     override = workdir / "devcontainer.override.json"
     override.write_text(json.dumps(config, indent=2))
-    os.chown(override, tester.uid, tester.gid)
+    os.chown(override, user.uid, user.gid)
     label = f"kerasflow.test={uuid.uuid4().hex[:12]}"
     common = ["--workspace-folder", str(checkout), "--id-label", label]
     env = {**build_env, "DOCKER_BUILDKIT": "0"}
     before = set(docker("images", "-q", "--no-trunc").stdout.split())
     t0 = time.monotonic()
-    up = tester.run(
+    up = user.run(
         [cli, "up", *common, "--override-config", str(override)], cwd=checkout, env=env, timeout=1800
     )
     seconds = time.monotonic() - t0
@@ -636,15 +627,16 @@ def devcontainer(image, tester: User, checkout: Path, workdir: Path, build_env: 
     finally:
         for container in docker("ps", "-aq", "--filter", f"label={label}").stdout.split():
             docker("rm", "-f", container)
-        for image_id in set(docker("images", "-q", "--no-trunc").stdout.split()) - before:
-            docker("rmi", "-f", image_id)
+        made = set(docker("images", "-q", "--no-trunc").stdout.split()) - before
+        for _ in range(3):  # the UID-update image is a child of the built one: children go first
+            made = {i for i in made if docker("rmi", "-f", i).returncode != 0}
 
 
 def dc_exec(
-    dc: dict, tester: User, checkout: Path, *cmd: str, env: dict[str, str] | None = None, timeout: float = 900
+    dc: dict, user: User, checkout: Path, *cmd: str, env: dict[str, str] | None = None, timeout: float = 900
 ) -> subprocess.CompletedProcess[str]:
     remote_env = [x for k, v in (env or {}).items() for x in ("--remote-env", f"{k}={v}")]
-    return tester.run(
+    return user.run(
         [dc["cli"], "exec", *dc["common"], *remote_env, *cmd], cwd=checkout, env=dc["env"], timeout=timeout
     )
 
@@ -672,10 +664,10 @@ def test_devcontainer_serves_jupyterlab_with_a_token(devcontainer, checkout):
     assert urllib.request.urlopen(f"{api}?token={token}", timeout=10).status == 200
 
 
-def test_devcontainer_exec_trains_as_the_remote_user_and_files_are_the_hosts(devcontainer, tester, checkout):
+def test_devcontainer_exec_trains_as_the_remote_user_and_files_are_the_hosts(devcontainer, user, checkout):
     result = dc_exec(
         devcontainer,
-        tester,
+        user,
         checkout,
         "python",
         "train.py",
@@ -684,14 +676,14 @@ def test_devcontainer_exec_trains_as_the_remote_user_and_files_are_the_hosts(dev
         "run_name=devcontainer",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    whoami = dc_exec(devcontainer, tester, checkout, "bash", "-c", "id -un; id -u")
-    assert whoami.stdout.split()[-2:] == ["dev", str(tester.uid)]
+    whoami = dc_exec(devcontainer, user, checkout, "bash", "-c", "id -un; id -u")
+    assert whoami.stdout.split()[-2:] == ["dev", str(user.uid)]
     assert (checkout / "outputs" / "devcontainer" / "model.keras").is_file()
-    assert not foreign_files(checkout, tester.uid)
+    assert not foreign_files(checkout, user.uid)
 
 
 def test_the_notebook_explores_embedded_and_make_run_runs_in_the_containers_kernel(
-    devcontainer, foreground_run, tester, checkout
+    devcontainer, foreground_run, user, checkout
 ):
     """An embedded run made in the devcontainer (`make track`) beside the `make run` runs of this store;
     the notebook lists both, plots their curves and classifies images with the registered model."""
@@ -699,7 +691,7 @@ def test_the_notebook_explores_embedded_and_make_run_runs_in_the_containers_kern
 
     tracked = dc_exec(
         devcontainer,
-        tester,
+        user,
         checkout,
         "make",
         "track",
@@ -709,7 +701,7 @@ def test_the_notebook_explores_embedded_and_make_run_runs_in_the_containers_kern
     out = "outputs/explore.executed.ipynb"
     executed = dc_exec(
         devcontainer,
-        tester,
+        user,
         checkout,
         "jupyter",
         "nbconvert",
@@ -767,18 +759,8 @@ def test_the_gpu_variant_resolves_every_cuda_library_and_trains_on_cpu(checkout,
     """`make test-gpu-image` (CI's own step): the pinned tensorflow[and-cuda] wheels, ldconfig'd."""
     tag = "kerasflow-test:gpu"  # a fixed tag: its 5 GB CUDA layer stays cached for the next run
     old = docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
-    args = [x for k, v in {**build_env, "TF_VARIANT": "gpu"}.items() for x in ("--build-arg", f"{k}={v}")]
-    t0 = time.monotonic()
-    built = subprocess.run(
-        ["docker", "build", "-q", "--network", "host", "-f", "docker/Dockerfile", *args, "-t", tag, "."],
-        cwd=checkout,
-        capture_output=True,
-        text=True,
-        timeout=3000,
-        env={**os.environ, "DOCKER_BUILDKIT": "0"},
-    )
-    seconds = time.monotonic() - t0
-    assert built.returncode == 0, built.stderr[-3000:]
+    seconds, error = docker_build(checkout, tag, {**build_env, "TF_VARIANT": "gpu"})
+    assert not error, error
     new = docker("image", "inspect", "--format", "{{.Id}}", tag, check=True).stdout.strip()
     if old and old != new:
         docker("rmi", old)
