@@ -81,29 +81,29 @@ server: $(STAMP) ## MLflow server on 127.0.0.1:5000 (PORT=) over ./store, proxyi
 
 serve: $(STAMP) ## serve a model on 127.0.0.1:5001: make serve MODEL=models:/demo@candidate
 	@test -n "$(MODEL)" || { echo "error: give the model: make serve MODEL=models:/NAME@ALIAS"; exit 2; }
-	$(PY) -m kerasflow.serving "$(MODEL)" --port $(SERVE_PORT) --store $(STORE)
+	$(PY) -m kerasflow.serve.serving "$(MODEL)" --port $(SERVE_PORT) --store $(STORE)
 
 predict: $(STAMP) ## classify images with the served model: make predict MODEL=... IMAGES='a.png b.png'
 	$(PY) predict.py --url http://127.0.0.1:$(SERVE_PORT) --model "$(MODEL)" --store $(STORE) $(IMAGES)
 
 runs: $(STAMP) ## table of the best runs and their curves: make runs FILTER="metrics.test_accuracy > 0.9"
-	mkdir -p outputs && $(PY) -m kerasflow.runs --store $(STORE) --filter "$(FILTER)" --plot outputs/best_runs.png
+	mkdir -p outputs && $(PY) -m kerasflow.track.runs --store $(STORE) --filter "$(FILTER)" --plot outputs/best_runs.png
 
 promote: $(STAMP) ## point @champion at the best version: make promote NAME=demo METRIC=test_accuracy
-	$(PY) -m kerasflow.registry --store $(STORE) promote "$(NAME)" --metric "$(METRIC)"
+	$(PY) -m kerasflow.track.registry --store $(STORE) promote "$(NAME)" --metric "$(METRIC)"
 
 ui: $(STAMP) ## MLflow UI on 127.0.0.1:5000 over a (copied) store, fixing its paths first: make ui STORE=...
 	./run_mlflow_ui.bash "$(STORE)" --port $(PORT)
 
 pull: $(STAMP) ## consistent copy of a store in use, then relocation: make pull FROM=user@server:path/store
 	@test -n "$(FROM)" || { echo "error: give the source: make pull FROM=user@server:path/to/store"; exit 2; }
-	$(PY) -m kerasflow.pull "$(FROM)" "$(STORE)"
+	$(PY) -m kerasflow.storeops.pull "$(FROM)" "$(STORE)"
 
 relocate: $(STAMP) ## rewrite a store's absolute artifact paths to where it is now: make relocate STORE=...
-	$(PY) -m kerasflow.relocate "$(STORE)"
+	$(PY) -m kerasflow.storeops.relocate "$(STORE)"
 
 migrate: $(STAMP) ## move a legacy file store onto sqlite: make migrate STORE=path/to/mlruns
-	$(PY) -m kerasflow.migrate "$(STORE)"
+	$(PY) -m kerasflow.storeops.migrate "$(STORE)"
 
 splits: $(STAMP) ## write the nested CV folds once: make splits SPLITS=outputs/splits.json ARGS='--set ...'
 	$(PY) make_splits.py --out "$(SPLITS)" $(ARGS)
@@ -128,13 +128,13 @@ run: $(STAMP) ## mlflow run in the image via a host tracking server; detached in
 	MLFLOW="$(VENV)/bin/mlflow" ./project_driver.bash $(ARGS)
 
 mlproject: $(STAMP) ## regenerate MLproject from config.yaml
-	$(PY) -m kerasflow.mlproject > MLproject
+	$(PY) -m kerasflow.cli.mlproject > MLproject
 
 data: $(STAMP) ## download and prepare TFDS malaria into tfds_data_dir (needs internet, ~340 MB)
-	$(PY) -m kerasflow.fetch data $(ARGS)
+	$(PY) -m kerasflow.train.fetch data $(ARGS)
 
 weights: $(STAMP) ## cache the VGG16 ImageNet weights in ~/.keras/models (needs internet)
-	$(PY) -m kerasflow.fetch weights $(ARGS)
+	$(PY) -m kerasflow.train.fetch weights $(ARGS)
 
 test: $(STAMP) ## the whole suite: a real Docker engine and the CPU image included (offline, CPU, ~25 min)
 	$(PY) -m pytest -m "not gpu_image" $(ARGS)

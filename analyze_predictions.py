@@ -2,7 +2,7 @@
 """Evaluate finished runs' test predictions: Youden threshold, mlflow.models.evaluate metrics, ROC/PR.
 
 Results are logged back to each run (metrics analysis_*, figure analysis/roc_pr.png, confusion matrix).
-See kerasflow/analysis.py.
+See kerasflow/experiments/analysis.py.
 
 examples:
   python analyze_predictions.py --filter "tags.kerasflow.level = 'inner_fold'"
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from kerasflow import cli, store
+from kerasflow import cli
+from kerasflow.track import store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow import analysis
+        from kerasflow.experiments import analysis
 
         analysis.analyze(args.filter, store_dir=args.store, experiment=args.experiment,
                          positive=args.positive or None, max_runs=args.max_runs)

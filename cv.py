@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Nested cross-validation as MLflow runs: cv -> outer fold -> inner fold (see kerasflow/crossval.py).
+"""Nested cross-validation as MLflow runs: cv -> outer -> inner fold (kerasflow/experiments/crossval.py).
 
 Every inner-fold run is a full train_mlflow.py run; the cv run gets the mean and std of every test
 metric over the outer folds. Needs a splits file (make_splits.py).
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from kerasflow import cli, store
+from kerasflow import cli
+from kerasflow.track import store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow import config, crossval
+        from kerasflow import config
+        from kerasflow.experiments import crossval
 
         cfg = config.load(args.config, args.overrides)
         crossval.cross_validate(cfg, n_outer=args.n_outer or None, n_inner=args.n_inner or None,

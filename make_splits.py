@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the dataset's nested cross-validation folds to a splits file, once (see kerasflow/folds.py).
+"""Write the dataset's nested cross-validation folds to a splits file, once (kerasflow/experiments/folds.py).
 
 Stratified by class; for an image tree, grouped by patient (group_pattern) so no patient is on both
 sides. Training uses a fold with --set splits_file=PATH --set outer_fold=O --set inner_fold=I.
@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow import config, data, folds
+        from kerasflow import config
+        from kerasflow.experiments import folds
+        from kerasflow.train import data
 
         cfg = config.load(args.config, args.overrides)
         data.check_available(cfg)

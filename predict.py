@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow import serving
         from kerasflow.errors import UserError
+        from kerasflow.serve import serving
 
         meta = serving.model_metadata(args.model, args.store) if args.model else {}
         size = args.image_size or meta.get("image_size")

@@ -10,4 +10,4 @@ if [[ ! -x "$python" ]]; then
   exit 2
 fi
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-exec "$python" -m kerasflow.ui "$@"
+exec "$python" -m kerasflow.storeops.ui "$@"

@@ -3,7 +3,7 @@
 
 Writes one folder per run under output_dir: model.keras, config.yaml, history.json, metrics.json,
 curves.png, confusion_matrix.png, roc.png. Rerunning with the same --set run_name=NAME after a crash
-resumes from the last finished epoch. The steps, top to bottom, are in kerasflow/training.py.
+resumes from the last finished epoch. The steps, top to bottom, are in kerasflow/train/training.py.
 
 examples:
   python train.py                                   # VGG16 on TFDS malaria (after `make data`)
@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
 
     def go() -> None:
-        from kerasflow import config, training
+        from kerasflow import config
+        from kerasflow.train import training
 
         training.train(config.load(args.config, args.overrides))
 

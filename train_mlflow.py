@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow import config, tracking
+        from kerasflow import config
+        from kerasflow.track import tracking
 
         cfg = config.load(args.config, args.overrides)
         tracking.train_tracked(cfg, store_dir=args.store, experiment=args.experiment,

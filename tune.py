@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Hyperparameter search with Optuna over config.yaml's search_space (see kerasflow/search.py).
+"""Hyperparameter search with Optuna over config.yaml's search_space (see kerasflow/experiments/search.py).
 
 Every trial is a nested MLflow run under one search run; the best parameters are retrained, logged
 and optionally registered. --trials is the study's total, so rerunning continues an interrupted study.
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sys
 
-from kerasflow import cli, store
+from kerasflow import cli
+from kerasflow.track import store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow import config, search
+        from kerasflow import config
+        from kerasflow.experiments import search
 
         cfg = config.load(args.config, args.overrides)
         search.tune(cfg, trials=args.trials, workers=args.workers, study_name=args.study,

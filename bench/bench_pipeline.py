@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def make_pngs(root: Path, n: int, seed: int = 0) -> None:
     from PIL import Image
 
-    from kerasflow.data import draw_synthetic
+    from kerasflow.train.data import draw_synthetic
 
     rng = np.random.default_rng(seed)
     for label, name in enumerate(("Parasitized", "Uninfected")):
@@ -70,7 +70,8 @@ def count_pass(ds) -> int:
 def bench_pipelines(images: int, size: int, batch: int, repeats: int, epochs: int) -> dict:
     import tensorflow as tf
 
-    from kerasflow import config, data
+    from kerasflow import config
+    from kerasflow.train import data
 
     rows: dict[str, list[float]] = {"generator": [], "ours_first_epoch": [], "ours_steady": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,7 +126,8 @@ def bench_help(repeats: int = 5) -> dict:
 def bench_demo_epoch() -> dict:
     import keras
 
-    from kerasflow import config, training
+    from kerasflow import config
+    from kerasflow.train import training
 
     class Timer(keras.callbacks.Callback):
         def __init__(self) -> None:

@@ -4,7 +4,7 @@
 
 File store: written by real MLflow (tests/store_builder.py bulk), moved; then per round, on fresh copies
 of the moved store: `find STORE -name meta.yaml -exec sed -i 's#OLD#NEW#g' {} +` vs
-`python -m kerasflow.relocate STORE` (whole process, start-up included), interleaved. sqlite store:
+`python -m kerasflow.storeops.relocate STORE` (whole process, start-up included), interleaved. sqlite store:
 100 runs written by MLflow, their rows replicated in SQL to --runs, moved, then relocated.
 """
 
@@ -42,7 +42,7 @@ def file_store(tmp: Path, runs: int, rounds: int) -> dict:
     moved = tmp / "laptop" / "mlruns"
     moved.parent.mkdir(parents=True)
     old.rename(moved)
-    rows: dict[str, list[float]] = {"sed": [], "kerasflow.relocate": []}
+    rows: dict[str, list[float]] = {"sed": [], "kerasflow.storeops.relocate": []}
     for _ in range(rounds):
         for name in rows:
             copy = tmp / f"copy-{name}" / "mlruns"
@@ -52,11 +52,11 @@ def file_store(tmp: Path, runs: int, rounds: int) -> dict:
                 sed = f"find '{copy}' -name meta.yaml -exec sed -i 's#{old}#{copy}#g' {{}} +"
                 rows[name].append(timed(sed, shell=True))
             else:
-                rows[name].append(timed([sys.executable, "-m", "kerasflow.relocate", str(copy)]))
+                rows[name].append(timed([sys.executable, "-m", "kerasflow.storeops.relocate", str(copy)]))
     med = {k: statistics.median(v) for k, v in rows.items()}
     return {"runs": runs, "seconds": {k: [round(x, 3) for x in v] for k, v in rows.items()},
             "median_s": {k: round(v, 3) for k, v in med.items()},
-            "ratio_vs_sed": round(med["kerasflow.relocate"] / med["sed"], 2)}
+            "ratio_vs_sed": round(med["kerasflow.storeops.relocate"] / med["sed"], 2)}
 
 
 def sqlite_store(tmp: Path, runs: int, rounds: int) -> dict:
@@ -77,10 +77,10 @@ def sqlite_store(tmp: Path, runs: int, rounds: int) -> dict:
         copy = tmp / "copy-db" / "store"
         shutil.rmtree(copy.parent, ignore_errors=True)
         shutil.copytree(moved, copy)
-        process.append(timed([sys.executable, "-m", "kerasflow.relocate", str(copy)]))
+        process.append(timed([sys.executable, "-m", "kerasflow.storeops.relocate", str(copy)]))
         shutil.rmtree(copy.parent)
         shutil.copytree(moved, copy)
-        from kerasflow import relocate
+        from kerasflow.storeops import relocate
 
         t0 = time.perf_counter()
         report = relocate.relocate(copy)

@@ -25,7 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def overhead(epochs: int, pairs: int) -> dict:
-    from kerasflow import config, tracking, training
+    from kerasflow import config
+    from kerasflow.track import tracking
+    from kerasflow.train import training
 
     model_log_s: list[float] = []
     original = tracking.log_model
@@ -71,7 +73,9 @@ def model_logging(repeats: int) -> dict:
     import keras
     import mlflow
 
-    from kerasflow import config, models, store, tracking
+    from kerasflow import config
+    from kerasflow.track import store, tracking
+    from kerasflow.train import models
 
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp, store.activated(f"sqlite:///{tmp}/mlflow.db"):

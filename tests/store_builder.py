@@ -21,7 +21,7 @@ os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
 
 
 def tracking_uri(kind: str, path: Path) -> str:
-    from kerasflow import store
+    from kerasflow.track import store
 
     if kind == "sqlite":
         uri = f"sqlite:///{path / 'mlflow.db'}"
@@ -32,7 +32,7 @@ def tracking_uri(kind: str, path: Path) -> str:
 
 
 def experiment(client, uri: str, name: str) -> str:
-    from kerasflow import store
+    from kerasflow.track import store
 
     return client.create_experiment(name, artifact_location=store.artifact_root(uri, name))
 

@@ -140,7 +140,7 @@ def test_a_cpu_run_starts_quietly_unless_asked(tiny_overrides):
 def test_curves_have_whole_epoch_ticks():
     from matplotlib.figure import Figure
 
-    from kerasflow.plots import metric_histories
+    from kerasflow.train.plots import metric_histories
 
     class Metric:
         def __init__(self, step: int, value: float) -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import write_png_tree
 
-from kerasflow import data
 from kerasflow.errors import UserError
+from kerasflow.train import data
 
 
 def test_synthetic_is_deterministic_by_seed_and_index():

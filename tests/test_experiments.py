@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY, assert_user_error, set_args
 
-from kerasflow import config, data, folds
+from kerasflow import config
 from kerasflow.errors import UserError
+from kerasflow.experiments import folds
+from kerasflow.train import data
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +115,7 @@ def test_image_tree_splits_keep_each_patient_on_one_side(tmp_path):
 
 
 def test_training_takes_a_fold_and_logs_the_splits_digest(tmp_path):
-    from kerasflow import tracking
+    from kerasflow.track import tracking
 
     out = make_splits(tmp_path, "n_outer_folds=3", "n_inner_folds=2")
     splits = json.loads(out.read_text())
@@ -273,7 +275,7 @@ def test_a_pruned_trial_ends_killed_not_running(tmp_path):
     import keras
     import optuna
 
-    from kerasflow import tracking
+    from kerasflow.track import tracking
 
     class PruneAtOnce(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -486,7 +488,7 @@ def test_every_mlproject_entry_point_command_runs_locally(tmp_path):
 def test_youden_threshold_and_multiclass_labelling():
     import pandas as pd
 
-    from kerasflow import analysis
+    from kerasflow.experiments import analysis
 
     # cutting at 0.7 gives TPR 3/5, FPR 0 (J 0.6); at 0.6 TPR 1, FPR 1/4 (J 0.75, the best)
     positive = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0], bool)

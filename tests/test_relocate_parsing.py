@@ -12,7 +12,7 @@ import string
 import pytest
 import yaml
 
-from kerasflow import relocate
+from kerasflow.storeops import relocate
 
 KEYS = ("artifact_uri",)
 VALUES = [

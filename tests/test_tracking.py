@@ -53,7 +53,7 @@ def client_for(store_dir: Path):
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory: pytest.TempPathFactory):
     """One tracked, registered training run, shared by the read-only checks below."""
-    from kerasflow import tracking
+    from kerasflow.track import tracking
 
     tmp = tmp_path_factory.mktemp("tracked")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -117,7 +117,7 @@ def test_served_model_answers_a_real_http_post(tracked):
     port = free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "kerasflow.serving", "models:/tiny@candidate", "--port", str(port),
+        [sys.executable, "-m", "kerasflow.serve.serving", "models:/tiny@candidate", "--port", str(port),
          "--store", str(tmp / "store")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -144,8 +144,8 @@ def test_served_model_answers_a_real_http_post(tracked):
 
 
 def test_promote_moves_champion_to_the_best_version(tracked):
-    from kerasflow import registry, tracking
     from kerasflow.errors import UserError
+    from kerasflow.track import registry, tracking
 
     tmp, _, _ = tracked
     cfg = config.load(None, [*TINY, "epochs=1", f"output_dir={tmp / 'out'}", "run_name=second",
@@ -185,7 +185,8 @@ def _wait_for_epochs(run_dir: Path, proc: subprocess.Popen, n: int) -> None:
 
 
 def test_exception_marks_the_run_failed(tmp_path, monkeypatch):
-    from kerasflow import tracking, training
+    from kerasflow.track import tracking
+    from kerasflow.train import training
 
     def broken(prep):  # a fault injected after training, where real bugs would surface
         raise RuntimeError("boom")
@@ -297,20 +298,21 @@ def test_store_written_by_a_newer_mlflow_is_refused(tracked, tmp_path):
 def test_serve_refuses_unknown_alias_and_missing_model(tracked):
     tmp, _, _ = tracked
     store_dir = str(tmp / "store")
-    result = subprocess.run([sys.executable, "-m", "kerasflow.serving", "models:/tiny@nope", "--store",
+    result = subprocess.run([sys.executable, "-m", "kerasflow.serve.serving", "models:/tiny@nope", "--store",
                              store_dir], cwd=ROOT, capture_output=True, text=True)
     assert_user_error(result, "registered model 'tiny' has no alias 'nope'", "@candidate")
-    result = subprocess.run([sys.executable, "-m", "kerasflow.serving", "models:/ghost@champion", "--store",
+    result = subprocess.run([sys.executable, "-m", "kerasflow.serve.serving", "models:/ghost@champion",
+                             "--store",
                              store_dir], cwd=ROOT, capture_output=True, text=True)
     assert_user_error(result, "no registered model named 'ghost'")
-    result = subprocess.run([sys.executable, "-m", "kerasflow.serving", "runs:/0123456789abcdef/model",
+    result = subprocess.run([sys.executable, "-m", "kerasflow.serve.serving", "runs:/0123456789abcdef/model",
                              "--store", store_dir], cwd=ROOT, capture_output=True, text=True)
     assert_user_error(result, "no MLflow model at runs:/0123456789abcdef/model")
 
 
 def test_promote_cli_errors(tracked):
     tmp, _, _ = tracked
-    base = [sys.executable, "-m", "kerasflow.registry", "--store", str(tmp / "store"), "promote"]
+    base = [sys.executable, "-m", "kerasflow.track.registry", "--store", str(tmp / "store"), "promote"]
     result = subprocess.run([*base, "tiny", "--metric", "metrics_nobody_logs"], cwd=ROOT,
                             capture_output=True, text=True)
     assert_user_error(result, "no version of 'tiny' has a run with metric 'metrics_nobody_logs'",
@@ -321,13 +323,13 @@ def test_promote_cli_errors(tracked):
 
 def test_runs_listing_filters_and_plots(tracked, tmp_path):
     tmp, _, run_id = tracked
-    result = subprocess.run([sys.executable, "-m", "kerasflow.runs", "--store", str(tmp / "store"),
+    result = subprocess.run([sys.executable, "-m", "kerasflow.track.runs", "--store", str(tmp / "store"),
                              "--filter", "metrics.test_accuracy >= 0", "--plot", str(tmp_path / "best.png")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert run_id[:8] in result.stdout and "test_accuracy" in result.stdout
     assert (tmp_path / "best.png").read_bytes()[:4] == b"\x89PNG"
-    result = subprocess.run([sys.executable, "-m", "kerasflow.runs", "--store", str(tmp / "store"),
+    result = subprocess.run([sys.executable, "-m", "kerasflow.track.runs", "--store", str(tmp / "store"),
                              "--filter", "metrics.test_accuracy > 2"], cwd=ROOT, capture_output=True,
                             text=True)
     assert_user_error(result, "no run of 'kerasflow' matches")
@@ -336,7 +338,7 @@ def test_runs_listing_filters_and_plots(tracked, tmp_path):
 def test_mlproject_mirrors_the_config_and_its_command_trains(tmp_path):
     from mlflow.projects._project_spec import load_project
 
-    from kerasflow import mlproject
+    from kerasflow.cli import mlproject
 
     assert (ROOT / "MLproject").read_text() == mlproject.render(), "run `make mlproject`"
     project = load_project(str(ROOT))

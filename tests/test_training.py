@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, set_args
 
-from kerasflow import config, training
+from kerasflow import config
+from kerasflow.train import training
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ def test_demo_learns_and_writes_every_output(tmp_path):
     batch = prep.examples.images[prep.splits.test[:16]]
     assert np.allclose(loaded.predict(batch, verbose=0), prep.model.predict(batch, verbose=0), atol=1e-6)
     # the metrics come from the model's own predictions
-    from kerasflow import evaluation
+    from kerasflow.train import evaluation
 
     probs = loaded.predict(prep.examples.images[prep.splits.test], verbose=0)
     again = evaluation.classification_metrics(prep.examples.labels[prep.splits.test], probs,

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_type_hints
 
 from kerasflow import config as config_mod
-from kerasflow import rundir, store, tracking
 from kerasflow.config import Config
 from kerasflow.errors import UserError
+from kerasflow.track import store, tracking
+from kerasflow.train import rundir
 
 if TYPE_CHECKING:
     import mlflow
@@ -135,7 +136,7 @@ def run_worker(cfg: Config, *, study_name: str, storage_url: str, trials: int, p
     from optuna.study import MaxTrialsCallback
     from optuna_integration import KerasPruningCallback
 
-    from kerasflow import data
+    from kerasflow.train import data
 
     study = open_study(cfg, study_name, storage_url, grace, worker)
     data.reuse_loaded_examples()  # decode the data once per worker, not once per trial
@@ -169,7 +170,8 @@ def run_worker(cfg: Config, *, study_name: str, storage_url: str, trials: int, p
 def _spawn_workers(n: int, cfg_path: Path, args: dict[str, Any]) -> list[subprocess.Popen[bytes]]:
     procs = []
     for worker in range(1, n + 1):
-        cmd = [sys.executable, "-m", "kerasflow.search", str(cfg_path), json.dumps(args), str(worker)]
+        cmd = [sys.executable, "-m", "kerasflow.experiments.search", str(cfg_path), json.dumps(args),
+               str(worker)]
         procs.append(subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
     return procs
 
@@ -220,7 +222,7 @@ def _tune(cfg: Config, study: optuna.Study, trials: int, workers: int, study_nam
     import mlflow
     import optuna
 
-    from kerasflow.crossval import run_status
+    from kerasflow.experiments.crossval import run_status
 
     client = mlflow.MlflowClient()
     launched, exp_id, experiment = tracking.launched_or_named(client, uri, experiment)
@@ -281,7 +283,8 @@ def _tune(cfg: Config, study: optuna.Study, trials: int, workers: int, study_nam
 
 
 def worker_main(argv: list[str] | None = None) -> int:
-    """Entry of a worker process started by `tune` (python -m kerasflow.search CONFIG ARGS_JSON WORKER)."""
+    """Entry of a worker process started by `tune`:
+    python -m kerasflow.experiments.search CONFIG ARGS_JSON WORKER."""
     from kerasflow import cli
 
     config_path, args_json, worker = argv if argv is not None else sys.argv[1:4]

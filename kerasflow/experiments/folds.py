@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from kerasflow import data
 from kerasflow.config import Config
 from kerasflow.errors import UserError
+from kerasflow.train import data
 
 FORMAT = "kerasflow-splits/1"
 
@@ -106,7 +106,7 @@ def _digest(body: dict[str, Any]) -> str:
 
 
 def write(splits: dict[str, Any], path: Path) -> None:
-    from kerasflow.rundir import atomic_write
+    from kerasflow.train.rundir import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(splits, separators=(",", ":")))

@@ -1,4 +1,4 @@
-"""The training of kerasflow.training inside ONE MLflow run, with lineage, environment and the model.
+"""The training of kerasflow.train.training inside ONE MLflow run, with lineage, environment and the model.
 
 Why not `mlflow.keras.autolog` for the metrics: with a fine-tuning phase the second `fit` logs other
 `epochs`/learning-rate params, MLflow refuses to change a param, and autolog then silently drops every
@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kerasflow import envinfo, rundir, store, training
 from kerasflow.config import Config
 from kerasflow.errors import Terminated, UserError
+from kerasflow.track import envinfo, store
+from kerasflow.train import rundir, training
 
 if TYPE_CHECKING:
     import keras

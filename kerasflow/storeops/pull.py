@@ -1,6 +1,6 @@
 """Copy a CONSISTENT snapshot of a store that may be in use, from a server or a local path, and relocate.
 
-    python -m kerasflow.pull SOURCE [DEST]        # `make pull FROM=user@server:path/to/store`
+    python -m kerasflow.storeops.pull SOURCE [DEST]        # `make pull FROM=user@server:path/to/store`
 
 1. The sqlite database is snapshotted ON THE SOURCE SIDE with SQLite's online backup API (a copy of a
    database that another process is writing can be torn; the backup is one consistent state).
@@ -23,8 +23,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kerasflow import cli, relocate, store
+from kerasflow import cli
 from kerasflow.errors import UserError
+from kerasflow.storeops import relocate
+from kerasflow.track import store
 
 # Run by the source's python3: snapshot DB to OUT with the backup API, print the store kind.
 SNAPSHOT = """

@@ -1,6 +1,6 @@
 """Make a copied MLflow store work where it now is, by rewriting its ABSOLUTE artifact locations.
 
-    python -m kerasflow.relocate STORE [--from OLD] [--to NEW] [--dry-run] [--check]
+    python -m kerasflow.storeops.relocate STORE [--from OLD] [--to NEW] [--dry-run] [--check]
 
 MLflow records where artifacts live as absolute paths; after an rsync to another machine or folder the
 UI shows no artifacts and models do not load, silently (mlflow#3144). This rewrites exactly the fields
@@ -182,7 +182,7 @@ def _sqlite_values(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, A
 
 
 def relocate_sqlite(db: Path, old: str | None, new: Path, dry_run: bool) -> Report:
-    from kerasflow import store as store_mod
+    from kerasflow.track import store as store_mod
 
     store_mod.check_sqlite_schema(db)  # corrupt / foreign / newer-schema databases stop here
     report = Report("sqlite", dry_run=dry_run)
@@ -427,7 +427,7 @@ def stored_locations(store: Path) -> list[tuple[str, str]]:
     """(kind, location) of every run, logged model, model version and trace in the store."""
     kind, path = detect(store)
     if kind == "sqlite":
-        from kerasflow import store as store_mod
+        from kerasflow.track import store as store_mod
 
         store_mod.check_sqlite_schema(path)
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             broken = bool(missing)
             if missing:
                 print(f"check: {len(missing)} of {total} artifact locations point nowhere, e.g. {missing[0]} "
-                      f"(fix: python -m kerasflow.relocate {args.store})")
+                      f"(fix: python -m kerasflow.storeops.relocate {args.store})")
             else:
                 print(f"check: all {total} artifact locations exist")
             return

@@ -1,7 +1,7 @@
 """Model registry helpers: resolve a model URI with a clear error, and promote an alias by a metric.
 
-    python -m kerasflow.registry promote NAME --metric test_accuracy [--alias champion] [--mode max]
-    python -m kerasflow.registry show NAME
+    python -m kerasflow.track.registry promote NAME --metric test_accuracy [--alias champion] [--mode max]
+    python -m kerasflow.track.registry show NAME
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any
 
-from kerasflow import cli, store
+from kerasflow import cli
 from kerasflow.errors import UserError
+from kerasflow.track import store
 
 if TYPE_CHECKING:
     import mlflow
@@ -53,7 +54,7 @@ def resolve(uri: str, c: mlflow.MlflowClient) -> str:
             known = ", ".join(f"@{a}" for a in sorted(model.aliases or {})) or "none"
             raise UserError(
                 f"registered model '{name}' has no alias '{alias}' (its aliases: {known}): use one of "
-                f"those, or set it with `python -m kerasflow.registry promote {name} --alias {alias}`"
+                f"those, or set it with `python -m kerasflow.track.registry promote {name} --alias {alias}`"
             )
         return uri
     match = re.fullmatch(r"models:/([^/@]+)/(\d+)", uri)

@@ -1,6 +1,6 @@
 """Render MLproject from config.yaml, so its parameters mirror the config exactly (types, defaults).
 
-    python -m kerasflow.mlproject > MLproject      # `make mlproject`; a test fails when it is stale
+    python -m kerasflow.cli.mlproject > MLproject      # `make mlproject`; a test fails when it is stale
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import get_type_hints
 from kerasflow import config
 
 HEADER = """\
-# Generated from config.yaml by `make mlproject`: edit config.yaml (or kerasflow/mlproject.py), not this.
+# Generated from config.yaml by `make mlproject`: edit config.yaml (or kerasflow/cli/mlproject.py), not this.
 # Each parameter mirrors a config key (same name and default); `--set` validates the values.
 # Run it with `make run` (project_driver.bash: tracking server, image build, GPU, tmux over SSH), or:
 #   mlflow run . -A network=host [-A gpus=all] -P epochs=3 --experiment-name kerasflow

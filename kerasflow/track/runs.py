@@ -1,6 +1,6 @@
 """Look at tracked runs: filter, compare in a table, plot the best runs' validation curves.
 
-    python -m kerasflow.runs --filter "metrics.test_accuracy > 0.9" --top 5 --plot best.png
+    python -m kerasflow.track.runs --filter "metrics.test_accuracy > 0.9" --top 5 --plot best.png
     (`make runs FILTER="metrics.test_accuracy > 0.9"`)
 
 The filter is MLflow's search syntax: metrics.X, params.X, tags.X, attributes.status, ...
@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kerasflow import cli, store
+from kerasflow import cli
 from kerasflow.errors import UserError
+from kerasflow.track import store
 
 if TYPE_CHECKING:
     import mlflow
@@ -55,7 +56,7 @@ def table(runs: pd.DataFrame) -> str:
 
 def plot_curves(c: mlflow.MlflowClient, runs: pd.DataFrame, path: Path,
                 metrics: tuple[str, ...] = ("val_accuracy", "val_loss")) -> Path:
-    from kerasflow.plots import metric_histories, pyplot
+    from kerasflow.train.plots import metric_histories, pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4))
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> Any:
-        from kerasflow import registry
+        from kerasflow.track import registry
 
         c = registry.client(args.store)
         runs = search(c, args.experiment, args.filter, args.order_by, args.top)

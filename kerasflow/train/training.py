@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kerasflow import data, evaluation, models, rundir
 from kerasflow.config import Config
+from kerasflow.train import data, evaluation, models, rundir
 
 if TYPE_CHECKING:
     import keras
@@ -75,7 +75,7 @@ def prepare(cfg: Config) -> Prepared:
     examples = data.load_examples(cfg)
     splits_file_digest = ""
     if cfg.splits_file:
-        from kerasflow import folds
+        from kerasflow.experiments import folds
 
         chosen = folds.fold(cfg, examples)
         splits, splits_file_digest = chosen.splits, chosen.digest
@@ -97,7 +97,7 @@ def prepare(cfg: Config) -> Prepared:
 def _callbacks(prep: Prepared, phase: str, extra: list[keras.callbacks.Callback]) -> list[Any]:
     import keras
 
-    from kerasflow.callbacks import EpochKeyedRandomness, HistoryLog
+    from kerasflow.train.callbacks import EpochKeyedRandomness, HistoryLog
 
     return [
         EpochKeyedRandomness(prep.epoch_var, prep.cfg.seed),
@@ -151,7 +151,7 @@ def evaluate(prep: Prepared) -> dict[str, Any]:
 
 def write_outputs(prep: Prepared) -> dict[str, Path]:
     """Write the run's result files (all but the model)."""
-    from kerasflow import plots
+    from kerasflow.train import plots
 
     out = prep.run_dir
     rundir.atomic_write(out / "history.json", json.dumps(prep.history, indent=2))

@@ -1,6 +1,6 @@
 """Open the MLflow UI on a store that may have been copied from another machine.
 
-    ./run_mlflow_ui.bash [STORE] [--port N]      (python -m kerasflow.ui ...)
+    ./run_mlflow_ui.bash [STORE] [--port N]      (python -m kerasflow.storeops.ui ...)
 
 Relocates the store's artifact locations to where the store now is, then starts `mlflow ui` bound to
 127.0.0.1 with the backend and artifact options the store's kind needs: a sqlite store is opened
@@ -15,8 +15,10 @@ import socket
 import sys
 from pathlib import Path
 
-from kerasflow import cli, relocate, store
+from kerasflow import cli
 from kerasflow.errors import UserError
+from kerasflow.storeops import relocate
+from kerasflow.track import store
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:

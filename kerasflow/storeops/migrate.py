@@ -1,6 +1,6 @@
 """Move a legacy file store (mlruns/) onto sqlite, which MLflow 3 needs for its newer features.
 
-    python -m kerasflow.migrate MLRUNS [--db PATH]     # default db: next to mlruns/, i.e. ../mlflow.db
+    python -m kerasflow.storeops.migrate MLRUNS [--db PATH]   # default db: next to mlruns/ (../mlflow.db)
 
 `mlflow migrate-filestore` copies artifact locations verbatim and aborts with a UNIQUE constraint error
 on stores where MLflow 3's log_model re-logged step-0 metrics (duplicate lines in <run>/metrics/<key>).
@@ -15,8 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kerasflow import cli, relocate
+from kerasflow import cli
 from kerasflow.errors import UserError
+from kerasflow.storeops import relocate
 
 
 def dedupe_metrics(root: Path) -> int:

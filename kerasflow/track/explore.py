@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kerasflow import store as store_mod
 from kerasflow.errors import UserError
+from kerasflow.track import store as store_mod
 
 if TYPE_CHECKING:
     import keras
@@ -34,7 +34,7 @@ class Explorer:
                  start_timeout: float = 90) -> None:
         import mlflow
 
-        from kerasflow import ui
+        from kerasflow.storeops import ui
 
         self.store = _find_store(Path(store_dir))
         if not (self.store / "mlflow.db").is_file():
@@ -78,7 +78,7 @@ class Explorer:
         """One line per run: `metric` at every epoch."""
         from matplotlib.figure import Figure
 
-        from kerasflow.plots import metric_histories
+        from kerasflow.train.plots import metric_histories
 
         fig = Figure(figsize=(6, 3.5))  # no pyplot: no global state, any backend (inline in Jupyter)
         ax = fig.subplots()
@@ -98,7 +98,7 @@ class Explorer:
         """Predicted class and its probability for uint8 images (N, size, size, 3)."""
         import pandas as pd
 
-        from kerasflow.serving import describe
+        from kerasflow.serve.serving import describe
 
         model, meta = self.load_model(model_uri)
         probabilities = model.predict(images, verbose=0)
@@ -148,4 +148,4 @@ def _answers(url: str) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit("use it from a notebook: from kerasflow.explore import open_store")
+    sys.exit("use it from a notebook: from kerasflow.track.explore import open_store")

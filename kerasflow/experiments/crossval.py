@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kerasflow import folds, store, tracking
 from kerasflow.config import Config
 from kerasflow.errors import UserError
+from kerasflow.experiments import folds
+from kerasflow.track import store, tracking
 
 if TYPE_CHECKING:
     import mlflow
@@ -74,7 +75,7 @@ def cross_validate(cfg: Config, *, n_outer: int | None = None, n_inner: int | No
     if not cfg.splits_file:  # as `make cv` does: the folds of this data, written once and reused
         path = Path(cfg.output_dir) / "splits.json"
         if not path.is_file():
-            from kerasflow import data
+            from kerasflow.train import data
 
             data.check_available(cfg)
             folds.make_file(cfg, path)
@@ -94,7 +95,7 @@ def cross_validate(cfg: Config, *, n_outer: int | None = None, n_inner: int | No
 
 def _finished_fold(fold_dir: Path) -> str | None:
     """The MLflow run id of a fold that an earlier start of this cv finished, else None."""
-    from kerasflow import rundir
+    from kerasflow.train import rundir
 
     id_file = fold_dir / tracking.RUN_ID_FILE
     if (fold_dir / rundir.MODEL_FILE).is_file() and id_file.is_file():
@@ -107,7 +108,7 @@ def _run(cfg: Config, splits: dict[str, Any], n_outer: int, n_inner: int, uri: s
     import mlflow
 
     from kerasflow import config as config_mod
-    from kerasflow import data, rundir
+    from kerasflow.train import data, rundir
 
     data.reuse_loaded_examples()  # every fold trains on the same decoded examples
     client = mlflow.MlflowClient()

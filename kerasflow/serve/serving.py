@@ -1,6 +1,6 @@
 """Serve a logged model over HTTP on 127.0.0.1 with `mlflow models serve`, and a client for it.
 
-    python -m kerasflow.serving MODEL_URI [--port 5001]        # `make serve MODEL=models:/NAME@champion`
+    python -m kerasflow.serve.serving MODEL_URI [--port 5001]   # `make serve MODEL=models:/NAME@champion`
 
 Request (POST /invocations, Content-Type: application/json): uint8 RGB images already resized to the
 model's input size, as nested lists, {"inputs": [[[[r, g, b], ...], ...], ...]}. Response:
@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from kerasflow import cli, store
+from kerasflow import cli
 from kerasflow.errors import UserError
+from kerasflow.track import store
 
 
 def serve_command(uri: str, port: int) -> list[str]:
@@ -32,7 +33,7 @@ def serve_command(uri: str, port: int) -> list[str]:
 
 def serve(uri: str, port: int, store_dir: str) -> None:
     """Check the model exists (a bad URI fails here, not inside the server), then become the server."""
-    from kerasflow import registry
+    from kerasflow.track import registry
 
     registry.resolve(uri, registry.client(store_dir))
     env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri(store_dir),
@@ -46,7 +47,7 @@ def serve(uri: str, port: int, store_dir: str) -> None:
 def model_metadata(uri: str, store_dir: str) -> dict[str, Any]:
     import mlflow
 
-    from kerasflow import registry
+    from kerasflow.track import registry
 
     registry.resolve(uri, registry.client(store_dir))
     return dict(mlflow.models.get_model_info(uri).metadata or {})
@@ -56,7 +57,7 @@ def load_images(paths: list[str], size: int) -> np.ndarray:
     """Files -> (N, size, size, 3) uint8, resized the way training resized them."""
     import tensorflow as tf
 
-    from kerasflow.data import resize_uint8
+    from kerasflow.train.data import resize_uint8
 
     out = []
     for path in paths:

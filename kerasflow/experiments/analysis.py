@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kerasflow import store, tracking
 from kerasflow.errors import UserError
+from kerasflow.track import store, tracking
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,7 +67,7 @@ def label_predictions(frame: pd.DataFrame, positive: str | None) -> tuple[pd.Dat
 def _figure(info: dict[str, Any]) -> Any:
     from sklearn.metrics import precision_recall_curve
 
-    from kerasflow.plots import pyplot
+    from kerasflow.train.plots import pyplot
 
     plt = pyplot()
 

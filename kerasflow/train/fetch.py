@@ -1,7 +1,7 @@
 """Download what training needs from the internet, once: the TFDS dataset and the VGG16 weights.
 
-    python -m kerasflow.fetch data     # `make data`: TFDS download + prepare, with tfds' progress bars
-    python -m kerasflow.fetch weights  # `make weights`: VGG16 ImageNet notop weights into $KERAS_HOME
+    python -m kerasflow.train.fetch data     # `make data`: TFDS download + prepare, with tfds' progress bars
+    python -m kerasflow.train.fetch weights  # `make weights`: VGG16 ImageNet notop weights into $KERAS_HOME
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def fetch_data(tfds_name: str, data_dir: str) -> None:
 
 def fetch_weights() -> None:
     from kerasflow import config
-    from kerasflow.models import vgg16_base
+    from kerasflow.train.models import vgg16_base
 
     vgg16_base(config.load().replace(model="vgg16", weights="imagenet", image_size=32))
     print("VGG16 ImageNet weights are cached")

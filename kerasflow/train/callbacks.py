@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerasflow import rundir
+from kerasflow.train import rundir
 
 
 class EpochKeyedRandomness(keras.callbacks.Callback):

@@ -1,0 +1,1 @@
+"""Experiments over tracked runs: CV folds, nested cross-validation, Optuna search, analysis."""

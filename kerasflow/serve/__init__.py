@@ -1,0 +1,1 @@
+"""Serving a logged model over HTTP, and its client side."""

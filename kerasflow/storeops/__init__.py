@@ -1,0 +1,1 @@
+"""Operations on a whole store: relocating a moved one, pulling, migrating, opening the UI."""
