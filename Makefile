@@ -47,10 +47,9 @@ $(STAMP): requirements.txt
 	  2> /dev/null || { echo "error: no Python 3.11, 3.12 or 3.13 found$(if $(PYTHON_BASE), ($(PYTHON_BASE) is $$("$(PYTHON_BASE)" -V 2> /dev/null || echo "not runnable")),): install one (python.org, your package manager, pyenv) or run make PYTHON_BASE=/path/to/python3.12"; exit 2; }
 	@echo "env: creating $(VENV) with $$("$(PYTHON_BASE)" -V) ($(PYTHON_BASE))"
 	$(PYTHON_BASE) -m venv $(VENV)
-	@# uv with your pip's settings (index, mirrors, certificate, constraints), else pip: kerasflow/envinstall.py
+	@# uv with your pip's settings (index, mirrors, certificate, constraints), else pip; then this
+	@# checkout linked as the environment's kerasflow (+ the `kerasflow` command): kerasflow/envinstall.py
 	$(VENV)/bin/python -m kerasflow.envinstall requirements.txt
-	@# the package is used from this checkout (no build step): `python -m kerasflow.X` works from anywhere
-	echo "$(CURDIR)" > "$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/kerasflow-checkout.pth"
 	touch $(STAMP)
 endif
 

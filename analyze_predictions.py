@@ -1,40 +1,12 @@
 #!/usr/bin/env python3
 """Evaluate finished runs' test predictions: Youden threshold, mlflow.models.evaluate metrics, ROC/PR.
 
-Results are logged back to each run (metrics analysis_*, figure analysis/roc_pr.png, confusion matrix).
-See kerasflow/experiments/analysis.py.
-
-examples:
-  python analyze_predictions.py --filter "tags.kerasflow.level = 'inner_fold'"
-  python analyze_predictions.py --filter "metrics.test_accuracy > 0.9" --positive parasitized
-"""
-
-from __future__ import annotations
+The command is kerasflow/cli/analyze.py (`kerasflow analyze --help` is the same); this file stays for
+`python analyze_predictions.py`, the Makefile and MLproject."""
 
 import sys
 
-from kerasflow import cli
-from kerasflow.track import store
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("--filter", default="", help="MLflow search filter, e.g. \"metrics.test_accuracy > 0.9\"")
-    p.add_argument("--positive", default="",
-                   help="positive class for the threshold (default: the first class, parasitized)")
-    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR", help="store folder (default store)")
-    p.add_argument("--experiment", default=store.DEFAULT_EXPERIMENT, help="MLflow experiment name")
-    p.add_argument("--max-runs", type=int, default=200, help="analyse at most this many runs")
-    args = p.parse_args(argv)
-
-    def go() -> None:
-        from kerasflow.experiments import analysis
-
-        analysis.analyze(args.filter, store_dir=args.store, experiment=args.experiment,
-                         positive=args.positive or None, max_runs=args.max_runs)
-
-    return cli.run(go)
-
+from kerasflow.cli.analyze import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,40 +1,12 @@
 #!/usr/bin/env python3
 """Nested cross-validation as MLflow runs: cv -> outer -> inner fold (kerasflow/experiments/crossval.py).
 
-Every inner-fold run is a full train_mlflow.py run; the cv run gets the mean and std of every test
-metric over the outer folds. Needs a splits file (make_splits.py).
-
-examples:
-  python cv.py --set splits_file=outputs/splits.json
-  python cv.py --set splits_file=outputs/splits.json --n-outer 2 --n-inner 2 --experiment cv
-"""
-
-from __future__ import annotations
+The command is kerasflow/cli/cv.py (`kerasflow cv --help` is the same); this file stays for
+`python cv.py`, the Makefile and MLproject."""
 
 import sys
 
-from kerasflow import cli
-from kerasflow.track import store
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = cli.parser(__doc__)
-    p.add_argument("--n-outer", type=int, default=0, help="outer folds to run (default 0: all in the file)")
-    p.add_argument("--n-inner", type=int, default=0, help="inner folds per outer fold (default 0: all)")
-    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR", help="store folder (default store)")
-    p.add_argument("--experiment", default=store.DEFAULT_EXPERIMENT, help="MLflow experiment name")
-    args = p.parse_args(argv)
-
-    def go() -> None:
-        from kerasflow import config
-        from kerasflow.experiments import crossval
-
-        cfg = config.load(args.config, args.overrides)
-        crossval.cross_validate(cfg, n_outer=args.n_outer or None, n_inner=args.n_inner or None,
-                                store_dir=args.store, experiment=args.experiment)
-
-    return cli.run(go)
-
+from kerasflow.cli.cv import main
 
 if __name__ == "__main__":
     sys.exit(main())

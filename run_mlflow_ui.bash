@@ -4,10 +4,14 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# The checkout's .venv, else the project image's /opt/venv (inside the container), else KERASFLOW_PYTHON:
+# each has this checkout linked as kerasflow (make env / the Dockerfile: kerasflow/envinstall.py).
 python="${KERASFLOW_PYTHON:-$here/.venv/bin/python}"
+if [[ -z "${KERASFLOW_PYTHON:-}" && ! -x "$python" && -e /opt/venv/.kerasflow-image ]]; then
+  python=/opt/venv/bin/python
+fi
 if [[ ! -x "$python" ]]; then
   echo "error: no environment at $here/.venv: run \`make env\` first (or set KERASFLOW_PYTHON)" >&2
   exit 2
 fi
-export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 exec "$python" -m kerasflow.storeops.ui "$@"

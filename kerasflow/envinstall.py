@@ -7,7 +7,14 @@ and proxy settings live. So uv is used only with the settings read back from `pi
 translated one by one; a setting with no uv equivalent, uv failing to install, or
 KERASFLOW_INSTALLER=pip falls back to pip, saying why in one line.
 
-    python -m kerasflow.envinstall requirements.txt
+    python -m kerasflow.envinstall requirements.txt     # the lock, then the project (below)
+    python -m kerasflow.envinstall --link-only          # the project only (the image's code layer)
+
+The project itself is linked, not installed: a `kerasflow.pth` path entry to this checkout (the one
+way `import kerasflow` works in .venv and the image; a script's own folder, e.g. a mounted checkout
+at /workspace, still comes first on sys.path) and the console scripts of pyproject.toml's
+[project.scripts] (`kerasflow`). An editable install would put a meta-path finder in front of
+sys.path instead, so a mounted checkout could no longer take precedence.
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ import re
 import shlex
 import subprocess
 import sys
+import sysconfig
 import time
+import tomllib
+from pathlib import Path
 
 UV_VERSION = "0.13.9"
 # pip settings that change nothing about what gets installed
@@ -104,13 +114,36 @@ def _try_uv(python: str, lock: str) -> str | None:
     return None
 
 
+def link_project(project: Path) -> list[Path]:
+    """The path entry and console scripts that make this checkout the environment's kerasflow."""
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    (purelib / "kerasflow.pth").write_text(f"{project.resolve()}\n")
+    scripts = tomllib.loads((project / "pyproject.toml").read_text())["project"].get("scripts", {})
+    bin_dir = Path(sysconfig.get_paths()["scripts"])
+    written = [purelib / "kerasflow.pth"]
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        path = bin_dir / name
+        path.write_text(f"#!{sys.executable}\nimport sys\n\nfrom {module} import {func}\n\n"
+                        f"sys.exit({func}())\n")
+        path.chmod(0o755)
+        written.append(path)
+    return written
+
+
 def main(argv: list[str]) -> int:
+    project = Path(__file__).resolve().parent.parent
+    if argv == ["--link-only"]:
+        link_project(project)
+        return 0
     if len(argv) != 1:
-        print("usage: python -m kerasflow.envinstall requirements.txt", file=sys.stderr)
+        print("usage: python -m kerasflow.envinstall requirements.txt | --link-only", file=sys.stderr)
         return 2
     t0 = time.monotonic()
     used = install(sys.executable, argv[0])
-    print(f"env: installed {argv[0]} with {used} in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    link_project(project)
+    print(f"env: installed {argv[0]} with {used} in {time.monotonic() - t0:.0f} s; kerasflow linked from "
+          f"{project}", file=sys.stderr)
     return 0
 
 

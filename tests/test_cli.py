@@ -155,3 +155,37 @@ def test_curves_have_whole_epoch_ticks():
     ax.figure.canvas.draw()
     ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_one_kerasflow_command_reaches_every_capability_without_heavy_imports():
+    from kerasflow.cli.main import COMMANDS
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "kerasflow", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert listed.returncode == 0
+    code = (
+        "import sys; from kerasflow.cli.main import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "print('HEAVY', [m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules])\n"
+    )
+    for name in COMMANDS:
+        assert f"kerasflow {name} " in listed.stdout, name
+        out = subprocess.run(
+            [sys.executable, "-c", code, *name.split(), "--help"], capture_output=True, text=True, cwd=ROOT
+        )
+        assert out.returncode == 0 and f"usage: kerasflow {name}" in out.stdout, (name, out.stderr[-500:])
+        assert "HEAVY []" in out.stdout, name
+    assert_user_error(
+        subprocess.run(
+            [sys.executable, "-m", "kerasflow", "bogus"], capture_output=True, text=True, cwd=ROOT
+        ),
+        "unknown command 'kerasflow bogus'",
+        "kerasflow --help",
+    )
+    assert_user_error(
+        subprocess.run(
+            [sys.executable, "-m", "kerasflow", "store"], capture_output=True, text=True, cwd=ROOT
+        ),
+        "ui, relocate, pull, migrate",
+    )

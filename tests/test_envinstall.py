@@ -96,3 +96,13 @@ def test_a_lock_installs_with_uv_and_falls_back_to_pip_in_one_line(tmp_path):
             [str(python), "-c", "import six; print(six.__version__)"], capture_output=True, text=True
         )
         assert check.stdout.strip() == "1.17.0"
+        # the checkout is linked: `import kerasflow` from anywhere, and the `kerasflow` command
+        linked = subprocess.run(
+            [str(python.parent / "kerasflow"), "--help"], capture_output=True, text=True, cwd=tmp_path
+        )
+        assert linked.returncode == 0 and "kerasflow train" in linked.stdout, linked.stderr
+        where = subprocess.run(
+            [str(python), "-c", "import kerasflow; print(kerasflow.__file__)"],
+            capture_output=True, text=True, cwd=tmp_path,
+        )
+        assert where.stdout.strip() == str(ROOT / "kerasflow" / "__init__.py")

@@ -1,0 +1,7 @@
+"""`python -m kerasflow` is the `kerasflow` command."""
+
+import sys
+
+from kerasflow.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""Write the dataset's nested cross-validation folds to a splits file, once (kerasflow/experiments/folds.py).
+
+Stratified by class; for an image tree, grouped by patient (group_pattern) so no patient is on both
+sides. Training uses a fold with --set splits_file=PATH --set outer_fold=O --set inner_fold=I.
+
+examples:
+  python make_splits.py --set data_source=image_dir --set image_dir=data/cell_images
+  python make_splits.py --set data_source=synthetic --set n_outer_folds=3 --out outputs/splits.json
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from kerasflow import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__)
+    p.add_argument("--out", type=Path, default=Path("outputs/splits.json"),
+                   help="where to write the splits file (default: outputs/splits.json)")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        from kerasflow import config
+        from kerasflow.experiments import folds
+        from kerasflow.train import data
+
+        cfg = config.load(args.config, args.overrides)
+        data.check_available(cfg)
+        folds.make_file(cfg, args.out)
+
+    return cli.run(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

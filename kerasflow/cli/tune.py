@@ -1,0 +1,47 @@
+"""Hyperparameter search with Optuna over config.yaml's search_space (see kerasflow/experiments/search.py).
+
+Every trial is a nested MLflow run under one search run; the best parameters are retrained, logged
+and optionally registered. --trials is the study's total, so rerunning continues an interrupted study.
+
+examples:
+  python tune.py --trials 20 --set data_source=synthetic --set model=cnn --set image_size=48
+  python tune.py --trials 40 --workers 2 --study lr-dropout --register malaria-vgg16
+  python tune.py --storage postgresql://user@db/optuna --study shared   # on each machine
+"""
+
+from __future__ import annotations
+
+import sys
+
+from kerasflow import cli
+from kerasflow.track import store
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__)
+    p.add_argument("--trials", type=int, default=20, help="total trials the study should have (default 20)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--study", default="search", help="Optuna study name (default: search)")
+    p.add_argument("--storage", default="", help="study storage URL (default: sqlite:///STORE/optuna.db)")
+    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR", help="store folder (default store)")
+    p.add_argument("--experiment", default=store.DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    p.add_argument("--register", default="", metavar="NAME", help="register the final model under NAME")
+    p.add_argument("--alias", default="candidate", help="alias for the registered version")
+    p.add_argument("--grace", type=int, default=300,
+                   help="seconds without a heartbeat before a trial counts as dead (default 300)")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        from kerasflow import config
+        from kerasflow.experiments import search
+
+        cfg = config.load(args.config, args.overrides)
+        search.tune(cfg, trials=args.trials, workers=args.workers, study_name=args.study,
+                    storage=args.storage, store_dir=args.store, experiment=args.experiment,
+                    register=args.register, alias=args.alias, grace=args.grace)
+
+    return cli.run(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
