@@ -131,9 +131,7 @@ def analyze(filter_string: str, *, store_dir: str = store.DEFAULT_STORE,
             experiment: str = tracking.DEFAULT_EXPERIMENT, positive: str | None = None,
             max_runs: int = 200) -> dict[str, dict[str, float]]:
     """Analyse every finished run of `experiment` that matches `filter_string` and has predictions."""
-    uri = store.tracking_uri(store_dir)
-    store.check_backend(uri)
-    with store.activated(uri):
+    with store.open_store(store_dir, create=False) as uri:
         import mlflow
         from mlflow.exceptions import MlflowException
 

@@ -16,8 +16,6 @@ import io
 import json
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,29 +27,9 @@ from kerasflow.experiments import folds
 from kerasflow.track import store, tracking
 
 if TYPE_CHECKING:
-    import mlflow
+    pass
 
-LEVEL_TAG = "kerasflow.level"
-
-
-@contextmanager
-def run_status(run: mlflow.ActiveRun) -> Iterator[None]:
-    """End `run` FINISHED, FAILED on an error or KILLED on Ctrl-C/SIGTERM: never left RUNNING."""
-    import mlflow
-
-    status = "FAILED"
-    try:
-        yield
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == run.info.run_id:
-            mlflow.end_run(status)
-        else:
-            mlflow.MlflowClient().set_terminated(run.info.run_id, status)
+LEVEL_TAG = tracking.LEVEL_TAG
 
 
 def metric_stats(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -86,10 +64,10 @@ def cross_validate(cfg: Config, *, n_outer: int | None = None, n_inner: int | No
     if n_outer < 1 or n_inner < 1:
         raise UserError("--n-outer and --n-inner must be at least 1")
     folds.check_counts(splits, n_outer, n_inner, cfg.splits_file)
-    uri = store.tracking_uri(store_dir)
-    store.check_backend(uri)
-    store.init_sqlite(uri)
-    with store.activated(uri):
+    from kerasflow.train import data
+
+    # every fold trains on the same decoded examples
+    with store.open_store(store_dir) as uri, data.reusing_loaded_examples():
         return _run(cfg, splits, n_outer, n_inner, uri, experiment, verbose)
 
 
@@ -108,9 +86,8 @@ def _run(cfg: Config, splits: dict[str, Any], n_outer: int, n_inner: int, uri: s
     import mlflow
 
     from kerasflow import config as config_mod
-    from kerasflow.train import data, rundir
+    from kerasflow.train import rundir
 
-    data.reuse_loaded_examples()  # every fold trains on the same decoded examples
     client = mlflow.MlflowClient()
     launched, exp_id, experiment = tracking.launched_or_named(client, uri, experiment)
     name = cfg.run_name or time.strftime("cv-%Y%m%d-%H%M%S")
@@ -146,7 +123,7 @@ def _run(cfg: Config, splits: dict[str, Any], n_outer: int, n_inner: int, uri: s
           file=sys.stderr)
     table: list[dict[str, Any]] = []
     outer_means: list[dict[str, float]] = []
-    with tracking.sigterm_as_interrupt(), run_status(parent):
+    with tracking.sigterm_as_interrupt(), tracking.run_status(parent.info.run_id):
         tracking.log_params_merged(client, parent.info.run_id, cfg.replace(run_name=name).to_dict())
         for o in range(n_outer):
             outer = mlflow.start_run(run_id=state["outer"].get(str(o)), experiment_id=exp_id, nested=True,
@@ -154,7 +131,7 @@ def _run(cfg: Config, splits: dict[str, Any], n_outer: int, n_inner: int, uri: s
                                      tags={LEVEL_TAG: "outer_fold", "outer_fold": str(o)})
             state["outer"][str(o)] = outer.info.run_id
             save_state()
-            with run_status(outer):
+            with tracking.run_status(outer.info.run_id):
                 inner_rows = []
                 for i in range(n_inner):
                     fold_cfg = cfg.replace(outer_fold=o, inner_fold=i, run_name=f"{name}-o{o}-i{i}")
@@ -167,8 +144,8 @@ def _run(cfg: Config, splits: dict[str, Any], n_outer: int, n_inner: int, uri: s
                     else:
                         nested = tracking.Nested(tags={LEVEL_TAG: "inner_fold", "outer_fold": str(o),
                                                        "inner_fold": str(i)}, log_model=False)
-                        prep, run_id = tracking._train_in_store(fold_cfg, uri, experiment, "", "", False,
-                                                                verbose, nested)
+                        prep, run_id = tracking.tracked_run(fold_cfg, uri=uri, experiment=experiment,
+                                                            nested=nested, verbose=verbose)
                         row = _test_metrics(prep.metrics)
                     inner_rows.append(row)
                     table.append({"outer_fold": o, "inner_fold": i, "run_id": run_id, **row})

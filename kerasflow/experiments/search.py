@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import mlflow
     import optuna
 
-LEVEL_TAG = "kerasflow.level"
+LEVEL_TAG = tracking.LEVEL_TAG
 COUNTED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")  # toward --trials; FAIL is retried instead
 
 
@@ -136,10 +136,8 @@ def run_worker(cfg: Config, *, study_name: str, storage_url: str, trials: int, p
     from optuna.study import MaxTrialsCallback
     from optuna_integration import KerasPruningCallback
 
-    from kerasflow.train import data
 
     study = open_study(cfg, study_name, storage_url, grace, worker)
-    data.reuse_loaded_examples()  # decode the data once per worker, not once per trial
     ran = 0
 
     def objective(trial: optuna.Trial) -> float:
@@ -152,7 +150,8 @@ def run_worker(cfg: Config, *, study_name: str, storage_url: str, trials: int, p
             tags={LEVEL_TAG: "trial", "optuna.study": study_name, "optuna.trial": str(trial.number),
                   "optuna.worker": str(worker)},
             callbacks=[KerasPruningCallback(trial, cfg.search_metric)])
-        prep, run_id = tracking._train_in_store(trial_cfg, uri, experiment, "", "", False, verbose, nested)
+        prep, run_id = tracking.tracked_run(trial_cfg, uri=uri, experiment=experiment, nested=nested,
+                                            verbose=verbose)
         trial.set_user_attr("mlflow_run_id", run_id)
         values = prep.history.get(cfg.search_metric)
         if not values:
@@ -186,11 +185,11 @@ def tune(cfg: Config, *, trials: int, workers: int = 1, study_name: str = "searc
     if trials < 1 or workers < 1:
         raise UserError("--trials and --workers must be at least 1")
     storage_url = storage or default_storage(store_dir)
-    uri = store.tracking_uri(store_dir)
-    store.check_backend(uri)
-    store.init_sqlite(uri)
-    study = open_study(cfg, study_name, storage_url, grace)  # refuses a changed space before any run
-    with store.activated(uri):
+    from kerasflow.train import data
+
+    # the data is decoded once per worker process, not once per trial (and once for the retrain)
+    with store.open_store(store_dir) as uri, data.reusing_loaded_examples():
+        study = open_study(cfg, study_name, storage_url, grace)  # refuses a changed space before any run
         return _tune(cfg, study, trials, workers, study_name, storage_url, uri, experiment, register, alias,
                      grace, verbose)
 
@@ -222,8 +221,6 @@ def _tune(cfg: Config, study: optuna.Study, trials: int, workers: int, study_nam
     import mlflow
     import optuna
 
-    from kerasflow.experiments.crossval import run_status
-
     client = mlflow.MlflowClient()
     launched, exp_id, experiment = tracking.launched_or_named(client, uri, experiment)
     parent = _parent_run(study, exp_id, study_name, launched)
@@ -231,7 +228,8 @@ def _tune(cfg: Config, study: optuna.Study, trials: int, workers: int, study_nam
     print(f"mlflow: search run {parent_id}; study '{study_name}' in {storage_url} has "
           f"{counted(study)} of {trials} trials", file=sys.stderr)
     procs: list[subprocess.Popen[bytes]] = []
-    with tracking.sigterm_as_interrupt(), run_status(parent), tempfile.TemporaryDirectory() as tmp:
+    with (tracking.sigterm_as_interrupt(), tracking.run_status(parent_id),
+          tempfile.TemporaryDirectory() as tmp):
         tracking.log_params_merged(client, parent_id, {
             **{k: v for k, v in cfg.to_dict().items() if k != "search_space"},
             "search_space": json.dumps(cfg.search_space), "study": study_name})
@@ -273,8 +271,8 @@ def _tune(cfg: Config, study: optuna.Study, trials: int, workers: int, study_nam
         else:
             nested = tracking.Nested(tags={LEVEL_TAG: "final", "optuna.study": study_name,
                                            "optuna.best_trial": str(best.number)})
-            _, final_id = tracking._train_in_store(final_cfg, uri, experiment, register, alias, False,
-                                                   verbose, nested)
+            _, final_id = tracking.tracked_run(final_cfg, uri=uri, experiment=experiment, nested=nested,
+                                               register=register, alias=alias, verbose=verbose)
         mlflow.set_tag("final_run_id", final_id)
     print(f"search: best trial {best.number} {cfg.search_metric}={best.value:.4f} {best.params}; "
           f"final run {final_id}", file=sys.stderr)
@@ -292,7 +290,9 @@ def worker_main(argv: list[str] | None = None) -> int:
     def go() -> None:
         cfg = config_mod.load(config_path)
         args = json.loads(args_json)
-        with store.activated(args["uri"]):
+        from kerasflow.train import data
+
+        with store.activated(args["uri"]), data.reusing_loaded_examples():
             run_worker(cfg, worker=int(worker), **args)
 
     return cli.run(go)

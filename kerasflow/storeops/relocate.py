@@ -32,6 +32,7 @@ from typing import Any
 
 from kerasflow import cli
 from kerasflow.errors import UserError
+from kerasflow.files import can_write
 
 TMP_SUFFIX = ".relocate-tmp"
 
@@ -146,15 +147,6 @@ def detect(store: Path) -> tuple[str, Path]:
     )
 
 
-def _can_write(folder: Path) -> bool:
-    import tempfile
-
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
-
 
 # --- sqlite ----------------------------------------------------------------------------------------
 
@@ -186,7 +178,7 @@ def relocate_sqlite(db: Path, old: str | None, new: Path, dry_run: bool) -> Repo
 
     store_mod.check_sqlite_schema(db)  # corrupt / foreign / newer-schema databases stop here
     report = Report("sqlite", dry_run=dry_run)
-    if not dry_run and (not os.access(db, os.W_OK) or not _can_write(db.parent)):
+    if not dry_run and (not os.access(db, os.W_OK) or not can_write(db.parent)):
         raise UserError(f"store {db} is read-only: copy it somewhere writable, or fix its permissions")
     try:
         conn = sqlite3.connect(db, timeout=30, isolation_level=None)
@@ -198,11 +190,7 @@ def relocate_sqlite(db: Path, old: str | None, new: Path, dry_run: bool) -> Repo
         report.old, report.new = _resolve_prefixes([r[5] for r in rows], old, new)
         updates: dict[str, list[tuple[str, Any]]] = {}
         for key, table, column, _, rowid, value in rows:
-            kind = _classify(value)
-            if kind in ("proxied", "remote"):
-                report.skipped[f"{kind} {key}"] += 1
-                continue
-            moved = _moved(value, report.old, report.new) if report.old else None
+            moved = _relocated(report, key, value)
             if moved is not None:
                 updates.setdefault(f"{table}.{column}", []).append((moved, rowid))
                 report.changed[key] += 1
@@ -384,17 +372,13 @@ def relocate_files(root: Path, old: str | None, new: Path, dry_run: bool) -> Rep
     parsed = [(kind, path, *_read_meta(path, FILE_KEYS[kind])) for kind, path in _progress(files, "reading")]
     report.old, report.new = _resolve_prefixes([v for *_, values in parsed for v in values.values()],
                                                old, new)
-    if not dry_run and not _can_write(root):
+    if not dry_run and not can_write(root):
         raise UserError(f"store {root} is read-only: copy it somewhere writable, or fix its permissions")
     plan: list[tuple[Path, str]] = []
     for kind, path, text, values in parsed:
         new_text = text
         for key, value in values.items():
-            location_kind = _classify(value)
-            if location_kind in ("proxied", "remote"):
-                report.skipped[f"{location_kind} {kind}"] += 1
-                continue
-            moved = _moved(value, report.old, report.new) if report.old else None
+            moved = _relocated(report, kind, value)
             if moved is not None:
                 new_text = _replace_line(new_text, key, moved)
         if new_text != text:
@@ -409,6 +393,16 @@ def relocate_files(root: Path, old: str | None, new: Path, dry_run: bool) -> Rep
 
 
 # --- shared ----------------------------------------------------------------------------------------
+
+def _relocated(report: Report, label: str, value: str) -> str | None:
+    """Where `value` moves to, or None: a proxied/remote location is counted as skipped under `label`,
+    one outside the old prefix stays."""
+    kind = _classify(value)
+    if kind in ("proxied", "remote"):
+        report.skipped[f"{kind} {label}"] += 1
+        return None
+    return _moved(value, report.old, report.new) if report.old else None
+
 
 def _resolve_prefixes(values: list[str], old: str | None, new: Path) -> tuple[str | None, str]:
     new_s = str(new)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kerasflow.errors import UserError
+from kerasflow.files import can_write
 
 DEFAULT_STORE = "store"
 DEFAULT_EXPERIMENT = "kerasflow"
@@ -38,6 +38,18 @@ def tracking_uri(store: str | Path = DEFAULT_STORE) -> str:
     if env:
         return env
     return f"sqlite:///{(Path(store) / DB_FILE).resolve()}"
+
+
+@contextmanager
+def open_store(store_dir: str | Path = DEFAULT_STORE, *, create: bool = True) -> Iterator[str]:
+    """The store's tracking URI, checked (seconds, before anything slow), created when `create`, and
+    active for the block (the previous one restored after): every command that opens a store."""
+    uri = tracking_uri(store_dir)
+    check_backend(uri)
+    if create:
+        init_sqlite(uri)
+    with activated(uri):
+        yield uri
 
 
 @contextmanager
@@ -73,13 +85,6 @@ def artifact_root(uri: str, experiment: str) -> str | None:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment).strip("-") or "experiment"
     return str(db.parent / ARTIFACTS / slug)
 
-
-def _can_write(folder: Path) -> bool:
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
 
 
 def mlflow_schema_revisions() -> tuple[set[str], str]:
@@ -167,11 +172,11 @@ def check_backend(uri: str) -> None:
         probe = folder
         while not probe.exists():
             probe = probe.parent
-        if not probe.is_dir() or not _can_write(probe):
+        if not probe.is_dir() or not can_write(probe):
             raise UserError(f"MLflow store folder {folder} is not writable: fix its permissions or "
                             "choose another with --store DIR")
         if db.exists():
-            if not os.access(db, os.W_OK) or not _can_write(folder):
+            if not os.access(db, os.W_OK) or not can_write(folder):
                 raise UserError(f"MLflow store {db} is read-only: fix its permissions or choose "
                                 "another with --store DIR")
             check_sqlite_schema(db)

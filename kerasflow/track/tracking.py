@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import mlflow
 
 RUN_ID_FILE = "mlflow_run_id"
+LEVEL_TAG = "kerasflow.level"  # where a run sits in an experiment: cv, outer_fold, inner_fold, search, ...
 DEFAULT_EXPERIMENT = store.DEFAULT_EXPERIMENT
 
 
@@ -54,6 +55,30 @@ def log_params_merged(client: mlflow.MlflowClient, run_id: str, params: dict[str
     new = [Param(k, str(v)) for k, v in params.items() if k not in logged]
     for i in range(0, len(new), 100):  # MLflow's log_batch takes at most 100 params a call
         client.log_batch(run_id, params=new[i:i + 100])
+
+
+@contextmanager
+def run_status(run_id: str, stopped: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """End the run FINISHED, FAILED on an error, KILLED on Ctrl-C/SIGTERM or on a `stopped` exception
+    (a pruned trial): never left RUNNING, whether it is this process's active run or not."""
+    import mlflow
+
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except stopped:
+        status = "KILLED"
+        raise
+    finally:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run(status)
+        else:
+            mlflow.MlflowClient().set_terminated(run_id, status)
 
 
 @contextmanager
@@ -216,12 +241,9 @@ def train_tracked(cfg: Config, *, store_dir: str = store.DEFAULT_STORE, experime
                   register: str = "", alias: str = "candidate", system_metrics: bool = False,
                   verbose: int | str = "auto", nested: Nested | None = None) -> tuple[training.Prepared, str]:
     """train.py's run inside one MLflow run; returns the prepared state and the run id."""
-    uri = store.tracking_uri(store_dir)
-    store.check_backend(uri)  # seconds, before anything slow
-    store.init_sqlite(uri)
-    with store.activated(uri):
-        return _train_in_store(cfg, uri, experiment, register, alias, system_metrics, verbose,
-                               nested or Nested())
+    with store.open_store(store_dir) as uri:
+        return tracked_run(cfg, uri=uri, experiment=experiment, nested=nested, register=register, alias=alias,
+                           system_metrics=system_metrics, verbose=verbose)
 
 
 @dataclass
@@ -235,9 +257,14 @@ class Nested:
     stopped: tuple[type[BaseException], ...] = ()  # exceptions that end the run KILLED (e.g. pruned)
 
 
-def _train_in_store(cfg: Config, uri: str, experiment: str, register: str, alias: str, system_metrics: bool,
-                    verbose: int | str, nested: Nested) -> tuple[training.Prepared, str]:
+def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None = None, register: str = "",
+                alias: str = "candidate", system_metrics: bool = False,
+                verbose: int | str = "auto") -> tuple[training.Prepared, str]:
+    """One training as one MLflow run in the active store `uri`: the seam CV folds, search trials and
+    `train_mlflow.py` all go through. Returns the prepared state and the run id."""
     import mlflow
+
+    nested = nested or Nested()
 
     client = mlflow.MlflowClient()
     # set by `mlflow run`: log into the run it made, unless this run sits under a parent (the cv/tune
@@ -258,37 +285,26 @@ def _train_in_store(cfg: Config, uri: str, experiment: str, register: str, alias
     rundir.atomic_write(prep.run_dir / RUN_ID_FILE, run_id + "\n")
     print(f"mlflow: run {run_id} in experiment '{experiment}' at {uri}"
           f"{' (resumed)' if prep.resumed else ''}", file=sys.stderr)
-    status = "FAILED"
-    try:
-        with sigterm_as_interrupt():
-            if not prep.resumed or not client.get_run(run_id).data.params:
-                log_params_merged(client, run_id, prep.cfg.replace(run_name=prep.run_dir.name).to_dict())
-                mlflow.set_tags({"data_digest": prep.examples.digest, "split_digest": prep.splits.digest(),
-                                 "data_source": cfg.data_source, "kerasflow.entry": "train_mlflow.py"})
-                if prep.splits_file_digest:
-                    mlflow.set_tags({"splits_file_digest": prep.splits_file_digest})
-                mlflow.log_artifact(str(prep.run_dir / rundir.CONFIG_FILE))
-                log_inputs(prep)
-                _log_environment(run_id, client)
-            training.fit(prep, extra_callbacks=[epoch_logger(client, run_id), *nested.callbacks],
-                         verbose=verbose)
-            training.evaluate(prep)
-            files = training.write_outputs(prep)
-            _log_results(prep, files)
-            model: dict[str, Any] = {}
-            if nested.log_model:
-                model = log_model(prep, register, alias)
-                rundir.atomic_write(prep.run_dir / "mlflow_model.json", json.dumps(model, indent=2))
-            training.seal(prep)  # last: until here a rerun resumes this same MLflow run
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except nested.stopped:
-        status = "KILLED"
-        raise
-    finally:
-        mlflow.end_run(status)
+    with run_status(run_id, nested.stopped), sigterm_as_interrupt():
+        if not prep.resumed or not client.get_run(run_id).data.params:
+            log_params_merged(client, run_id, prep.cfg.replace(run_name=prep.run_dir.name).to_dict())
+            mlflow.set_tags({"data_digest": prep.examples.digest, "split_digest": prep.splits.digest(),
+                             "data_source": cfg.data_source, "kerasflow.entry": "train_mlflow.py"})
+            if prep.splits_file_digest:
+                mlflow.set_tags({"splits_file_digest": prep.splits_file_digest})
+            mlflow.log_artifact(str(prep.run_dir / rundir.CONFIG_FILE))
+            log_inputs(prep)
+            _log_environment(run_id, client)
+        training.fit(prep, extra_callbacks=[epoch_logger(client, run_id), *nested.callbacks],
+                     verbose=verbose)
+        training.evaluate(prep)
+        files = training.write_outputs(prep)
+        _log_results(prep, files)
+        model: dict[str, Any] = {}
+        if nested.log_model:
+            model = log_model(prep, register, alias)
+            rundir.atomic_write(prep.run_dir / "mlflow_model.json", json.dumps(model, indent=2))
+        training.seal(prep)  # last: until here a rerun resumes this same MLflow run
     summary = {k: round(v, 4) for k, v in prep.metrics.items() if isinstance(v, float)}
     print(f"test: {json.dumps(summary)}", file=sys.stderr)
     registered = f" registered as {register} v{model['version']}" if register and model else ""

@@ -14,7 +14,9 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -371,9 +373,15 @@ _DATA_KEYS = ("data_source", "tfds_name", "tfds_data_dir", "image_dir", "synthet
 _reuse: dict[str, Any] = {"on": False, "key": None, "examples": None}
 
 
-def reuse_loaded_examples(on: bool = True) -> None:
-    """Keep the last loaded examples for the next run with the same data keys (search trials, cv folds)."""
-    _reuse.update(on=on, key=None, examples=None)
+@contextmanager
+def reusing_loaded_examples() -> Iterator[None]:
+    """Within the block, the last loaded examples serve the next run with the same data keys (cv folds
+    and search trials decode the data once); after it nothing is kept (the memory is freed)."""
+    _reuse.update(on=True, key=None, examples=None)
+    try:
+        yield
+    finally:
+        _reuse.update(on=False, key=None, examples=None)
 
 
 def load_examples(cfg: Config) -> Examples:

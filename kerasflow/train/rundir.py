@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from kerasflow import config as config_mod
 from kerasflow.config import Config
 from kerasflow.errors import UserError
+from kerasflow.files import can_write
 
 if TYPE_CHECKING:
     import keras
@@ -36,14 +37,6 @@ def _writable_ancestor(path: Path) -> Path:
     return probe
 
 
-def _can_write(folder: Path) -> bool:
-    """Try it: os.access says yes to root on read-only mounts and proc-like filesystems."""
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
-
 
 def plan(cfg: Config) -> Path:
     """Decide the run folder and check it can be used, writing nothing."""
@@ -51,7 +44,7 @@ def plan(cfg: Config) -> Path:
     existing = _writable_ancestor(out)
     if not existing.is_dir():
         raise UserError(f"output_dir {out} is inside a file ({existing}): choose a folder path")
-    if not _can_write(existing):
+    if not can_write(existing):
         raise UserError(
             f"output_dir {out} is not writable ({existing} denies writing): choose another with "
             "--set output_dir=PATH"
@@ -89,7 +82,7 @@ def check_resumable(run_dir: Path, cfg: Config) -> None:
             f"run folder {run_dir} was started with {k}={before[k]!r}, not {now[k]!r}: resume with the "
             "same config or pick another run_name"
         )
-    if not _can_write(run_dir):
+    if not can_write(run_dir):
         raise UserError(f"run folder {run_dir} is not writable: fix its permissions or pick another")
 
 
