@@ -31,6 +31,7 @@ def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
 class Config:
     """Every hyperparameter of a run. No defaults here: config.yaml is their one source."""
 
+    # data
     data_source: str = field(metadata=_choice("tfds", "image_dir", "synthetic"))
     tfds_name: str
     tfds_data_dir: str
@@ -38,14 +39,14 @@ class Config:
     synthetic_examples: int = field(metadata=_range(10))
     val_fraction: float = field(metadata=_range(0, 1, lo_open=True, hi_open=True))
     test_fraction: float = field(metadata=_range(0, 1, lo_open=True, hi_open=True))
-    cache_ram_mb: int = field(metadata=_range(0))
-    cache_dir: str
     splits_file: str
     outer_fold: int = field(metadata=_range(0))
     inner_fold: int = field(metadata=_range(0))
+    # folds
     n_outer_folds: int = field(metadata=_range(2, 100))
     n_inner_folds: int = field(metadata=_range(2, 100))
     group_pattern: str
+    # model
     model: str = field(metadata=_choice("vgg16", "cnn"))
     image_size: int = field(metadata=_range(8, 1024))
     weights: str
@@ -53,6 +54,7 @@ class Config:
     cnn_filters: int = field(metadata=_range(1, 512))
     dense_units: int = field(metadata=_range(0, 8192))
     dropout: float = field(metadata=_range(0, 1, hi_open=True))
+    # train
     batch_size: int = field(metadata=_range(1, 65536))
     epochs: int = field(metadata=_range(1))
     learning_rate: float = field(metadata=_range(0, 10, lo_open=True))
@@ -63,8 +65,13 @@ class Config:
     rotation: float = field(metadata=_range(0, 0.5))
     seed: int = field(metadata=_range(0, 2**31 - 1))
     deterministic: bool
+    # output
     output_dir: str
     run_name: str
+    # resources
+    cache_ram_mb: int = field(metadata=_range(0))
+    cache_dir: str
+    # search
     search_metric: str
     search_direction: str = field(metadata=_choice("maximize", "minimize"))
     search_space: dict = field(metadata={"search_space": True})
@@ -84,6 +91,36 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         """A validated copy with some keys changed (used by tests and the search)."""
         return from_dict({**self.to_dict(), **changes})
+
+
+# The config's concerns, as config.yaml's `# --- NAME` headers group its keys (a test keeps them equal).
+# Keys keep their flat names everywhere (`--set epochs=3`, `-P epochs=3`); a key's section is found here.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "data": ("data_source", "tfds_name", "tfds_data_dir", "image_dir", "synthetic_examples", "val_fraction",
+             "test_fraction", "splits_file", "outer_fold", "inner_fold"),
+    "folds": ("n_outer_folds", "n_inner_folds", "group_pattern"),
+    "model": ("model", "image_size", "weights", "cnn_blocks", "cnn_filters", "dense_units", "dropout"),
+    "train": ("batch_size", "epochs", "learning_rate", "fine_tune_blocks", "fine_tune_epochs",
+              "fine_tune_learning_rate", "augment", "rotation", "seed", "deterministic"),
+    "output": ("output_dir", "run_name"),
+    "resources": ("cache_ram_mb", "cache_dir"),
+    "search": ("search_metric", "search_direction", "search_space"),
+}
+# A run's identity: what changes the trained model. A resume must match these and only these (more
+# cache memory or another search space does not change a run); a tracked run logs them as params.
+IDENTITY_SECTIONS = ("data", "model", "train")
+# What a search may vary: the model and its training, never the seed that makes trials comparable.
+SEARCHABLE = frozenset(SECTIONS["model"] + SECTIONS["train"]) - {"seed", "deterministic"}
+
+
+def section_of(key: str) -> str:
+    return next(name for name, keys in SECTIONS.items() if key in keys)
+
+
+def identity(cfg: Config) -> dict[str, Any]:
+    """The keys that make the trained model what it is, with their values."""
+    values = cfg.to_dict()
+    return {k: values[k] for name in IDENTITY_SECTIONS for k in SECTIONS[name]}
 
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -167,9 +204,9 @@ def _check_search_space(cfg: Config) -> None:
     hints = get_type_hints(Config)
     for key, spec in cfg.search_space.items():
         where = f"search_space key '{key}'"
-        if key not in hints or key.startswith("search_") or key in ("run_name", "output_dir", "seed"):
-            raise UserError(f"{where} is not a config key the search can vary: use keys of config.yaml "
-                            "like learning_rate or dropout")
+        if key not in SEARCHABLE:
+            raise UserError(f"{where} is not a config key the search can vary: use a key of the model or "
+                            "train sections of config.yaml (not seed), like learning_rate or dropout")
         if not isinstance(spec, dict) or not spec or set(spec) - SPEC_KEYS:
             raise UserError(f"{where} must be {{low: .., high: .., log: true?, step: ..?}} or "
                             f"{{choices: [..]}}, got {spec!r}")

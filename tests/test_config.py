@@ -76,3 +76,72 @@ def test_malformed_yaml_names_the_line(tmp_path):
     bad.write_text("epochs: [1, 2\nmodel: cnn\n")
     with pytest.raises(UserError, match=r"is not valid YAML at line \d+: fix the syntax"):
         config.load(bad)
+
+
+def test_config_yaml_groups_its_keys_by_the_sections_of_the_schema():
+    """Each `# --- NAME:` header of config.yaml holds exactly the keys of config.SECTIONS[NAME]."""
+    found: dict[str, list[str]] = {}
+    section = None
+    for line in config.DEFAULT_CONFIG.read_text().splitlines():
+        header = re.match(r"^# --- ([a-z]+):", line)
+        if header:
+            section = header.group(1)
+            found[section] = []
+        elif re.match(r"^[a-z_]+:", line):
+            found[section].append(line.split(":")[0])
+    assert found == {name: list(keys) for name, keys in config.SECTIONS.items()}
+
+
+def test_a_runs_identity_is_what_changes_the_model(tmp_path):
+    from kerasflow.train import rundir
+
+    cfg = config.load(None, ["data_source=synthetic", "model=cnn", f"output_dir={tmp_path}", "run_name=r"])
+    identity = config.identity(cfg)
+    assert {"data_source", "epochs", "dropout", "seed"} <= set(identity)
+    assert not {"cache_ram_mb", "cache_dir", "search_space", "n_outer_folds", "output_dir"} & set(identity)
+    run_dir = rundir.plan(cfg)
+    rundir.create(run_dir, cfg)  # a started run (killed before it finished)
+    # more cache memory, another cache folder, another search space: the same run, it resumes
+    rundir.check_resumable(
+        run_dir,
+        cfg.replace(
+            cache_ram_mb=1, cache_dir=str(tmp_path / "c"), search_space={"dropout": {"low": 0.1, "high": 0.2}}
+        ),
+    )
+    with pytest.raises(UserError, match="was started with epochs=5, not 6"):
+        rundir.check_resumable(run_dir, cfg.replace(epochs=6))
+
+
+def test_a_search_varies_only_model_and_training_keys():
+    for key in ("seed", "cache_ram_mb", "data_source", "output_dir", "search_metric"):
+        with pytest.raises(
+            UserError, match=f"search_space key '{key}' is not a config key the search can vary"
+        ):
+            config.load(None, [f"search_space={{{key}: {{choices: [1]}}}}"])
+
+
+def test_a_config_logged_before_the_sections_still_loads(tmp_path):
+    """Runs made before keys were grouped logged them in another order (cache_* amid the data keys):
+    keys are flat and order-free, so such a file loads to the same config."""
+    import yaml
+
+    cfg = config.load()
+    old_order = [
+        "data_source",
+        "tfds_name",
+        "tfds_data_dir",
+        "image_dir",
+        "synthetic_examples",
+        "val_fraction",
+        "test_fraction",
+        "cache_ram_mb",
+        "cache_dir",
+        "splits_file",
+        "outer_fold",
+        "inner_fold",
+    ]
+    values = cfg.to_dict()
+    ordered = {k: values[k] for k in old_order} | {k: v for k, v in values.items() if k not in old_order}
+    path = tmp_path / "logged-config.yaml"
+    path.write_text(yaml.safe_dump(ordered, sort_keys=False))
+    assert config.load(path) == cfg

@@ -563,7 +563,24 @@ def test_detached_make_run_refuses_a_second_and_a_killed_container_fails_the_run
 def test_every_entry_point_runs_through_make_run(image, user, checkout, run_env):
     small = tiny_p(n_outer_folds=2, n_inner_folds=2)
     steps = [
-        ("splits", ["-e", "splits", *small, "-P", "out=outputs/engine-splits.json"]),
+        # splits takes the data and folds sections only (no model or training keys)
+        (
+            "splits",
+            [
+                "-e",
+                "splits",
+                "-P",
+                "data_source=synthetic",
+                "-P",
+                "synthetic_examples=200",
+                "-P",
+                "n_outer_folds=2",
+                "-P",
+                "n_inner_folds=2",
+                "-P",
+                "out=outputs/engine-splits.json",
+            ],
+        ),
         ("cv", ["-e", "cv", *small, "-P", "n_outer=1", "-P", "n_inner=1"]),  # splits made when none given
         ("tune", ["-e", "tune", *tiny_p(), "-P", "trials=2", "-P", "study=engine"]),
         ("analyze", ["-e", "analyze", "-P", "filter=tags.kerasflow.level = 'final'"]),

@@ -472,7 +472,9 @@ def test_every_mlproject_entry_point_command_runs_locally(tmp_path):
         ("analyze", {"filter": "tags.kerasflow.level = 'final'", "positive": "parasitized"}),
     ]
     for entry, params in steps:
-        command = project.get_entry_point(entry).compute_command(params, storage_dir=str(tmp_path))
+        entry_point = project.get_entry_point(entry)
+        params = {k: v for k, v in params.items() if k in entry_point.parameters}  # only its own
+        command = entry_point.compute_command(params, storage_dir=str(tmp_path))
         result = subprocess.run(
             command, shell=True, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600
         )

@@ -344,10 +344,19 @@ def test_mlproject_mirrors_the_config_and_its_command_trains(tmp_path):
     project = load_project(str(ROOT))
     main = project.get_entry_point("main")
     cfg = config.load()
-    scalar_keys = {k for k, v in cfg.to_dict().items() if not isinstance(v, dict)}  # not search_space
-    assert set(main.parameters) == scalar_keys | {"register_model", "model_alias"}
-    for entry in ("splits", "cv", "tune"):
-        assert scalar_keys <= set(project.get_entry_point(entry).parameters), entry
+
+    def keys_of(*sections: str) -> set[str]:  # scalar keys only: search_space comes from the file
+        return {k for s in sections for k in config.SECTIONS[s] if k != "search_space"}
+
+    training = keys_of("data", "model", "train", "output", "resources")
+    assert set(main.parameters) == training | {"register_model", "model_alias"}
+    # each entry point takes only its own parameters: `make splits` has no learning_rate
+    splits, cv = project.get_entry_point("splits"), project.get_entry_point("cv")
+    assert set(splits.parameters) == keys_of("data", "folds", "resources") | {"out"}
+    assert set(cv.parameters) == training | keys_of("folds") | {"n_outer", "n_inner"}
+    assert training | keys_of("search") <= set(project.get_entry_point("tune").parameters)
+    assert "n_outer_folds" not in project.get_entry_point("tune").parameters
+    scalar_keys = training
     assert {"filter", "positive"} <= set(project.get_entry_point("analyze").parameters)
     for key, value in cfg.to_dict().items():
         if key not in scalar_keys:

@@ -14,7 +14,8 @@ from kerasflow import config
 
 HEADER = """\
 # Generated from config.yaml by `make mlproject`: edit config.yaml (or kerasflow/cli/mlproject.py), not this.
-# Each parameter mirrors a config key (same name and default); `--set` validates the values.
+# Each parameter mirrors a config key (same name and default); each entry point takes only the config
+# sections it uses (config.SECTIONS), the rest comes from config.yaml; `--set` validates the values.
 # Run it with `make run` (project_driver.bash: tracking server, image build, GPU, tmux over SSH), or:
 #   mlflow run . -A network=host [-A gpus=all] -P epochs=3 --experiment-name kerasflow
 # with MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (`make server`): MLflow mounts only the run's artifact
@@ -45,16 +46,22 @@ def _default(value: object) -> str:
     return repr(value)
 
 
+TRAINING = ("data", "model", "train", "output", "resources")
 ENTRY_POINTS = {
-    # name: (script, extra parameters as (name, type, default, flag)), config keys come first
-    "main": ("train_mlflow.py", [("register_model", "string", '""', "--register"),
-                                 ("model_alias", "string", "candidate", "--alias")]),
-    "splits": ("make_splits.py", [("out", "string", "outputs/splits.json", "--out")]),
-    "cv": ("cv.py", [("n_outer", "float", "0", "--n-outer"), ("n_inner", "float", "0", "--n-inner")]),
-    "tune": ("tune.py", [("trials", "float", "20", "--trials"), ("workers", "float", "1", "--workers"),
-                         ("study", "string", "search", "--study"), ("storage", "string", '""', "--storage"),
-                         ("register_model", "string", '""', "--register"),
-                         ("model_alias", "string", "candidate", "--alias")]),
+    # name: (script, the config sections it takes as parameters, extra parameters as (name, type,
+    # default, flag)); keys of other sections come from config.yaml, so `-P` cannot set what the entry
+    # point does not use (the splits entry point takes no learning_rate)
+    "main": ("train_mlflow.py", TRAINING, [("register_model", "string", '""', "--register"),
+                                           ("model_alias", "string", "candidate", "--alias")]),
+    "splits": ("make_splits.py", ("data", "folds", "resources"),
+               [("out", "string", "outputs/splits.json", "--out")]),
+    "cv": ("cv.py", (*TRAINING, "folds"), [("n_outer", "float", "0", "--n-outer"),
+                                           ("n_inner", "float", "0", "--n-inner")]),
+    "tune": ("tune.py", (*TRAINING, "search"),
+             [("trials", "float", "20", "--trials"), ("workers", "float", "1", "--workers"),
+              ("study", "string", "search", "--study"), ("storage", "string", '""', "--storage"),
+              ("register_model", "string", '""', "--register"),
+              ("model_alias", "string", "candidate", "--alias")]),
 }
 ANALYZE = [("filter", "string", '""', "--filter"), ("positive", "string", '""', "--positive"),
            ("max_runs", "float", "200", "--max-runs")]
@@ -64,11 +71,13 @@ def render() -> str:
     cfg = config.load()
     hints = get_type_hints(config.Config)
     # the search space is a mapping: it comes from the config file, not from a parameter
-    params = [(k, MLFLOW_TYPES[hints[k]], _default(v)) for k, v in cfg.to_dict().items()
-              if hints[k] is not dict]
-    sets = " ".join(f"--set {k}={{{k}}}" for k, _, _ in params)
+    values = cfg.to_dict()
     lines = [HEADER, "entry_points:"]
-    for name, (script, extra) in ENTRY_POINTS.items():
+    for name, (script, sections, extra) in ENTRY_POINTS.items():
+        # in config.yaml's order; the search space is a mapping: it comes from the file, not a parameter
+        params = [(k, MLFLOW_TYPES[hints[k]], _default(values[k])) for k in config.keys()
+                  if config.section_of(k) in sections and hints[k] is not dict]
+        sets = " ".join(f"--set {k}={{{k}}}" for k, _, _ in params)
         lines += [f"  {name}:", "    parameters:"]
         lines += [f"      {k}: {{type: {t}, default: {d}}}" for k, t, d in params]
         lines += [f"      {k}: {{type: {t}, default: {d}}}" for k, t, d, _ in extra]

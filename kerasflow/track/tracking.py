@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kerasflow import config
 from kerasflow.config import Config
 from kerasflow.errors import Terminated, UserError
 from kerasflow.track import envinfo, store
@@ -44,8 +45,6 @@ def log_params_merged(client: mlflow.MlflowClient, run_id: str, params: dict[str
     refuses to change a logged param.
     """
     from mlflow.entities import Param
-
-    from kerasflow import config
 
     logged = client.get_run(run_id).data.params
     for key, value in params.items():
@@ -287,7 +286,8 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
           f"{' (resumed)' if prep.resumed else ''}", file=sys.stderr)
     with run_status(run_id, nested.stopped), sigterm_as_interrupt():
         if not prep.resumed or not client.get_run(run_id).data.params:
-            log_params_merged(client, run_id, prep.cfg.replace(run_name=prep.run_dir.name).to_dict())
+            # the run's identity (data, model, train): the whole config is the config.yaml artifact
+            log_params_merged(client, run_id, {**config.identity(prep.cfg), "run_name": prep.run_dir.name})
             mlflow.set_tags({"data_digest": prep.examples.digest, "split_digest": prep.splits.digest(),
                              "data_source": cfg.data_source, "kerasflow.entry": "train_mlflow.py"})
             if prep.splits_file_digest:

@@ -73,8 +73,9 @@ def check_resumable(run_dir: Path, cfg: Config) -> None:
                 f"{run_dir} exists and is not a run folder: pick another run_name or output_dir"
             )
         return
-    before = config_mod.load(saved).to_dict()
-    now = cfg.replace(run_name=run_dir.name).to_dict()
+    # only what changes the trained model: more cache memory or another search space is the same run
+    before = config_mod.identity(config_mod.load(saved))
+    now = config_mod.identity(cfg)
     changed = [k for k in now if before[k] != now[k]]
     if changed:
         k = changed[0]
