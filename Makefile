@@ -30,9 +30,8 @@ WORKERS ?= 1
 STUDY ?= search
 N_OUTER ?= 0
 N_INNER ?= 0
-# The offline demo: the synthetic cell images and the small CNN, a few seconds an epoch on a laptop CPU.
-DEMO_SET := --set data_source=synthetic --set model=cnn --set image_size=48 --set epochs=5 \
-            --set synthetic_examples=2000 --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
+# The offline demo (presets/demo.yaml): synthetic cell images and the small CNN, seconds an epoch on a CPU.
+DEMO_SET := --preset demo --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: help env lock train demo data weights test lint bench bench-pipeline bench-tracking bench-relocate clean test-fast test-gpu-image track track-demo server serve \
         predict runs promote ui pull relocate migrate mlproject splits cv tune analyze image shell run

@@ -285,8 +285,32 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, parsed
 
 
-def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read the YAML config file, apply `key=value` overrides, and validate everything."""
+PRESETS = DEFAULT_CONFIG.parent / "presets"
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    """A preset's overrides: presets/NAME.yaml beside config.yaml, or a YAML file's path."""
+    import yaml
+
+    path = Path(name) if name.endswith((".yaml", ".yml")) or "/" in name else PRESETS / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml"))) or "none"
+        raise UserError(f"preset {name!r} does not exist ({path}): use one of {known}, or a YAML file's path")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise UserError(f"preset {path} is not valid YAML: fix its syntax") from None
+    if not isinstance(values, dict):
+        raise UserError(f"preset {path} must be a mapping of key: value lines")
+    unknown = sorted(set(values) - set(keys()))
+    if unknown:
+        raise UserError(f"unknown config key '{unknown[0]}' in preset {path}: valid keys are in config.yaml")
+    return values
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None,
+         presets: list[str] | None = None) -> Config:
+    """Read the YAML config file, apply presets then `key=value` overrides, and validate everything."""
     import yaml
 
     path = Path(path) if path else DEFAULT_CONFIG
@@ -306,6 +330,8 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         raw = {}
     if not isinstance(raw, dict):
         raise UserError(f"config file {path} must be a mapping of key: value lines")
+    for name in presets or []:
+        raw.update(read_preset(name))
     for text_override in overrides or []:
         key, value = parse_override(text_override)
         raw[key] = value

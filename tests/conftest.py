@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,11 +31,8 @@ def require_tool(name: str, available: bool | None = None) -> str:
     pytest.skip(message)
 
 
-# The real config.yaml, shrunk so a training run takes seconds on a 2-core CPU.
-TINY = [
-    "data_source=synthetic", "model=cnn", "image_size=32", "synthetic_examples=200",
-    "epochs=1", "batch_size=32", "cnn_blocks=2", "cnn_filters=4", "dense_units=16",
-]
+# The real config.yaml, shrunk by presets/tiny.yaml so a training run takes seconds on a 2-core CPU.
+TINY = [f"{k}={v}" for k, v in yaml.safe_load((ROOT / "presets" / "tiny.yaml").read_text()).items()]
 
 
 @pytest.fixture(autouse=True)

@@ -145,3 +145,33 @@ def test_a_config_logged_before_the_sections_still_loads(tmp_path):
     path = tmp_path / "logged-config.yaml"
     path.write_text(yaml.safe_dump(ordered, sort_keys=False))
     assert config.load(path) == cfg
+
+
+def test_presets_are_files_applied_before_set(tmp_path):
+    demo = config.load(None, ["epochs=2"], ["demo"])
+    assert (demo.data_source, demo.model, demo.image_size, demo.synthetic_examples) == (
+        "synthetic",
+        "cnn",
+        48,
+        2000,
+    )
+    assert demo.epochs == 2  # --set comes after the preset
+    own = tmp_path / "mine.yaml"
+    own.write_text("dropout: 0.1\n")
+    assert config.load(None, None, ["tiny", str(own)]).dropout == 0.1
+    with pytest.raises(UserError, match=r"preset 'nope' does not exist .*use one of demo, tiny"):
+        config.load(None, None, ["nope"])
+    own.write_text("colour: red\n")
+    with pytest.raises(UserError, match="unknown config key 'colour' in preset"):
+        config.load(None, None, [str(own)])
+
+
+def test_a_preset_runs_from_the_command_line(tmp_path):
+    from conftest import assert_user_error, run_script
+
+    assert_user_error(run_script("train.py", "--preset", "nope"), "preset 'nope' does not exist")
+    result = run_script(
+        "train.py", "--preset", "tiny", "--set", f"output_dir={tmp_path}", "--set", "run_name=p"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "image_size: 32" in (tmp_path / "p" / "config.yaml").read_text()

@@ -11,8 +11,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.machinery import ModuleSpec
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from kerasflow.errors import Terminated, UserError
+
+if TYPE_CHECKING:
+    from kerasflow.config import Config
 
 
 def parser(description: str | None, *, config_flags: bool = True) -> argparse.ArgumentParser:
@@ -21,6 +25,9 @@ def parser(description: str | None, *, config_flags: bool = True) -> argparse.Ar
     if config_flags:
         p.add_argument("--config", default=None, metavar="PATH",
                        help="YAML config file (default: config.yaml next to train.py)")
+        p.add_argument("--preset", dest="presets", action="append", default=[], metavar="NAME",
+                       help="apply presets/NAME.yaml (or a YAML file) over the config, before --set: "
+                            "demo, tiny")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key (YAML value), repeatable: --set epochs=3 "
                             "--set model=cnn")
@@ -72,6 +79,13 @@ def quiet_tensorflow() -> None:
     hooked = any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path)
     if "tensorflow" not in sys.modules and not hooked:
         sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The config the flags of `parser` ask for: --config, then each --preset, then each --set."""
+    from kerasflow import config
+
+    return config.load(args.config, args.overrides, args.presets)
 
 
 def run(main: Callable[[], object]) -> int:

@@ -25,10 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow import config
         from kerasflow.experiments import crossval
 
-        cfg = config.load(args.config, args.overrides)
+        cfg = cli.load_config(args)
         crossval.cross_validate(cfg, n_outer=args.n_outer or None, n_inner=args.n_inner or None,
                                 store_dir=args.store, experiment=args.experiment)
 

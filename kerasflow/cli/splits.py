@@ -23,11 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow import config
         from kerasflow.experiments import folds
         from kerasflow.train import data
 
-        cfg = config.load(args.config, args.overrides)
+        cfg = cli.load_config(args)
         data.check_available(cfg)
         folds.make_file(cfg, args.out)
 

@@ -32,10 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow import config
         from kerasflow.track import tracking
 
-        cfg = config.load(args.config, args.overrides)
+        cfg = cli.load_config(args)
         tracking.train_tracked(cfg, store_dir=args.store, experiment=args.experiment,
                                register=args.register, alias=args.alias,
                                system_metrics=args.system_metrics)

@@ -21,10 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
 
     def go() -> None:
-        from kerasflow import config
         from kerasflow.train import training
 
-        training.train(config.load(args.config, args.overrides))
+        training.train(cli.load_config(args))
 
     return cli.run(go)
 

@@ -32,10 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow import config
         from kerasflow.experiments import search
 
-        cfg = config.load(args.config, args.overrides)
+        cfg = cli.load_config(args)
         search.tune(cfg, trials=args.trials, workers=args.workers, study_name=args.study,
                     storage=args.storage, store_dir=args.store, experiment=args.experiment,
                     register=args.register, alias=args.alias, grace=args.grace)

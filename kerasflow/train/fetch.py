@@ -45,9 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow import config
 
-        cfg = config.load(args.config, args.overrides)
+        cfg = cli.load_config(args)
         if args.what == "data":
             fetch_data(cfg.tfds_name, cfg.tfds_data_dir)
         else:
