@@ -175,3 +175,16 @@ def test_a_preset_runs_from_the_command_line(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "image_size: 32" in (tmp_path / "p" / "config.yaml").read_text()
+
+
+def test_params_logged_by_mlflow_run_are_compared_by_meaning():
+    """`mlflow run` logs each -P as its shell-quoted command-line text; the config's value must match it."""
+    assert config.same_param("augment", "false", False)
+    assert config.same_param("group_pattern", "'^([^_]+)_'", "^([^_]+)_")
+    assert config.same_param("learning_rate", "1e-05", 1e-5) and config.same_param("epochs", "2", 2)
+    assert config.same_param("run_name", "''", "demo-20261123")  # empty asks the run to choose one
+    assert config.same_param("splits_file", "''", "")
+    assert not config.same_param("epochs", "3", 2)
+    assert not config.same_param("augment", "true", False)
+    assert not config.same_param("group_pattern", "'^(x)_'", "^([^_]+)_")
+    assert config.same_param("study", "search", "search")  # not a config key: compared as text

@@ -496,7 +496,8 @@ def test_make_run_trains_in_the_container_and_the_model_loads_on_the_host(
     assert [m.step for m in c.get_metric_history(run.info.run_id, "val_accuracy")] == [0, 1]
     assert "test_accuracy" in run.data.metrics
     # MLflow's own params (shell-quoted command-line text) and ours agree: one value per key
-    assert run.data.params["augment"] == "false" and run.data.params["group_pattern"] == "'^([^_]+)_'"
+    assert run.data.params["augment"] == "false" and run.data.params["splits_file"] == "''"
+    assert "n_outer_folds" not in run.data.params  # main takes no folds keys, and logs only its identity
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.json", "curves.png", "history.json"} <= artifacts, artifacts
     # the training ran as the user: what it wrote in the checkout is theirs
