@@ -74,7 +74,9 @@ def test_one_run_with_params_metrics_artifacts_inputs_and_environment(tracked):
     assert run.info.status == "FINISHED"
     assert run.info.artifact_uri.startswith(str(tmp / "store" / "artifacts"))
     params = run.data.params
-    assert set(config.keys()) <= set(params) and params["epochs"] == "2" and params["model"] == "cnn"
+    # the run's identity (data, model, train) and its name; resources and search keys are not params
+    assert set(params) == set(config.identity(config.load())) | {"run_name"}
+    assert params["epochs"] == "2" and params["model"] == "cnn"
     assert [m.step for m in c.get_metric_history(run_id, "loss")] == [0, 1]
     assert [m.step for m in c.get_metric_history(run_id, "val_accuracy")] == [0, 1]
     for key in ("test_accuracy", "test_auc", "test_loss", "test_precision", "test_recall"):
