@@ -144,9 +144,9 @@ def _run(cfg: Config, splits: dict[str, Any], n_outer: int, n_inner: int, uri: s
                     else:
                         nested = tracking.Nested(tags={LEVEL_TAG: "inner_fold", "outer_fold": str(o),
                                                        "inner_fold": str(i)}, log_model=False)
-                        prep, run_id = tracking.tracked_run(fold_cfg, uri=uri, experiment=experiment,
-                                                            nested=nested, verbose=verbose)
-                        row = _test_metrics(prep.metrics)
+                        result, run_id = tracking.tracked_run(fold_cfg, uri=uri, experiment=experiment,
+                                                              nested=nested, verbose=verbose)
+                        row = _test_metrics(result.metrics)
                     inner_rows.append(row)
                     table.append({"outer_fold": o, "inner_fold": i, "run_id": run_id, **row})
                 means = {k[:-len("_mean")]: v for k, v in metric_stats(inner_rows).items()

@@ -150,13 +150,13 @@ def run_worker(cfg: Config, *, study_name: str, storage_url: str, trials: int, p
             tags={LEVEL_TAG: "trial", "optuna.study": study_name, "optuna.trial": str(trial.number),
                   "optuna.worker": str(worker)},
             callbacks=[KerasPruningCallback(trial, cfg.search_metric)])
-        prep, run_id = tracking.tracked_run(trial_cfg, uri=uri, experiment=experiment, nested=nested,
-                                            verbose=verbose)
+        result, run_id = tracking.tracked_run(trial_cfg, uri=uri, experiment=experiment, nested=nested,
+                                              verbose=verbose)
         trial.set_user_attr("mlflow_run_id", run_id)
-        values = prep.history.get(cfg.search_metric)
+        values = result.history.get(cfg.search_metric)
         if not values:
             raise UserError(f"search_metric '{cfg.search_metric}' is not a training metric (have: "
-                            f"{', '.join(sorted(prep.history))}): fix search_metric in the config")
+                            f"{', '.join(sorted(result.history))}): fix search_metric in the config")
         return float(values[-1])
 
     if counted(study) < trials:

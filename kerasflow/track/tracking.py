@@ -220,10 +220,11 @@ def _log_environment(run_id: str, client: mlflow.MlflowClient) -> None:
         mlflow.log_artifact(str(Path(tmp) / "hardware.json"), artifact_path="environment")
 
 
-def _log_results(prep: training.Prepared, files: dict[str, Path]) -> None:
+def _log_results(result: training.Result, files: dict[str, Path]) -> None:
     import mlflow
 
-    metrics = {f"test_{k}": float(v) for k, v in prep.metrics.items() if isinstance(v, (int, float))}
+    prep = result.prep
+    metrics = {f"test_{k}": float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     mlflow.log_metrics(metrics)
     for key, path in files.items():
         if key != "model":
@@ -238,8 +239,8 @@ def _log_results(prep: training.Prepared, files: dict[str, Path]) -> None:
 
 def train_tracked(cfg: Config, *, store_dir: str = store.DEFAULT_STORE, experiment: str = DEFAULT_EXPERIMENT,
                   register: str = "", alias: str = "candidate", system_metrics: bool = False,
-                  verbose: int | str = "auto", nested: Nested | None = None) -> tuple[training.Prepared, str]:
-    """train.py's run inside one MLflow run; returns the prepared state and the run id."""
+                  verbose: int | str = "auto", nested: Nested | None = None) -> tuple[training.Result, str]:
+    """train.py's run inside one MLflow run; returns its result and the run id."""
     with store.open_store(store_dir) as uri:
         return tracked_run(cfg, uri=uri, experiment=experiment, nested=nested, register=register, alias=alias,
                            system_metrics=system_metrics, verbose=verbose)
@@ -258,9 +259,9 @@ class Nested:
 
 def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None = None, register: str = "",
                 alias: str = "candidate", system_metrics: bool = False,
-                verbose: int | str = "auto") -> tuple[training.Prepared, str]:
+                verbose: int | str = "auto") -> tuple[training.Result, str]:
     """One training as one MLflow run in the active store `uri`: the seam CV folds, search trials and
-    `train_mlflow.py` all go through. Returns the prepared state and the run id."""
+    `train_mlflow.py` all go through. Returns its Result and the run id."""
     import mlflow
 
     nested = nested or Nested()
@@ -295,19 +296,19 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
             mlflow.log_artifact(str(prep.run_dir / rundir.CONFIG_FILE))
             log_inputs(prep)
             _log_environment(run_id, client)
-        training.fit(prep, extra_callbacks=[epoch_logger(client, run_id), *nested.callbacks],
-                     verbose=verbose)
-        training.evaluate(prep)
-        files = training.write_outputs(prep)
-        _log_results(prep, files)
+        history = training.fit(prep, extra_callbacks=[epoch_logger(client, run_id), *nested.callbacks],
+                               verbose=verbose)
+        result = training.Result(prep, history, training.evaluate(prep))
+        files = training.write_outputs(result)
+        _log_results(result, files)
         model: dict[str, Any] = {}
         if nested.log_model:
             model = log_model(prep, register, alias)
             rundir.atomic_write(prep.run_dir / "mlflow_model.json", json.dumps(model, indent=2))
         training.seal(prep)  # last: until here a rerun resumes this same MLflow run
-    summary = {k: round(v, 4) for k, v in prep.metrics.items() if isinstance(v, float)}
+    summary = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
     print(f"test: {json.dumps(summary)}", file=sys.stderr)
     registered = f" registered as {register} v{model['version']}" if register and model else ""
     logged = f"; model {model['model_uri']}{registered}" if model else ""
     print(f"mlflow: run {run_id} FINISHED{logged}", file=sys.stderr)
-    return prep, run_id
+    return result, run_id

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +24,10 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prepared:
-    """Everything a run needs once the inputs are checked: data, model and the run folder."""
+    """Everything a run needs once the inputs are checked: data, model and the run folder (inputs only:
+    what training produces comes back as values, a `Result`)."""
 
     cfg: Config
     run_dir: Path
@@ -36,9 +37,33 @@ class Prepared:
     epoch_var: tf.Variable
     resumed: bool = False
     splits_file_digest: str = ""  # set when the splits come from a splits file (folds.py)
-    probabilities: np.ndarray | None = None  # test-set predictions, after evaluate()
-    history: dict[str, list[float]] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The test split's predicted probabilities and the metrics computed from them."""
+
+    probabilities: np.ndarray
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished training: its inputs (`prep`; their fields read through, e.g. result.run_dir),
+    its per-epoch history and its test evaluation."""
+
+    prep: Prepared
+    history: dict[str, list[float]]
+    evaluation: Evaluation
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.evaluation.metrics
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "prep":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.prep, name)
 
 
 def seed_everything(cfg: Config) -> None:
@@ -136,51 +161,50 @@ def fit(prep: Prepared, extra_callbacks: list[keras.callbacks.Callback] | None =
         model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, verbose=verbose,
                   shuffle=False, callbacks=_callbacks(prep, name, extra))
         rundir.atomic_save_weights(model, done)
-    prep.history = rundir.read_history(prep.run_dir)
-    return prep.history
+    return rundir.read_history(prep.run_dir)
 
 
-def evaluate(prep: Prepared) -> dict[str, Any]:
+def evaluate(prep: Prepared) -> Evaluation:
     """Test-set metrics from the model's predictions (loss, accuracy, AUC, precision, recall)."""
     test_ds = data.to_tf_dataset(prep.examples, prep.splits.test, prep.cfg.batch_size)
-    prep.probabilities = prep.model.predict(test_ds, verbose=0)
+    probabilities = prep.model.predict(test_ds, verbose=0)
     labels = prep.examples.labels[prep.splits.test]
-    prep.metrics = evaluation.classification_metrics(labels, prep.probabilities, prep.examples.class_names)
-    return prep.metrics
+    return Evaluation(probabilities,
+                      evaluation.classification_metrics(labels, probabilities, prep.examples.class_names))
 
 
-def write_outputs(prep: Prepared) -> dict[str, Path]:
+def write_outputs(result: Result) -> dict[str, Path]:
     """Write the run's result files (all but the model)."""
     from kerasflow.train import plots
 
+    prep = result.prep
     out = prep.run_dir
-    rundir.atomic_write(out / "history.json", json.dumps(prep.history, indent=2))
-    rundir.atomic_write(out / "metrics.json", json.dumps(prep.metrics, indent=2))
-    rundir.atomic_write(out / "test_predictions.csv", predictions_csv(prep))
+    rundir.atomic_write(out / "history.json", json.dumps(result.history, indent=2))
+    rundir.atomic_write(out / "metrics.json", json.dumps(result.metrics, indent=2))
+    rundir.atomic_write(out / "test_predictions.csv", predictions_csv(prep, result.evaluation.probabilities))
     files = {
         "config": out / rundir.CONFIG_FILE,
         "history": out / "history.json",
         "metrics": out / "metrics.json",
         "predictions": out / "test_predictions.csv",
-        "curves": plots.training_curves(prep.history, out / "curves.png",
+        "curves": plots.training_curves(result.history, out / "curves.png",
                                         fine_tune_start=prep.cfg.epochs if prep.cfg.has_fine_tune else None),
-        "confusion_matrix": plots.confusion_matrix(prep.metrics["confusion_matrix"],
+        "confusion_matrix": plots.confusion_matrix(result.metrics["confusion_matrix"],
                                                    prep.examples.class_names, out / "confusion_matrix.png"),
     }
     if models.binary(len(prep.examples.class_names)):
-        files["roc"] = plots.roc_curve(prep.metrics["roc"], out / "roc.png")
+        files["roc"] = plots.roc_curve(result.metrics["roc"], out / "roc.png")
     return files
 
 
-def predictions_csv(prep: Prepared) -> str:
+def predictions_csv(prep: Prepared, probabilities: np.ndarray) -> str:
     """One row per test example: its name, true label and the predicted probability of each class."""
     import csv
     import io
 
-    assert prep.probabilities is not None
     names = prep.examples.names or [str(i) for i in range(len(prep.examples))]
     classes = prep.examples.class_names
-    probs = np.asarray(prep.probabilities, np.float64)
+    probs = np.asarray(probabilities, np.float64)
     if probs.ndim == 1 or probs.shape[1] == 1:  # a sigmoid output is P(class 1)
         p1 = probs.reshape(-1)
         probs = np.stack([1 - p1, p1], axis=1)
@@ -200,18 +224,17 @@ def seal(prep: Prepared) -> Path:
     return path
 
 
-def train(cfg: Config, verbose: int | str = "auto") -> Prepared:
-    """Train one run end to end and return its state (run folder, model, metrics)."""
+def train(cfg: Config, verbose: int | str = "auto") -> Result:
+    """Train one run end to end and return what it produced (run folder, model, history, metrics)."""
     prep = prepare(cfg)
     print(f"run folder: {prep.run_dir}{' (resuming)' if prep.resumed else ''}", file=sys.stderr)
-    fit(prep, verbose=verbose)
-    metrics = evaluate(prep)
-    write_outputs(prep)
+    result = Result(prep, fit(prep, verbose=verbose), evaluate(prep))
+    write_outputs(result)
     seal(prep)
-    summary = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+    summary = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
     print(f"test: {json.dumps(summary)}", file=sys.stderr)
     print(f"outputs: {prep.run_dir}", file=sys.stderr)
-    return prep
+    return result
 
 
 def final_weights_digest(model: keras.Model) -> str:
