@@ -130,24 +130,28 @@ def keys() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
 
 
+def _as_float(value: Any) -> Any:
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        value = float(value)  # PyYAML reads 1e-4 (no dot) as a string: YAML 1.1 quirk
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+# type -> the accepted value converted, or None when it is not one (bool is no int here)
+_CONVERT: dict[type, Any] = {
+    bool: lambda v: v if isinstance(v, bool) else None,
+    int: lambda v: v if isinstance(v, int) and not isinstance(v, bool) else None,
+    float: _as_float,
+    str: lambda v: v if isinstance(v, str) else None,
+    dict: lambda v: v if isinstance(v, dict) else None,
+}
+
+
 def _check_type(name: str, value: Any, typ: type) -> Any:
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-    elif typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif typ is float:
-        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
-            value = float(value)  # PyYAML reads 1e-4 (no dot) as a string: YAML 1.1 quirk
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-    elif typ is str:
-        if isinstance(value, str):
-            return value
-    elif typ is dict:
-        if isinstance(value, dict):
-            return value
+    converted = _CONVERT[typ](value)
+    if converted is not None:
+        return converted
     raise UserError(
         f"config key '{name}' must be {typ.__name__}, got {type(value).__name__} {value!r}: "
         f"fix it in the config file or with --set {name}=..."
@@ -199,6 +203,30 @@ def _check_together(cfg: Config) -> None:
 SPEC_KEYS = {"low", "high", "log", "step", "choices"}
 
 
+def _choices(where: str, spec: dict[str, Any]) -> list[Any]:
+    if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
+        raise UserError(f"{where} has an empty or malformed choices list: give at least one value")
+    return list(spec["choices"])
+
+
+def _range_ends(where: str, key: str, spec: dict[str, Any], typ: type) -> list[Any]:
+    """[low, high] of a numeric range, checked: typed, non-empty, log-scaled only above 0."""
+    if typ not in (int, float) or "low" not in spec or "high" not in spec:
+        raise UserError(f"{where} needs low and high (numbers; a {typ.__name__} key takes choices)")
+    low, high = spec["low"], spec["high"]
+    for bound in (low, high):
+        try:
+            _check_type(key, bound, typ)
+        except UserError:
+            raise UserError(f"{where}: low and high must be {typ.__name__}s, got {low!r} and "
+                            f"{high!r}") from None
+    if not low < high:
+        raise UserError(f"{where} has an empty range (low {low} >= high {high}): make low < high")
+    if spec.get("log") and low <= 0:
+        raise UserError(f"{where} is log-scaled, so low must be > 0 (got {low})")
+    return [low, high]
+
+
 def _check_search_space(cfg: Config) -> None:
     """Every range must be non-empty and every value it can produce a valid value of its key."""
     hints = get_type_hints(Config)
@@ -210,26 +238,7 @@ def _check_search_space(cfg: Config) -> None:
         if not isinstance(spec, dict) or not spec or set(spec) - SPEC_KEYS:
             raise UserError(f"{where} must be {{low: .., high: .., log: true?, step: ..?}} or "
                             f"{{choices: [..]}}, got {spec!r}")
-        if "choices" in spec:
-            if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
-                raise UserError(f"{where} has an empty or malformed choices list: give at least one value")
-            candidates = list(spec["choices"])
-        else:
-            if hints[key] not in (int, float) or "low" not in spec or "high" not in spec:
-                raise UserError(f"{where} needs low and high (numbers; a {hints[key].__name__} key takes "
-                                "choices)")
-            low, high = spec["low"], spec["high"]
-            for bound in (low, high):
-                try:
-                    _check_type(key, bound, hints[key])
-                except UserError:
-                    raise UserError(f"{where}: low and high must be {hints[key].__name__}s, got "
-                                    f"{low!r} and {high!r}") from None
-            if not low < high:
-                raise UserError(f"{where} has an empty range (low {low} >= high {high}): make low < high")
-            if spec.get("log") and low <= 0:
-                raise UserError(f"{where} is log-scaled, so low must be > 0 (got {low})")
-            candidates = [low, high]
+        candidates = _choices(where, spec) if "choices" in spec else _range_ends(where, key, spec, hints[key])
         for value in candidates:
             try:
                 _check_type(key, value, hints[key])

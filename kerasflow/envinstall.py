@@ -35,6 +35,12 @@ _IGNORED = {"disable-pip-version-check", "no-color", "progress-bar", "quiet", "v
             "root-user-action", "no-warn-script-location", "no-python-version-warning"}
 
 
+_UV_FLAGS = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "find-links": "--find-links",
+             "constraint": "--constraint", "trusted-host": "--allow-insecure-host"}
+_UV_ENV = {"cert": ("SSL_CERT_FILE",), "timeout": ("UV_HTTP_TIMEOUT",),
+           "default-timeout": ("UV_HTTP_TIMEOUT",), "proxy": ("HTTPS_PROXY", "HTTP_PROXY")}
+
+
 def pip_settings(python: str) -> dict[str, str]:
     """The effective pip settings: config files first, then PIP_* variables (pip's own precedence)."""
     out = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
@@ -58,27 +64,14 @@ def uv_command(uv: str, python: str, lock: str, settings: dict[str, str]) -> tup
             "--index-strategy", "unsafe-best-match"]
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
     for key, value in settings.items():
-        words = shlex.split(value)
         if key in _IGNORED:
             continue
-        if key == "index-url":
-            args += ["--index-url", value]
-        elif key == "extra-index-url":
-            args += [x for url in words for x in ("--extra-index-url", url)]
-        elif key == "find-links":
-            args += [x for path in words for x in ("--find-links", path)]
-        elif key == "constraint":
-            args += [x for path in words for x in ("--constraint", path)]
+        if key in _UV_FLAGS:  # one uv flag per value of a space-separated list
+            args += [x for word in shlex.split(value) for x in (_UV_FLAGS[key], word)]
+        elif key in _UV_ENV:
+            env.update(dict.fromkeys(_UV_ENV[key], value))
         elif key == "no-index" and value.lower() in ("1", "true", "yes", "on"):
             args += ["--no-index"]
-        elif key == "cert":
-            env["SSL_CERT_FILE"] = value
-        elif key in ("timeout", "default-timeout"):
-            env["UV_HTTP_TIMEOUT"] = value
-        elif key == "trusted-host":
-            args += [x for host in words for x in ("--allow-insecure-host", host)]
-        elif key == "proxy":
-            env["HTTPS_PROXY"] = env["HTTP_PROXY"] = value
         else:
             raise ValueError(f"pip setting '{key}' has no uv equivalent here")
     return args, env

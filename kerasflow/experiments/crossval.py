@@ -46,7 +46,7 @@ def _test_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {f"test_{k}": float(v) for k, v in metrics.items() if isinstance(v, float)}
 
 
-def cross_validate(cfg: Config, *, n_outer: int | None = None, n_inner: int | None = None,
+def cross_validate(cfg: Config, *, n_outer: int | None = None, n_inner: int | None = None,  # noqa: PLR0913
                    store_dir: str = store.DEFAULT_STORE, experiment: str = tracking.DEFAULT_EXPERIMENT,
                    verbose: int | str = "auto") -> dict[str, Any]:
     """Train every (outer, inner) fold as nested runs; returns the cv run id and the aggregates."""
@@ -68,7 +68,8 @@ def cross_validate(cfg: Config, *, n_outer: int | None = None, n_inner: int | No
 
     # every fold trains on the same decoded examples
     with store.open_store(store_dir) as uri, data.reusing_loaded_examples():
-        return _run(cfg, splits, n_outer, n_inner, uri, experiment, verbose)
+        return _run(cfg, splits, n_outer=n_outer, n_inner=n_inner, uri=uri, experiment=experiment,
+                    verbose=verbose)
 
 
 def _finished_fold(fold_dir: Path) -> str | None:
@@ -81,8 +82,8 @@ def _finished_fold(fold_dir: Path) -> str | None:
     return None
 
 
-def _run(cfg: Config, splits: dict[str, Any], n_outer: int, n_inner: int, uri: str, experiment: str,
-         verbose: int | str) -> dict[str, Any]:
+def _run(cfg: Config, splits: dict[str, Any], *, n_outer: int, n_inner: int, uri: str,  # noqa: PLR0913
+         experiment: str, verbose: int | str) -> dict[str, Any]:
     import mlflow
 
     from kerasflow import config as config_mod

@@ -129,7 +129,7 @@ def counted(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def run_worker(cfg: Config, *, study_name: str, storage_url: str, trials: int, parent_run_id: str,
+def run_worker(cfg: Config, *, study_name: str, storage_url: str, trials: int, parent_run_id: str,  # noqa: PLR0913
                uri: str, experiment: str, worker: int, grace: int, verbose: int | str = 2) -> int:
     """Run trials until the study holds `trials` of them; returns how many this worker ran."""
     import optuna
@@ -175,7 +175,7 @@ def _spawn_workers(n: int, cfg_path: Path, args: dict[str, Any]) -> list[subproc
     return procs
 
 
-def tune(cfg: Config, *, trials: int, workers: int = 1, study_name: str = "search", storage: str = "",
+def tune(cfg: Config, *, trials: int, workers: int = 1, study_name: str = "search", storage: str = "",  # noqa: PLR0913
          store_dir: str = store.DEFAULT_STORE, experiment: str = tracking.DEFAULT_EXPERIMENT,
          register: str = "", alias: str = "candidate", grace: int = 300, verbose: int | str = 2
          ) -> dict[str, Any]:
@@ -190,8 +190,9 @@ def tune(cfg: Config, *, trials: int, workers: int = 1, study_name: str = "searc
     # the data is decoded once per worker process, not once per trial (and once for the retrain)
     with store.open_store(store_dir) as uri, data.reusing_loaded_examples():
         study = open_study(cfg, study_name, storage_url, grace)  # refuses a changed space before any run
-        return _tune(cfg, study, trials, workers, study_name, storage_url, uri, experiment, register, alias,
-                     grace, verbose)
+        return _tune(cfg, study, trials=trials, workers=workers, study_name=study_name,
+                     storage_url=storage_url, uri=uri, experiment=experiment, register=register, alias=alias,
+                     grace=grace, verbose=verbose)
 
 
 def _parent_run(study: optuna.Study, experiment_id: str, study_name: str, launched: str | None
@@ -215,9 +216,9 @@ def _parent_run(study: optuna.Study, experiment_id: str, study_name: str, launch
     return run
 
 
-def _tune(cfg: Config, study: optuna.Study, trials: int, workers: int, study_name: str, storage_url: str,
-          uri: str, experiment: str, register: str, alias: str, grace: int, verbose: int | str
-          ) -> dict[str, Any]:
+def _tune(cfg: Config, study: optuna.Study, *, trials: int, workers: int, study_name: str,  # noqa: PLR0913
+          storage_url: str, uri: str, experiment: str, register: str, alias: str, grace: int,
+          verbose: int | str) -> dict[str, Any]:
     import mlflow
     import optuna
 

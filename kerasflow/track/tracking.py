@@ -237,7 +237,7 @@ def _log_results(result: training.Result, files: dict[str, Path]) -> None:
         mlflow.log_artifact(str(summary))
 
 
-def train_tracked(cfg: Config, *, store_dir: str = store.DEFAULT_STORE, experiment: str = DEFAULT_EXPERIMENT,
+def train_tracked(cfg: Config, *, store_dir: str = store.DEFAULT_STORE, experiment: str = DEFAULT_EXPERIMENT,  # noqa: PLR0913
                   register: str = "", alias: str = "candidate", system_metrics: bool = False,
                   verbose: int | str = "auto", nested: Nested | None = None) -> tuple[training.Result, str]:
     """train.py's run inside one MLflow run; returns its result and the run id."""
@@ -257,7 +257,7 @@ class Nested:
     stopped: tuple[type[BaseException], ...] = ()  # exceptions that end the run KILLED (e.g. pruned)
 
 
-def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None = None, register: str = "",
+def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None = None, register: str = "",  # noqa: PLR0913
                 alias: str = "candidate", system_metrics: bool = False,
                 verbose: int | str = "auto") -> tuple[training.Result, str]:
     """One training as one MLflow run in the active store `uri`: the seam CV folds, search trials and

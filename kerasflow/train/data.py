@@ -199,6 +199,27 @@ def resize_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
+def _listing_key(files: list[tuple[Path, int]], names: list[str], size: int) -> str:
+    """Cache key of an image tree: names, labels, sizes and mtimes (the content hash comes later)."""
+    listing = hashlib.sha256()
+    for (path, label), name in zip(files, names, strict=True):
+        stat = path.stat()
+        listing.update(f"{name}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return f"dir-{listing.hexdigest()[:20]}-{size}"
+
+
+def _content_digest(root: Path, classes: list[str], decoded: list[tuple[str, int, str]]) -> str:
+    """Lineage digest of the decoded files' (name, label, sha256) rows; a class left without a readable
+    image is an error."""
+    for label, name in enumerate(classes):
+        if not any(row[1] == label for row in decoded):
+            raise UserError(f"no readable image in class folder {root / name}: replace the corrupt files")
+    content = hashlib.sha256()
+    for name, label, digest in decoded:
+        content.update(f"{name}|{label}|{digest}\n".encode())
+    return content.hexdigest()[:16]
+
+
 def load_image_dir(cfg: Config) -> Examples:
     """Decode an image tree in TF's C++ threads; unreadable files are skipped and counted."""
     import tensorflow as tf
@@ -208,11 +229,7 @@ def load_image_dir(cfg: Config) -> Examples:
     size = cfg.image_size
     labels = np.array([label for _, label in files], np.int32)
     names = [str(p.relative_to(root)) for p, _ in files]
-    listing = hashlib.sha256()  # cache key: names, sizes and mtimes (the content hash comes later)
-    for (path, label), name in zip(files, names, strict=True):
-        stat = path.stat()
-        listing.update(f"{name}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    key = f"dir-{listing.hexdigest()[:20]}-{size}"
+    key = _listing_key(files, names, size)
     meta_path = Path(cfg.cache_dir) / f"{key}.json"
     cached = _cached(cfg, key)
     if cached is not None and meta_path.is_file():
@@ -249,13 +266,8 @@ def load_image_dir(cfg: Config) -> Examples:
     bad = [names[i] for i in np.flatnonzero(~ok)]
     if bad:
         _warn(f"skipped {len(bad)} unreadable image(s) of {len(files)}, e.g. {root / bad[0]}")
-    for label, name in enumerate(classes):
-        if not ok[labels == label].any():
-            raise UserError(f"no readable image in class folder {root / name}: replace the corrupt files")
-    content = hashlib.sha256()
-    for i in np.flatnonzero(ok):
-        content.update(f"{names[i]}|{labels[i]}|{hashes[i]}\n".encode())
-    digest = content.hexdigest()[:16]
+    decoded = [(names[i], int(labels[i]), hashes[i]) for i in np.flatnonzero(ok)]
+    digest = _content_digest(root, classes, decoded)
     source = {"source": "image_dir", "path": str(root.resolve()), "classes": classes,
               "files": int(ok.sum()), "skipped": len(bad)}
     images = sink.finish(None if ok.all() else ok)
