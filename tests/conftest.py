@@ -66,6 +66,22 @@ def run_script(script: str, *args: str, env: dict[str, str] | None = None,
                           cwd=ROOT, env=full_env, timeout=timeout)
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def client_for(store_dir: Path):
+    """An MLflow client of an embedded store folder (its sqlite database, opened directly)."""
+    import mlflow
+
+    return mlflow.MlflowClient(f"sqlite:///{store_dir / 'mlflow.db'}")
+
+
 def set_args(overrides: list[str]) -> list[str]:
     return [arg for item in overrides for arg in ("--set", item)]
 

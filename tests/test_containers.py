@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_user_error, require_tool
+from conftest import ROOT, assert_user_error, free_port, require_tool
 
 FAKE_DOCKER = r'''#!/usr/bin/env python3
 """Stand-in for the docker CLI: records every call, keeps "images" as files, never runs anything."""
@@ -87,12 +86,6 @@ TOOLS = [
     "ls",
     "nohup",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ import pwd
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -38,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, assert_user_error, require_tool
+from conftest import ROOT, TINY, assert_user_error, free_port, require_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
@@ -53,12 +52,6 @@ def tiny_p(**changes: object) -> list[str]:
     values = dict(item.split("=", 1) for item in TINY)
     values.update({k: str(v) for k, v in changes.items()})
     return [arg for k, v in values.items() for arg in ("-P", f"{k}={v}")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def docker(*args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, assert_user_error, set_args
+from conftest import ROOT, TINY, assert_user_error, client_for, set_args
 
 from kerasflow import config
 from kerasflow.errors import UserError
@@ -33,12 +33,6 @@ def run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedPr
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
     )
-
-
-def client_for(store_dir: Path):
-    import mlflow
-
-    return mlflow.MlflowClient(f"sqlite:///{store_dir / 'mlflow.db'}")
 
 
 def runs_of(store_dir: Path, query: str = "") -> list:

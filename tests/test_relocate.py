@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, require_tool
+from conftest import ROOT, free_port, require_tool
 
 from kerasflow.errors import UserError
 from kerasflow.storeops import relocate
@@ -58,14 +58,6 @@ def client(kind: str, path: Path):
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
     mlflow.set_tracking_uri(uri)
     return mlflow.MlflowClient()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,17 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, assert_user_error, run_script, set_args
+from conftest import ROOT, TINY, assert_user_error, client_for, free_port, run_script, set_args
 
 from kerasflow import config
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = 90, proc: subprocess.Popen | None = None) -> None:
@@ -41,13 +34,6 @@ def wait_http(url: str, timeout: float = 90, proc: subprocess.Popen | None = Non
         except OSError:
             time.sleep(0.3)
     raise AssertionError(f"{url} did not answer within {timeout} s")
-
-
-def client_for(store_dir: Path):
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{store_dir / 'mlflow.db'}")
-    return mlflow.MlflowClient()
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +92,7 @@ def test_registered_model_loads_by_alias_and_predicts_like_the_trained_one(track
     import mlflow
 
     tmp, prep, _ = tracked
-    client_for(tmp / "store")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'store' / 'mlflow.db'}")
     loaded = mlflow.keras.load_model("models:/tiny@candidate")
     batch = np.asarray(prep.examples.images[prep.splits.test[:8]])
     assert np.allclose(loaded.predict(batch, verbose=0), prep.model.predict(batch, verbose=0), atol=1e-6)

@@ -21,11 +21,12 @@ import numpy as np
 
 from kerasflow.errors import UserError
 from kerasflow.track import store, tracking
+from kerasflow.train import rundir
 
 if TYPE_CHECKING:
     import pandas as pd
 
-PREDICTIONS = "test_predictions.csv"
+PREDICTIONS = rundir.PREDICTIONS_FILE
 PREFIX = "analysis_"
 
 

@@ -72,16 +72,6 @@ def cross_validate(cfg: Config, *, n_outer: int | None = None, n_inner: int | No
                     verbose=verbose)
 
 
-def _finished_fold(fold_dir: Path) -> str | None:
-    """The MLflow run id of a fold that an earlier start of this cv finished, else None."""
-    from kerasflow.train import rundir
-
-    id_file = fold_dir / tracking.RUN_ID_FILE
-    if (fold_dir / rundir.MODEL_FILE).is_file() and id_file.is_file():
-        return id_file.read_text().strip()
-    return None
-
-
 def _run(cfg: Config, splits: dict[str, Any], *, n_outer: int, n_inner: int, uri: str,  # noqa: PLR0913
          experiment: str, verbose: int | str) -> dict[str, Any]:
     import mlflow
@@ -136,7 +126,7 @@ def _run(cfg: Config, splits: dict[str, Any], *, n_outer: int, n_inner: int, uri
                 inner_rows = []
                 for i in range(n_inner):
                     fold_cfg = cfg.replace(outer_fold=o, inner_fold=i, run_name=f"{name}-o{o}-i{i}")
-                    run_id = _finished_fold(Path(cfg.output_dir) / fold_cfg.run_name)
+                    run_id = rundir.finished_run_id(Path(cfg.output_dir) / fold_cfg.run_name)
                     if run_id is not None:
                         logged = client.get_run(run_id).data.metrics
                         row = {k: v for k, v in logged.items()

@@ -265,8 +265,8 @@ def _tune(cfg: Config, study: optuna.Study, *, trials: int, workers: int, study_
         mlflow.log_text(study.trials_dataframe().to_csv(index=False), "trials.csv")
         final_cfg = cfg.replace(**best.params, run_name=f"{study_name}-best-trial{best.number}")
         final_dir = Path(cfg.output_dir) / final_cfg.run_name
-        if (final_dir / rundir.MODEL_FILE).is_file() and (final_dir / tracking.RUN_ID_FILE).is_file():
-            final_id = (final_dir / tracking.RUN_ID_FILE).read_text().strip()  # a rerun of a done study
+        final_id = rundir.finished_run_id(final_dir)
+        if final_id:  # a rerun of a done study
             print(f"search: the best trial is still {best.number}, retrained in run {final_id}",
                   file=sys.stderr)
         else:

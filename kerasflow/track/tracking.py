@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import keras
     import mlflow
 
-RUN_ID_FILE = "mlflow_run_id"
+
 LEVEL_TAG = "kerasflow.level"  # where a run sits in an experiment: cv, outer_fold, inner_fold, search, ...
 DEFAULT_EXPERIMENT = store.DEFAULT_EXPERIMENT
 
@@ -137,7 +137,7 @@ def launched_or_named(client: mlflow.MlflowClient, uri: str, experiment: str) ->
 
 
 def _resume_id(run_dir: Path, client: mlflow.MlflowClient) -> str | None:
-    path = run_dir / RUN_ID_FILE
+    path = run_dir / rundir.RUN_ID_FILE
     if not path.is_file():
         return None
     run_id = path.read_text().strip()
@@ -282,7 +282,7 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
                            run_name=prep.run_dir.name, log_system_metrics=system_metrics or None,
                            nested=in_parent, parent_run_id=parent, tags=dict(nested.tags) or None)
     run_id = run.info.run_id
-    rundir.atomic_write(prep.run_dir / RUN_ID_FILE, run_id + "\n")
+    rundir.atomic_write(prep.run_dir / rundir.RUN_ID_FILE, run_id + "\n")
     print(f"mlflow: run {run_id} in experiment '{experiment}' at {uri}"
           f"{' (resumed)' if prep.resumed else ''}", file=sys.stderr)
     with run_status(run_id, nested.stopped), sigterm_as_interrupt():
@@ -304,7 +304,7 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
         model: dict[str, Any] = {}
         if nested.log_model:
             model = log_model(prep, register, alias)
-            rundir.atomic_write(prep.run_dir / "mlflow_model.json", json.dumps(model, indent=2))
+            rundir.atomic_write(prep.run_dir / rundir.LOGGED_MODEL_FILE, json.dumps(model, indent=2))
         training.seal(prep)  # last: until here a rerun resumes this same MLflow run
     summary = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
     print(f"test: {json.dumps(summary)}", file=sys.stderr)

@@ -1,10 +1,11 @@
 """The run folder: where it goes, whether it may be (re)used, and writes that are never half-done.
 
-Layout of `<output_dir>/<run_name>/`:
+Layout of `<output_dir>/<run_name>/` (every file name is a constant below; no other module spells one):
     config.yaml            resolved config (written first; its presence marks a started run)
     history.jsonl          one row per finished epoch (kept across restarts)
     .state/                BackupAndRestore checkpoints; removed when the run finishes
-    history.json metrics.json curves.png confusion_matrix.png roc.png
+    history.json metrics.json test_predictions.csv curves.png confusion_matrix.png roc.png
+    mlflow_run_id mlflow_model.json   (tracked runs: the MLflow run, the logged model)
     model.keras            written last: its presence marks a finished run
 """
 
@@ -28,6 +29,22 @@ if TYPE_CHECKING:
 HISTORY_LOG = "history.jsonl"
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.json"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "test_predictions.csv"
+CURVES_FILE = "curves.png"
+CONFUSION_FILE = "confusion_matrix.png"
+ROC_FILE = "roc.png"
+RUN_ID_FILE = "mlflow_run_id"
+LOGGED_MODEL_FILE = "mlflow_model.json"
+
+
+def finished_run_id(run_dir: Path) -> str | None:
+    """The MLflow run id of a tracked run that finished in this folder (a rerun skips it), else None."""
+    id_file = run_dir / RUN_ID_FILE
+    if (run_dir / MODEL_FILE).is_file() and id_file.is_file():
+        return id_file.read_text().strip()
+    return None
 
 
 def _writable_ancestor(path: Path) -> Path:

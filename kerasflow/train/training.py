@@ -179,21 +179,21 @@ def write_outputs(result: Result) -> dict[str, Path]:
 
     prep = result.prep
     out = prep.run_dir
-    rundir.atomic_write(out / "history.json", json.dumps(result.history, indent=2))
-    rundir.atomic_write(out / "metrics.json", json.dumps(result.metrics, indent=2))
-    rundir.atomic_write(out / "test_predictions.csv", predictions_csv(prep, result.evaluation.probabilities))
+    rundir.atomic_write(out / rundir.HISTORY_FILE, json.dumps(result.history, indent=2))
+    rundir.atomic_write(out / rundir.METRICS_FILE, json.dumps(result.metrics, indent=2))
+    rundir.atomic_write(out / rundir.PREDICTIONS_FILE, predictions_csv(prep, result.evaluation.probabilities))
     files = {
         "config": out / rundir.CONFIG_FILE,
-        "history": out / "history.json",
-        "metrics": out / "metrics.json",
-        "predictions": out / "test_predictions.csv",
-        "curves": plots.training_curves(result.history, out / "curves.png",
+        "history": out / rundir.HISTORY_FILE,
+        "metrics": out / rundir.METRICS_FILE,
+        "predictions": out / rundir.PREDICTIONS_FILE,
+        "curves": plots.training_curves(result.history, out / rundir.CURVES_FILE,
                                         fine_tune_start=prep.cfg.epochs if prep.cfg.has_fine_tune else None),
         "confusion_matrix": plots.confusion_matrix(result.metrics["confusion_matrix"],
-                                                   prep.examples.class_names, out / "confusion_matrix.png"),
+                                                   prep.examples.class_names, out / rundir.CONFUSION_FILE),
     }
     if models.binary(len(prep.examples.class_names)):
-        files["roc"] = plots.roc_curve(result.metrics["roc"], out / "roc.png")
+        files["roc"] = plots.roc_curve(result.metrics["roc"], out / rundir.ROC_FILE)
     return files
 
 
