@@ -32,11 +32,11 @@ PREFIX = "analysis_"
 
 def youden_threshold(positive: np.ndarray, score: np.ndarray) -> dict[str, Any]:
     """The score threshold maximising TPR - FPR, with the ROC curve it was read from."""
-    from sklearn.metrics import roc_curve
+    from kerasflow.train.evaluation import roc_points
 
-    fpr, tpr, thresholds = roc_curve(positive, score)
+    fpr, tpr, thresholds = roc_points(np.asarray(positive).astype(int), np.asarray(score, np.float64))
     best = int(np.argmax(tpr - fpr))
-    threshold = float(min(thresholds[best], 1.0))  # sklearn's first threshold is +inf (predict none)
+    threshold = float(min(thresholds[best], 1.0))  # the first threshold is +inf (predict none)
     return {"threshold": threshold, "j": float(tpr[best] - fpr[best]), "fpr": fpr, "tpr": tpr,
             "index": best}
 

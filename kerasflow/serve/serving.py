@@ -85,16 +85,10 @@ def request(url: str, images: np.ndarray, timeout: float = 60) -> list[Any]:
 
 def describe(predictions: list[Any], class_names: list[str]) -> list[tuple[str, float]]:
     """(predicted class, its probability) per image."""
-    out = []
-    for p in predictions:
-        p = np.asarray(p, float).reshape(-1)
-        if p.size == 1:
-            k = int(p[0] >= 0.5)
-            out.append((class_names[k], float(p[0] if k else 1 - p[0])))
-        else:
-            k = int(p.argmax())
-            out.append((class_names[k], float(p[k])))
-    return out
+    from kerasflow.train.evaluation import class_probabilities, predicted_classes
+
+    probs = class_probabilities(np.asarray(predictions, float).reshape(len(predictions), -1))
+    return [(class_names[k], float(p[k])) for p, k in zip(probs, predicted_classes(probs), strict=True)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,21 +23,36 @@ def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.n
     return fpr, tpr, thresholds
 
 
+def class_probabilities(probabilities: np.ndarray | list[float]) -> np.ndarray:
+    """(N, classes) probabilities from a model's output: a sigmoid output (one column, or one value per
+    example) is P(class 1), so it becomes [1 - p, p]. The one place that decides how to read it."""
+    probs = np.asarray(probabilities, np.float64)
+    if probs.ndim == 1 or probs.shape[1] == 1:
+        p1 = probs.reshape(-1)
+        return np.stack([1 - p1, p1], axis=1)
+    return probs
+
+
+def predicted_classes(probs: np.ndarray) -> np.ndarray:
+    """The predicted class of each row of `class_probabilities`: P(class 1) >= 0.5 for two classes (the
+    sigmoid's own cut), the most probable class otherwise."""
+    return (probs[:, 1] >= 0.5).astype(int) if probs.shape[1] == 2 else probs.argmax(axis=1)
+
+
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray,
                            class_names: list[str]) -> dict[str, Any]:
     """Loss, accuracy, macro precision/recall, per-class figures, confusion matrix; AUC and ROC if binary."""
     labels = np.asarray(labels).astype(int)
-    probs = np.asarray(probabilities, np.float64)
+    probs = class_probabilities(probabilities)
     k = len(class_names)
+    p1 = probs[:, 1]
     if k == 2:
-        p1 = probs.reshape(-1)
         clipped = np.clip(p1, EPSILON, 1 - EPSILON)
         loss = -np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
-        predicted = (p1 >= 0.5).astype(int)
     else:
         clipped = np.clip(probs, EPSILON, 1 - EPSILON)
         loss = -np.mean(np.log(clipped[np.arange(len(labels)), labels]))
-        predicted = probs.argmax(axis=1)
+    predicted = predicted_classes(probs)
     confusion = np.zeros((k, k), int)
     np.add.at(confusion, (labels, predicted), 1)
     per_class = {}
@@ -56,7 +71,7 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray,
         "examples": len(labels),
     }
     if k == 2:
-        fpr, tpr, thresholds = roc_points(labels, probs.reshape(-1))
+        fpr, tpr, thresholds = roc_points(labels, p1)
         metrics["auc"] = float(np.trapezoid(tpr, fpr))
         metrics["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(),
                           "thresholds": [float(t) if np.isfinite(t) else None for t in thresholds]}

@@ -204,10 +204,7 @@ def predictions_csv(prep: Prepared, probabilities: np.ndarray) -> str:
 
     names = prep.examples.names or [str(i) for i in range(len(prep.examples))]
     classes = prep.examples.class_names
-    probs = np.asarray(probabilities, np.float64)
-    if probs.ndim == 1 or probs.shape[1] == 1:  # a sigmoid output is P(class 1)
-        p1 = probs.reshape(-1)
-        probs = np.stack([1 - p1, p1], axis=1)
+    probs = evaluation.class_probabilities(probabilities)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["example", "label", *[f"prob_{c}" for c in classes]])
