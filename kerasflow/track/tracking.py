@@ -279,7 +279,7 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
         mlflow.enable_system_metrics_logging()
     parent = None if run_id or in_parent else nested.parent_run_id  # one of another process (tune workers)
     run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
-                           run_name=prep.run_dir.name, log_system_metrics=system_metrics or None,
+                           run_name=prep.cfg.run_name, log_system_metrics=system_metrics or None,
                            nested=in_parent, parent_run_id=parent, tags=dict(nested.tags) or None)
     run_id = run.info.run_id
     rundir.atomic_write(prep.run_dir / rundir.RUN_ID_FILE, run_id + "\n")
@@ -288,7 +288,7 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
     with run_status(run_id, nested.stopped), sigterm_as_interrupt():
         if not prep.resumed or not client.get_run(run_id).data.params:
             # the run's identity (data, model, train): the whole config is the config.yaml artifact
-            log_params_merged(client, run_id, {**config.identity(prep.cfg), "run_name": prep.run_dir.name})
+            log_params_merged(client, run_id, {**config.identity(prep.cfg), "run_name": prep.cfg.run_name})
             mlflow.set_tags({"data_digest": prep.examples.digest, "split_digest": prep.splits.digest(),
                              "data_source": cfg.data_source, "kerasflow.entry": "train_mlflow.py"})
             if prep.splits_file_digest:

@@ -92,6 +92,7 @@ def describe_devices() -> str:
 def prepare(cfg: Config) -> Prepared:
     """Check everything a user can get wrong, then load data and build the model, then create the folder."""
     run_dir = rundir.plan(cfg)  # validates the output folder; writes nothing yet
+    cfg = cfg.replace(run_name=run_dir.name)  # the name resolved once: from here on prep.cfg holds it
     data.check_available(cfg)
     print(describe_devices(), file=sys.stderr)
     seed_everything(cfg)
