@@ -81,6 +81,18 @@ def quiet_tensorflow() -> None:
         sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
+def store_flags(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
+    """--store (and --experiment): the same flags, defaults and help for every command on a store."""
+    from kerasflow.track.store import DEFAULT_EXPERIMENT, DEFAULT_STORE
+
+    p.add_argument("--store", default=DEFAULT_STORE, metavar="DIR",
+                   help=f"store folder: sqlite database + artifacts (default: {DEFAULT_STORE}); "
+                        "MLFLOW_TRACKING_URI, when set, is used instead")
+    if experiment:
+        p.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                       help=f"MLflow experiment name (default: {DEFAULT_EXPERIMENT})")
+
+
 def load_config(args: argparse.Namespace) -> Config:
     """The config the flags of `parser` ask for: --config, then each --preset, then each --set."""
     from kerasflow import config

@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 
 from kerasflow import cli
-from kerasflow.track import store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,8 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--filter", default="", help="MLflow search filter, e.g. \"metrics.test_accuracy > 0.9\"")
     p.add_argument("--positive", default="",
                    help="positive class for the threshold (default: the first class, parasitized)")
-    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR", help="store folder (default store)")
-    p.add_argument("--experiment", default=store.DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    cli.store_flags(p)
     p.add_argument("--max-runs", type=int, default=200, help="analyse at most this many runs")
     args = p.parse_args(argv)
 

@@ -13,15 +13,13 @@ from __future__ import annotations
 import sys
 
 from kerasflow import cli
-from kerasflow.track import store
 
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__)
     p.add_argument("--n-outer", type=int, default=0, help="outer folds to run (default 0: all in the file)")
     p.add_argument("--n-inner", type=int, default=0, help="inner folds per outer fold (default 0: all)")
-    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR", help="store folder (default store)")
-    p.add_argument("--experiment", default=store.DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    cli.store_flags(p)
     args = p.parse_args(argv)
 
     def go() -> None:

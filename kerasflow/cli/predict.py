@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--url", default="http://127.0.0.1:5001", help="model server (default: %(default)s)")
     p.add_argument("--model", help="model URI, to read image size and class names from its metadata")
-    p.add_argument("--store", default="store", metavar="DIR")
+    cli.store_flags(p, experiment=False)
     p.add_argument("--image-size", type=int)
     p.add_argument("--classes", help="comma-separated class names, in label order")
     args = p.parse_args(argv)

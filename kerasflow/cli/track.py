@@ -21,9 +21,7 @@ from kerasflow import cli
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__)
-    p.add_argument("--store", default="store", metavar="DIR",
-                   help="store folder for the embedded sqlite store (default: store)")
-    p.add_argument("--experiment", default="kerasflow", help="MLflow experiment name")
+    cli.store_flags(p)
     p.add_argument("--register", default="", metavar="NAME",
                    help="register the model under this name (default: do not register)")
     p.add_argument("--alias", default="candidate", help="alias for the registered version")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 
 from kerasflow import cli
-from kerasflow.track import store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     p.add_argument("--study", default="search", help="Optuna study name (default: search)")
     p.add_argument("--storage", default="", help="study storage URL (default: sqlite:///STORE/optuna.db)")
-    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR", help="store folder (default store)")
-    p.add_argument("--experiment", default=store.DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    cli.store_flags(p)
     p.add_argument("--register", default="", metavar="NAME", help="register the final model under NAME")
     p.add_argument("--alias", default="candidate", help="alias for the registered version")
     p.add_argument("--grace", type=int, default=300,

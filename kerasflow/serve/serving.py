@@ -35,7 +35,8 @@ def serve(uri: str, port: int, store_dir: str) -> None:
     """Check the model exists (a bad URI fails here, not inside the server), then become the server."""
     from kerasflow.track import registry
 
-    registry.resolve(uri, registry.client(store_dir))
+    with registry.opened(store_dir) as c:
+        registry.resolve(uri, c)
     env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri(store_dir),
            # uvicorn and mlflow must be found on PATH by the server it starts
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -49,8 +50,9 @@ def model_metadata(uri: str, store_dir: str) -> dict[str, Any]:
 
     from kerasflow.track import registry
 
-    registry.resolve(uri, registry.client(store_dir))
-    return dict(mlflow.models.get_model_info(uri).metadata or {})
+    with registry.opened(store_dir) as c:
+        registry.resolve(uri, c)
+        return dict(mlflow.models.get_model_info(uri).metadata or {})
 
 
 def load_images(paths: list[str], size: int) -> np.ndarray:
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
     p.add_argument("model", help="models:/NAME@ALIAS, models:/NAME/VERSION, models:/<id>, runs:/<id>/model")
     p.add_argument("--port", type=int, default=5001)
-    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR")
+    cli.store_flags(p, experiment=False)
     args = p.parse_args(argv)
     return cli.run(lambda: serve(args.model, args.port, args.store))
 

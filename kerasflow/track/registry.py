@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from kerasflow import cli
@@ -18,15 +21,14 @@ if TYPE_CHECKING:
     import mlflow
 
 
-def client(store_dir: str = store.DEFAULT_STORE) -> mlflow.MlflowClient:
-    """A client of the checked tracking store (the same resolution as train_mlflow.py)."""
-    uri = store.tracking_uri(store_dir)
-    store.check_backend(uri)
-    store.init_sqlite(uri)
+@contextmanager
+def opened(store_dir: str = store.DEFAULT_STORE) -> Iterator[mlflow.MlflowClient]:
+    """A client of the checked store (the same resolution as train_mlflow.py), the store active for the
+    block only: the previous tracking URI is back afterwards (a notebook or a test keeps its own)."""
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient()
+    with store.open_store(store_dir) as uri:
+        yield mlflow.MlflowClient(uri)
 
 
 def _registered(c: mlflow.MlflowClient, name: str) -> Any:
@@ -106,7 +108,7 @@ def promote(c: mlflow.MlflowClient, name: str, metric: str, alias: str = "champi
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR")
+    cli.store_flags(p, experiment=False)
     sub = p.add_subparsers(dest="command", required=True)
     pr = sub.add_parser("promote", help="move an alias to the best version by a metric")
     pr.add_argument("name")
@@ -118,24 +120,28 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        c = client(args.store)
-        if args.command == "promote":
-            r = promote(c, args.name, args.metric, args.alias, args.mode)
-            was = f"; was v{r['previous']}" if r["previous"] else ""
-            print(f"{r['name']}@{r['alias']} -> version {r['version']} ({r['metric']}={r['value']:.4f}, "
-                  f"best of {r['candidates']}{was})")
-        else:
-            model = _registered(c, args.name)
-            by_version: dict[str, list[str]] = {}
-            for a, v in (model.aliases or {}).items():
-                by_version.setdefault(str(v), []).append(a)
-            for v in sorted(c.search_model_versions(f"name='{args.name}'"), key=lambda v: int(v.version)):
-                metrics = c.get_run(v.run_id).data.metrics if v.run_id else {}
-                shown = " ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics) if k.startswith("test_"))
-                aliases = " ".join(f"@{a}" for a in by_version.get(str(v.version), []))
-                print(f"v{v.version} run {v.run_id} {aliases} {shown}".replace("  ", " "))
+        with opened(args.store) as c:
+            _run_command(c, args)
 
     return cli.run(go)
+
+
+def _run_command(c: mlflow.MlflowClient, args: argparse.Namespace) -> None:
+    if args.command == "promote":
+        r = promote(c, args.name, args.metric, args.alias, args.mode)
+        was = f"; was v{r['previous']}" if r["previous"] else ""
+        print(f"{r['name']}@{r['alias']} -> version {r['version']} ({r['metric']}={r['value']:.4f}, "
+              f"best of {r['candidates']}{was})")
+    else:
+        model = _registered(c, args.name)
+        by_version: dict[str, list[str]] = {}
+        for a, v in (model.aliases or {}).items():
+            by_version.setdefault(str(v), []).append(a)
+        for v in sorted(c.search_model_versions(f"name='{args.name}'"), key=lambda v: int(v.version)):
+            metrics = c.get_run(v.run_id).data.metrics if v.run_id else {}
+            shown = " ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics) if k.startswith("test_"))
+            aliases = " ".join(f"@{a}" for a in by_version.get(str(v.version), []))
+            print(f"v{v.version} run {v.run_id} {aliases} {shown}".replace("  ", " "))
 
 
 if __name__ == "__main__":

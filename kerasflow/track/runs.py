@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from kerasflow import cli
 from kerasflow.errors import UserError
-from kerasflow.track import store
 
 if TYPE_CHECKING:
     import mlflow
@@ -72,8 +71,7 @@ def plot_curves(c: mlflow.MlflowClient, runs: pd.DataFrame, path: Path,
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("--store", default=store.DEFAULT_STORE, metavar="DIR")
-    p.add_argument("--experiment", default="kerasflow")
+    cli.store_flags(p)
     p.add_argument("--filter", default="", help="MLflow search filter")
     p.add_argument("--order-by", default="metrics.test_accuracy DESC")
     p.add_argument("--top", type=int, default=10)
@@ -83,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> Any:
         from kerasflow.track import registry
 
-        c = registry.client(args.store)
-        runs = search(c, args.experiment, args.filter, args.order_by, args.top)
-        print(table(runs))
-        if args.plot:
-            print(f"curves: {plot_curves(c, runs, args.plot)}", file=sys.stderr)
+        with registry.opened(args.store) as c:
+            runs = search(c, args.experiment, args.filter, args.order_by, args.top)
+            print(table(runs))
+            if args.plot:
+                print(f"curves: {plot_curves(c, runs, args.plot)}", file=sys.stderr)
 
     return cli.run(go)
 
