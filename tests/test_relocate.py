@@ -201,6 +201,16 @@ def test_sigkill_at_random_moments_during_a_2000_run_relocation(tmp_path):
     assert [a.path for a in c.list_artifacts(runs[0].info.run_id)] == ["note.txt"]
 
 
+def _live_runs(db: Path) -> int:
+    """Runs of the writer's experiment so far (0 while it has not started or the database is busy)."""
+    try:
+        with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute("SELECT count(*) FROM runs JOIN experiments USING (experiment_id) "
+                                "WHERE experiments.name = 'live'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
 def test_pull_a_store_that_is_being_written(tmp_path):
     src = tmp_path / "server" / "store"
     build("bulk", "sqlite", str(src), "20")
@@ -212,7 +222,11 @@ def test_pull_a_store_that_is_being_written(tmp_path):
                         '*) shift;; esac; done\nshift\nexec bash -c "$*"\n')
     fake_ssh.chmod(0o755)
     try:
-        time.sleep(3)
+        # the writer imports MLflow first (seconds on a busy machine): pull once it is writing runs
+        deadline = time.monotonic() + 120
+        while _live_runs(src / "mlflow.db") == 0:
+            assert writer.poll() is None and time.monotonic() < deadline, writer.stderr.read()[-2000:]
+            time.sleep(0.2)
         copies = []
         for i in range(3):
             dest = tmp_path / f"laptop{i}" / "store"
