@@ -109,7 +109,8 @@ def create(run_dir: Path, cfg: Config) -> bool:
     if (run_dir / CONFIG_FILE).is_file():
         return True
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / CONFIG_FILE, config_mod.dump(cfg.replace(run_name=run_dir.name)))  # as planned
+    # the saved config names the run by its folder, whatever name cfg carried
+    atomic_write(run_dir / CONFIG_FILE, config_mod.dump(cfg.replace(run_name=run_dir.name)))
     return False
 
 
