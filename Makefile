@@ -74,8 +74,7 @@ track-demo: $(STAMP) ## the offline demo, tracked, its model registered as 'demo
 	$(PY) train_mlflow.py --store $(STORE) $(DEMO_SET) --register demo $(ARGS)
 
 server: $(STAMP) ## MLflow server on 127.0.0.1:5000 (PORT=) over ./store, proxying artifacts (mlflow-artifacts:/)
-	$(VENV)/bin/mlflow server --backend-store-uri sqlite:///$(abspath $(STORE))/mlflow.db \
-	  --artifacts-destination $(abspath $(STORE))/artifacts --host 127.0.0.1 --port $(PORT)
+	$(PY) -m kerasflow.storeops.server "$(STORE)" --port $(PORT)
 
 serve: $(STAMP) ## serve a model on 127.0.0.1:5001: make serve MODEL=models:/demo@candidate
 	@test -n "$(MODEL)" || { echo "error: give the model: make serve MODEL=models:/NAME@ALIAS"; exit 2; }

@@ -3,7 +3,8 @@
 #
 #   ./project_driver.bash [-e ENTRY] [--experiment NAME] [--name RUN] [--detach|--foreground] [-P k=v ...]
 #
-# 1. Ensures an MLflow tracking server with proxied artifacts runs on 127.0.0.1:$PORT over ./store
+# 1. Uses the MLflow server in MLFLOW_TRACKING_URI when set (a team server, an SSH tunnel); else
+#    ensures this store's own server (kerasflow.storeops.server) runs on 127.0.0.1:$PORT over ./store
 #    (MLflow mounts only the run's artifact folder into the container, so MLflow-3 models logged
 #    inside docker to a local store are lost; through the server they are not).
 # 2. Builds the image when missing or stale (docker/lib.bash) and tags it kerasflow:latest, the image
@@ -18,10 +19,10 @@ set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/docker/lib.bash"
 
 PORT="${PORT:-5000}"
-STORE="${STORE:-$KF_ROOT/store}"
-[[ "$STORE" == /* ]] || STORE="$PWD/$STORE"
+STORE="$(realpath -m -- "${STORE:-$KF_ROOT/store}")"
 MLFLOW="${MLFLOW:-$KF_ROOT/.venv/bin/mlflow}"
 [[ "$MLFLOW" == /* ]] || MLFLOW="$PWD/$MLFLOW"
+PYTHON="$(dirname "$MLFLOW")/python"  # the environment that has mlflow has kerasflow linked (envinstall)
 entry="main" experiment="kerasflow" name="" mode="auto"
 params=()
 while [ "$#" -gt 0 ]; do
@@ -32,7 +33,7 @@ while [ "$#" -gt 0 ]; do
     --detach) mode="detach"; shift ;;
     --foreground) mode="foreground"; shift ;;
     -P) params+=(-P "${2:?}"); shift 2 ;;
-    -h | --help) sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument '$1': see ./project_driver.bash --help" ;;
   esac
 done
@@ -54,7 +55,7 @@ if [ "$mode" = detach ] || { [ "$mode" = auto ] && [ -n "${SSH_CONNECTION:-}" ] 
   # a tmux server that already runs would not pass this shell's environment on: pass it explicitly
   cmd=(env "PATH=$PATH" "PORT=$PORT" "STORE=$STORE" "MLFLOW=$MLFLOW" "LOGS=$logs" "GPU=${GPU:-auto}"
        "KF_TMUX_SESSION=$session")
-  for var in HOME DOCKER_HOST BASE_IMAGE TF_VARIANT VGG16_WEIGHTS_URL VGG16_WEIGHTS_MD5 PIP_INDEX_URL \
+  for var in HOME DOCKER_HOST MLFLOW_TRACKING_URI BASE_IMAGE TF_VARIANT VGG16_WEIGHTS_URL VGG16_WEIGHTS_MD5 PIP_INDEX_URL \
              PIP_EXTRA_INDEX_URL; do
     [ -n "${!var:-}" ] && cmd+=("$var=${!var}")
   done
@@ -74,24 +75,47 @@ trap 'rm -f "$lock" "$logs/current"' EXIT
 log="$logs/$name.log"
 rm -f "$logs/$name.status"
 
+answers() {
+  "$PYTHON" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)" "$1/health" 2> /dev/null
+}
+
+# The local server is reused only when it is this store's own: its pid (from the pid file) is alive
+# and its command line names this store's database and port (another user's `make ui` on the same port
+# answers /health just as well, over another store).
+ours() {
+  local pid
+  pid="$(cat "$logs/mlflow-server.pid" 2> /dev/null || true)"
+  [[ "$pid" =~ ^[0-9]+$ ]] && [ -r "/proc/$pid/cmdline" ] || return 1
+  local args
+  args="$(tr '\0' '\n' < "/proc/$pid/cmdline")"
+  grep -qxF "sqlite:///$STORE/mlflow.db" <<< "$args" && grep -qxF "$PORT" <<< "$args"
+}
+
 ensure_server() {
-  local url="http://127.0.0.1:$PORT"
-  if python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)" "$url/health" 2> /dev/null; then
-    note "using the MLflow server at $url"
+  if [ -n "${MLFLOW_TRACKING_URI:-}" ]; then
+    [[ "$MLFLOW_TRACKING_URI" == http://* || "$MLFLOW_TRACKING_URI" == https://* ]] ||
+      die "MLFLOW_TRACKING_URI must be an http(s) server for make run (the container cannot open a host database): unset it to use a local server over $STORE"
+    server_url="${MLFLOW_TRACKING_URI%/}"
+    answers "$server_url" || die "the MLflow server at MLFLOW_TRACKING_URI does not answer /health: start it, or fix/unset MLFLOW_TRACKING_URI"
+    note "using the MLflow server from MLFLOW_TRACKING_URI"
     return 0
   fi
-  [ -x "$MLFLOW" ] || die "no MLflow at $MLFLOW: run make env (or set MLFLOW=/path/to/mlflow)"
-  mkdir -p "$STORE/artifacts"
-  note "starting an MLflow server at $url over $STORE (log: $logs/mlflow-server.log, pid: $logs/mlflow-server.pid)"
-  nohup "$MLFLOW" server --backend-store-uri "sqlite:///$STORE/mlflow.db" \
-    --artifacts-destination "$STORE/artifacts" --host 127.0.0.1 --port "$PORT" \
-    > "$logs/mlflow-server.log" 2>&1 &
+  server_url="http://127.0.0.1:$PORT"
+  if answers "$server_url"; then
+    ours || die "port $PORT answers as an MLflow server that is not this store's own ($STORE): set PORT=another port, or MLFLOW_TRACKING_URI=$server_url to log there on purpose"
+    note "using this store's MLflow server at $server_url (pid $(cat "$logs/mlflow-server.pid"))"
+    return 0
+  fi
+  [ -x "$PYTHON" ] || die "no Python environment at $PYTHON: run make env (or set MLFLOW=/path/to/venv/bin/mlflow)"
+  note "starting an MLflow server at $server_url over $STORE (log: $logs/mlflow-server.log, pid: $logs/mlflow-server.pid)"
+  nohup "$PYTHON" -m kerasflow.storeops.server "$STORE" --port "$PORT" > "$logs/mlflow-server.log" 2>&1 &
   echo "$!" > "$logs/mlflow-server.pid"
   for _ in $(seq 1 60); do
-    python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)" "$url/health" 2> /dev/null && return 0
+    answers "$server_url" && return 0
+    kill -0 "$(cat "$logs/mlflow-server.pid")" 2> /dev/null || break
     sleep 1
   done
-  die "the MLflow server did not come up on $url within 60 s: see $logs/mlflow-server.log (port $PORT busy? set PORT=...)"
+  die "the MLflow server did not come up on $server_url: $(tail -n 1 "$logs/mlflow-server.log")"
 }
 
 set +e  # the run's own exit status is recorded, not acted on
@@ -106,7 +130,7 @@ set +e  # the run's own exit status is recorded, not acted on
   run_args=(-A network=host -A init -A "name=kerasflow-$name")
   [ -n "$gpu" ] && run_args+=(-A gpus=all)
   echo "mlflow run . -e $entry --experiment-name $experiment ${run_args[*]} ${params[*]}"
-  MLFLOW_TRACKING_URI="http://127.0.0.1:$PORT" exec "$MLFLOW" run "$KF_ROOT" -e "$entry" \
+  MLFLOW_TRACKING_URI="$server_url" exec "$MLFLOW" run "$KF_ROOT" -e "$entry" \
     --experiment-name "$experiment" "${run_args[@]}" "${params[@]}"
 } 2>&1 | tee "$log"
 status="${PIPESTATUS[0]}"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Open the MLflow UI on a store copied from another machine: fixes its absolute artifact paths, then
-# starts `mlflow ui` on 127.0.0.1. Usage: ./run_mlflow_ui.bash [STORE] [--port N]   (default: ./store)
+# starts the store's MLflow server on 127.0.0.1. Usage: ./run_mlflow_ui.bash [STORE] [--port N]   (default: ./store)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

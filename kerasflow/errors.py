@@ -13,6 +13,13 @@ class UserError(Exception):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM turned into an exception in the main thread, so cleanup runs as for Ctrl-C."""
+    """SIGTERM or SIGHUP (an SSH session dropped without tmux) turned into an exception in the main
+    thread, so cleanup runs as for Ctrl-C and the run ends KILLED; the exit code is the shell's 128+N."""
 
-    exit_code = 143
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

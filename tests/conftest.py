@@ -75,6 +75,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def fake_ssh(folder: Path) -> Path:
+    """An ssh stand-in that drops the options and the host and runs the command here (rsync -e too)."""
+    path = folder / "ssh"
+    path.write_text("#!/usr/bin/env bash\n# ssh stand-in: drop options and host, run the command here\n"
+                    'while [[ $# -gt 0 && "$1" == -* ]]; do case "$1" in -l|-p|-o|-i) shift 2;; '
+                    '*) shift;; esac; done\nshift\nexec bash -c "$*"\n')
+    path.chmod(0o755)
+    return path
+
+
 def client_for(store_dir: Path):
     """An MLflow client of an embedded store folder (its sqlite database, opened directly)."""
     import mlflow

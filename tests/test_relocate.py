@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, free_port, require_tool
+from conftest import ROOT, fake_ssh, free_port, require_tool
 
 from kerasflow.errors import UserError
 from kerasflow.storeops import relocate
@@ -216,11 +216,7 @@ def test_pull_a_store_that_is_being_written(tmp_path):
     build("bulk", "sqlite", str(src), "20")
     writer = subprocess.Popen([sys.executable, BUILDER, "write", str(src), "25"], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    fake_ssh = tmp_path / "ssh"
-    fake_ssh.write_text("#!/usr/bin/env bash\n# ssh stand-in: drop options and host, run the command here\n"
-                        'while [[ $# -gt 0 && "$1" == -* ]]; do case "$1" in -l|-p|-o|-i) shift 2;; '
-                        '*) shift;; esac; done\nshift\nexec bash -c "$*"\n')
-    fake_ssh.chmod(0o755)
+    ssh = fake_ssh(tmp_path)
     try:
         # the writer imports MLflow first (seconds on a busy machine): pull once it is writing runs
         deadline = time.monotonic() + 120
@@ -233,7 +229,7 @@ def test_pull_a_store_that_is_being_written(tmp_path):
             source = str(src) if i % 2 == 0 else f"me@server:{src}"
             if i % 2:
                 require_tool("rsync")
-            result = subprocess.run([sys.executable, "-m", "kerasflow.storeops.pull", "--ssh", str(fake_ssh),
+            result = subprocess.run([sys.executable, "-m", "kerasflow.storeops.pull", "--ssh", str(ssh),
                                      source,
                                      str(dest)], capture_output=True, text=True, cwd=ROOT)
             assert result.returncode == 0, result.stderr[-2000:]

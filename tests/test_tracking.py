@@ -187,13 +187,15 @@ def test_exception_marks_the_run_failed(tmp_path, monkeypatch):
     assert _runs_by_name(tmp_path / "store")["bad"].info.status == "FAILED"
 
 
-def test_sigterm_marks_the_run_killed(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_mark_the_run_killed(tmp_path, sig):
+    """SIGHUP (an SSH session dropping without tmux) used to kill the process and leave the run RUNNING."""
     proc = subprocess.Popen(_tiny_cmd(tmp_path, "term", "synthetic_examples=600", epochs=30), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for_epochs(tmp_path / "out" / "term", proc, 1)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-2000:]
+    assert proc.returncode == 128 + sig, err[-2000:]
     assert "Traceback" not in err
     assert _runs_by_name(tmp_path / "store")["term"].info.status == "KILLED"
 
@@ -215,6 +217,24 @@ def test_sigkill_then_rerun_continues_the_same_run_without_duplicate_epochs(tmp_
     c = client_for(tmp_path / "store")
     for metric in ("loss", "val_loss", "accuracy"):
         assert sorted(m.step for m in c.get_metric_history(after.info.run_id, metric)) == list(range(6))
+
+
+def test_a_live_run_is_never_taken_over_and_a_killed_one_is(tmp_path):
+    """The lock of the training process tells a live run (refused) from one a kill left RUNNING."""
+    from kerasflow.train import rundir
+
+    cmd = _tiny_cmd(tmp_path, "live", "synthetic_examples=600", epochs=30)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_epochs(tmp_path / "out" / "live", proc, 1)
+        second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert_user_error(second, "in use by a running process", f"pid {proc.pid}")
+        assert _runs_by_name(tmp_path / "store")["live"].info.status == "RUNNING"
+        assert proc.poll() is None, "the live run was disturbed"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    rundir.hold(tmp_path / "out" / "live")  # the kernel dropped the killed process's lock: free to resume
 
 
 def test_a_tracking_server_gets_a_full_run_with_proxied_artifacts(tmp_path):

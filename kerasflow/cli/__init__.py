@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.abc
 import importlib.util
 import os
@@ -108,10 +109,20 @@ def run(main: Callable[[], object]) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except Terminated:
+    except Terminated as exc:
         print("terminated", file=sys.stderr)
-        return Terminated.exit_code
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in FULL:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"error: no space left{where} ({exc.strerror}): free disk space (or raise the file-size/quota "
+              "limit) and run the command again; files are written whole or not at all", file=sys.stderr)
+        return 2
     return 0
+
+
+FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a full disk, `ulimit -f`, a quota

@@ -11,6 +11,7 @@ examples:
 
 from __future__ import annotations
 
+import os
 import sys
 
 from kerasflow import cli
@@ -21,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=20, help="total trials the study should have (default 20)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     p.add_argument("--study", default="search", help="Optuna study name (default: search)")
-    p.add_argument("--storage", default="", help="study storage URL (default: sqlite:///STORE/optuna.db)")
+    p.add_argument("--storage", default=os.environ.get("KERASFLOW_STUDY_STORAGE", ""),
+                   help="study storage URL (default: $KERASFLOW_STUDY_STORAGE, else sqlite:///STORE/optuna.db;"
+                        " a URL with a password belongs in that variable, not in the command line)")
     cli.store_flags(p)
     p.add_argument("--register", default="", metavar="NAME", help="register the final model under NAME")
     p.add_argument("--alias", default="candidate", help="alias for the registered version")

@@ -114,7 +114,7 @@ def _run(cfg: Config, splits: dict[str, Any], *, n_outer: int, n_inner: int, uri
           file=sys.stderr)
     table: list[dict[str, Any]] = []
     outer_means: list[dict[str, float]] = []
-    with tracking.sigterm_as_interrupt(), tracking.run_status(parent.info.run_id):
+    with tracking.signals_as_interrupt(), tracking.run_status(parent.info.run_id):
         tracking.log_params_merged(client, parent.info.run_id, cfg.replace(run_name=name).to_dict())
         for o in range(n_outer):
             outer = mlflow.start_run(run_id=state["outer"].get(str(o)), experiment_id=exp_id, nested=True,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_type_hints
 
 from kerasflow import config as config_mod
+from kerasflow import secrets
 from kerasflow.config import Config
 from kerasflow.errors import UserError
 from kerasflow.track import store, tracking
@@ -58,6 +59,9 @@ def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+STORAGE_ENV = "KERASFLOW_STUDY_STORAGE"  # how a worker gets the study's storage URL
+
+
 def default_storage(store_dir: str) -> str:
     """The study beside the MLflow store (created if missing, e.g. when tracking goes to a server)."""
     Path(store_dir).mkdir(parents=True, exist_ok=True)
@@ -83,13 +87,14 @@ def _storage(url: str, grace: int) -> optuna.storages.BaseStorage:
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
                               **kwargs)
     except (ImportError, ModuleNotFoundError) as exc:
-        raise UserError(f"study storage {url} needs a database driver ({exc.name}): pip install it") from None
+        raise UserError(f"study storage {secrets.redact(url)} needs a database driver ({exc.name}): "
+                        "pip install it") from None
     except Exception as exc:  # sqlalchemy's errors for a bad URL or an unreachable server
         if isinstance(exc, optuna.exceptions.OptunaError):
             raise
         first = str(exc).splitlines()[0][:160] if str(exc) else ""
-        raise UserError(f"cannot open study storage {url} ({type(exc).__name__}: {first}): check the URL "
-                        "and that the database is up") from None
+        raise UserError(f"cannot open study storage {secrets.redact(url)} ({type(exc).__name__}: {first}): "
+                        "check the URL and that the database is up") from None
 
 
 def _study(cfg: Config, name: str, storage: optuna.storages.BaseStorage, worker: int) -> optuna.Study:
@@ -115,7 +120,7 @@ def open_study(cfg: Config, name: str, storage_url: str, grace: int, worker: int
         study.set_user_attr("search_metric", cfg.search_metric)
     elif found != digest:
         raise UserError(
-            f"study '{name}' in {storage_url} was made with another search space or metric "
+            f"study '{name}' in {secrets.redact(storage_url)} was made with another search space or metric "
             f"({json.dumps(study.user_attrs.get('search_space'))}, {study.user_attrs.get('search_metric')}): "
             "use a new --study name, or the config it was made with"
         )
@@ -169,9 +174,12 @@ def run_worker(cfg: Config, *, study_name: str, storage_url: str, trials: int, p
 def _spawn_workers(n: int, cfg_path: Path, args: dict[str, Any]) -> list[subprocess.Popen[bytes]]:
     procs = []
     for worker in range(1, n + 1):
-        cmd = [sys.executable, "-m", "kerasflow.experiments.search", str(cfg_path), json.dumps(args),
+        # the storage URL may hold a database password: the environment, not argv (`ps` shows argv)
+        public = {k: v for k, v in args.items() if k != "storage_url"}
+        cmd = [sys.executable, "-m", "kerasflow.experiments.search", str(cfg_path), json.dumps(public),
                str(worker)]
-        procs.append(subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+        procs.append(subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                                STORAGE_ENV: args["storage_url"]}))
     return procs
 
 
@@ -226,10 +234,10 @@ def _tune(cfg: Config, study: optuna.Study, *, trials: int, workers: int, study_
     launched, exp_id, experiment = tracking.launched_or_named(client, uri, experiment)
     parent = _parent_run(study, exp_id, study_name, launched)
     parent_id = parent.info.run_id
-    print(f"mlflow: search run {parent_id}; study '{study_name}' in {storage_url} has "
+    print(f"mlflow: search run {parent_id}; study '{study_name}' in {secrets.redact(storage_url)} has "
           f"{counted(study)} of {trials} trials", file=sys.stderr)
     procs: list[subprocess.Popen[bytes]] = []
-    with (tracking.sigterm_as_interrupt(), tracking.run_status(parent_id),
+    with (tracking.signals_as_interrupt(), tracking.run_status(parent_id),
           tempfile.TemporaryDirectory() as tmp):
         tracking.log_params_merged(client, parent_id, {
             **{k: v for k, v in cfg.to_dict().items() if k != "search_space"},
@@ -290,7 +298,7 @@ def worker_main(argv: list[str] | None = None) -> int:
 
     def go() -> None:
         cfg = config_mod.load(config_path)
-        args = json.loads(args_json)
+        args = {**json.loads(args_json), "storage_url": os.environ[STORAGE_ENV]}
         from kerasflow.train import data
 
         with store.activated(args["uri"]), data.reusing_loaded_examples():

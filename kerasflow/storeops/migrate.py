@@ -17,7 +17,9 @@ from pathlib import Path
 
 from kerasflow import cli
 from kerasflow.errors import UserError
+from kerasflow.files import atomic_write, fsync_file
 from kerasflow.storeops import relocate
+from kerasflow.track import store
 
 
 def dedupe_metrics(root: Path) -> int:
@@ -31,9 +33,7 @@ def dedupe_metrics(root: Path) -> int:
             unique = list(dict.fromkeys(lines))
             if len(unique) != len(lines):
                 removed += len(lines) - len(unique)
-                tmp = path.with_name(path.name + relocate.TMP_SUFFIX)
-                tmp.write_text("".join(unique))
-                os.replace(tmp, path)
+                atomic_write(path, "".join(unique))
     return removed
 
 
@@ -48,15 +48,24 @@ def migrate(source: Path, db: Path | None = None) -> tuple[Path, int, relocate.R
     removed = dedupe_metrics(root)
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     env = {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"}
-    result = subprocess.run([str(mlflow_bin), "migrate-filestore", "--source", str(root), "--target",
-                             f"sqlite:///{db}", "--no-progress"], capture_output=True, text=True, env=env,
-                            stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        db.unlink(missing_ok=True)
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        cause = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else "")
-        raise UserError(f"mlflow migrate-filestore failed: {cause[:300]}")
-    return db, removed, relocate.relocate(db)
+    # Built under a temporary name and renamed when complete: an interrupted migration leaves no
+    # partial mlflow.db that would block the rerun (the temp file is removed, or replaced next time).
+    tmp = db.with_name(f".{db.name}.migrating")
+    tmp.unlink(missing_ok=True)
+    try:
+        result = subprocess.run([str(mlflow_bin), "migrate-filestore", "--source", str(root), "--target",
+                                 store.sqlite_uri(tmp), "--no-progress"], capture_output=True, text=True,
+                                env=env, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            cause = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else "")
+            raise UserError(f"mlflow migrate-filestore failed: {cause[:300]}")
+        report = relocate.relocate(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return db, removed, report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ A legacy file store has no database: its folders are copied with rsync as they a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -21,34 +22,65 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from kerasflow import cli
 from kerasflow.errors import UserError
+from kerasflow.files import atomic_write
 from kerasflow.storeops import relocate
 from kerasflow.track import store
 
-# Run by the source's python3: snapshot DB to OUT with the backup API, print the store kind.
+# Run by the source's python3 (any version): find the store (`~` expanded there), refuse what is not
+# one, snapshot its database with the backup API into a private mkdtemp folder (mode 700), and print
+# one JSON line: {"kind": sqlite|file|missing|other, "root": absolute store path, "tmp": snapshot dir}.
 SNAPSHOT = """
-import os, sqlite3, sys
-root, out = sys.argv[1], sys.argv[2]
+import json, os, pathlib, sqlite3, sys, tempfile
+root = os.path.abspath(os.path.expanduser(sys.argv[1]))
+out = {"root": root, "tmp": None}
 db = root if os.path.isfile(root) else os.path.join(root, "mlflow.db")
-if not os.path.isfile(db):
-    print("file" if os.path.isdir(root) else "missing"); sys.exit(0)
-src = sqlite3.connect("file:" + db + "?mode=ro", uri=True, timeout=60)
-dst = sqlite3.connect(out)
-src.backup(dst)
-dst.close(); src.close()
-print("sqlite")
+def file_store(p):
+    return any(os.path.isfile(os.path.join(p, d, "meta.yaml")) for d in os.listdir(p) if d.isdigit())
+if os.path.isfile(db):
+    out["kind"] = "sqlite"
+    out["tmp"] = tempfile.mkdtemp(prefix="kerasflow-snapshot-")
+    try:
+        src = sqlite3.connect(pathlib.Path(db).as_uri() + "?mode=ro", uri=True, timeout=60)
+        dst = sqlite3.connect(os.path.join(out["tmp"], "mlflow.db"))
+        src.backup(dst)
+        dst.close(); src.close()
+    except Exception as exc:
+        out["kind"], out["error"] = "other", str(exc)
+elif not os.path.isdir(root):
+    out["kind"] = "missing"
+elif file_store(root):
+    out["kind"] = "file"
+elif os.path.isdir(os.path.join(root, "mlruns")) and file_store(os.path.join(root, "mlruns")):
+    out["kind"], out["root"] = "file", os.path.join(root, "mlruns")
+else:
+    out["kind"] = "other"
+print(json.dumps(out))
 """
+
+MARKER = ".kerasflow-pull.json"  # in a pulled store: where it came from, and whether the pull completed
 
 
 def split_source(source: str) -> tuple[str | None, str]:
     """`user@host:path` -> (user@host, path); a local path -> (None, path)."""
     match = re.fullmatch(r"([^/:]+):(.+)", source)
     if match and not Path(source).exists():
+        if match.group(1).startswith("-"):
+            raise UserError(f"host '{match.group(1)}' starts with '-' (ssh would read it as an option): "
+                            "give user@host:path")
         return match.group(1), match.group(2)
     return None, source
+
+
+def first_error(text: str) -> str:
+    """The first line that names the problem (rsync and ssh end with a generic summary line)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    real = [line for line in lines if not line.startswith("rsync error:")] or lines or ["no output"]
+    return real[0][:300]
 
 
 def _run(args: list[str], what: str) -> str:
@@ -57,62 +89,106 @@ def _run(args: list[str], what: str) -> str:
     except FileNotFoundError:
         raise UserError(f"{args[0]} is not installed: install it to {what}") from None
     except subprocess.CalledProcessError as exc:
-        last = (exc.stderr or exc.stdout or "").strip().splitlines()[-1:] or ["no output"]
-        raise UserError(f"{what} failed ({args[0]} exit {exc.returncode}: {last[0][:200]})") from None
+        raise UserError(f"{what} failed ({args[0]} exit {exc.returncode}: "
+                        f"{first_error(exc.stderr or exc.stdout or '')})") from None
     return out.stdout
 
 
-def pull(source: str, dest: Path, ssh: str = "ssh") -> relocate.Report:
+def _pulled_from(dest: Path) -> str | None:
+    try:
+        return json.loads((dest / MARKER).read_text())["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def make_room(dest: Path, source: str, force: bool) -> Path | None:
+    """Refuse to replace a store that holds other runs; with `force`, move it aside first (returned)."""
+    if not dest.exists():
+        return None
+    if not dest.is_dir():
+        raise UserError(f"{dest} is a file: give a folder for the pulled store")
+    if not any(dest.iterdir()) or _pulled_from(dest) == source:
+        return None  # empty, or an earlier (maybe interrupted) pull of the same source: update it
+    if not force:
+        what = "another store" if (dest / store.DB_FILE).exists() else "other files"
+        raise UserError(f"{dest} holds {what} that this pull would replace: pull into another folder "
+                        "(make pull STORE=path/new), or pass --force to keep it as a timestamped backup")
+    backup = dest.with_name(f"{dest.name}.backup-{time.strftime('%Y%m%d-%H%M%S')}")
+    dest.rename(backup)
+    return backup
+
+
+def pull(source: str, dest: Path, ssh: str = "ssh", force: bool = False) -> relocate.Report:
     host, path = split_source(source)
-    dest.mkdir(parents=True, exist_ok=True)
-    if any(dest.iterdir()) and not (dest / store.DB_FILE).exists():
-        raise UserError(f"{dest} is not empty and not a sqlite store: pull into an empty folder")
-    rsync_ssh = ["-e", ssh] if host else []
-    with tempfile.TemporaryDirectory() as tmp:
-        if host:
-            remote_tmp = f"/tmp/kerasflow-snapshot-{os.getpid()}.db"
-            kind = _snapshot_remote(ssh, host, path, remote_tmp)
-        else:
-            src = Path(path)
-            if not src.exists():
-                raise UserError(f"no store at {src}: give the store folder to pull")
-            db = src if src.is_file() else src / store.DB_FILE
-            kind = "sqlite" if db.is_file() else "file"
-            if kind == "sqlite":
-                _backup_local(db, Path(tmp) / store.DB_FILE)
-        if kind == "missing":
+    ssh_cmd = [*shlex.split(ssh), "--", host] if host else []
+    if host:
+        info = json.loads(_run([*ssh_cmd, "python3", "-c", shlex.quote(SNAPSHOT), shlex.quote(path)],
+                               f"reading the store at {host}:{path}").strip().splitlines()[-1])
+    else:
+        info = _local_info(Path(path))
+    try:
+        if info["kind"] == "missing":
             raise UserError(f"no store at {source}: check the path")
-        src_root = path.rstrip("/") + "/"
-        if kind == "sqlite":
-            snapshot = Path(tmp) / store.DB_FILE
-            if host:
-                _run(["rsync", "-a", *rsync_ssh, f"{host}:{remote_tmp}", str(snapshot)],
-                     "copying the snapshot")
-                _run([*shlex.split(ssh), host, "rm", "-f", remote_tmp], "removing the remote snapshot")
-            src_artifacts = f"{src_root}{store.ARTIFACTS}/"
-            _rsync(host, src_artifacts, dest / store.ARTIFACTS, rsync_ssh)
-            shutil.move(snapshot, dest / store.DB_FILE)  # last: a store appears whole or not at all
+        if info["kind"] != "sqlite" and info["kind"] != "file":
+            raise UserError(f"{source} is not an MLflow store (no mlflow.db, no <experiment id>/meta.yaml)"
+                            f"{': ' + info['error'] if info.get('error') else ''}: give the store folder")
+        backup = make_room(dest, source, force)
+        if backup is not None:
+            print(f"kept the store that was at {dest} as {backup}", file=sys.stderr)
+        dest.mkdir(parents=True, exist_ok=True)
+        atomic_write(dest / MARKER, json.dumps({"source": source, "complete": False}))
+        _copy(host, ssh, info, dest)
+    finally:
+        if host and info.get("tmp"):
+            subprocess.run([*ssh_cmd, "rm", "-rf", "--", shlex.quote(info["tmp"])], capture_output=True)
+        elif info.get("tmp"):
+            shutil.rmtree(info["tmp"], ignore_errors=True)
+    report = relocate.relocate(dest)
+    atomic_write(dest / MARKER, json.dumps({"source": source, "complete": True}))
+    return report
+
+
+def _local_info(src: Path) -> dict:
+    if not src.exists():
+        return {"kind": "missing"}
+    kind, found = relocate.detect(src)  # refuses what is not a store, naming it
+    info = {"kind": kind, "root": str(found.parent if kind == "sqlite" else found), "tmp": None}
+    if kind == "sqlite":
+        info["tmp"] = tempfile.mkdtemp(prefix="kerasflow-snapshot-")
+        _backup_local(found, Path(info["tmp"]) / store.DB_FILE)
+    return info
+
+
+def _copy(host: str | None, ssh: str, info: dict, dest: Path) -> None:
+    """Artifacts first, the database snapshot last: a store appears whole or not at all."""
+    rsync_ssh = ["-e", ssh] if host else []
+    src_root = info["root"].rstrip("/") + "/"
+    if info["kind"] == "file":
+        _rsync(host, src_root, dest, rsync_ssh)
+        return
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".pull-") as tmp:
+        snapshot = Path(tmp) / store.DB_FILE
+        if host:
+            _run(["rsync", "-a", *rsync_ssh, "--", f"{host}:{info['tmp']}/{store.DB_FILE}", str(snapshot)],
+                 "copying the snapshot")
         else:
-            _rsync(host, src_root, dest, rsync_ssh)
-    return relocate.relocate(dest)
-
-
-def _snapshot_remote(ssh: str, host: str, path: str, remote_tmp: str) -> str:
-    args = [*shlex.split(ssh), host, "python3", "-c", shlex.quote(SNAPSHOT), shlex.quote(path),
-            shlex.quote(remote_tmp)]
-    return _run(args, f"snapshot of {host}:{path}").strip().splitlines()[-1]
+            shutil.copy2(Path(info["tmp"]) / store.DB_FILE, snapshot)
+        _rsync(host, f"{src_root}{store.ARTIFACTS}/", dest / store.ARTIFACTS, rsync_ssh)
+        os.replace(snapshot, dest / store.DB_FILE)
 
 
 def _backup_local(db: Path, out: Path) -> None:
+    src = dst = None
     try:
-        src = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)
+        src = sqlite3.connect(store.readonly_uri(db), uri=True, timeout=60)
         dst = sqlite3.connect(out)
         src.backup(dst)
     except sqlite3.DatabaseError as exc:
         raise UserError(f"cannot snapshot {db} ({exc}): is it a sqlite MLflow store?") from None
     finally:
-        dst.close()
-        src.close()
+        for conn in (dst, src):
+            if conn is not None:
+                conn.close()
 
 
 def _rsync(host: str | None, src: str, dest: Path, ssh_args: list[str]) -> None:
@@ -124,9 +200,9 @@ def _rsync(host: str | None, src: str, dest: Path, ssh_args: list[str]) -> None:
         if host:
             raise UserError("rsync is not installed: install it (apt-get install rsync) to pull from "
                             "a server")
-        shutil.copytree(src, dest, dirs_exist_ok=True)
+        shutil.copytree(src, dest, dirs_exist_ok=True, symlinks=True)
         return
-    _run(["rsync", "-a", *ssh_args, origin, f"{dest}/"], f"copying {origin}")
+    _run(["rsync", "-a", *ssh_args, "--", origin, f"{dest}/"], f"copying {origin}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dest", nargs="?", default=store.DEFAULT_STORE, type=Path,
                    help="where the copy goes (default: ./store)")
     p.add_argument("--ssh", default=os.environ.get("KERASFLOW_SSH", "ssh"), help="ssh command (-e of rsync)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a DEST that holds another store, keeping it as DEST.backup-TIME")
     args = p.parse_args(argv)
 
     def go() -> None:
-        report = pull(args.source, args.dest, args.ssh)
+        report = pull(args.source, args.dest, args.ssh, args.force)
         print(f"pulled {args.source} -> {args.dest}; {report.summary()}")
 
     return cli.run(go)

@@ -216,27 +216,38 @@ FILE_KEYS = {"experiments": ("artifact_location",), "runs": ("artifact_uri",),
 def _meta_files(root: Path) -> list[tuple[str, Path]]:
     """The meta.yaml files that hold artifact locations, by kind (and nothing else)."""
     out: list[tuple[str, Path]] = []
-    exp_dirs = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
+    exp_dirs = [p for p in root.iterdir() if _real_dir(p) and p.name.isdigit()]
     trash = root / ".trash"
-    if trash.is_dir():
-        exp_dirs += [p for p in trash.iterdir() if p.is_dir()]
+    if _real_dir(trash):
+        exp_dirs += [p for p in trash.iterdir() if _real_dir(p)]
     for exp in exp_dirs:
-        if (exp / "meta.yaml").is_file():
+        if _real_file(exp / "meta.yaml"):
             out.append(("experiments", exp / "meta.yaml"))
         with os.scandir(exp) as entries:
             for entry in entries:
-                if not entry.is_dir() or entry.name in ("tags", "datasets", "traces"):
+                if not entry.is_dir(follow_symlinks=False) or entry.name in ("tags", "datasets", "traces"):
                     continue
                 if entry.name == "models":
                     out += [("models", m / "meta.yaml") for m in Path(entry.path).iterdir()
-                            if (m / "meta.yaml").is_file()]
-                elif os.path.isfile(os.path.join(entry.path, "meta.yaml")):
+                            if _real_dir(m) and _real_file(m / "meta.yaml")]
+                elif _real_file(Path(entry.path) / "meta.yaml"):
                     out.append(("runs", Path(entry.path) / "meta.yaml"))
     registry = root / "models"
-    if registry.is_dir():
-        out += [("versions", v / "meta.yaml") for m in registry.iterdir() if m.is_dir()
-                for v in m.iterdir() if v.name.startswith("version-") and (v / "meta.yaml").is_file()]
+    if _real_dir(registry):
+        out += [("versions", v / "meta.yaml") for m in registry.iterdir() if _real_dir(m)
+                for v in m.iterdir() if v.name.startswith("version-") and _real_dir(v)
+                and _real_file(v / "meta.yaml")]
     return out
+
+
+# A copied store is data from another machine: a symlink in it may point anywhere on this one, so
+# relocation neither reads nor writes through one.
+def _real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _real_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
 
 
 def _yaml_loader() -> Any:
@@ -340,26 +351,33 @@ def _replace_line(text: str, key: str, value: str) -> str:
 
 
 def _atomic_replace(path: Path, text: str) -> None:
+    """Temp file, every byte written (a full disk raises) and fsynced, then renamed over the original:
+    after a crash each file is the old one or the whole new one, and a rerun finishes the job."""
     tmp = f"{path}{TMP_SUFFIX}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        os.write(fd, text.encode("utf-8"))
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fdatasync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _write_all(plan: list[tuple[Path, str]]) -> None:
-    """Write the planned files; creating files is mostly kernel time, so a few threads overlap it."""
+    """Write the planned files; creating and syncing files is kernel time, so a few threads overlap it."""
     from concurrent.futures import ThreadPoolExecutor
 
     bar = _progress(plan, "writing")  # a tqdm bar on a terminal, else the plan itself
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        for _ in pool.map(lambda item: _atomic_replace(*item), plan):
-            if bar is not plan:
-                bar.update(1)
-    if bar is not plan:
-        bar.close()
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for _ in pool.map(lambda item: _atomic_replace(*item), plan):
+                if bar is not plan:
+                    bar.update(1)
+    finally:
+        if bar is not plan:
+            bar.close()
 
 
 def relocate_files(root: Path, old: str | None, new: Path, dry_run: bool) -> Report:
@@ -424,7 +442,7 @@ def stored_locations(store: Path) -> list[tuple[str, str]]:
         from kerasflow.track import store as store_mod
 
         store_mod.check_sqlite_schema(path)
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        with sqlite3.connect(store_mod.readonly_uri(path), uri=True, timeout=30) as conn:
             return [(r[0], r[5]) for r in _sqlite_values(conn)]
     return [(k, v) for k, p in _meta_files(path) for v in _read_meta(p, FILE_KEYS[k])[1].values()]
 

@@ -24,14 +24,42 @@ def _run(args: list[str], cwd: Path = ROOT) -> str | None:
     return out.stdout
 
 
-def git_state() -> dict[str, Any]:
-    """Commit, dirty flag and the uncommitted diff (tracked files) of the project checkout."""
-    commit = _run(["git", "rev-parse", "HEAD"])
+# The uncommitted diff goes into every run's artifacts, which teammates and a pulled store can read:
+# files that look like secrets are left out by name, and the diff is capped. Both are recorded in tags
+# (kerasflow.diff_skipped, kerasflow.diff_capped), because reproducing a run needs to know.
+SECRET_NAMES = (".env", ".env.*", "*.env", ".netrc", "*.pem", "*.key", "*key*", "*secret*", "*token*",
+                "*password*", "*credential*", "id_rsa*", "id_ed25519*", "*.p12", "*.pfx", ".pgpass")
+MAX_DIFF_BYTES = 1 << 20
+
+
+def looks_secret(path: str) -> bool:
+    from fnmatch import fnmatch
+
+    name = Path(path).name.lower()
+    return any(fnmatch(name, pattern) for pattern in SECRET_NAMES)
+
+
+def git_state(root: Path = ROOT) -> dict[str, Any]:
+    """Commit, dirty flag, the uncommitted diff of tracked files (secret-looking files left out, capped
+    at MAX_DIFF_BYTES) and the names of untracked files."""
+    commit = _run(["git", "rev-parse", "HEAD"], root)
     if commit is None:
-        return {"commit": "unknown (not a git checkout)", "dirty": None, "diff": ""}
-    status = _run(["git", "status", "--porcelain", "--untracked-files=no"]) or ""
-    diff = (_run(["git", "diff", "HEAD"]) or "") if status.strip() else ""
-    return {"commit": commit.strip(), "dirty": bool(status.strip()), "diff": diff}
+        return {"commit": "unknown (not a git checkout)", "dirty": None, "diff": "", "skipped": [],
+                "capped": 0, "untracked": []}
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no"], root) or ""
+    names = (_run(["git", "diff", "HEAD", "--name-only", "-z"], root) or "") if status.strip() else ""
+    changed = [c for c in names.split("\0") if c]
+    skipped = [c for c in changed if looks_secret(c)]
+    kept = [c for c in changed if not looks_secret(c)]
+    diff = (_run(["git", "diff", "HEAD", "--", *kept], root) or "") if kept else ""
+    capped = 0
+    if len(diff.encode()) > MAX_DIFF_BYTES:
+        capped = len(diff.encode())
+        diff = diff.encode()[:MAX_DIFF_BYTES].decode(errors="ignore")
+    others = _run(["git", "ls-files", "--others", "--exclude-standard", "-z"], root) or ""
+    untracked = [u for u in others.split("\0") if u]
+    return {"commit": commit.strip(), "dirty": bool(status.strip()), "diff": diff, "skipped": skipped,
+            "capped": capped, "untracked": untracked}
 
 
 def gpus() -> list[dict[str, str]]:
@@ -77,6 +105,9 @@ def tags() -> dict[str, str]:
     out = {
         "git_commit": git["commit"],
         "git_dirty": str(git["dirty"]).lower(),
+        "kerasflow.diff_skipped": ", ".join(git["skipped"]) or "none",
+        "kerasflow.diff_capped": f"{git['capped']} bytes cut to {MAX_DIFF_BYTES}" if git["capped"] else "no",
+        "kerasflow.untracked_files": str(len(git["untracked"])),
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "platform": platform.platform(),

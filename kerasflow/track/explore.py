@@ -34,14 +34,14 @@ class Explorer:
                  start_timeout: float = 90) -> None:
         import mlflow
 
-        from kerasflow.storeops import ui
+        from kerasflow.storeops import server
 
         self.store = _find_store(Path(store_dir))
         if not (self.store / "mlflow.db").is_file():
             raise UserError(f"no MLflow store at {self.store} (no mlflow.db): pass the store folder, "
                             "e.g. open_store('store') after `make track` or `make run`")
         self.port = port or _free_port()
-        cmd, env = ui.command(self.store, self.port)
+        cmd, env = server.command(self.store, self.port)
         log = self.store.parent / "logs" / "explore-server.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("wb") as out:

@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from kerasflow import secrets
 from kerasflow.errors import UserError
-from kerasflow.files import can_write
+from kerasflow.files import can_write, fsync_file
 
 DEFAULT_STORE = "store"
 DEFAULT_EXPERIMENT = "kerasflow"
@@ -33,11 +34,32 @@ ARTIFACTS = "artifacts"
 
 
 def tracking_uri(store: str | Path = DEFAULT_STORE) -> str:
-    """MLFLOW_TRACKING_URI if set, else the sqlite database inside the store folder."""
-    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    """MLFLOW_TRACKING_URI if set (its user:password moved to MLflow's credential variables), else the
+    sqlite database inside the store folder."""
+    env = secrets.tracking_uri_from_env()
     if env:
         return env
-    return f"sqlite:///{(Path(store) / DB_FILE).resolve()}"
+    return sqlite_uri(Path(store) / DB_FILE)
+
+
+# Characters SQLAlchemy reads as URL syntax in `sqlite:///PATH` ('?' starts a query, '%XX' is decoded):
+# such a path would open a different, new, empty database, so it is refused instead.
+URL_SYNTAX = ("?", "%", "#")
+
+
+def sqlite_uri(db: str | Path) -> str:
+    """`sqlite:///ABSOLUTE` for MLflow/SQLAlchemy, refusing paths it would read as something else."""
+    path = Path(db).resolve()
+    bad = [c for c in URL_SYNTAX if c in str(path)]
+    if bad:
+        raise UserError(f"store path {path} holds {' '.join(repr(c) for c in bad)}, which a database URL "
+                        "reads as syntax: move or rename the store folder without it")
+    return f"sqlite:///{path}"
+
+
+def readonly_uri(db: str | Path) -> str:
+    """SQLite `file:` URI that opens exactly `db`, read-only (as_uri quotes '?', '#', '%', spaces)."""
+    return Path(db).resolve().as_uri() + "?mode=ro"
 
 
 @contextmanager
@@ -123,14 +145,24 @@ def installed_mlflow_version() -> str:
 def check_sqlite_schema(db: Path) -> None:
     """Refuse a database this MLflow cannot use, naming the fix (MLflow's own errors come mid-run)."""
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        with sqlite3.connect(readonly_uri(db), uri=True, timeout=30) as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if any(t.startswith("_alembic_tmp_") for t in tables):
+                raise UserError(f"store {db} was left half-migrated by a crashed MLflow (tables "
+                                "_alembic_tmp_*): restore it from a backup, or move it away and start a new "
+                                "store")
             if "alembic_version" not in tables:
                 if tables:
                     raise UserError(f"{db} is a sqlite file but not an MLflow store: point the store "
                                     "elsewhere")
                 return  # empty database: MLflow creates its tables
             row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):
+            raise UserError(f"store {db} is locked by another process for more than 30 s (a long "
+                            "write or a stuck process): wait and retry, or stop that process") from None
+        raise UserError(f"{db} is not a readable sqlite database ({exc}): restore it from a backup "
+                        "or use another store") from None
     except sqlite3.DatabaseError as exc:
         raise UserError(f"{db} is not a readable sqlite database ({exc}): restore it from a backup "
                         "or use another store") from None
@@ -154,14 +186,31 @@ def init_sqlite(uri: str) -> None:
     """Create a new store's database with MLflow's Default experiment INSIDE the store folder.
 
     Left to MLflow, experiment 0 would point at ./mlruns of whatever directory the first run started in.
+    Serialised by a lock file in the store folder, and built under a temporary name then renamed:
+    MLflow's own first migration, run by several processes at once (4 `make track` on a new store),
+    crashes and leaves a half-migrated database that nothing can open again.
     """
     db = sqlite_path(uri)
     if db is None or db.exists():
         return
+    import fcntl
+
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     db.parent.mkdir(parents=True, exist_ok=True)
-    SqlAlchemyStore(uri, str(db.parent / ARTIFACTS))  # the Default experiment gets artifacts/0
+    with open(db.parent / f".{db.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+        if db.exists():
+            return  # another process made it while this one waited
+        tmp = db.with_name(f".{db.name}.new-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        try:
+            created = SqlAlchemyStore(sqlite_uri(tmp), str(db.parent / ARTIFACTS))  # Default -> artifacts/0
+            created.engine.dispose()
+            fsync_file(tmp)
+            os.replace(tmp, db)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def check_backend(uri: str) -> None:
@@ -182,15 +231,44 @@ def check_backend(uri: str) -> None:
             check_sqlite_schema(db)
         return
     if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                ok = response.status == 200
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise UserError(
-                f"cannot reach the MLflow tracking server at {uri} ({reason}): start it with "
-                "`make server`, or fix/unset MLFLOW_TRACKING_URI"
-            ) from None
-        if not ok:
-            raise UserError(f"the MLflow server at {uri} is not healthy: check its log")
+        check_server(uri)
+        return
+    scheme = uri.partition("://")[0].split("+")[0] if "://" in uri else ""
+    if scheme and scheme not in OTHER_BACKENDS:
+        raise UserError(f"tracking URI {secrets.redact(uri)} is neither an http(s) server nor a sqlite "
+                        "database: set MLFLOW_TRACKING_URI=http://HOST:PORT, or unset it to use ./store")
+
+
+# Database backends MLflow opens itself (SQLAlchemy URLs, a file store, Databricks).
+OTHER_BACKENDS = ("postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def check_server(uri: str) -> None:
+    """The server answers, is an MLflow server, and accepts our login: MLflow itself would fail only at
+    the first log call, after the slow data load."""
+    clean, _, _ = secrets.split_credentials(uri)
+    shown = secrets.redact(uri)
+    base = clean.rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+            response.read()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(
+            f"cannot reach the MLflow tracking server at {shown} ({reason}): start it with "
+            "`make server`, or fix/unset MLFLOW_TRACKING_URI"
+        ) from None
+    api = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1",
+                                 headers=secrets.basic_auth_header())
+    try:
+        with urllib.request.urlopen(api, timeout=10) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise UserError(f"the MLflow server at {shown} refused the login (HTTP {exc.code}): set "
+                            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+        raise UserError(f"{shown} answered HTTP {exc.code} to MLflow's API: is it an MLflow server? "
+                        "fix MLFLOW_TRACKING_URI") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise UserError(f"the MLflow server at {shown} did not answer its API ({exc}): check its "
+                        "log") from None

@@ -81,15 +81,17 @@ def run_status(run_id: str, stopped: tuple[type[BaseException], ...] = ()) -> It
 
 
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
+def signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM (docker stop, kill) and SIGHUP (the SSH session dropped) end the run KILLED, like Ctrl-C."""
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise Terminated()
+        raise Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
 def epoch_logger(client: mlflow.MlflowClient, run_id: str) -> keras.callbacks.Callback:
@@ -114,13 +116,24 @@ def epoch_logger(client: mlflow.MlflowClient, run_id: str) -> keras.callbacks.Ca
     return EpochMetricsLogger()
 
 
-def _experiment_id(client: mlflow.MlflowClient, uri: str, name: str) -> str:
+def experiment_id(client: mlflow.MlflowClient, uri: str, name: str) -> str:
+    """The experiment's id, creating it (artifacts inside the store) when missing; several processes
+    starting at once on a new store race to create it, and the losers use the winner's."""
+    from mlflow.exceptions import MlflowException
+
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        if found.lifecycle_stage == "deleted":
-            raise UserError(f"MLflow experiment '{name}' is deleted: restore it or use --experiment NAME")
-        return found.experiment_id
-    return client.create_experiment(name, artifact_location=store.artifact_root(uri, name))
+    if found is None:
+        try:
+            return client.create_experiment(name, artifact_location=store.artifact_root(uri, name))
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            found = client.get_experiment_by_name(name)
+    if found is None:
+        raise RuntimeError(f"experiment '{name}' exists and cannot be read")
+    if found.lifecycle_stage == "deleted":
+        raise UserError(f"MLflow experiment '{name}' is deleted: restore it or use --experiment NAME")
+    return found.experiment_id
 
 
 def launched_or_named(client: mlflow.MlflowClient, uri: str, experiment: str) -> tuple[str | None, str, str]:
@@ -133,7 +146,7 @@ def launched_or_named(client: mlflow.MlflowClient, uri: str, experiment: str) ->
     if launched:
         exp_id = client.get_run(launched).info.experiment_id
         return launched, exp_id, client.get_experiment(exp_id).name
-    return None, _experiment_id(client, uri, experiment), experiment
+    return None, experiment_id(client, uri, experiment), experiment
 
 
 def _resume_id(run_dir: Path, client: mlflow.MlflowClient) -> str | None:
@@ -214,6 +227,9 @@ def _log_environment(run_id: str, client: mlflow.MlflowClient) -> None:
         if git["dirty"] and git["diff"]:
             (Path(tmp) / "git_diff.patch").write_text(git["diff"])
             mlflow.log_artifact(str(Path(tmp) / "git_diff.patch"), artifact_path="environment")
+        if git["untracked"]:  # names only: their content may be anything (data, keys)
+            (Path(tmp) / "untracked_files.txt").write_text("".join(f"{u}\n" for u in git["untracked"]))
+            mlflow.log_artifact(str(Path(tmp) / "untracked_files.txt"), artifact_path="environment")
         gpus = envinfo.gpus()
         (Path(tmp) / "hardware.json").write_text(json.dumps({"gpus": gpus, **envinfo.tensorflow_build()},
                                                             indent=2))
@@ -272,7 +288,7 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
     in_parent = mlflow.active_run() is not None
     from_env = os.environ.pop("MLFLOW_RUN_ID", None)  # else start_run() would resume it (see above)
     launched = None if nested.parent_run_id or in_parent else from_env
-    exp_id = None if launched else _experiment_id(client, uri, experiment)
+    exp_id = None if launched else experiment_id(client, uri, experiment)
     prep = training.prepare(cfg)
     run_id = launched or _resume_id(prep.run_dir, client)
     if system_metrics:
@@ -285,7 +301,7 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
     rundir.atomic_write(prep.run_dir / rundir.RUN_ID_FILE, run_id + "\n")
     print(f"mlflow: run {run_id} in experiment '{experiment}' at {uri}"
           f"{' (resumed)' if prep.resumed else ''}", file=sys.stderr)
-    with run_status(run_id, nested.stopped), sigterm_as_interrupt():
+    with run_status(run_id, nested.stopped), signals_as_interrupt():
         if not prep.resumed or not client.get_run(run_id).data.params:
             # the run's identity (data, model, train): the whole config is the config.yaml artifact
             log_params_merged(client, run_id, {**config.identity(prep.cfg), "run_name": prep.cfg.run_name})

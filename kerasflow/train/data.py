@@ -25,6 +25,7 @@ import numpy as np
 
 from kerasflow.config import Config
 from kerasflow.errors import UserError
+from kerasflow.files import atomic_write
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -164,7 +165,16 @@ class _Sink:
             self.tmp = self.path.with_suffix(f".tmp{os.getpid()}")
             self.array = np.lib.format.open_memmap(self.tmp, "w+", np.uint8, (n, size, size, 3))
 
-    def finish(self, keep: np.ndarray | None = None) -> np.ndarray:
+    def discard(self) -> None:
+        """Remove the (possibly multi-GB) temp file of a fill that did not complete (Ctrl-C, an error)."""
+        if self.path is not None:
+            self.__dict__.pop("array", None)  # close the memmap before its file goes
+            for tmp in (self.tmp, self.tmp.with_suffix(".compact")):
+                tmp.unlink(missing_ok=True)
+
+    def finish(self, meta: dict[str, Any], keep: np.ndarray | None = None) -> np.ndarray:
+        """The filled images; a memmap cache is published with its metadata written FIRST (atomically),
+        so that a `.u8` file a reader finds always has its JSON beside it."""
         if self.path is None:
             return self.array if keep is None else self.array[keep]
         if keep is not None:  # corrupt files were dropped: compact into a new file
@@ -178,15 +188,20 @@ class _Sink:
         else:
             self.array.flush()
             del self.array
+        atomic_write(self.path.with_suffix(".json"), json.dumps(meta))
         os.replace(self.tmp, self.path)
         return np.load(self.path, mmap_mode="r")
 
 
-def _cached(cfg: Config, key: str) -> np.ndarray | None:
+def _cached(cfg: Config, key: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """A published cache entry (images, metadata), or None: missing, or torn by a kill of an older
+    version (then it is simply rebuilt)."""
     path = Path(cfg.cache_dir) / f"{key}.u8"
-    if path.is_file():
-        return np.load(path, mmap_mode="r")
-    return None
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        return np.load(path, mmap_mode="r"), meta
+    except (OSError, ValueError):
+        return None
 
 
 # --- sources -------------------------------------------------------------------------------------
@@ -230,12 +245,11 @@ def load_image_dir(cfg: Config) -> Examples:
     labels = np.array([label for _, label in files], np.int32)
     names = [str(p.relative_to(root)) for p, _ in files]
     key = _listing_key(files, names, size)
-    meta_path = Path(cfg.cache_dir) / f"{key}.json"
     cached = _cached(cfg, key)
-    if cached is not None and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+    if cached is not None:
+        images, meta = cached
         keep = np.array(meta["keep"], bool)
-        return Examples(cached, labels[keep], classes, meta["digest"], meta["source"],
+        return Examples(images, labels[keep], classes, meta["digest"], meta["source"],
                         [n for n, k in zip(names, keep, strict=True) if k])
 
     def decode(path: tf.Tensor, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -255,24 +269,26 @@ def load_image_dir(cfg: Config) -> Examples:
             sink.array[index] = images
             ok[index] = True
 
-    with ThreadPoolExecutor(1) as pool:  # hash the files' bytes for lineage while TF decodes them
-        hashing = pool.submit(lambda: [hashlib.sha256(p.read_bytes()).hexdigest() for p, _ in files])
-        try:
-            decode_pass(np.arange(len(files)), tolerant=False)
-        except tf.errors.OpError:  # some file is unreadable: decode what is left, skipping failures
-            decode_pass(np.flatnonzero(~ok), tolerant=True)
-        hashes = hashing.result()
-
-    bad = [names[i] for i in np.flatnonzero(~ok)]
-    if bad:
-        _warn(f"skipped {len(bad)} unreadable image(s) of {len(files)}, e.g. {root / bad[0]}")
-    decoded = [(names[i], int(labels[i]), hashes[i]) for i in np.flatnonzero(ok)]
-    digest = _content_digest(root, classes, decoded)
-    source = {"source": "image_dir", "path": str(root.resolve()), "classes": classes,
-              "files": int(ok.sum()), "skipped": len(bad)}
-    images = sink.finish(None if ok.all() else ok)
-    if sink.path is not None:
-        meta_path.write_text(json.dumps({"keep": ok.tolist(), "digest": digest, "source": source}))
+    try:
+        with ThreadPoolExecutor(1) as pool:  # hash the files' bytes for lineage while TF decodes them
+            hashing = pool.submit(lambda: [hashlib.sha256(p.read_bytes()).hexdigest() for p, _ in files])
+            try:
+                decode_pass(np.arange(len(files)), tolerant=False)
+            except tf.errors.OpError:  # some file is unreadable: decode what is left, skipping failures
+                decode_pass(np.flatnonzero(~ok), tolerant=True)
+            hashes = hashing.result()
+        bad = [names[i] for i in np.flatnonzero(~ok)]
+        if bad:
+            _warn(f"skipped {len(bad)} unreadable image(s) of {len(files)}, e.g. {root / bad[0]}")
+        decoded = [(names[i], int(labels[i]), hashes[i]) for i in np.flatnonzero(ok)]
+        digest = _content_digest(root, classes, decoded)
+        source = {"source": "image_dir", "path": str(root.resolve()), "classes": classes,
+                  "files": int(ok.sum()), "skipped": len(bad)}
+        images = sink.finish({"keep": ok.tolist(), "digest": digest, "source": source},
+                             None if ok.all() else ok)
+    except BaseException:
+        sink.discard()  # a published cache entry is not touched: only the temp files go
+        raise
     kept_names = [n for n, k in zip(names, ok, strict=True) if k]
     return Examples(images, labels[ok], classes, digest, source, kept_names)
 
@@ -293,11 +309,10 @@ def load_tfds(cfg: Config) -> Examples:
               "split": split, "data_dir": str(Path(cfg.tfds_data_dir).resolve())}
     size = cfg.image_size
     key = f"tfds-{digest}-{size}"
-    meta_path = Path(cfg.cache_dir) / f"{key}.json"
     cached = _cached(cfg, key)
-    if cached is not None and meta_path.is_file():
-        labels = np.array(json.loads(meta_path.read_text())["labels"], np.int32)
-        return Examples(cached, labels, classes, digest, source, [str(i) for i in range(len(labels))])
+    if cached is not None:
+        labels = np.array(cached[1]["labels"], np.int32)
+        return Examples(cached[0], labels, classes, digest, source, [str(i) for i in range(len(labels))])
 
     ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
 
@@ -310,19 +325,21 @@ def load_tfds(cfg: Config) -> Examples:
     chunks_x, chunks_y = [], []
     sink = _Sink(n, size, cfg, key) if n else None
     at = 0
-    for x, y in ds.as_numpy_iterator():
+    try:
+        for x, y in ds.as_numpy_iterator():
+            if sink is not None:
+                sink.array[at:at + len(x)] = x
+            else:
+                chunks_x.append(x)
+            chunks_y.append(y)
+            at += len(x)
+        labels = np.concatenate(chunks_y).astype(np.int32)
+        images = sink.finish({"labels": labels.tolist()}) if sink is not None else None
+    except BaseException:
         if sink is not None:
-            sink.array[at:at + len(x)] = x
-        else:
-            chunks_x.append(x)
-        chunks_y.append(y)
-        at += len(x)
-    labels = np.concatenate(chunks_y).astype(np.int32)
-    if sink is not None:
-        images = sink.finish()
-        if sink.path is not None:
-            meta_path.write_text(json.dumps({"labels": labels.tolist()}))
-    else:
+            sink.discard()
+        raise
+    if images is None:
         images = aligned_empty((at, size, size, 3))
         np.concatenate(chunks_x, out=images)
     return Examples(images, labels, classes, digest, source, [str(i) for i in range(len(labels))])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from kerasflow import config as config_mod
 from kerasflow.config import Config
 from kerasflow.errors import UserError
-from kerasflow.files import can_write
+from kerasflow.files import atomic_write, can_write, fsync_file, umask
 
 if TYPE_CHECKING:
     import keras
@@ -37,6 +36,9 @@ CONFUSION_FILE = "confusion_matrix.png"
 ROC_FILE = "roc.png"
 RUN_ID_FILE = "mlflow_run_id"
 LOGGED_MODEL_FILE = "mlflow_model.json"
+LOCK_FILE = ".lock"  # flock-ed by the process training into the folder; holds its pid
+
+_held: dict[Path, int] = {}  # run folders this process holds: fd kept open until the process ends
 
 
 def finished_run_id(run_dir: Path) -> str | None:
@@ -78,14 +80,44 @@ def plan(cfg: Config) -> Path:
     return run_dir
 
 
+def _lock(run_dir: Path) -> int:
+    """The folder's lock, taken (an fd), or a UserError naming the live process that holds it."""
+    import fcntl
+
+    key = run_dir.resolve()
+    if key in _held:
+        return _held[key]
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UserError(f"run folder {run_dir} is in use by a running process (pid {pid}): wait for it "
+                        "to end, or pick another run_name") from None
+    return fd
+
+
+def hold(run_dir: Path) -> None:
+    """Mark the folder as this live process's, until it exits (the kernel drops the lock of a killed
+    process): a resume can tell a run left RUNNING by a kill from one that is still training."""
+    fd = _lock(run_dir)
+    if run_dir.resolve() not in _held:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held[run_dir.resolve()] = fd
+
+
 def check_resumable(run_dir: Path, cfg: Config) -> None:
+    if (run_dir / LOCK_FILE).exists() and run_dir.resolve() not in _held:
+        os.close(_lock(run_dir))  # refuse now, before the slow load, when a live process trains here
     if (run_dir / MODEL_FILE).exists():
         raise UserError(
             f"run folder {run_dir} already holds a finished run: pick another run_name or delete it"
         )
     saved = run_dir / CONFIG_FILE
     if not saved.is_file():
-        if any(run_dir.iterdir()):
+        if any(p.name != LOCK_FILE for p in run_dir.iterdir()):
             raise UserError(
                 f"{run_dir} exists and is not a run folder: pick another run_name or output_dir"
             )
@@ -106,9 +138,10 @@ def check_resumable(run_dir: Path, cfg: Config) -> None:
 
 def create(run_dir: Path, cfg: Config) -> bool:
     """Create the folder and save the resolved config; True when this continues an earlier start."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hold(run_dir)
     if (run_dir / CONFIG_FILE).is_file():
         return True
-    run_dir.mkdir(parents=True, exist_ok=True)
     # the saved config names the run by its folder, whatever name cfg carried
     atomic_write(run_dir / CONFIG_FILE, config_mod.dump(cfg.replace(run_name=run_dir.name)))
     return False
@@ -125,25 +158,12 @@ def clear_state(run_dir: Path) -> None:
     (run_dir / HISTORY_LOG).unlink(missing_ok=True)
 
 
-def atomic_write(path: Path, text: str) -> Path:
-    """Write via a temp file in the same folder and rename: readers see the old or the new file only."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _atomic_keras(path: Path, save: Any) -> Path:
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{''.join(path.suffixes)}")
     try:
         save(str(tmp))
+        fsync_file(tmp)  # the bytes on disk before the rename publishes them
+        os.chmod(tmp, 0o666 & ~umask())  # Keras may create it 0600; a run is for teammates to read
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,427 @@
+"""Hardening: the one `mlflow server` command, stores opened by several processes at once, paths that
+a URL would misread, pulls that must not destroy data, writes that survive kills, secrets kept out of
+logs, and runs never left RUNNING. Each test here failed on the code before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY, assert_user_error, client_for, fake_ssh, free_port, require_tool, set_args
+
+from kerasflow.track import store
+
+PY = sys.executable
+
+
+def py(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+       cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def wait_health(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except OSError:
+            assert proc.poll() is None, f"server exited {proc.returncode}"
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.3)
+
+
+# --- one `mlflow server` command line ------------------------------------------------------------------
+
+
+def test_every_server_is_started_by_the_one_module():
+    """The Makefile, the driver, the UI and the notebook's server all go through storeops.server."""
+    for path in ("Makefile", "project_driver.bash", "run_mlflow_ui.bash", "docker/lib.bash"):
+        code = [line for line in (ROOT / path).read_text().splitlines() if not line.lstrip().startswith("#")]
+        assert not [line for line in code if re.search(r"mlflow\S*\s+(server|ui)\b", line)], path
+    for path in (ROOT / "kerasflow").rglob("*.py"):
+        if path.name != "server.py":
+            assert not re.search(r"""["'](server|ui)["']""", path.read_text()), path
+    assert "kerasflow.storeops.server" in (ROOT / "Makefile").read_text()
+    assert "kerasflow.storeops.server" in (ROOT / "project_driver.bash").read_text()
+
+
+@pytest.mark.slow
+def test_server_on_a_new_store_checks_host_headers_and_proxies_artifacts(tmp_path):
+    port = free_port()
+    new = tmp_path / "new store"
+    proc = subprocess.Popen([PY, "-m", "kerasflow.storeops.server", str(new), "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_health(url, proc)
+        search = f"{url}/api/2.0/mlflow/experiments/search?max_results=5"
+        with urllib.request.urlopen(search, timeout=10) as r:
+            exps = json.load(r)["experiments"]
+        assert exps[0]["artifact_location"] == str(new / "artifacts" / "0")  # inside the store
+        forged = urllib.request.Request(search, headers={"Host": f"attacker.example:{port}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(forged, timeout=10)
+        assert refused.value.code == 403  # DNS rebinding: only 127.0.0.1/localhost names are served
+        import mlflow
+
+        client = mlflow.MlflowClient(url)
+        exp = client.create_experiment("proxied")
+        run = client.create_run(exp)
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert (new / "mlflow.db").is_file()
+
+
+def test_server_refuses_bad_ports_and_non_stores(tmp_path):
+    assert_user_error(py("-m", "kerasflow.storeops.server", str(tmp_path), "--port", "70000"), "out of range")
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        assert_user_error(py("-m", "kerasflow.storeops.server", str(tmp_path), "--port", str(busy)), "busy")
+    (tmp_path / "notes.txt").write_text("not a store")
+    assert_user_error(py("-m", "kerasflow.storeops.server", str(tmp_path), "--port", str(free_port())),
+                      "not an MLflow store")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+# --- paths a database URL would misread ------------------------------------------------------------
+
+
+def test_store_paths_with_url_syntax_are_refused_in_one_line(tmp_path):
+    for name in ("a?b", "x%3Fy"):
+        result = py("train_mlflow.py", "--store", str(tmp_path / name), *set_args(TINY))
+        assert_user_error(result, "reads as syntax", "rename")
+        assert not (tmp_path / name).exists()  # nothing created: not the folder, not a stray database
+        assert not (tmp_path / "a").exists()
+
+
+def test_readonly_uri_opens_exactly_that_file(tmp_path):
+    """`file:{path}?mode=ro` opened a different file for paths with '#', '?' or '%'."""
+    for name in ("we#ird", "what?", "pc%41t", "sp ace"):
+        folder = tmp_path / name
+        folder.mkdir()
+        with sqlite3.connect(folder / "x.db") as conn:
+            conn.execute("CREATE TABLE marker (v)")
+            conn.execute("INSERT INTO marker VALUES (?)", (name,))
+        with sqlite3.connect(store.readonly_uri(folder / "x.db"), uri=True) as conn:
+            assert conn.execute("SELECT v FROM marker").fetchone()[0] == name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["we#ird", "what?", "pc%41t", "sp ace"])
+
+
+# --- several processes on one new store ---------------------------------------------------------------
+
+OPEN_AND_LOG = """
+import sys, mlflow
+from kerasflow.track import store, tracking
+with store.open_store(sys.argv[1]) as uri:
+    client = mlflow.MlflowClient()
+    run = client.create_run(tracking.experiment_id(client, uri, "race"))
+    client.log_metric(run.info.run_id, "m", 1.0)
+    client.set_terminated(run.info.run_id)
+"""
+
+
+@pytest.mark.slow
+def test_processes_of_different_kinds_create_one_store_at_once(tmp_path):
+    """Before the lock, MLflow's first migration run by several processes crashed them all and left
+    `_alembic_tmp_*` tables behind: no command could open the store again."""
+    new = tmp_path / "store"
+    port = free_port()
+    procs = [subprocess.Popen([PY, "-c", OPEN_AND_LOG, str(new)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    shrunk = set_args([*TINY, f"output_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'c'}"])
+    procs.append(subprocess.Popen([PY, "train_mlflow.py", "--store", str(new), *shrunk],
+                                  cwd=ROOT, stderr=subprocess.PIPE, text=True))
+    server = subprocess.Popen([PY, "-m", "kerasflow.storeops.server", str(new), "--port", str(port)],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err[-3000:]
+        wait_health(f"http://127.0.0.1:{port}", server)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    client = client_for(new)
+    race = client.get_experiment_by_name("race")
+    assert len(client.search_runs([race.experiment_id])) == 4
+    trained = client.search_runs([client.get_experiment_by_name("kerasflow").experiment_id])
+    assert [r.info.status for r in trained] == ["FINISHED"]
+    assert not list(new.glob(".mlflow.db.new-*"))
+
+
+def test_half_migrated_store_is_named_with_the_fix(tmp_path):
+    db = tmp_path / "store" / "mlflow.db"
+    store.init_sqlite(store.sqlite_uri(db))
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE _alembic_tmp_tags (x)")
+    result = py("train_mlflow.py", "--store", str(db.parent), *set_args(TINY))
+    assert_user_error(result, "half-migrated", "backup")
+
+
+def test_a_locked_store_is_not_called_corrupt(tmp_path, monkeypatch):
+    db = tmp_path / "store" / "mlflow.db"
+    store.init_sqlite(store.sqlite_uri(db))
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        import sqlite3 as real
+
+        connect = real.connect
+        monkeypatch.setattr(store.sqlite3, "connect", lambda *a, **k: connect(*a, **{**k, "timeout": 0.2}))
+        from kerasflow.errors import UserError
+
+        with pytest.raises(UserError, match="locked by another process"):
+            store.check_sqlite_schema(db)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+# --- pull: never destroys a store, copies only a store ---------------------------------------------
+
+BUILDER = str(ROOT / "tests" / "store_builder.py")
+
+
+def bulk(path: Path, n: int, kind: str = "sqlite") -> None:
+    out = py(BUILDER, "bulk", kind, str(path), str(n))
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def count_runs(store_dir: Path) -> int:
+    with sqlite3.connect(store.readonly_uri(store_dir / "mlflow.db"), uri=True) as conn:
+        return conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+
+def pull(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return py("-m", "kerasflow.storeops.pull", *args, env=env)
+
+
+@pytest.mark.slow
+def test_pull_never_replaces_another_store(tmp_path):
+    """`make pull` replaced the local store's mlflow.db: the runs of `make track` were gone."""
+    src, dest = tmp_path / "server" / "store", tmp_path / "laptop" / "store"
+    bulk(src, 3)
+    bulk(dest, 2)  # the user's own runs
+    assert_user_error(pull(str(src), str(dest)), "holds another store", "--force")
+    assert count_runs(dest) == 2
+    forced = pull(str(src), str(dest), "--force")
+    assert forced.returncode == 0, forced.stderr
+    backups = list(dest.parent.glob("store.backup-*"))
+    assert len(backups) == 1 and count_runs(backups[0]) == 2 and count_runs(dest) == 3
+    again = pull(str(src), str(dest))  # the same source again: an update, no --force needed
+    assert again.returncode == 0, again.stderr
+    other = tmp_path / "elsewhere" / "store"
+    bulk(other, 1)
+    assert_user_error(pull(str(other), str(dest)), "holds another store")
+    assert count_runs(dest) == 3
+
+
+@pytest.mark.slow
+def test_pull_checks_the_source_is_a_store_before_copying(tmp_path):
+    """`FROM=host:.` copied a whole home folder, ~/.ssh included, before noticing it was no store."""
+    require_tool("rsync")
+    home, remote_tmp, dest = tmp_path / "home", tmp_path / "remote-tmp", tmp_path / "laptop" / "store"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY")
+    remote_tmp.mkdir()
+    ssh = str(fake_ssh(tmp_path))
+    env = {"HOME": str(home), "TMPDIR": str(remote_tmp)}
+    for source in ("me@server:.", "me@server:~"):
+        assert_user_error(pull("--ssh", ssh, source, str(dest), env=env), "not an MLflow store")
+    assert not dest.exists()
+    assert not list(tmp_path.rglob("id_ed25519"))[1:], "the key was copied"
+    bulk(home / "runs" / "store", 2)
+    ok = pull("--ssh", ssh, "me@server:~/runs/store", str(dest), env=env)  # `~` expands on the source
+    assert ok.returncode == 0, ok.stderr
+    assert count_runs(dest) == 2
+    assert list(remote_tmp.iterdir()) == []  # the snapshot's private folder is removed
+    assert_user_error(pull("--ssh", ssh, "--", "-oProxyCommand=x:store", str(tmp_path / "d"), env=env),
+                      "starts with '-'")
+
+
+def test_rsync_errors_show_the_first_real_line():
+    from kerasflow.storeops.pull import first_error
+
+    text = ('rsync: [sender] change_dir "/srv/store/artifacts" failed: No such file or directory (2)\n'
+            "rsync error: some files/attrs were not transferred (see previous errors) (code 23)\n")
+    assert first_error(text).startswith('rsync: [sender] change_dir "/srv/store/artifacts"')
+
+
+@pytest.mark.slow
+def test_an_interrupted_first_pull_completes_on_rerun(tmp_path):
+    src, dest = tmp_path / "server" / "store", tmp_path / "laptop" / "store"
+    bulk(src, 3)
+    proc = subprocess.Popen([PY, "-m", "kerasflow.storeops.pull", str(src), str(dest)], cwd=ROOT,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (dest / ".kerasflow-pull.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    rerun = pull(str(src), str(dest))
+    assert rerun.returncode == 0, rerun.stderr
+    assert count_runs(dest) == 3
+    assert json.loads((dest / ".kerasflow-pull.json").read_text()) == {"source": str(src), "complete": True}
+
+
+# --- writes that survive a full disk and kills -----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_relocation_on_a_full_disk_changes_nothing_and_says_so(tmp_path):
+    """Relocation ignored short writes and renamed truncated meta.yaml files into place; now every file
+    is whole (old or new), the error is one line, and the rerun completes the job."""
+    import shutil
+
+    built = tmp_path / "a" / "store"
+    bulk(built, 20, kind="file")
+    moved = tmp_path / "b" / "a-much-longer-folder-name" / "store"
+    moved.parent.mkdir(parents=True)
+    shutil.move(built, moved)
+    before = {p: p.read_bytes() for p in moved.rglob("meta.yaml")}
+    limit = sorted(len(b) for b in before.values())[len(before) // 2]  # some writes fit, some do not
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]),) * 2); "
+            "from kerasflow.storeops import relocate; sys.exit(relocate.main([sys.argv[1]]))")
+    assert_user_error(py("-c", code, str(moved), str(limit)), "no space left", "free disk space")
+    import yaml
+
+    after = {p: p.read_bytes() for p in moved.rglob("meta.yaml")}
+    assert after.keys() == before.keys()
+    rewritten = [p for p in after if after[p] != before[p]]
+    assert len(rewritten) < len(before)  # the limit stopped it part-way
+    for p in rewritten:  # each file is the old one or the whole new one, never a truncated one
+        assert yaml.safe_load(after[p])["artifact_uri" if "artifact_uri" in str(after[p]) else
+                                        "artifact_location"].startswith(str(moved))
+    assert not [p for p in moved.rglob("*") if p.name.endswith(".relocate-tmp")]
+    rerun = py("-m", "kerasflow.storeops.relocate", str(moved))
+    assert rerun.returncode == 0, rerun.stderr
+    from kerasflow.storeops import relocate
+
+    assert relocate.check(moved)[1] == []
+
+
+def test_relocation_does_not_follow_symlinks_out_of_the_store(tmp_path):
+    from kerasflow.storeops import relocate
+
+    outside = tmp_path / "outside" / "7"
+    outside.mkdir(parents=True)
+    (outside / "meta.yaml").write_text("artifact_location: /old/place/7\nexperiment_id: '7'\nname: x\n")
+    root = tmp_path / "store"
+    (root / "0").mkdir(parents=True)
+    (root / "0" / "meta.yaml").write_text(f"artifact_location: {tmp_path}/old/store/0\nexperiment_id: '0'\n"
+                                          "name: Default\n")
+    (root / "7").symlink_to(outside)
+    relocate.relocate(root)
+    assert (outside / "meta.yaml").read_text().startswith("artifact_location: /old/place/7")
+    assert f"artifact_location: {root}/0" in (root / "0" / "meta.yaml").read_text()
+
+
+def test_memmap_cache_survives_interrupts_and_torn_metadata(tmp_path, monkeypatch):
+    """The cache wrote its JSON after the .u8 file and not atomically: a torn JSON killed every later run;
+    an interrupted fill left its multi-GB temp file behind."""
+    from conftest import write_png_tree
+
+    from kerasflow import config
+    from kerasflow.train import data
+
+    tree = write_png_tree(tmp_path / "images", {"Parasitized": 12, "Uninfected": 12})
+    cfg = config.load(None, [*TINY, "data_source=image_dir", f"image_dir={tree}", "cache_ram_mb=0",
+                             f"cache_dir={tmp_path / 'cache'}"])
+    real = data._content_digest
+    monkeypatch.setattr(data, "_content_digest", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        data.load_image_dir(cfg)
+    assert list((tmp_path / "cache").iterdir()) == []  # no temp file, nothing published
+    monkeypatch.setattr(data, "_content_digest", real)
+    first = data.load_image_dir(cfg)
+    published = sorted(p.suffix for p in (tmp_path / "cache").iterdir())
+    assert published == [".json", ".u8"]
+    meta = next((tmp_path / "cache").glob("*.json"))
+    meta.write_text(meta.read_text()[:20])  # torn by a kill of an older version
+    again = data.load_image_dir(cfg)
+    assert again.digest == first.digest and (again.images == first.images).all()
+    json.loads(meta.read_text())  # rebuilt whole
+
+
+def test_run_outputs_follow_the_umask(tmp_path):
+    """config.yaml, history.json and metrics.json were 0600 (mkstemp) while the PNGs were 0644."""
+    out = tmp_path / "outputs"
+    shrunk = set_args([*TINY, f"output_dir={out}", f"cache_dir={tmp_path / 'c'}", "run_name=shared"])
+    result = subprocess.run([PY, "train.py", *shrunk], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            preexec_fn=lambda: os.umask(0o002))
+    assert result.returncode == 0, result.stderr[-3000:]
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (out / "shared").iterdir() if p.is_file()}
+    assert {"config.yaml", "history.json", "metrics.json", "model.keras"} <= modes.keys()
+    assert set(modes.values()) == {0o664}, modes
+
+
+# --- secrets --------------------------------------------------------------------------------------
+
+
+def test_logged_diff_leaves_out_secret_files_caps_its_size_and_says_so(tmp_path):
+    from kerasflow.track import envinfo
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    files = {"config.yaml": "epochs: 1\n", ".env": "TOKEN=a\n", "deploy.pem": "-----\n", "api_key.txt": "k\n",
+             "zbig.txt": "x\n"}
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    subprocess.run([*git[:3], "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    (repo / "config.yaml").write_text("epochs: 2\n")
+    (repo / ".env").write_text("TOKEN=the-real-secret\n")
+    (repo / "deploy.pem").write_text("PRIVATE\n")
+    (repo / "api_key.txt").write_text("sk-live\n")
+    (repo / "zbig.txt").write_text("y" * 80 + "\n" * 1 + ("z" * 99 + "\n") * 12000)
+    (repo / "notes.txt").write_text("untracked\n")
+    state = envinfo.git_state(repo)
+    assert "+epochs: 2" in state["diff"]
+    assert not [s for s in ("the-real-secret", "PRIVATE", "sk-live") if s in state["diff"]]
+    assert sorted(state["skipped"]) == [".env", "api_key.txt", "deploy.pem"]
+    assert state["capped"] > envinfo.MAX_DIFF_BYTES >= len(state["diff"].encode())
+    assert state["untracked"] == ["notes.txt"]
+
+
+def test_dockerignore_keeps_the_same_secret_files_out_of_the_image():
+    from kerasflow.track import envinfo
+
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert all(f"**/{pattern}" in ignored for pattern in envinfo.SECRET_NAMES)
+
+
+def test_credentials_never_show_and_reach_mlflow_as_its_variables(monkeypatch):
+    from kerasflow import secrets
+
+    assert secrets.redact("postgresql://kf:s3cr%40t@db:5432/optuna") == "postgresql://kf:***@db:5432/optuna"
+    assert secrets.redact("http://host:5000") == "http://host:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:pa%3Ass@127.0.0.1:5000/")
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    assert store.tracking_uri() == "http://127.0.0.1:5000/"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "pa:ss"
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000/"
+
+
+def test_a_wrong_kind_of_tracking_uri_is_one_line(tmp_path):
+    result = py("train_mlflow.py", *set_args(TINY), env={"MLFLOW_TRACKING_URI": "ftp://user:hunter2@example/x"})
+    assert_user_error(result, "neither an http(s) server nor a sqlite database", "ftp://example/x")
+    assert "hunter2" not in result.stderr + result.stdout
