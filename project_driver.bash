@@ -118,23 +118,46 @@ ensure_server() {
   die "the MLflow server did not come up on $server_url: $(tail -n 1 "$logs/mlflow-server.log")"
 }
 
-set +e  # the run's own exit status is recorded, not acted on
-{
+# The run goes in the background and this shell waits for it, so that SIGTERM/SIGHUP (a dropped SSH
+# session without tmux, `kill`, a shutdown) and Ctrl-C reach the traps below at once: bash runs a trap
+# only after a foreground command ends. `mlflow run` itself ignores them (inherited SIG_IGN): killed, it
+# would leave the MLflow run RUNNING and the container training. Instead a trap stops the container
+# this run named; `mlflow run` then sees it fail, ends the run FAILED and exits.
+launch() {
   set -e
   check_docker
   ensure_server
   gpu="$(gpu_args)"
   ensure_image > /dev/null
   # host network: the container reaches the server on 127.0.0.1; init: signals reach the training
-  # (not PID 1); a name per run: `docker kill kerasflow-NAME` stops exactly this one.
+  # (not PID 1); a name per run: `docker stop kerasflow-NAME` stops exactly this one.
   run_args=(-A network=host -A init -A "name=kerasflow-$name")
   [ -n "$gpu" ] && run_args+=(-A gpus=all)
   echo "mlflow run . -e $entry --experiment-name $experiment ${run_args[*]} ${params[*]}"
+  trap '' HUP TERM INT
   MLFLOW_TRACKING_URI="$server_url" exec "$MLFLOW" run "$KF_ROOT" -e "$entry" \
     --experiment-name "$experiment" "${run_args[@]}" "${params[@]}"
-} 2>&1 | tee "$log"
-status="${PIPESTATUS[0]}"
+}
+
+# shellcheck disable=SC2329  # invoked by the traps below
+stop_run() {
+  echo "driver: $1: stopping container kerasflow-$name (the MLflow run ends FAILED)" >> "$log"
+  docker stop --time 10 "kerasflow-$name" > /dev/null 2>&1 || true
+}
+
+launch > >(trap '' HUP TERM INT; exec tee --output-error=warn "$log") 2>&1 &
+child=$!
+trap 'stop_run SIGTERM' TERM
+trap 'stop_run SIGHUP' HUP
+trap 'stop_run SIGINT' INT
+set +e  # the run's own exit status is recorded, not acted on
+while :; do
+  wait "$child"
+  status=$?
+  kill -0 "$child" 2> /dev/null || break  # a trap interrupted the wait: wait again for the real end
+done
+trap - TERM HUP INT
 set -e
 echo "$status" > "$logs/$name.status"
-echo "exit status $status ($logs/$name.status)" | tee -a "$log"
+echo "exit status $status ($logs/$name.status)" | tee --output-error=warn -a "$log"
 exit "$status"

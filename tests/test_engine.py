@@ -26,6 +26,7 @@ import pwd
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -97,10 +98,13 @@ class User:
         argv, full_env = self.argv(cmd, self.env(env))
         return subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
-    def popen(self, cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    def popen(
+        self, cmd: list[str], cwd: Path, env: dict[str, str] | None = None, new_session: bool = False
+    ) -> subprocess.Popen[str]:
         argv, full_env = self.argv(cmd, self.env(env))
         return subprocess.Popen(
-            argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=new_session,
         )
 
 
@@ -549,6 +553,36 @@ def test_detached_make_run_refuses_a_second_and_a_killed_container_fails_the_run
     assert status.read_text().strip() not in ("", "0")
     [run] = [r for r in runs_named(run_env) if r.info.run_name and r.data.params.get("epochs") == "200"]
     assert run.info.status in ("FAILED", "KILLED")
+
+
+def test_a_hangup_stops_the_container_and_ends_the_run(image, user, checkout, run_env):
+    """SIGHUP to the whole foreground group (an SSH session dropping without tmux): `mlflow run` used to
+    die, leaving the run RUNNING and the container training on."""
+    args = ["--foreground", "--name", "hup", *tiny_p(epochs=200, synthetic_examples=2000)]
+    proc = user.popen(["make", "run", f"VENV={VENV}", f"ARGS={shlex.join(args)}"], cwd=checkout,
+                      env=run_env, new_session=True)
+    log = checkout / "logs" / "hup.log"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        running = docker("ps", "-q", "--filter", "name=^kerasflow-hup$").stdout.strip()
+        if running and log.exists() and "Epoch 2/" in log.read_text():
+            break
+        assert proc.poll() is None, proc.stdout.read()[-3000:] + proc.stderr.read()[-2000:]
+        time.sleep(1)
+    assert running, "the training container never ran"
+    os.killpg(proc.pid, signal.SIGHUP)
+    status = checkout / "logs" / "hup.status"
+    while not status.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert status.exists(), log.read_text()[-3000:]
+    assert status.read_text().strip() not in ("", "0")
+    assert docker("ps", "-aq", "--filter", "name=^kerasflow-hup$").stdout.strip() == ""
+    [run] = [r for r in runs_named(run_env) if r.data.params.get("synthetic_examples") == "2000"
+             and r.data.params.get("epochs") == "200" and r.info.start_time > 0
+             and r.info.run_id in log.read_text()]
+    assert run.info.status in ("FAILED", "KILLED")
+    assert "driver: SIGHUP: stopping container kerasflow-hup" in log.read_text()
+    proc.wait(timeout=60)
 
 
 # --- 3. every MLproject entry point through make run -----------------------------------------------------
