@@ -173,7 +173,21 @@ def _check_range(name: str, value: Any, meta: dict[str, Any]) -> None:
         raise UserError(f"config key '{name}' is {value}, outside {bounds}: pick a value in range")
 
 
+# A name that becomes a folder or file name (run_name, a study): one path component, no '..', no '/'.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(value: str, what: str) -> str:
+    """Refuse names that would escape their folder (`../x`, `a/b`) or that a shell or URL would mangle."""
+    if not _SAFE_NAME.fullmatch(value) or ".." in value:
+        raise UserError(f"{what} {value!r} must be 1-100 letters, digits, '.', '_' or '-', starting with a "
+                        "letter or digit (it names a folder): choose another")
+    return value
+
+
 def _check_together(cfg: Config) -> None:
+    if cfg.run_name:
+        check_name(cfg.run_name, "run_name")
     if cfg.model == "vgg16" and cfg.image_size < 32:
         raise UserError(
             f"image_size {cfg.image_size} is too small for vgg16 (needs >= 32): "

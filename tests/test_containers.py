@@ -375,6 +375,26 @@ def test_post_start_command_serves_jupyterlab_on_localhost_with_a_random_token(t
         subprocess.run(["pkill", "-f", "--", f"--port {port}"], capture_output=True)
 
 
+def test_jupyter_never_moves_to_another_port(tmp_path):
+    """On a busy port Jupyter used to pick the next one, so logs/jupyter.url named the wrong server."""
+    import socket
+
+    repo = tmp_path / "repo"
+    (repo / "docker").mkdir(parents=True)
+    shutil.copy2(ROOT / "docker" / "start-jupyter.bash", repo / "docker")
+    assert "--ServerApp.port_retries=0" in (repo / "docker" / "start-jupyter.bash").read_text()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               "JUPYTER_PORT": str(port), "HOME": str(tmp_path)}
+        out = subprocess.run(["bash", str(repo / "docker" / "start-jupyter.bash")], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert_user_error(out, f"port {port} on 127.0.0.1 is busy", "JUPYTER_PORT")
+    assert not (repo / "logs" / "jupyter.url").exists()
+
+
 # --- the image really builds --------------------------------------------------------------------------
 
 

@@ -425,3 +425,107 @@ def test_a_wrong_kind_of_tracking_uri_is_one_line(tmp_path):
     result = py("train_mlflow.py", *set_args(TINY), env={"MLFLOW_TRACKING_URI": "ftp://user:hunter2@example/x"})
     assert_user_error(result, "neither an http(s) server nor a sqlite database", "ftp://example/x")
     assert "hunter2" not in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_basic_auth_server_takes_a_real_login_and_refuses_a_wrong_one(tmp_path, monkeypatch):
+    import base64
+
+    new, port = tmp_path / "team store", free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_AUTH_ADMIN_PASSWORD"}
+    first = subprocess.run([PY, "-m", "kerasflow.storeops.server", str(new), "--port", str(port), "--auth"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert_user_error(first, "MLFLOW_AUTH_ADMIN_PASSWORD")
+    proc = subprocess.Popen([PY, "-m", "kerasflow.storeops.server", str(new), "--port", str(port), "--auth"],
+                            cwd=ROOT, env={**env, "MLFLOW_AUTH_ADMIN_PASSWORD": "Adm1n-pass-for-tests"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        wait_health(url, proc)
+
+        def status(user: str | None, password: str = "") -> int:
+            headers = {}
+            if user:
+                headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            try:
+                with urllib.request.urlopen(urllib.request.Request(api, headers=headers), timeout=10) as r:
+                    return r.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert status(None) == 401
+        assert status("admin", "wrong") == 401
+        assert status("admin", "Adm1n-pass-for-tests") == 200
+        # our own check (every command runs it before training) logs in the way MLflow's client does
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://admin:Adm1n-pass-for-tests@127.0.0.1:{port}")
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+        store.check_backend(store.tracking_uri())
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+        from kerasflow.errors import UserError
+
+        with pytest.raises(UserError, match="refused the login"):
+            store.check_backend(store.tracking_uri())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    ini = new / "auth" / "basic_auth.ini"
+    assert ini.stat().st_mode & 0o777 == 0o600 and (new / "auth" / "basic_auth.db").is_file()
+    assert "Adm1n-pass" not in ini.read_text()
+
+
+def test_check_reports_locations_outside_the_store(tmp_path):
+    from kerasflow.storeops import relocate
+
+    root = tmp_path / "store"
+    (root / "0").mkdir(parents=True)
+    (root / "0" / "meta.yaml").write_text(f"artifact_location: {root}/0\nexperiment_id: '0'\nname: Default\n")
+    (root / "1").mkdir()
+    (root / "1" / "meta.yaml").write_text("artifact_location: /etc\nexperiment_id: '1'\nname: evil\n")
+    assert relocate.outside(root) == ["/etc"]
+    out = py("-m", "kerasflow.storeops.relocate", str(root), "--check")
+    assert "1 artifact locations point outside the store, e.g. /etc" in out.stdout, out.stdout + out.stderr
+
+
+# --- bad input: one line, exit 2, nothing created ---------------------------------------------------
+
+
+def test_a_typod_store_is_never_created_by_commands_that_only_read(tmp_path):
+    typo = tmp_path / "stroe"
+    for args in (["-m", "kerasflow.serve.serving", "models:/demo@candidate", "--store", str(typo)],
+                 ["-m", "kerasflow.track.registry", "--store", str(typo), "promote", "demo"],
+                 ["-m", "kerasflow.track.runs", "--store", str(typo)]):
+        assert_user_error(py(*args), "no MLflow store at", "STORE")
+        assert not typo.exists(), args
+
+
+def test_names_that_escape_their_folder_and_impossible_numbers(tmp_path):
+    for name in ("../up", "a/b", ".hidden", "x" * 101):
+        result = py("train.py", *set_args([*TINY, f"run_name={name}", f"output_dir={tmp_path}"]))
+        assert_user_error(result, "run_name", "names a folder")
+    assert list(tmp_path.iterdir()) == []
+    assert_user_error(py("tune.py", "--store", str(tmp_path / "s"), "--study", "../x"), "--study")
+    assert_user_error(py("tune.py", "--store", str(tmp_path / "s"), "--grace", "0"), "--grace")
+    assert_user_error(py("-m", "kerasflow.serve.serving", "models:/d@c", "--port", "0"), "out of range")
+
+
+@pytest.mark.slow
+def test_serve_loads_only_keras_models_unless_told(tmp_path):
+    """A pulled store is data from another machine: a pickled pyfunc model runs its code when loaded."""
+    code = """
+import sys, mlflow
+from kerasflow.track import store, tracking
+class Echo(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input):
+        return model_input
+with store.open_store(sys.argv[1]) as uri:
+    mlflow.set_experiment(experiment_id=tracking.experiment_id(mlflow.MlflowClient(), uri, "e"))
+    with mlflow.start_run():
+        mlflow.pyfunc.log_model(name="m", python_model=Echo(), registered_model_name="pickled")
+"""
+    made = py("-c", code, str(tmp_path / "store"))
+    assert made.returncode == 0, made.stderr[-2000:]
+    refused = py("-m", "kerasflow.serve.serving", "models:/pickled/1", "--store", str(tmp_path / "store"),
+                 "--port", str(free_port()))
+    assert_user_error(refused, "not a Keras model", "--any-flavor")

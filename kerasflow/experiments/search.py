@@ -192,6 +192,13 @@ def tune(cfg: Config, *, trials: int, workers: int = 1, study_name: str = "searc
         raise UserError("search_space in the config is empty: declare the keys to search (see config.yaml)")
     if trials < 1 or workers < 1:
         raise UserError("--trials and --workers must be at least 1")
+    if workers > (os.cpu_count() or 1) * 4:
+        raise UserError(f"--workers {workers} is far more than this machine's {os.cpu_count()} CPUs: each "
+                        "worker is a training process; use at most a few per GPU or CPU")
+    if grace < 10:
+        raise UserError(f"--grace {grace} s is too short: a trial's heartbeat comes every grace/3 s, a "
+                        "busy trial would be declared dead; use 10 or more (default 300)")
+    config_mod.check_name(study_name, "--study")  # it names the trials' run folders
     storage_url = storage or default_storage(store_dir)
     from kerasflow.train import data
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from kerasflow import cli
+from kerasflow import cli, ports
 from kerasflow.errors import UserError
 from kerasflow.track import store
 
@@ -31,18 +31,29 @@ def serve_command(uri: str, port: int) -> list[str]:
             "-h", "127.0.0.1", "-p", str(port)]
 
 
-def serve(uri: str, port: int, store_dir: str) -> None:
-    """Check the model exists (a bad URI fails here, not inside the server), then become the server."""
+def serve(uri: str, port: int, store_dir: str, any_flavor: bool = False) -> None:
+    """Check the port and the model (a bad URI fails here, not inside the server), then become the server.
+
+    Only Keras models by default: a store may come from another machine (`make pull`), and loading a
+    pickled python_function model runs whatever code it was pickled with.
+    """
+    import mlflow
+
     from kerasflow.track import registry
 
+    ports.check_port(port, "the model server")
     with registry.opened(store_dir) as c:
         registry.resolve(uri, c)
+        flavors = sorted(mlflow.models.get_model_info(uri).flavors)
+    if "keras" not in flavors and not any_flavor:
+        raise UserError(f"{uri} is not a Keras model (flavors: {', '.join(flavors)}): loading it may run "
+                        "code pickled on another machine; pass --any-flavor if you trust it")
     env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri(store_dir),
            # uvicorn and mlflow must be found on PATH by the server it starts
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     print(f"serving {uri} on http://127.0.0.1:{port}/invocations (Ctrl-C stops)", file=sys.stderr)
     sys.stderr.flush()
-    os.execve(serve_command(uri, port)[0], serve_command(uri, port), env)
+    os.execve(serve_command(uri, port)[0], serve_command(uri, port), env)  # noqa: S606 - an argv list
 
 
 def model_metadata(uri: str, store_dir: str) -> dict[str, Any]:
@@ -72,11 +83,14 @@ def load_images(paths: list[str], size: int) -> np.ndarray:
 
 
 def request(url: str, images: np.ndarray, timeout: float = 60) -> list[Any]:
+    if not url.startswith(("http://", "https://")):
+        raise UserError(f"--url {url} is not an http(s) URL: give the model server's, e.g. "
+                        "http://127.0.0.1:5001")
     body = json.dumps({"inputs": images.tolist()}).encode()
-    req = urllib.request.Request(url.rstrip("/") + "/invocations", data=body,
+    req = urllib.request.Request(url.rstrip("/") + "/invocations", data=body,  # noqa: S310 - http(s)
                                  headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as response:
+        with urllib.request.urlopen(req, timeout=timeout) as response:  # noqa: S310 - http(s) checked above
             return json.loads(response.read())["predictions"]
     except urllib.error.HTTPError as exc:
         raise UserError(f"the model server answered {exc.code}: {exc.read().decode()[:300]}") from None
@@ -97,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
     p.add_argument("model", help="models:/NAME@ALIAS, models:/NAME/VERSION, models:/<id>, runs:/<id>/model")
     p.add_argument("--port", type=int, default=5001)
+    p.add_argument("--any-flavor", action="store_true",
+                   help="also serve non-Keras models (a pickled model runs its code when loaded)")
     cli.store_flags(p, experiment=False)
     args = p.parse_args(argv)
-    return cli.run(lambda: serve(args.model, args.port, args.store))
+    return cli.run(lambda: serve(args.model, args.port, args.store, args.any_flavor))
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ def _sqlite_values(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, A
     for key, table, column, where in SQL_FIELDS:
         if table not in tables:
             continue
-        sql = f"SELECT rowid, {column} FROM {table} WHERE {column} IS NOT NULL"
+        sql = f"SELECT rowid, {column} FROM {table} WHERE {column} IS NOT NULL"  # noqa: S608 - names from SQL_FIELDS
         if where:
             sql += f" AND {where}"
         rows += [(key, table, column, where, rowid, value) for rowid, value in conn.execute(sql)]
@@ -196,7 +196,7 @@ def relocate_sqlite(db: Path, old: str | None, new: Path, dry_run: bool) -> Repo
                 report.changed[key] += 1
         for target, pairs in updates.items():
             table, column = target.split(".")
-            conn.executemany(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", pairs)
+            conn.executemany(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", pairs)  # noqa: S608 - names from SQL_FIELDS, values bound
         conn.execute("ROLLBACK" if dry_run else "COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -319,7 +319,7 @@ def _read_meta(path: Path, keys: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     if fast is not None:
         return text, fast
     try:
-        data = yaml.load(text, Loader=_yaml_loader())
+        data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -461,6 +461,15 @@ def check(store: Path) -> tuple[int, list[str]]:
     return len(local), [v for v, p in local if not _under(p, root) and not Path(p).exists()]
 
 
+def outside(store: Path) -> list[str]:
+    """Local artifact locations outside the store's folder. In a store from another machine such a
+    location makes MLflow read and write wherever it points on this one: /etc, a home folder, ..."""
+    kind, path = detect(store)
+    root = str((path.parent if kind == "sqlite" else path).absolute())
+    local = [(v, p[1]) for _, v in stored_locations(store) if (p := _as_path(v)) is not None]
+    return [v for v, p in local if not _under(p, root)]
+
+
 def _progress(items: list[Any], what: str) -> Any:
     if len(items) < 2000 or not sys.stderr.isatty():
         return items
@@ -504,6 +513,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"(fix: python -m kerasflow.storeops.relocate {args.store})")
             else:
                 print(f"check: all {total} artifact locations exist")
+            away = outside(args.store)
+            if away:
+                print(f"check: {len(away)} artifact locations point outside the store, e.g. {away[0]}: "
+                      "MLflow reads and writes there; relocate with --from, or remove those runs")
             return
         t0 = time.perf_counter()
         report = relocate(args.store, args.old, args.to, args.dry_run)

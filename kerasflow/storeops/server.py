@@ -1,44 +1,27 @@
 """The one place that builds the `mlflow server` command line over a store.
 
-    python -m kerasflow.storeops.server [STORE] [--port N]      (`make server`, `make run`'s server)
+    python -m kerasflow.storeops.server [STORE] [--port N] [--auth]   (`make server [AUTH=1]`, `make run`)
 
 `make server`, the server `make run` starts (project_driver.bash), `make ui` (run_mlflow_ui.bash) and
 the notebook's private server (kerasflow.track.explore) all serve a store the same way: bound to
 127.0.0.1, Host and CORS checks limited to the local names, artifacts proxied from STORE/artifacts
 (runs logged through it get `mlflow-artifacts:/` locations), the sqlite database created under the
 store's lock before MLflow sees it (MLflow's own first migration races when two processes start at once).
-A legacy file store needs MLFLOW_ALLOW_FILE_STORE=true since MLflow 3.13.
+A legacy file store needs MLFLOW_ALLOW_FILE_STORE=true since MLflow 3.13. `--auth` turns on MLflow's
+basic auth for a server others reach (users and passwords in STORE/auth, kept with the store).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
 from kerasflow import cli
 from kerasflow.errors import UserError
+from kerasflow.files import atomic_write
+from kerasflow.ports import HOST, check_port
 from kerasflow.track import store
-
-HOST = "127.0.0.1"
-
-
-def port_free(port: int, host: str = HOST) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def check_port(port: int) -> None:
-    if not 1 <= port <= 65535:
-        raise UserError(f"port {port} is out of range: give a port from 1024 to 65535 (--port N / PORT=N)")
-    if not port_free(port):
-        raise UserError(f"port {port} on {HOST} is busy (another MLflow server or UI?): choose another "
-                        "with --port N (make: PORT=N)")
 
 
 def locate(store_path: Path) -> tuple[str, Path]:
@@ -60,7 +43,48 @@ def prepare(store_path: Path) -> None:
         (path.parent / store.ARTIFACTS).mkdir(exist_ok=True)
 
 
-def command(store_path: Path, port: int) -> tuple[list[str], dict[str, str]]:
+AUTH_DIR = "auth"  # in the store folder: the basic-auth users database and its config (0600)
+
+
+def auth_secret_key(folder: Path) -> str:
+    """The CSRF secret MLflow's auth app needs, made once and kept (0600) so restarts and several
+    workers agree on it; MLFLOW_FLASK_SERVER_SECRET_KEY, when set, wins."""
+    import secrets as random_secrets
+
+    if os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        return os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    path = folder / "flask_secret_key"
+    if not path.is_file():
+        atomic_write(path, random_secrets.token_hex(32), mode=0o600)
+    return path.read_text().strip()
+
+
+def auth_config(store_path: Path) -> Path:
+    """MLflow basic auth kept in the store folder (not the current directory), its config 0600.
+
+    The admin password comes from MLFLOW_AUTH_ADMIN_PASSWORD the first time (MLflow creates the admin
+    user then); never from a command line or a config file under version control.
+    """
+    kind, path = locate(store_path)
+    if kind != "sqlite":
+        raise UserError("basic auth needs a sqlite store: migrate it first (make migrate STORE=...)")
+    folder = path.parent.resolve() / AUTH_DIR
+    folder.mkdir(mode=0o700, exist_ok=True)
+    users = folder / "basic_auth.db"
+    if not users.exists() and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
+        raise UserError("basic auth needs an admin password the first time: export "
+                        "MLFLOW_AUTH_ADMIN_PASSWORD=... (then log in as admin and add users)")
+    ini = folder / "basic_auth.ini"
+    atomic_write(ini, "[mlflow]\n"
+                 "default_permission = READ\n"
+                 f"database_uri = {store.sqlite_uri(users)}\n"
+                 "admin_username = admin\n"
+                 "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                 "grant_default_workspace_access = false\n", mode=0o600)
+    return ini
+
+
+def command(store_path: Path, port: int, auth: bool = False) -> tuple[list[str], dict[str, str]]:
     """The `mlflow server` command line and environment for this store (sqlite, or a legacy file store)."""
     kind, path = locate(store_path)
     bindir = Path(sys.executable).parent
@@ -73,6 +97,11 @@ def command(store_path: Path, port: int) -> tuple[list[str], dict[str, str]]:
         env["MLFLOW_ALLOW_FILE_STORE"] = "true"
         root = path.resolve()
         args = ["--backend-store-uri", str(root), "--default-artifact-root", str(root)]
+    if auth:
+        ini = auth_config(store_path)
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = auth_secret_key(ini.parent)
+        args += ["--app-name", "basic-auth"]
     local = f"{HOST}:{port},localhost:{port}"
     origins = f"http://{HOST}:{port},http://localhost:{port}"
     return [str(bindir / "mlflow"), "server", *args, "--host", HOST, "--port", str(port),
@@ -84,11 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("store", nargs="?", default=store.DEFAULT_STORE, type=Path)
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--print-command", action="store_true", help="print the command instead of running it")
+    p.add_argument("--auth", action="store_true",
+                   help="MLflow basic auth (users in STORE/auth; the first start needs "
+                        "MLFLOW_AUTH_ADMIN_PASSWORD)")
     args = p.parse_args(argv)
 
     def go() -> None:
-        check_port(args.port)
-        cmd, env = command(args.store, args.port)
+        check_port(args.port, "the MLflow server")
+        if args.auth:
+            prepare(args.store)  # the auth folder lives in the store
+        cmd, env = command(args.store, args.port, auth=args.auth)
         if args.print_command:
             print(" ".join(cmd))
             return
@@ -96,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MLflow server over {args.store}: http://{HOST}:{args.port} (over SSH: ssh -L "
               f"{args.port}:{HOST}:{args.port} HOST)", file=sys.stderr)
         sys.stderr.flush()
-        os.execve(cmd[0], cmd, env)
+        os.execve(cmd[0], cmd, env)  # noqa: S606 - an argv list, no shell
 
     return cli.run(go)
 

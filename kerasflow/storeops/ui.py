@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from kerasflow import cli
+from kerasflow import cli, ports
 from kerasflow.errors import UserError
 from kerasflow.storeops import relocate, server
 from kerasflow.track import store
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.store.exists():
             raise UserError(f"no MLflow store at {args.store}: pass the store folder (default ./store), "
                             "e.g. after `make pull FROM=...`")
-        server.check_port(args.port)
+        ports.check_port(args.port, "the MLflow UI")
         report = relocate.relocate(args.store)
         print(report.summary(), file=sys.stderr)
         cmd, env = server.command(args.store, args.port)
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MLflow UI: http://127.0.0.1:{args.port} (over SSH: ssh -L {args.port}:127.0.0.1:"
               f"{args.port} HOST)", file=sys.stderr)
         sys.stderr.flush()
-        os.execve(cmd[0], cmd, env)
+        os.execve(cmd[0], cmd, env)  # noqa: S606 - an argv list, no shell
 
     return cli.run(go)
 

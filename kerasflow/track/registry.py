@@ -27,7 +27,7 @@ def opened(store_dir: str = store.DEFAULT_STORE) -> Iterator[mlflow.MlflowClient
     block only: the previous tracking URI is back afterwards (a notebook or a test keeps its own)."""
     import mlflow
 
-    with store.open_store(store_dir) as uri:
+    with store.open_store(store_dir, create=False) as uri:
         yield mlflow.MlflowClient(uri)
 
 

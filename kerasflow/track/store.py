@@ -64,12 +64,17 @@ def readonly_uri(db: str | Path) -> str:
 
 @contextmanager
 def open_store(store_dir: str | Path = DEFAULT_STORE, *, create: bool = True) -> Iterator[str]:
-    """The store's tracking URI, checked (seconds, before anything slow), created when `create`, and
-    active for the block (the previous one restored after): every command that opens a store."""
+    """The store's tracking URI, checked (seconds, before anything slow), created when `create` (else it
+    must exist), and active for the block (the previous one restored after): every command that opens
+    a store."""
     uri = tracking_uri(store_dir)
     check_backend(uri)
+    db = sqlite_path(uri)
     if create:
         init_sqlite(uri)
+    elif db is not None and not db.is_file():  # a typo'd STORE would otherwise become a new, empty store
+        raise UserError(f"no MLflow store at {Path(store_dir)} (no {DB_FILE}): check STORE=/--store; runs "
+                        "are written there by `make track` or `make run`")
     with activated(uri):
         yield uri
 
@@ -250,7 +255,7 @@ def check_server(uri: str) -> None:
     shown = secrets.redact(uri)
     base = clean.rstrip("/")
     try:
-        with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as response:  # noqa: S310 - http(s): checked by check_backend
             response.read()
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -258,10 +263,10 @@ def check_server(uri: str) -> None:
             f"cannot reach the MLflow tracking server at {shown} ({reason}): start it with "
             "`make server`, or fix/unset MLFLOW_TRACKING_URI"
         ) from None
-    api = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1",
+    api = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1",  # noqa: S310
                                  headers=secrets.basic_auth_header())
     try:
-        with urllib.request.urlopen(api, timeout=10) as response:
+        with urllib.request.urlopen(api, timeout=10) as response:  # noqa: S310 - same URL
             response.read()
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):

@@ -152,7 +152,8 @@ def fit(prep: Prepared, extra_callbacks: list[keras.callbacks.Callback] | None =
     for name, learning_rate, first, last in phases:
         if name == "phase2":
             base = models.find_base(model)
-            assert base is not None
+            if base is None:  # has_fine_tune is true only for a model with a pretrained base
+                raise RuntimeError("fine-tuning asked for, but the model has no pretrained base")
             models.set_fine_tune(base, cfg.fine_tune_blocks)
         models.compile_model(model, num_classes, learning_rate)
         done = rundir.state_dir(prep.run_dir) / f"{name}.weights.h5"  # BackupAndRestore deletes its own
