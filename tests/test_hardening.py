@@ -529,3 +529,18 @@ with store.open_store(sys.argv[1]) as uri:
     refused = py("-m", "kerasflow.serve.serving", "models:/pickled/1", "--store", str(tmp_path / "store"),
                  "--port", str(free_port()))
     assert_user_error(refused, "not a Keras model", "--any-flavor")
+
+
+def test_files_where_folders_belong_and_prefixes_that_would_rewrite_everything(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert_user_error(py("train_mlflow.py", "--store", str(afile), *set_args(TINY)), "is a file", "--store")
+    assert_user_error(py("-m", "kerasflow.storeops.server", str(afile), "--port", str(free_port())),
+                      "not a sqlite database")
+    root = tmp_path / "store"
+    (root / "0").mkdir(parents=True)
+    (root / "0" / "meta.yaml").write_text("artifact_location: /old/store/0\nexperiment_id: '0'\nname: D\n")
+    for prefix in ("/", "", "relative/dir"):
+        assert_user_error(py("-m", "kerasflow.storeops.relocate", str(root), "--from", prefix), "--from",
+                          "not '/'")
+    assert "/old/store/0" in (root / "0" / "meta.yaml").read_text()

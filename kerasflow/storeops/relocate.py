@@ -427,7 +427,11 @@ def _resolve_prefixes(values: list[str], old: str | None, new: Path) -> tuple[st
     locals_ = [p for v in values if (p := _as_path(v)) is not None]
     if old is not None:
         old = old[len("file://"):] if old.startswith("file://") else old
-        old = old.rstrip("/") or "/"
+        old = old.strip()
+        if not old.startswith("/") or not old.rstrip("/"):
+            raise UserError(f"--from {old!r} is not the store's old folder: give the absolute path the "
+                            "store had (e.g. /home/me/project/store), not '/' or an empty or relative one")
+        old = old.rstrip("/")
         if not any(_under(path, old) or _under(path, new_s) for _, path in locals_):
             sample = next((path for _, path in locals_), "none")
             raise UserError(f"--from {old} matches no stored location (e.g. {sample}): check the old path")

@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MLflow server over {args.store}: http://{HOST}:{args.port} (over SSH: ssh -L "
               f"{args.port}:{HOST}:{args.port} HOST)", file=sys.stderr)
         sys.stderr.flush()
+        # A server outlives whoever started it: it must not keep the starter's pipes open (a bash process
+        # substitution's fd 63 kept `make run | tee` waiting for the server to exit).
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         os.execve(cmd[0], cmd, env)  # noqa: S606 - an argv list, no shell
 
     return cli.run(go)

@@ -226,7 +226,10 @@ def check_backend(uri: str) -> None:
         probe = folder
         while not probe.exists():
             probe = probe.parent
-        if not probe.is_dir() or not can_write(probe):
+        if not probe.is_dir():
+            where = "is a file" if probe == folder else f"is inside a file ({probe})"
+            raise UserError(f"MLflow store {folder} {where}: --store takes a folder (default ./store)")
+        if not can_write(probe):
             raise UserError(f"MLflow store folder {folder} is not writable: fix its permissions or "
                             "choose another with --store DIR")
         if db.exists():
