@@ -44,6 +44,22 @@ session="${KF_TMUX_SESSION:-kerasflow}"
 lock="$logs/driver.lock"
 mkdir -p "$logs"
 
+# Tracking credentials (http://user:pass@host, or MLFLOW_TRACKING_USERNAME/PASSWORD) never go on a
+# command line: MLflow prints and logs the `docker run -e NAME=VALUE ...` it builds, and tmux's command
+# is in `ps`. They go into a 0600 env file in a private folder, handed to docker with -A env-file=...
+# and to a detached driver by its path (KF_ENV_FILE); the URI keeps only scheme://host:port.
+if [ -z "${KF_ENV_FILE:-}" ] && [ -n "${MLFLOW_TRACKING_URI:-}${MLFLOW_TRACKING_USERNAME:-}" ]; then
+  [ -x "$PYTHON" ] || die "no Python environment at $PYTHON: run make env (or set MLFLOW=/path/to/venv/bin/mlflow)"
+  KF_ENV_FILE="$(mktemp -d)/mlflow.env"
+  MLFLOW_TRACKING_URI="$("$PYTHON" -m kerasflow.secrets "$KF_ENV_FILE")"
+  export MLFLOW_TRACKING_URI KF_ENV_FILE
+fi
+if [ -n "${KF_ENV_FILE:-}" ]; then
+  while IFS='=' read -r key value; do
+    export "$key=$value"
+  done < "$KF_ENV_FILE"
+fi
+
 # One run at a time: the lock holds the PID of the driver that owns it.
 if [ -f "$lock" ] && kill -0 "$(cat "$lock" 2> /dev/null || echo 0)" 2> /dev/null; then
   die "a run is already in progress (pid $(cat "$lock"), $(cat "$logs/current" 2> /dev/null || echo '?')): wait for it, or attach with: tmux attach -t $session"
@@ -55,7 +71,7 @@ if [ "$mode" = detach ] || { [ "$mode" = auto ] && [ -n "${SSH_CONNECTION:-}" ] 
   # a tmux server that already runs would not pass this shell's environment on: pass it explicitly
   cmd=(env "PATH=$PATH" "PORT=$PORT" "STORE=$STORE" "MLFLOW=$MLFLOW" "LOGS=$logs" "GPU=${GPU:-auto}"
        "KF_TMUX_SESSION=$session")
-  for var in HOME DOCKER_HOST MLFLOW_TRACKING_URI BASE_IMAGE TF_VARIANT VGG16_WEIGHTS_URL VGG16_WEIGHTS_MD5 PIP_INDEX_URL \
+  for var in HOME DOCKER_HOST MLFLOW_TRACKING_URI KF_ENV_FILE BASE_IMAGE TF_VARIANT VGG16_WEIGHTS_URL VGG16_WEIGHTS_MD5 PIP_INDEX_URL \
              PIP_EXTRA_INDEX_URL; do
     [ -n "${!var:-}" ] && cmd+=("$var=${!var}")
   done
@@ -71,7 +87,7 @@ fi
 
 echo "$$" > "$lock"
 echo "$name" > "$logs/current"
-trap 'rm -f "$lock" "$logs/current"' EXIT
+trap 'rm -f "$lock" "$logs/current"; [ -z "${KF_ENV_FILE:-}" ] || rm -rf "$(dirname "$KF_ENV_FILE")"' EXIT
 log="$logs/$name.log"
 rm -f "$logs/$name.status"
 
@@ -132,6 +148,7 @@ launch() {
   # host network: the container reaches the server on 127.0.0.1; init: signals reach the training
   # (not PID 1); a name per run: `docker stop kerasflow-NAME` stops exactly this one.
   run_args=(-A network=host -A init -A "name=kerasflow-$name")
+  [ -z "${KF_ENV_FILE:-}" ] || run_args+=(-A "env-file=$KF_ENV_FILE")
   [ -n "$gpu" ] && run_args+=(-A gpus=all)
   echo "mlflow run . -e $entry --experiment-name $experiment ${run_args[*]} ${params[*]}"
   trap '' HUP TERM INT

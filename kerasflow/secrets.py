@@ -60,3 +60,26 @@ def basic_auth_header() -> dict[str, str]:
         return {}
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
+
+
+def write_env_file(path: str) -> str:
+    """For `mlflow run` in docker: the tracking credentials into a 0600 env file (docker --env-file),
+    because MLflow puts every `-e NAME=VALUE` it passes on the docker command line it prints and logs.
+    Returns the tracking URI without credentials; an empty file when there are none."""
+    from pathlib import Path
+
+    from kerasflow.files import atomic_write
+
+    clean = tracking_uri_from_env()
+    lines = [f"{name}={os.environ[name]}" for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+             if os.environ.get(name)]
+    if any("\n" in line for line in lines):
+        raise ValueError("a credential holds a newline")
+    atomic_write(Path(path), "".join(f"{line}\n" for line in lines), mode=0o600)
+    return clean
+
+
+if __name__ == "__main__":  # python -m kerasflow.secrets ENV_FILE  (project_driver.bash)
+    import sys
+
+    print(write_env_file(sys.argv[1]))

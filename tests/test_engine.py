@@ -509,6 +509,50 @@ def test_make_run_trains_in_the_container_and_the_model_loads_on_the_host(
         mlflow.set_tracking_uri(None)
 
 
+def test_make_run_logs_into_a_team_server_with_a_login_and_never_shows_the_password(
+    image, user, checkout, workdir
+):
+    """MLFLOW_TRACKING_URI=http://user:pass@host is used (not replaced by a local server), and the
+    password reaches the container through a 0600 env file, never a command line, a log or a param."""
+    password = "Team-pass-" + uuid.uuid4().hex[:8]
+    port = free_port()
+    team = workdir / "team-store"
+    server = user.popen(
+        ["python", "-m", "kerasflow.storeops.server", str(team), "--port", str(port), "--auth"],
+        cwd=checkout, env={"MLFLOW_AUTH_ADMIN_PASSWORD": password},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()[-2000:]
+                time.sleep(0.5)
+        env = {"GPU": "off", "MLFLOW_TRACKING_URI": f"http://admin:{password}@127.0.0.1:{port}"}
+        result = user.run(["make", "run", f"VENV={VENV}",
+                           f"ARGS={shlex.join(['--foreground', '--name', 'team', *tiny_p(epochs=1)])}"],
+                          cwd=checkout, env=env)
+        log = (checkout / "logs" / "team.log").read_text()
+        assert result.returncode == 0, log[-4000:]
+        assert "using the MLflow server from MLFLOW_TRACKING_URI" in log
+        assert password not in log + result.stdout + result.stderr
+        import mlflow
+
+        c = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = "admin", password
+        try:
+            [run] = c.search_runs([c.get_experiment_by_name("kerasflow").experiment_id])
+            assert run.info.status == "FINISHED"
+            assert password not in json.dumps({**run.data.params, **run.data.tags})
+        finally:
+            del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_a_real_param_conflict_is_one_line(image, user, checkout, run_env):
     """A run id whose logged epochs differ from the config's: refused in one line, the run not RUNNING."""
     c = client(run_env)
