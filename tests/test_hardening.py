@@ -544,3 +544,44 @@ def test_files_where_folders_belong_and_prefixes_that_would_rewrite_everything(t
         assert_user_error(py("-m", "kerasflow.storeops.relocate", str(root), "--from", prefix), "--from",
                           "not '/'")
     assert "/old/store/0" in (root / "0" / "meta.yaml").read_text()
+
+
+LOAD = """
+import sys
+from kerasflow import config
+from kerasflow.train import data
+examples = data.load_examples(config.load(None, sys.argv[1:]))
+print(examples.digest, int(examples.images.astype("int64").sum()), len(examples))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_at_seeded_moments_while_the_cache_is_built(tmp_path):
+    """A kill between the .u8 and its JSON left a cache entry that killed every later run."""
+    import random
+    import shutil
+
+    from conftest import write_png_tree
+
+    tree = write_png_tree(tmp_path / "images", {"Parasitized": 150, "Uninfected": 150}, size=64)
+    cache = tmp_path / "cache"
+    args = [*TINY, "data_source=image_dir", f"image_dir={tree}", "cache_ram_mb=0", f"cache_dir={cache}",
+            "image_size=64"]
+    t0 = time.monotonic()
+    reference = py("-c", LOAD, *args)
+    full = time.monotonic() - t0
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    rng = random.Random(13)
+    for moment in sorted(rng.uniform(0.3 * full, full) for _ in range(4)):
+        shutil.rmtree(cache)
+        proc = subprocess.Popen([PY, "-c", LOAD, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(moment)
+        proc.kill()
+        proc.wait()
+        for u8 in cache.glob("*.u8"):  # a published entry always has its whole metadata beside it
+            json.loads(u8.with_suffix(".json").read_text())
+        again = py("-c", LOAD, *args)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert again.stdout == reference.stdout
+        assert not list(cache.glob("*.tmp*")), "a killed fill's temp file was left behind"

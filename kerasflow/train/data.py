@@ -161,6 +161,7 @@ class _Sink:
         else:
             cache = Path(cfg.cache_dir)
             cache.mkdir(parents=True, exist_ok=True)
+            _remove_orphans(cache, key)
             self.path = cache / f"{key}.u8"
             self.tmp = self.path.with_suffix(f".tmp{os.getpid()}")
             self.array = np.lib.format.open_memmap(self.tmp, "w+", np.uint8, (n, size, size, 3))
@@ -191,6 +192,20 @@ class _Sink:
         atomic_write(self.path.with_suffix(".json"), json.dumps(meta))
         os.replace(self.tmp, self.path)
         return np.load(self.path, mmap_mode="r")
+
+
+def _remove_orphans(cache: Path, key: str) -> None:
+    """Temp files of fills whose process was SIGKILLed (no cleanup ran): they may be gigabytes."""
+    for tmp in cache.glob(f"{key}.tmp*"):
+        pid = tmp.suffix.removeprefix(".tmp")
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 def _cached(cfg: Config, key: str) -> tuple[np.ndarray, dict[str, Any]] | None:
