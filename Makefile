@@ -34,7 +34,7 @@ N_INNER ?= 0
 DEMO_SET := --preset demo --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: help env lock train demo data weights test lint bench bench-pipeline bench-tracking bench-relocate clean test-fast test-gpu-image track track-demo server serve \
-        predict runs promote ui pull relocate migrate mlproject splits cv tune analyze image shell run
+        predict runs reproduce promote ui pull relocate migrate mlproject splits cv tune analyze image shell run
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -82,6 +82,10 @@ serve: $(STAMP) ## serve a model on 127.0.0.1:5001: make serve MODEL=models:/dem
 
 predict: $(STAMP) ## classify images with the served model: make predict MODEL=... IMAGES='a.png b.png'
 	$(PY) predict.py --url http://127.0.0.1:$(SERVE_PORT) --model "$(MODEL)" --store $(STORE) $(IMAGES)
+
+reproduce: $(STAMP) ## re-create a tracked run from MLflow and compare: make reproduce RUN=<id> [ARGS=--strict]
+	@test -n "$(RUN)" || { echo "error: give the run: make reproduce RUN=<run id> (make runs lists them)"; exit 2; }
+	$(PY) -m kerasflow.cli.reproduce "$(RUN)" --store $(STORE) $(ARGS)
 
 runs: $(STAMP) ## table of the best runs and their curves: make runs FILTER="metrics.test_accuracy > 0.9"
 	mkdir -p outputs && $(PY) -m kerasflow.track.runs --store $(STORE) --filter "$(FILTER)" --plot outputs/best_runs.png

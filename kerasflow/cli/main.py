@@ -2,7 +2,7 @@
 
     kerasflow train [--set k=v ...]          kerasflow track ...          kerasflow splits ...
     kerasflow cv ...    kerasflow tune ...    kerasflow analyze ...        kerasflow predict IMAGE ...
-    kerasflow runs ...                        kerasflow model promote|show ...   kerasflow serve URI
+    kerasflow runs ...    kerasflow reproduce RUN_ID    kerasflow model promote|show ...   kerasflow serve URI
     kerasflow store ui|relocate|pull|migrate ...                         kerasflow fetch data|weights
 
 `kerasflow COMMAND --help` shows each command's options; nothing heavy is imported before it runs.
@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("kerasflow.cli.analyze", "threshold + models.evaluate on runs (analyze_predictions.py)"),
     "predict": ("kerasflow.cli.predict", "classify images with a served model (predict.py)"),
     "runs": ("kerasflow.track.runs", "table of the best runs and their curves"),
+    "reproduce": ("kerasflow.cli.reproduce", "re-create a tracked run from MLflow, compare (make reproduce)"),
     "model": ("kerasflow.track.registry", "registered models: promote an alias, show versions"),
     "serve": ("kerasflow.serve.serving", "serve a model over HTTP on 127.0.0.1"),
     "store ui": ("kerasflow.storeops.ui", "MLflow UI over a (copied) store, fixing its paths first"),

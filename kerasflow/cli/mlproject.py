@@ -65,6 +65,7 @@ ENTRY_POINTS = {
 }
 ANALYZE = [("filter", "string", '""', "--filter"), ("positive", "string", '""', "--positive"),
            ("max_runs", "float", "200", "--max-runs")]
+REPRODUCE = [("tolerance", "float", "1e-6", "--tolerance")]
 
 
 def render() -> str:
@@ -86,7 +87,11 @@ def render() -> str:
     lines += ["  analyze:", "    parameters:"]
     lines += [f"      {k}: {{type: {t}, default: {d}}}" for k, t, d, _ in ANALYZE]
     lines += ["    command: >-", "      python analyze_predictions.py "
-              + " ".join(f"{flag} {{{k}}}" for k, _, _, flag in ANALYZE), ""]
+              + " ".join(f"{flag} {{{k}}}" for k, _, _, flag in ANALYZE)]
+    lines += ["  reproduce:", "    parameters:", "      run_id: {type: string}"]
+    lines += [f"      {k}: {{type: {t}, default: {d}}}" for k, t, d, _ in REPRODUCE]
+    lines += ["    command: >-", "      python -m kerasflow.cli.reproduce {run_id} "
+              + " ".join(f"{flag} {{{k}}}" for k, _, _, flag in REPRODUCE), ""]
     return "\n".join(lines)
 
 

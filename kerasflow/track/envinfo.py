@@ -62,6 +62,15 @@ def git_state(root: Path = ROOT) -> dict[str, Any]:
             "capped": capped, "untracked": untracked}
 
 
+def installed() -> str:
+    """name==version of every package of the RUNNING environment (the lock file says what should be
+    installed; this is what was), sorted, one per line."""
+    from importlib.metadata import distributions
+
+    pins = {f"{d.metadata['Name']}=={d.version}" for d in distributions() if d.metadata["Name"]}
+    return "".join(f"{p}\n" for p in sorted(pins, key=str.lower))
+
+
 def gpus() -> list[dict[str, str]]:
     """GPU names and driver from nvidia-smi (empty without an NVIDIA GPU)."""
     out = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])

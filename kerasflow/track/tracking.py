@@ -27,7 +27,7 @@ from kerasflow import config
 from kerasflow.config import Config
 from kerasflow.errors import Terminated, UserError
 from kerasflow.track import envinfo, store
-from kerasflow.train import rundir, training
+from kerasflow.train import models, rundir, training
 
 if TYPE_CHECKING:
     import keras
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 LEVEL_TAG = "kerasflow.level"  # where a run sits in an experiment: cv, outer_fold, inner_fold, search, ...
 DEFAULT_EXPERIMENT = store.DEFAULT_EXPERIMENT
+WEIGHTS_TAG = "kerasflow.weights_digest"  # sha256 of the trained weight arrays (make reproduce compares it)
+INSTALLED_FILE = "installed.txt"  # environment/installed.txt: name==version of the running environment
 
 
 def log_params_merged(client: mlflow.MlflowClient, run_id: str, params: dict[str, Any]) -> None:
@@ -230,6 +232,8 @@ def _log_environment(run_id: str, client: mlflow.MlflowClient) -> None:
         if git["untracked"]:  # names only: their content may be anything (data, keys)
             (Path(tmp) / "untracked_files.txt").write_text("".join(f"{u}\n" for u in git["untracked"]))
             mlflow.log_artifact(str(Path(tmp) / "untracked_files.txt"), artifact_path="environment")
+        (Path(tmp) / INSTALLED_FILE).write_text(envinfo.installed())
+        mlflow.log_artifact(str(Path(tmp) / INSTALLED_FILE), artifact_path="environment")
         gpus = envinfo.gpus()
         (Path(tmp) / "hardware.json").write_text(json.dumps({"gpus": gpus, **envinfo.tensorflow_build()},
                                                             indent=2))
@@ -317,6 +321,7 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
         result = training.Result(prep, history, training.evaluate(prep))
         files = training.write_outputs(result)
         _log_results(result, files)
+        mlflow.set_tag(WEIGHTS_TAG, models.weights_digest(prep.model))
         model: dict[str, Any] = {}
         if nested.log_model:
             model = log_model(prep, register, alias)

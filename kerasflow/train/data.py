@@ -308,6 +308,34 @@ def load_image_dir(cfg: Config) -> Examples:
     return Examples(images, labels[ok], classes, digest, source, kept_names)
 
 
+def _tfds_files_digest(folder: Path, spec: str) -> str:
+    """Digest of the prepared dataset's files (name and content), not only its name and version: a
+    re-prepared or edited copy gets another digest, so a reproduction sees that its data changed.
+    ~1 s per GB; the result is cached beside the data by size and mtime of every file."""
+    memo = folder / ".kerasflow-digest.json"
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p != memo) if folder.is_dir() else []
+    listing = "".join(f"{p.relative_to(folder)}|{p.stat().st_size}|{p.stat().st_mtime_ns}\n" for p in files)
+    key = hashlib.sha256(f"{spec}\n{listing}".encode()).hexdigest()
+    try:
+        saved = json.loads(memo.read_text())
+        if saved.get("key") == key:
+            return saved["digest"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    h = hashlib.sha256(spec.encode())
+    for path in files:
+        h.update(f"{path.relative_to(folder)}\n".encode())
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    digest = h.hexdigest()[:16]
+    try:
+        atomic_write(memo, json.dumps({"key": key, "digest": digest}))
+    except OSError:
+        pass  # a read-only dataset folder: hash again next time
+    return digest
+
+
 def load_tfds(cfg: Config) -> Examples:
     """Read the prepared TFDS split once, resizing in a parallel tf.data map, into uint8 arrays."""
     import tensorflow as tf
@@ -319,7 +347,7 @@ def load_tfds(cfg: Config) -> Examples:
     label_feature = builder.info.features["label"]
     classes = list(label_feature.names)
     spec = f"tfds:{cfg.tfds_name}:{builder.info.version}:{split}"
-    digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
+    digest = _tfds_files_digest(Path(str(builder.data_path)), spec)
     source = {"source": "tfds", "name": cfg.tfds_name, "version": str(builder.info.version),
               "split": split, "data_dir": str(Path(cfg.tfds_data_dir).resolve())}
     size = cfg.image_size

@@ -133,6 +133,19 @@ def build(cfg: Config, num_classes: int) -> keras.Model:
     return keras.Model(inputs, outputs, name=f"{cfg.model}_classifier")
 
 
+def weights_digest(model: keras.Model) -> str:
+    """sha256 of the weight arrays (names, shapes, dtypes, bytes) in the model's order: what a
+    reproduction compares. The .keras file would not do: it embeds the date it was saved."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for w in model.weights:
+        array = np.ascontiguousarray(w.numpy())
+        h.update(f"{w.path}|{array.dtype}|{array.shape}\n".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
 def find_base(model: keras.Model) -> keras.Model | None:
     import keras
 
