@@ -189,3 +189,11 @@ def test_one_kerasflow_command_reaches_every_capability_without_heavy_imports():
         ),
         "ui, relocate, pull, migrate",
     )
+
+
+def test_every_make_target_the_readme_names_exists():
+    import re
+
+    targets = set(re.findall(r"^([a-zA-Z_-]+):", (ROOT / "Makefile").read_text(), re.M))
+    named = set(re.findall(r"`make ([a-z][a-z0-9-]*)", (ROOT / "README.md").read_text()))
+    assert named and named <= targets, sorted(named - targets)
