@@ -10,6 +10,17 @@ PYTHON_CANDIDATES := python3.13 python3.12 python3.11 python3 \
 PYTHON_BASE ?= $(shell for p in $(PYTHON_CANDIDATES); do "$$p" -c 'import sys; v = sys.version_info; \
   (3, 11) <= v[:2] < (3, 14) and print(f"{v[0]}.{v[1]:02d}.{v[2]:03d} {sys.executable}")' 2> /dev/null || true; \
   done | sort -r | head -n 1 | cut -d" " -f2)
+# The light host environment of `make run` on a GPU server (requirements-host.txt: MLflow, no TensorFlow):
+# any Python >= 3.10, e.g. Ubuntu 22.04's python3. Used when the full .venv is absent.
+HOST_PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3.10 python3 \
+  $(wildcard $(HOME)/.pyenv/versions/3.1[0123]*/bin/python3); do "$$p" -c 'import sys; v = sys.version_info; \
+  (3, 10) <= v[:2] < (3, 14) and print(f"{v[0]}.{v[1]:02d}.{v[2]:03d} {sys.executable}")' 2> /dev/null || true; \
+  done | sort -r | head -n 1 | cut -d" " -f2)
+HOST_VENV ?= .venv-host
+HOST_STAMP := $(HOST_VENV)/.installed
+# make run / server / ui need only MLflow on the host: the full .venv when there is one, else the light one.
+RUN_VENV = $(if $(wildcard $(VENV)/bin/mlflow),$(VENV),$(HOST_VENV))
+RUN_STAMP = $(if $(wildcard $(VENV)/bin/mlflow),,$(HOST_STAMP))
 # Inside the project image (devcontainer, ./run_script.bash make ...) its /opt/venv is the environment.
 IN_IMAGE := $(if $(wildcard .venv/bin/python),,$(wildcard /opt/venv/.kerasflow-image))
 VENV ?= $(if $(IN_IMAGE),/opt/venv,.venv)
@@ -33,7 +44,7 @@ N_INNER ?= 0
 # The offline demo (presets/demo.yaml): synthetic cell images and the small CNN, seconds an epoch on a CPU.
 DEMO_SET := --preset demo --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: help env lock train demo data weights test lint bench bench-pipeline bench-tracking bench-relocate clean test-fast test-gpu-image track track-demo server serve \
+.PHONY: help env host-env lock lock-host train demo data weights test lint bench bench-pipeline bench-tracking bench-relocate clean test-fast test-gpu-image track track-demo server serve \
         predict runs reproduce promote ui pull relocate migrate mlproject splits cv tune analyze image shell run
 
 help: ## list the targets
@@ -54,6 +65,22 @@ endif
 
 env: $(STAMP) ## create .venv from the pinned lock (requirements.txt)
 
+$(HOST_STAMP): requirements-host.txt
+	@test -n "$(HOST_PYTHON)" || { echo "error: no Python 3.10-3.13 found: install python3 (>= 3.10) or run make HOST_PYTHON=/path/to/python3"; exit 2; }
+	@echo "host-env: creating $(HOST_VENV) with $$("$(HOST_PYTHON)" -V) ($(HOST_PYTHON))"
+	$(HOST_PYTHON) -m venv $(HOST_VENV)
+	$(HOST_VENV)/bin/python -m kerasflow.envinstall requirements-host.txt
+	touch $(HOST_STAMP)
+
+host-env: $(HOST_STAMP) ## the light host env for make run / make ui on a GPU server (MLflow, no TF; Python >= 3.10)
+
+lock-host: ## re-pin requirements-host.txt from requirements-host.in (with HOST_PYTHON, the oldest you support)
+	rm -rf .venv-lock && $(HOST_PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet -r requirements-host.in
+	{ echo "# Pinned lock generated from requirements-host.in by \`make lock-host\` ($$($(HOST_PYTHON) -V), linux x86_64; installs on 3.10-3.13)."; \
+	  .venv-lock/bin/pip freeze; } > requirements-host.txt
+	rm -rf .venv-lock
+
 lock: ## re-pin requirements.txt from requirements.in (fresh venv in .venv-lock)
 	rm -rf .venv-lock && $(PYTHON_BASE) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet -r requirements.in
@@ -73,8 +100,8 @@ track: $(STAMP) ## train with MLflow tracking into ./store (or MLFLOW_TRACKING_U
 track-demo: $(STAMP) ## the offline demo, tracked, its model registered as 'demo' with alias candidate
 	$(PY) train_mlflow.py --store $(STORE) $(DEMO_SET) --register demo $(ARGS)
 
-server: $(STAMP) ## MLflow server on 127.0.0.1:5000 (PORT=) over ./store, proxied artifacts; AUTH=1: basic auth
-	$(PY) -m kerasflow.storeops.server "$(STORE)" --port $(PORT) $(if $(AUTH),--auth)
+server: $(RUN_STAMP) ## MLflow server on 127.0.0.1:5000 (PORT=) over ./store, proxied artifacts; AUTH=1: basic auth
+	$(RUN_VENV)/bin/python -m kerasflow.storeops.server "$(STORE)" --port $(PORT) $(if $(AUTH),--auth)
 
 serve: $(STAMP) ## serve a model on 127.0.0.1:5001: make serve MODEL=models:/demo@candidate
 	@test -n "$(MODEL)" || { echo "error: give the model: make serve MODEL=models:/NAME@ALIAS"; exit 2; }
@@ -93,7 +120,7 @@ runs: $(STAMP) ## table of the best runs and their curves: make runs FILTER="met
 promote: $(STAMP) ## point @champion at the best version: make promote NAME=demo METRIC=test_accuracy
 	$(PY) -m kerasflow.track.registry --store $(STORE) promote "$(NAME)" --metric "$(METRIC)"
 
-ui: $(STAMP) ## MLflow UI on 127.0.0.1:5000 over a (copied) store, fixing its paths first: make ui STORE=...
+ui: $(RUN_STAMP) ## MLflow UI on 127.0.0.1:5000 over a (copied) store, fixing its paths first: make ui STORE=...
 	./run_mlflow_ui.bash "$(STORE)" --port $(PORT)
 
 pull: $(STAMP) ## consistent copy of a store in use, then relocation: make pull FROM=user@server:path/store
@@ -125,8 +152,8 @@ image: ## build the project image (docker/Dockerfile) for this commit, as your U
 shell: ## a shell in the project image with this checkout at /workspace (GPU=auto|on|off)
 	./run_script.bash bash
 
-run: $(STAMP) ## mlflow run in the image via a host tracking server; detached in tmux over SSH: make run ARGS='-P epochs=3'
-	MLFLOW="$(VENV)/bin/mlflow" ./project_driver.bash $(ARGS)
+run: $(RUN_STAMP) ## mlflow run in the image via a host tracking server; detached in tmux over SSH: make run ARGS='-P epochs=3'
+	MLFLOW="$(RUN_VENV)/bin/mlflow" ./project_driver.bash $(ARGS)
 
 mlproject: $(STAMP) ## regenerate MLproject from config.yaml
 	$(PY) -m kerasflow.cli.mlproject > MLproject

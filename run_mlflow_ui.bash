@@ -10,8 +10,12 @@ python="${KERASFLOW_PYTHON:-$here/.venv/bin/python}"
 if [[ -z "${KERASFLOW_PYTHON:-}" && ! -x "$python" && -e /opt/venv/.kerasflow-image ]]; then
   python=/opt/venv/bin/python
 fi
+# ... else the light host environment of a GPU server (make host-env: MLflow, no TensorFlow)
+if [[ -z "${KERASFLOW_PYTHON:-}" && ! -x "$python" && -x "$here/.venv-host/bin/python" ]]; then
+  python="$here/.venv-host/bin/python"
+fi
 if [[ ! -x "$python" ]]; then
-  echo "error: no environment at $here/.venv: run \`make env\` first (or set KERASFLOW_PYTHON)" >&2
+  echo "error: no environment at $here/.venv: run \`make env\` (or \`make host-env\` on a GPU server) first, or set KERASFLOW_PYTHON" >&2
   exit 2
 fi
 exec "$python" -m kerasflow.storeops.ui "$@"

@@ -26,10 +26,21 @@ import subprocess
 import sys
 import sysconfig
 import time
-import tomllib
 from pathlib import Path
 
 UV_VERSION = "0.13.9"
+
+
+def project_scripts(pyproject: str) -> dict[str, str]:
+    """[project.scripts] of pyproject.toml. tomllib is 3.11+; the light host env runs on 3.10, where the
+    table's plain `name = "module:func"` lines are read directly."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        table = re.search(r"^\[project\.scripts\]\s*$(.*?)(?=^\[|\Z)", pyproject, re.M | re.S)
+        lines = table.group(1).splitlines() if table else []
+        return dict(re.findall(r'^\s*([\w.-]+)\s*=\s*"([^"]+)"', "\n".join(lines), re.M))
+    return tomllib.loads(pyproject)["project"].get("scripts", {})
 # pip settings that change nothing about what gets installed
 _IGNORED = {"disable-pip-version-check", "no-color", "progress-bar", "quiet", "verbose", "no-input",
             "root-user-action", "no-warn-script-location", "no-python-version-warning"}
@@ -111,7 +122,7 @@ def link_project(project: Path) -> list[Path]:
     """The path entry and console scripts that make this checkout the environment's kerasflow."""
     purelib = Path(sysconfig.get_paths()["purelib"])
     (purelib / "kerasflow.pth").write_text(f"{project.resolve()}\n")
-    scripts = tomllib.loads((project / "pyproject.toml").read_text())["project"].get("scripts", {})
+    scripts = project_scripts((project / "pyproject.toml").read_text())
     bin_dir = Path(sysconfig.get_paths()["scripts"])
     written = [purelib / "kerasflow.pth"]
     for name, target in scripts.items():

@@ -106,3 +106,57 @@ def test_a_lock_installs_with_uv_and_falls_back_to_pip_in_one_line(tmp_path):
             capture_output=True, text=True, cwd=tmp_path,
         )
         assert where.stdout.strip() == str(ROOT / "kerasflow" / "__init__.py")
+
+
+@pytest.mark.slow
+def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorflow(tmp_path):
+    """`make run` and `make ui` on a GPU server need MLflow, not Python 3.11 and the TF lock."""
+    import glob
+    import time
+    import urllib.request
+
+    from conftest import assert_user_error, free_port, require_tool
+
+    found = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3")))
+    python310 = require_tool("python3.10", bool(found)) and found[-1]
+    venv_dir = tmp_path / "host"
+    made = subprocess.run(["make", "host-env", f"HOST_VENV={venv_dir}", f"HOST_PYTHON={python310}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+    py = str(venv_dir / "bin" / "python")
+    version = subprocess.run([py, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                             text=True)
+    assert version.stdout.strip() == "(3, 10)"
+    no_tf = subprocess.run([py, "-c", "import tensorflow"], capture_output=True, text=True)
+    assert no_tf.returncode != 0, "the host env must not carry TensorFlow"
+    port = free_port()
+    cmd = [py, "-m", "kerasflow.storeops.server", str(tmp_path / "store"), "--port", str(port)]
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()[-2000:]
+                time.sleep(0.3)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    env = {**os.environ, "KERASFLOW_PYTHON": py}
+    ui_cmd = [str(ROOT / "run_mlflow_ui.bash"), str(tmp_path / "store"), "--port", str(free_port()),
+              "--print-command"]
+    ui = subprocess.run(ui_cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert ui.returncode == 0 and f"{venv_dir}/bin/mlflow server" in ui.stdout, ui.stderr[-2000:]
+    creds = subprocess.run([py, "-m", "kerasflow.secrets", str(tmp_path / "mlflow.env")], capture_output=True,
+                           text=True, env={**os.environ, "MLFLOW_TRACKING_URI": "http://u:p@127.0.0.1:1"})
+    assert creds.stdout.strip() == "http://127.0.0.1:1"
+    assert (tmp_path / "mlflow.env").stat().st_mode & 0o77 == 0
+    bad_port = [py, "-m", "kerasflow.storeops.server", str(tmp_path / "store"), "--port", "99999"]
+    assert_user_error(subprocess.run(bad_port, capture_output=True, text=True), "out of range")
+    # with no full .venv, `make run` takes the light env (its stamp is up to date: nothing is rebuilt)
+    plan = subprocess.run(["make", "-n", "run", f"VENV={tmp_path / 'no-full-env'}", f"HOST_VENV={venv_dir}",
+                           "ARGS=--foreground"], cwd=ROOT, capture_output=True, text=True)
+    expected = f'MLFLOW="{venv_dir}/bin/mlflow" ./project_driver.bash --foreground'
+    assert plan.stdout.strip().splitlines() == [expected]
