@@ -9,10 +9,11 @@
 #    inside docker to a local store are lost; through the server they are not).
 # 2. Builds the image when missing or stale (docker/lib.bash) and tags it kerasflow:latest, the image
 #    MLproject's docker_env names.
-# 3. Runs `mlflow run . -e ENTRY -A network=host [-A gpus=all] --experiment-name NAME -P ...`.
+# 3. Runs `mlflow run . -e ENTRY -A network=host [-A gpus=...] [-A volume=DATA:/data:ro] -P ...`
+#    (GPU=auto|on|off, GPUS=all|0|0,1, DATA=/host/dataset).
 # Over SSH (or with --detach) it starts itself in a detached tmux session, logs to logs/<name>.log,
-# records the exit status in logs/<name>.status, and prints how to attach and follow. A second run
-# while one is in progress is refused.
+# records the exit status in logs/<name>.status, and prints how to attach and follow. One run per GPU
+# set at a time (on CPU: per run name); a second on the same slot is refused.
 set -euo pipefail
 
 # shellcheck source=docker/lib.bash
@@ -39,9 +40,8 @@ while [ "$#" -gt 0 ]; do
 done
 name="${name:-$entry-$(date +%Y%m%d-%H%M%S)}"
 [[ "$name" =~ ^[A-Za-z0-9._-]+$ ]] || die "--name '$name' may only hold letters, digits, '.', '_' and '-'"
-logs="${LOGS:-$KF_ROOT/logs}"
-session="${KF_TMUX_SESSION:-kerasflow}"
-lock="$logs/driver.lock"
+logs="$(realpath -m -- "${LOGS:-$KF_ROOT/logs}")"
+session="${KF_TMUX_SESSION:-kerasflow}-$name"  # one tmux session per run
 mkdir -p "$logs"
 
 # Tracking credentials (http://user:pass@host, or MLFLOW_TRACKING_USERNAME/PASSWORD) never go on a
@@ -60,18 +60,36 @@ if [ -n "${KF_ENV_FILE:-}" ]; then
   done < "$KF_ENV_FILE"
 fi
 
-# One run at a time: the lock holds the PID of the driver that owns it.
-if [ -f "$lock" ] && kill -0 "$(cat "$lock" 2> /dev/null || echo 0)" 2> /dev/null; then
-  die "a run is already in progress (pid $(cat "$lock"), $(cat "$logs/current" 2> /dev/null || echo '?')): wait for it, or attach with: tmux attach -t $session"
+# One run per GPU set (GPUS) at a time; on CPU (GPU=off), one per run name. The lock is flock(1)'s:
+# taken atomically, and released by the kernel when its holder dies, however it dies.
+if [ "${GPU:-auto}" = off ]; then
+  slot="cpu-$name"
+else
+  slot="gpus-$(tr ',' '_' <<< "${GPUS:-all}")"
 fi
+lock="$logs/driver-$slot.lock"
+take_lock() {
+  exec {lock_fd}>> "$lock"
+  if ! flock -n "$lock_fd"; then
+    local holder
+    holder="$(cat "$lock.run" 2> /dev/null || echo '?')"
+    die "a run is already in progress on $slot ($holder): wait for it, or attach with: tmux attach -t ${KF_TMUX_SESSION:-kerasflow}-${holder%% *}"
+  fi
+  if [ -s "$lock.run" ]; then
+    note "the run before on $slot ($(cat "$lock.run")) ended without releasing its slot: taking it over"
+  fi
+}
+command -v flock > /dev/null || die "flock is not installed (util-linux): apt-get install util-linux"
+take_lock
 
 if [ "$mode" = detach ] || { [ "$mode" = auto ] && [ -n "${SSH_CONNECTION:-}" ] && [ -z "${TMUX:-}" ]; }; then
   command -v tmux > /dev/null || die "tmux is not installed (needed to keep the run alive after you log out): apt-get install tmux, or pass --foreground"
   tmux has-session -t "=$session" 2> /dev/null && die "tmux session '$session' exists: tmux attach -t $session, or end it"
   # a tmux server that already runs would not pass this shell's environment on: pass it explicitly
+  exec {lock_fd}>&-  # the detached driver takes the slot itself
   cmd=(env "PATH=$PATH" "PORT=$PORT" "STORE=$STORE" "MLFLOW=$MLFLOW" "LOGS=$logs" "GPU=${GPU:-auto}"
-       "KF_TMUX_SESSION=$session")
-  for var in HOME DOCKER_HOST MLFLOW_TRACKING_URI KF_ENV_FILE BASE_IMAGE TF_VARIANT VGG16_WEIGHTS_URL VGG16_WEIGHTS_MD5 PIP_INDEX_URL \
+       "KF_TMUX_SESSION=${KF_TMUX_SESSION:-kerasflow}")
+  for var in HOME DOCKER_HOST MLFLOW_TRACKING_URI KF_ENV_FILE GPUS DATA BASE_IMAGE TF_VARIANT VGG16_WEIGHTS_URL VGG16_WEIGHTS_MD5 PIP_INDEX_URL \
              PIP_EXTRA_INDEX_URL; do
     [ -n "${!var:-}" ] && cmd+=("$var=${!var}")
   done
@@ -85,9 +103,8 @@ if [ "$mode" = detach ] || { [ "$mode" = auto ] && [ -n "${SSH_CONNECTION:-}" ] 
   exit 0
 fi
 
-echo "$$" > "$lock"
-echo "$name" > "$logs/current"
-trap 'rm -f "$lock" "$logs/current"; [ -z "${KF_ENV_FILE:-}" ] || rm -rf "$(dirname "$KF_ENV_FILE")"' EXIT
+echo "$name (pid $$)" > "$lock.run"
+trap 'rm -f "$lock.run"; [ -z "${KF_ENV_FILE:-}" ] || rm -rf "$(dirname "$KF_ENV_FILE")"' EXIT
 log="$logs/$name.log"
 rm -f "$logs/$name.status"
 
@@ -142,14 +159,21 @@ ensure_server() {
 launch() {
   set -e
   check_docker
+  check_shell_safe "the checkout" "$KF_ROOT"  # MLproject mounts it as ${PWD} in mlflow's bash -c line
   ensure_server
   gpu="$(gpu_args)"
+  data="$(data_dir)"
   ensure_image > /dev/null
   # host network: the container reaches the server on 127.0.0.1; init: signals reach the training
   # (not PID 1); a name per run: `docker stop kerasflow-NAME` stops exactly this one.
   run_args=(-A network=host -A init -A "name=kerasflow-$name")
   [ -z "${KF_ENV_FILE:-}" ] || run_args+=(-A "env-file=$KF_ENV_FILE")
-  [ -n "$gpu" ] && run_args+=(-A gpus=all)
+  # single quotes keep the value's double quotes through MLflow's `bash -c` line (gpus_value)
+  [ -n "$gpu" ] && run_args+=(-A "gpus='$gpu'")
+  if [ -n "$data" ]; then
+    check_shell_safe DATA "$data"
+    run_args+=(-A "volume=$data:/data:ro")
+  fi
   echo "mlflow run . -e $entry --experiment-name $experiment ${run_args[*]} ${params[*]}"
   trap '' HUP TERM INT
   MLFLOW_TRACKING_URI="$server_url" exec "$MLFLOW" run "$KF_ROOT" -e "$entry" \

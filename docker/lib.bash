@@ -76,8 +76,26 @@ ensure_image() {
   echo "$image"
 }
 
-# Prints `--gpus all` when a GPU can be used. GPU=auto (default) falls back to CPU with a note;
-# GPU=on refuses to run without one; GPU=off never asks.
+# docker's --gpus value for GPUS=all|0|0,1 (default all). docker reads the value as CSV, so a list must
+# keep its double quotes: `--gpus "device=0,1"` (unquoted, device=0,1 means device 0 plus count=1).
+gpus_value() {
+  local want="${GPUS:-all}" count="${1:-}"
+  if [ "$want" = all ]; then
+    echo all
+    return 0
+  fi
+  [[ "$want" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "GPUS=$want is not 'all' or GPU indices like 0 or 0,1"
+  if [ -n "$count" ]; then
+    local i
+    for i in ${want//,/ }; do
+      [ "$i" -lt "$count" ] || die "GPUS=$want names GPU $i, but \`nvidia-smi -L\` lists $count (0-$((count - 1)))"
+    done
+  fi
+  echo "\"device=$want\""
+}
+
+# The --gpus value (gpus_value) when a GPU can be used, else nothing. GPU=auto (default) falls back to
+# CPU with a note; GPU=on refuses to run without one; GPU=off never asks.
 gpu_args() {
   local mode="${GPU:-auto}" runtimes="" gpus=""
   case "$mode" in
@@ -90,7 +108,7 @@ gpu_args() {
     gpus="$(nvidia-smi -L 2> /dev/null | grep -c '^GPU ' || true)"
   fi
   if [[ "$runtimes" == *nvidia* ]] && [ "${gpus:-0}" -gt 0 ]; then
-    echo "--gpus all"
+    gpus_value "$gpus"
     return 0
   fi
   local why="no NVIDIA container runtime in \`docker info\`"
@@ -99,4 +117,18 @@ gpu_args() {
     die "GPU=on but $why: install the NVIDIA driver and nvidia-container-toolkit, or run with GPU=off"
   fi
   note "$why: running on CPU (GPU=on makes this an error)"
+}
+
+# DATA=/host/folder: a dataset outside the checkout, mounted read-only at /data (e.g. --set
+# image_dir=/data/cell_images, or tfds_data_dir=/data/tfds). Prints its absolute path, or nothing.
+data_dir() {
+  [ -n "${DATA:-}" ] || return 0
+  [ -d "$DATA" ] || die "DATA=$DATA is not a folder: give the dataset folder to mount at /data (read-only)"
+  (cd "$DATA" && pwd)
+}
+
+# `mlflow run` joins docker's arguments into ONE `bash -c` line: a path with a space or a shell
+# character would be split or expanded there.
+check_shell_safe() {
+  [[ "$2" =~ ^[A-Za-z0-9_./@+-]+$ ]] || die "$1 $2 holds a space or a shell character, which \`mlflow run\` cannot pass to docker: move it to a plain path"
 }

@@ -390,6 +390,59 @@ def test_run_script_trains_in_the_container_and_every_file_is_the_users(image, u
     assert not foreign_files(checkout, user.uid)
 
 
+def test_gpus_reach_docker_as_device_lists_through_run_script_and_mlflow_run(image, checkout):
+    """MLflow joins docker's arguments into one `bash -c` line: GPUS=0,1 must arrive as device=0,1 (a
+    list), not device=0 plus count=1. `--gpus` cannot start here (no GPU), so: docker create + inspect."""
+    import types
+
+    import mlflow
+    from mlflow.projects.backend.local import _get_docker_command
+
+    class Run:  # the parts of an ActiveRun that _get_docker_command reads
+        class info:
+            run_id, experiment_id, artifact_uri = "0" * 32, "1", "mlflow-artifacts:/1/x/artifacts"
+
+    def created(line: str) -> list:
+        cid = subprocess.run(["bash", "-c", line], capture_output=True, text=True)
+        assert cid.returncode == 0, cid.stderr
+        try:
+            return json.loads(docker("inspect", "--format", "{{json .HostConfig.DeviceRequests}}",
+                                     cid.stdout.strip(), check=True).stdout)
+        finally:
+            docker("rm", "-f", cid.stdout.strip())
+
+    for gpus, ids, count in (("0", ["0"], 0), ("0,1", ["0", "1"], 0), ("all", None, -1)):
+        value = subprocess.run(["bash", "-c", 'source docker/lib.bash && gpus_value 2'], cwd=ROOT,
+                               env={**os.environ, "GPUS": gpus}, capture_output=True, text=True,
+                               check=True).stdout.strip()
+        direct = created(f"docker create --gpus {shlex.quote(value)} {image['tag']} true")  # run_script
+        mlflow.set_tracking_uri("http://127.0.0.1:5000")
+        try:  # project_driver.bash passes -A "gpus='VALUE'"
+            cmd = _get_docker_command(types.SimpleNamespace(tags=[image["tag"]]), Run,
+                                      docker_args={"gpus": f"'{value}'", "network": "host"})
+        finally:
+            mlflow.set_tracking_uri(None)
+        joined = " ".join(cmd).replace("docker run --rm", "docker create", 1) + " true"
+        for requests in (direct, created(joined)):
+            assert [(r["DeviceIDs"], r["Count"]) for r in requests] == [(ids, count)], (gpus, requests)
+    bad = subprocess.run(["bash", "-c", "source docker/lib.bash && gpus_value 2"], cwd=ROOT,
+                         env={**os.environ, "GPUS": "0,2"}, capture_output=True, text=True)
+    assert_user_error(bad, "GPUS=0,2 names GPU 2", "lists 2")
+
+
+def test_data_is_mounted_read_only_at_data(image, user, checkout, workdir):
+    dataset = workdir / "dataset"
+    dataset.mkdir(exist_ok=True)
+    (dataset / "cells.txt").write_text("42\n")
+    os.chown(dataset, user.uid, user.gid)
+    probe = "cat /data/cells.txt && ! touch /data/new 2> /dev/null && echo read-only"
+    result = user.run(["./run_script.bash", "bash", "-c", probe], cwd=checkout,
+                      env={"DATA": str(dataset), "GPU": "off"})
+    assert result.returncode == 0 and result.stdout.split() == ["42", "read-only"], result.stderr[-2000:]
+    missing = user.run(["./run_script.bash", "true"], cwd=checkout, env={"DATA": "/no/such/dir", "GPU": "off"})
+    assert_user_error(missing, "DATA=/no/such/dir is not a folder")
+
+
 def test_run_script_gpu_on_fails_in_one_line(image, user, checkout):
     result = user.run(["./run_script.bash", "true"], cwd=checkout, env={"GPU": "on"})
     assert_user_error(result, "GPU=on but no NVIDIA container runtime", "GPU=off")
@@ -588,8 +641,12 @@ def test_detached_make_run_refuses_a_second_and_a_killed_container_fails_the_run
         assert not (checkout / "logs" / "det.status").exists(), log[-3000:]
         time.sleep(1)
     assert running, "the training container never ran"
-    second = make_run(user, checkout, {**run_env}, ["--foreground", "--name", "again", *tiny_p()])
-    assert_user_error(second, "a run is already in progress", "det", "tmux attach")
+    # the same slot (on CPU: the same run name) is refused; another name on CPU runs at the same time
+    second = make_run(user, checkout, {**run_env}, ["--foreground", "--name", "det", *tiny_p()])
+    assert_user_error(second, "a run is already in progress on cpu-det", "det (pid", "tmux attach")
+    other = make_run(user, checkout, {**run_env}, ["--foreground", "--name", "beside", *tiny_p(epochs=1)])
+    assert other.returncode == 0, (checkout / "logs" / "beside.log").read_text()[-3000:]
+    assert docker("ps", "-q", "--filter", "name=^kerasflow-det$").stdout.strip(), "det was disturbed"
     assert docker("kill", "kerasflow-det").returncode == 0
     status = checkout / "logs" / "det.status"
     while not status.exists() and time.monotonic() < deadline:
