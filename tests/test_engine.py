@@ -439,7 +439,8 @@ def test_data_is_mounted_read_only_at_data(image, user, checkout, workdir):
     result = user.run(["./run_script.bash", "bash", "-c", probe], cwd=checkout,
                       env={"DATA": str(dataset), "GPU": "off"})
     assert result.returncode == 0 and result.stdout.split() == ["42", "read-only"], result.stderr[-2000:]
-    missing = user.run(["./run_script.bash", "true"], cwd=checkout, env={"DATA": "/no/such/dir", "GPU": "off"})
+    missing = user.run(["./run_script.bash", "true"], cwd=checkout,
+                       env={"DATA": "/no/such/dir", "GPU": "off"})
     assert_user_error(missing, "DATA=/no/such/dir is not a folder")
 
 
