@@ -19,6 +19,7 @@ shown without one (a published port answering) or without a GPU is said in the R
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -605,6 +606,51 @@ def test_make_run_logs_into_a_team_server_with_a_login_and_never_shows_the_passw
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_one_store_in_both_orders_and_every_model_loads(image, user, checkout, run_env):
+    """make track then make run into the same experiment, and the other way round: before, the first
+    order lost `make run`'s model (its experiment's host-path location was not in the container), the
+    second died in make track ('the tracking URI must be a valid http or https URI')."""
+    import mlflow
+    import numpy as np
+
+    sets = [x for t in [*TINY, "epochs=1"] for x in ("--set", t)]
+
+    def track(experiment: str, name: str) -> None:
+        args = shlex.join(["--experiment", experiment, *sets, "--set", f"run_name={name}"])
+        result = user.run(["make", "track", f"VENV={VENV}", f"ARGS={args}"], cwd=checkout, env={"GPU": "off"})
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    def run(experiment: str, name: str) -> None:
+        args = ["--foreground", "--name", name, "--experiment", experiment, *tiny_p(epochs=1)]
+        result = make_run(user, checkout, run_env, args)
+        assert result.returncode == 0, (checkout / "logs" / f"{name}.log").read_text()[-3000:]
+
+    track("track-first", "tf-embedded")
+    run("track-first", "tf-run")
+    run("run-first", "rf-run")
+    track("run-first", "rf-embedded")
+    c = client(run_env)
+    models = {}
+    for experiment in ("track-first", "run-first"):
+        for r in c.search_runs([c.get_experiment_by_name(experiment).experiment_id]):
+            assert r.info.status == "FINISHED"
+            models[f"{experiment}/{r.info.run_id[:8]}"] = f"models:/{r.outputs.model_outputs[0].model_id}"
+    assert len(models) == 4
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    from kerasflow.track import store
+
+    for uri in (f"http://127.0.0.1:{run_env['PORT']}", None):  # the server, then the store opened directly
+        try:
+            if uri:
+                mlflow.set_tracking_uri(uri)
+            direct = uri is None
+            with store.open_store(checkout / "store", create=False) if direct else contextlib.nullcontext():
+                for which, model in models.items():
+                    assert mlflow.keras.load_model(model).predict(images, verbose=0).shape[0] == 2, which
+        finally:
+            mlflow.set_tracking_uri(None)
 
 
 def test_a_real_param_conflict_is_one_line(image, user, checkout, run_env):

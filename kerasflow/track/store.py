@@ -18,10 +18,12 @@ import os
 import re
 import sqlite3
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from kerasflow import secrets
 from kerasflow.errors import UserError
@@ -70,6 +72,8 @@ def open_store(store_dir: str | Path = DEFAULT_STORE, *, create: bool = True) ->
     uri = tracking_uri(store_dir)
     check_backend(uri)
     db = sqlite_path(uri)
+    if db is not None:
+        proxied_artifacts_in_the_store()
     if create:
         init_sqlite(uri)
     elif db is not None and not db.is_file():  # a typo'd STORE would otherwise become a new, empty store
@@ -77,6 +81,34 @@ def open_store(store_dir: str | Path = DEFAULT_STORE, *, create: bool = True) ->
                         "are written there by `make track` or `make run`")
     with activated(uri):
         yield uri
+
+
+def proxied_artifacts_in_the_store() -> None:
+    """Let a store opened directly read and write the runs a server made in it.
+
+    A store serves two kinds of runs: embedded ones (`make track`: plain artifact paths) and runs
+    logged through its server (`make run`, `make server`: `mlflow-artifacts:/<path>`, which the server
+    keeps in STORE/artifacts/<path>). MLflow resolves `mlflow-artifacts:` only through an HTTP server,
+    so `make analyze`/`serve`/`promote`, or `make track` into an experiment the server created, died on
+    such runs. Here they resolve to that same folder whenever the tracking URI is this sqlite store;
+    with an http(s) tracking URI MLflow's own repository is used, unchanged.
+    """
+    from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+    from mlflow.tracking import get_tracking_uri
+
+    def repository(artifact_uri: str, tracking_uri: str | None = None,
+                   registry_uri: str | None = None) -> Any:
+        db = sqlite_path(tracking_uri or get_tracking_uri())
+        if db is None:
+            return MlflowArtifactsRepository(artifact_uri, tracking_uri=tracking_uri,
+                                             registry_uri=registry_uri)
+        relative = urllib.parse.urlparse(artifact_uri).path.lstrip("/")
+        local = (db.parent / ARTIFACTS / relative).as_uri()
+        return LocalArtifactRepository(local, tracking_uri=tracking_uri, registry_uri=registry_uri)
+
+    _artifact_repository_registry.register("mlflow-artifacts", repository)
 
 
 @contextmanager

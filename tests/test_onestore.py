@@ -1,0 +1,74 @@
+"""One store, any order: runs made through the store's server (`make run`, `make server`:
+`mlflow-artifacts:/` locations) and embedded runs (`make track`: plain paths) live in the same
+experiments, and every command reads every run, whichever came first."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY, free_port, set_args
+
+pytestmark = pytest.mark.slow
+
+
+def train(tmp: Path, name: str, experiment: str, server: str | None) -> subprocess.CompletedProcess[str]:
+    sets = [*TINY, f"output_dir={tmp / 'out'}", f"cache_dir={tmp / 'cache'}", f"run_name={name}", "epochs=1"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    if server:
+        env["MLFLOW_TRACKING_URI"] = server
+    cmd = [sys.executable, "train_mlflow.py", "--store", str(tmp / "store"), "--experiment", experiment,
+           *set_args(sets)]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_embedded_and_server_runs_in_both_orders_and_every_model_loads_both_ways(tmp_path):
+    import mlflow
+    import numpy as np
+
+    from kerasflow.track import store
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "kerasflow.storeops.server", str(tmp_path / "store"),
+                               "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.3)
+        steps = [("server-first", "a1", url), ("server-first", "a2", None),  # server, then embedded
+                 ("embedded-first", "b1", None), ("embedded-first", "b2", url)]  # and the other order
+        for experiment, name, via in steps:
+            result = train(tmp_path, name, experiment, via)
+            assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
+        client = mlflow.MlflowClient(url)
+        runs = {r.info.run_name: r for e in ("server-first", "embedded-first")
+                for r in client.search_runs([client.get_experiment_by_name(e).experiment_id])}
+        assert sorted(runs) == ["a1", "a2", "b1", "b2"]
+        assert runs["a1"].info.artifact_uri.startswith("mlflow-artifacts:/")
+        assert runs["b1"].info.artifact_uri.startswith("/")
+        images = np.zeros((2, 32, 32, 3), np.uint8)
+        models = {name: f"models:/{r.outputs.model_outputs[0].model_id}" for name, r in runs.items()}
+        for name, uri in models.items():  # through the server (the UI, the notebook)
+            mlflow.set_tracking_uri(url)
+            assert mlflow.keras.load_model(uri).predict(images, verbose=0).shape[0] == 2, name
+        with store.open_store(tmp_path / "store", create=False):  # opened directly (make serve, analyze)
+            for name, uri in models.items():
+                assert mlflow.keras.load_model(uri).predict(images, verbose=0).shape[0] == 2, name
+                listed = mlflow.MlflowClient().list_artifacts(runs[name].info.run_id)
+                assert "config.yaml" in {a.path for a in listed}, name
+    finally:
+        mlflow.set_tracking_uri(None)
+        server.terminate()
+        server.wait(timeout=30)
