@@ -5,8 +5,10 @@ experiments, and every command reads every run, whichever came first."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -68,6 +70,27 @@ def test_embedded_and_server_runs_in_both_orders_and_every_model_loads_both_ways
                 assert mlflow.keras.load_model(uri).predict(images, verbose=0).shape[0] == 2, name
                 listed = mlflow.MlflowClient().list_artifacts(runs[name].info.run_id)
                 assert "config.yaml" in {a.path for a in listed}, name
+        # make serve on the store (no server) serves the model of a run the server made
+        serve_port = free_port()
+        copies = set(Path(tempfile.gettempdir()).glob("kerasflow-serve-*"))
+        serving = subprocess.Popen([sys.executable, "-m", "kerasflow.serve.serving", models["a1"], "--port",
+                                    str(serve_port), "--store", str(tmp_path / "store")], cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{serve_port}/ping", timeout=2)
+                    break
+                except OSError:
+                    assert serving.poll() is None, serving.stderr.read()[-3000:]
+                    assert time.monotonic() < deadline
+                    time.sleep(0.5)
+        finally:
+            os.killpg(serving.pid, signal.SIGTERM)
+            serving.wait(timeout=60)
+        assert set(Path(tempfile.gettempdir()).glob("kerasflow-serve-*")) <= copies  # its copy is removed
     finally:
         mlflow.set_tracking_uri(None)
         server.terminate()

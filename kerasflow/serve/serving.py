@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -31,29 +32,40 @@ def serve_command(uri: str, port: int) -> list[str]:
             "-h", "127.0.0.1", "-p", str(port)]
 
 
-def serve(uri: str, port: int, store_dir: str, any_flavor: bool = False) -> None:
-    """Check the port and the model (a bad URI fails here, not inside the server), then become the server.
+def serve(uri: str, port: int, store_dir: str, any_flavor: bool = False) -> int:
+    """Check the port and the model (a bad URI fails here, not inside the server), then serve it.
 
     Only Keras models by default: a store may come from another machine (`make pull`), and loading a
-    pickled python_function model runs whatever code it was pickled with.
+    pickled python_function model runs whatever code it was pickled with. The model is resolved here,
+    where the store is open (a run made through the store's server has `mlflow-artifacts:/` files,
+    which `mlflow models serve` on the bare database could not read), into a folder removed at the end.
     """
+    import tempfile
+
     import mlflow
 
-    from kerasflow.track import registry
+    from kerasflow.track import registry, tracking
 
     ports.check_port(port, "the model server")
-    with registry.opened(store_dir) as c:
+    with registry.opened(store_dir) as c, tempfile.TemporaryDirectory(prefix="kerasflow-serve-") as tmp:
         registry.resolve(uri, c)
         flavors = sorted(mlflow.models.get_model_info(uri).flavors)
-    if "keras" not in flavors and not any_flavor:
-        raise UserError(f"{uri} is not a Keras model (flavors: {', '.join(flavors)}): loading it may run "
-                        "code pickled on another machine; pass --any-flavor if you trust it")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri(store_dir),
-           # uvicorn and mlflow must be found on PATH by the server it starts
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    print(f"serving {uri} on http://127.0.0.1:{port}/invocations (Ctrl-C stops)", file=sys.stderr)
-    sys.stderr.flush()
-    os.execve(serve_command(uri, port)[0], serve_command(uri, port), env)  # noqa: S606 - an argv list
+        if "keras" not in flavors and not any_flavor:
+            raise UserError(f"{uri} is not a Keras model (flavors: {', '.join(flavors)}): loading it may "
+                            "run code pickled on another machine; pass --any-flavor if you trust it")
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri(store_dir),
+               # uvicorn and mlflow must be found on PATH by the server it starts
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        print(f"serving {uri} on http://127.0.0.1:{port}/invocations (Ctrl-C stops)", file=sys.stderr)
+        server = subprocess.Popen(serve_command(local, port), env=env)
+        try:
+            with tracking.signals_as_interrupt():  # SIGTERM/SIGHUP: stop the server, remove the copy
+                return server.wait()
+        except KeyboardInterrupt:
+            server.terminate()
+            server.wait(timeout=30)
+            raise
 
 
 def model_metadata(uri: str, store_dir: str) -> dict[str, Any]:
@@ -115,7 +127,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="also serve non-Keras models (a pickled model runs its code when loaded)")
     cli.store_flags(p, experiment=False)
     args = p.parse_args(argv)
-    return cli.run(lambda: serve(args.model, args.port, args.store, args.any_flavor))
+    code = 0
+
+    def go() -> None:
+        nonlocal code
+        code = serve(args.model, args.port, args.store, args.any_flavor)
+
+    return cli.run(go) or code
 
 
 if __name__ == "__main__":
