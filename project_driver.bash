@@ -137,6 +137,7 @@ ensure_server() {
   if answers "$server_url"; then
     ours || die "port $PORT answers as an MLflow server that is not this store's own ($STORE): set PORT=another port, or MLFLOW_TRACKING_URI=$server_url to log there on purpose"
     note "using this store's MLflow server at $server_url (pid $(cat "$logs/mlflow-server.pid"))"
+    "$PYTHON" -m kerasflow.storeops.proxied "$STORE" "$experiment"
     return 0
   fi
   [ -x "$PYTHON" ] || die "no Python environment at $PYTHON: run make env (or set MLFLOW=/path/to/venv/bin/mlflow)"
@@ -144,7 +145,10 @@ ensure_server() {
   nohup "$PYTHON" -m kerasflow.storeops.server "$STORE" --port "$PORT" > "$logs/mlflow-server.log" 2>&1 &
   echo "$!" > "$logs/mlflow-server.pid"
   for _ in $(seq 1 60); do
-    answers "$server_url" && return 0
+    if answers "$server_url"; then
+      "$PYTHON" -m kerasflow.storeops.proxied "$STORE" "$experiment"
+      return 0
+    fi
     kill -0 "$(cat "$logs/mlflow-server.pid")" 2> /dev/null || break
     sleep 1
   done

@@ -95,3 +95,27 @@ def test_embedded_and_server_runs_in_both_orders_and_every_model_loads_both_ways
         mlflow.set_tracking_uri(None)
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_an_embedded_experiment_is_switched_to_proxied_locations_in_place(tmp_path):
+    """What project_driver.bash does before `mlflow run` into an experiment `make track` created."""
+    import mlflow
+
+    from kerasflow.storeops import proxied
+    from kerasflow.track import store, tracking
+
+    with store.open_store(tmp_path / "store") as uri:
+        client = mlflow.MlflowClient()
+        exp = tracking.experiment_id(client, uri, "made-by-track")
+        old_run = client.create_run(exp).info.artifact_uri
+    assert old_run.startswith(str(tmp_path / "store" / "artifacts" / "made-by-track"))
+    assert proxied.proxy_experiment(tmp_path / "store", "made-by-track") == "mlflow-artifacts:/made-by-track"
+    assert proxied.proxy_experiment(tmp_path / "store", "made-by-track") is None  # once
+    assert proxied.proxy_experiment(tmp_path / "store", "no-such") is None
+    with store.open_store(tmp_path / "store"):
+        client = mlflow.MlflowClient()
+        run = client.create_run(exp)
+        client.log_text(run.info.run_id, "hello", "note.txt")
+        assert run.info.artifact_uri == f"mlflow-artifacts:/made-by-track/{run.info.run_id}/artifacts"
+    written = tmp_path / "store" / "artifacts" / "made-by-track" / run.info.run_id / "artifacts" / "note.txt"
+    assert written.read_text() == "hello"  # the same folder the experiment always had
