@@ -164,9 +164,6 @@ launch() {
   set -e
   check_docker
   check_shell_safe "the checkout" "$KF_ROOT"  # MLproject mounts it as ${PWD} in mlflow's bash -c line
-  check_shell_safe STORE "$STORE"  # ... and the store at its own path (KERASFLOW_STORE)
-  mkdir -p "$STORE"  # docker would create a missing mount source owned by root
-  export KERASFLOW_STORE="$STORE"
   ensure_server
   gpu="$(gpu_args)"
   data="$(data_dir)"

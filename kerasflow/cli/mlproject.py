@@ -25,11 +25,8 @@ docker_env:
   # built by run_script.bash / project_driver.bash from docker/Dockerfile (tagged with the commit too)
   image: kerasflow:latest
   # MLflow runs this command with bash in the project folder, so ${PWD} is this checkout: the code,
-  # data/ and outputs/ are the host's; the CUDA JIT cache survives in a named volume. The store is
-  # mounted at its own path (make run exports KERASFLOW_STORE): an experiment `make track` created has
-  # host-path locations, and its logged models go under it, outside the run folder MLflow mounts.
-  volumes: ["${PWD}:/workspace", "kerasflow-cuda-cache:/cache/nv",
-            "${KERASFLOW_STORE:-${PWD}/store}:${KERASFLOW_STORE:-${PWD}/store}"]
+  # data/ and outputs/ are the host's; the CUDA JIT cache survives in a named volume.
+  volumes: ["${PWD}:/workspace", "kerasflow-cuda-cache:/cache/nv"]
   environment:
     - ["PYTHONHASHSEED", "0"]
     - ["TF_DETERMINISTIC_OPS", "1"]
