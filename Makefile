@@ -100,7 +100,7 @@ track: $(STAMP) ## train with MLflow tracking into ./store (or MLFLOW_TRACKING_U
 track-demo: $(STAMP) ## the offline demo, tracked, its model registered as 'demo' with alias candidate
 	$(PY) train_mlflow.py --store $(STORE) $(DEMO_SET) --register demo $(ARGS)
 
-server: $(RUN_STAMP) ## MLflow server on 127.0.0.1:5000 (PORT=) over ./store, proxied artifacts; AUTH=1: basic auth
+server: $(RUN_STAMP) ## MLflow server on 127.0.0.1:5000 (PORT=) over ./store, proxied artifacts; AUTH=1: basic auth; DB=postgresql://... (team)
 	$(RUN_VENV)/bin/python -m kerasflow.storeops.server "$(STORE)" --port $(PORT) $(if $(AUTH),--auth)
 
 serve: $(STAMP) ## serve a model on 127.0.0.1:5001: make serve MODEL=models:/demo@candidate

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from kerasflow import cli
+from kerasflow import cli, secrets
 from kerasflow.errors import UserError
 from kerasflow.files import atomic_write
 from kerasflow.ports import HOST, check_port
@@ -41,6 +41,45 @@ def prepare(store_path: Path) -> None:
         store.check_backend(uri)
         store.init_sqlite(uri)
         (path.parent / store.ARTIFACTS).mkdir(exist_ok=True)
+
+
+# One constant key for pg_advisory_lock: every kerasflow process that may create MLflow's schema in a
+# database takes it first, so servers and workers started at once on an EMPTY database migrate it once.
+SCHEMA_LOCK_KEY = 0x6B657261  # "kera"
+
+
+def database_url(url: str) -> tuple[str, dict[str, str]]:
+    """A database URL without its password, and the environment that carries it (PGPASSWORD, which
+    psycopg2 reads; never a command line, a log line or a param)."""
+    clean, _, password = secrets.split_credentials(url)
+    if not clean.startswith(("postgresql://", "postgresql+psycopg2://")):
+        raise UserError(f"DB={secrets.redact(url)} is not a postgresql:// URL: give "
+                        "postgresql://USER@HOST:PORT/DATABASE (password in PGPASSWORD or ~/.pgpass)")
+    user = secrets.split_credentials(url)[1]
+    rest = clean.split("://", 1)[1]
+    # the driver named: SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3, the lock has psycopg2
+    url = f"postgresql+psycopg2://{user + '@' if user else ''}{rest}"
+    return url, ({"PGPASSWORD": password} if password is not None else {})
+
+
+def prepare_database(url: str, artifacts: Path) -> None:
+    """Create MLflow's schema in a PostgreSQL database once, under an advisory lock (MLflow's own first
+    migration, run by several servers or workers at once, races as it does on sqlite)."""
+    import sqlalchemy
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+            try:
+                SqlAlchemyStore(url, str(artifacts)).engine.dispose()
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_KEY})
+    except sqlalchemy.exc.OperationalError as exc:
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)[:200]
+        raise UserError(f"cannot open the database {secrets.redact(url)} ({first}): check DB, that the "
+                        "server runs, and the password (PGPASSWORD or ~/.pgpass)") from None
 
 
 AUTH_DIR = "auth"  # in the store folder: the basic-auth users database and its config (0600)
@@ -84,13 +123,20 @@ def auth_config(store_path: Path) -> Path:
     return ini
 
 
-def command(store_path: Path, port: int, auth: bool = False) -> tuple[list[str], dict[str, str]]:
-    """The `mlflow server` command line and environment for this store (sqlite, or a legacy file store)."""
-    kind, path = locate(store_path)
+def command(store_path: Path, port: int, auth: bool = False,
+            db: str = "") -> tuple[list[str], dict[str, str]]:
+    """The `mlflow server` command line and environment for this store (sqlite, or a legacy file store),
+    or for a PostgreSQL database `db` with the artifacts in STORE/artifacts."""
+    kind, path = ("postgresql", store_path / store.DB_FILE) if db else locate(store_path)
     bindir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    if kind == "sqlite":
+    if kind == "postgresql":
+        url, secret_env = database_url(db)
+        env.update(secret_env)
+        args = ["--backend-store-uri", url,
+                "--artifacts-destination", str(store_path.resolve() / store.ARTIFACTS)]
+    elif kind == "sqlite":
         args = ["--backend-store-uri", store.sqlite_uri(path),
                 "--artifacts-destination", str(path.parent.resolve() / store.ARTIFACTS)]
     else:
@@ -113,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("store", nargs="?", default=store.DEFAULT_STORE, type=Path)
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--print-command", action="store_true", help="print the command instead of running it")
+    p.add_argument("--db", default=os.environ.get("DB", ""), metavar="URL",
+                   help="a PostgreSQL database for runs (postgresql://USER@HOST:PORT/DB; password in "
+                        "PGPASSWORD or ~/.pgpass); artifacts stay in STORE/artifacts")
     p.add_argument("--auth", action="store_true",
                    help="MLflow basic auth (users in STORE/auth; the first start needs "
                         "MLFLOW_AUTH_ADMIN_PASSWORD)")
@@ -120,13 +169,22 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> None:
         check_port(args.port, "the MLflow server")
+        if args.auth and args.db:
+            raise UserError("--auth keeps its users in the sqlite store: use it without --db, or put the "
+                            "team server behind docker/compose (see README)")
         if args.auth:
             prepare(args.store)  # the auth folder lives in the store
-        cmd, env = command(args.store, args.port, auth=args.auth)
+        cmd, env = command(args.store, args.port, auth=args.auth, db=args.db)
         if args.print_command:
             print(" ".join(cmd))
             return
-        prepare(args.store)
+        if args.db:
+            url, secret_env = database_url(args.db)
+            os.environ.update(secret_env)
+            (args.store / store.ARTIFACTS).mkdir(parents=True, exist_ok=True)
+            prepare_database(url, args.store / store.ARTIFACTS)
+        else:
+            prepare(args.store)
         print(f"MLflow server over {args.store}: http://{HOST}:{args.port} (over SSH: ssh -L "
               f"{args.port}:{HOST}:{args.port} HOST)", file=sys.stderr)
         sys.stderr.flush()
