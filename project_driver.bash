@@ -190,8 +190,8 @@ stop_run() {
   docker stop --time 10 "kerasflow-$name" > /dev/null 2>&1 || true
 }
 
-: > "$log"  # tee appends (O_APPEND), so the traps' lines land in order instead of being overwritten
-launch > >(trap '' HUP TERM INT; exec tee --output-error=warn -a "$log") 2>&1 &
+: > "$log"  # tee appends (O_APPEND), so the traps' lines land in order; it shows the run on stderr
+launch > >(trap '' HUP TERM INT; exec tee --output-error=warn -a "$log" >&2) 2>&1 &
 child=$!
 trap 'stop_run SIGTERM' TERM
 trap 'stop_run SIGHUP' HUP

@@ -85,6 +85,9 @@ TOOLS = [
     "tr",
     "ls",
     "nohup",
+    "flock",
+    "realpath",
+    "mktemp",
 ]
 
 
@@ -183,6 +186,33 @@ def test_driver_refuses_bad_arguments_before_touching_docker():
             [str(ROOT / "project_driver.bash"), *args], capture_output=True, text=True, timeout=60
         )
         assert_user_error(result, fragment)
+
+
+@pytest.mark.slow
+def test_driver_never_logs_into_another_stores_server_on_its_port(sandbox, tmp_path):
+    """Another user's `make ui` on port 5000 answers /health just like our server; it is not ours."""
+    port = free_port()
+    other = subprocess.Popen([sys.executable, "-m", "kerasflow.storeops.server", str(tmp_path / "theirs"),
+                              "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert other.poll() is None and time.monotonic() < deadline
+                time.sleep(0.3)
+        venv_bin = Path(sys.executable).parent
+        result = script(sandbox, "project_driver.bash", "--foreground", "--name", "mine", PORT=str(port),
+                        GPU="off", MLFLOW=str(venv_bin / "mlflow"), STORE=str(tmp_path / "mine"))
+        assert_user_error(result, f"port {port} answers as an MLflow server that is not this store's own",
+                          "PORT=")
+        assert not calls(sandbox, "run")
+    finally:
+        other.terminate()
+        other.wait(timeout=30)
 
 
 # --- MLproject docker_env ---------------------------------------------------------------------------
