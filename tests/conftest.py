@@ -75,6 +75,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_http(url: str, timeout: float = 90, proc: subprocess.Popen | None = None) -> None:
+    """Until `url` answers; fails at once when the server process `proc` has exited (with its stderr)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read()[-3000:] if proc.stderr else ""
+            raise AssertionError(f"server exited with {proc.returncode}: {err}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
 def fake_ssh(folder: Path) -> Path:
     """An ssh stand-in that drops the options and the host and runs the command here (rsync -e too)."""
     path = folder / "ssh"

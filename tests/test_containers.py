@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_user_error, free_port, require_tool
+from conftest import ROOT, assert_user_error, free_port, require_tool, wait_http
 
 FAKE_DOCKER = r'''#!/usr/bin/env python3
 """Stand-in for the docker CLI: records every call, keeps "images" as files, never runs anything."""
@@ -196,14 +196,7 @@ def test_driver_never_logs_into_another_stores_server_on_its_port(sandbox, tmp_p
                               "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert other.poll() is None and time.monotonic() < deadline
-                time.sleep(0.3)
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=90, proc=other)
         venv_bin = Path(sys.executable).parent
         result = script(sandbox, "project_driver.bash", "--foreground", "--name", "mine", PORT=str(port),
                         GPU="off", MLFLOW=str(venv_bin / "mlflow"), STORE=str(tmp_path / "mine"))

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, assert_user_error, free_port, require_tool
+from conftest import ROOT, TINY, assert_user_error, free_port, require_tool, wait_http
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
@@ -577,14 +577,7 @@ def test_make_run_logs_into_a_team_server_with_a_login_and_never_shows_the_passw
         cwd=checkout, env={"MLFLOW_AUTH_ADMIN_PASSWORD": password},
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()[-2000:]
-                time.sleep(0.5)
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=server)
         env = {"GPU": "off", "MLFLOW_TRACKING_URI": f"http://admin:{password}@127.0.0.1:{port}"}
         result = user.run(["make", "run", f"VENV={VENV}",
                            f"ARGS={shlex.join(['--foreground', '--name', 'team', *tiny_p(epochs=1)])}"],

@@ -112,10 +112,8 @@ def test_a_lock_installs_with_uv_and_falls_back_to_pip_in_one_line(tmp_path):
 def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorflow(tmp_path):
     """`make run` and `make ui` on a GPU server need MLflow, not Python 3.11 and the TF lock."""
     import glob
-    import time
-    import urllib.request
 
-    from conftest import assert_user_error, free_port, require_tool
+    from conftest import assert_user_error, free_port, require_tool, wait_http
 
     found = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3")))
     python310 = require_tool("python3.10", bool(found)) and found[-1]
@@ -133,14 +131,7 @@ def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorf
     cmd = [py, "-m", "kerasflow.storeops.server", str(tmp_path / "store"), "--port", str(port)]
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()[-2000:]
-                time.sleep(0.3)
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=90, proc=server)
     finally:
         server.terminate()
         server.wait(timeout=30)

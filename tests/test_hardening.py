@@ -16,7 +16,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, assert_user_error, client_for, fake_ssh, free_port, require_tool, set_args
+from conftest import (
+    ROOT,
+    TINY,
+    assert_user_error,
+    client_for,
+    fake_ssh,
+    free_port,
+    require_tool,
+    set_args,
+    wait_http,
+)
 
 from kerasflow.track import store
 
@@ -27,18 +37,6 @@ def py(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
        cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PY, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           env={**os.environ, **(env or {})})
-
-
-def wait_health(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return
-        except OSError:
-            assert proc.poll() is None, f"server exited {proc.returncode}"
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.3)
 
 
 # --- one `mlflow server` command line ------------------------------------------------------------------
@@ -64,7 +62,7 @@ def test_server_on_a_new_store_checks_host_headers_and_proxies_artifacts(tmp_pat
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_health(url, proc)
+        wait_http(f"{url}/health", proc=proc)
         search = f"{url}/api/2.0/mlflow/experiments/search?max_results=5"
         with urllib.request.urlopen(search, timeout=10) as r:
             exps = json.load(r)["experiments"]
@@ -152,7 +150,7 @@ def test_processes_of_different_kinds_create_one_store_at_once(tmp_path):
         for p in procs:
             _, err = p.communicate(timeout=600)
             assert p.returncode == 0, err[-3000:]
-        wait_health(f"http://127.0.0.1:{port}", server)
+        wait_http(f"http://127.0.0.1:{port}/health", proc=server)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -442,7 +440,7 @@ def test_basic_auth_server_takes_a_real_login_and_refuses_a_wrong_one(tmp_path, 
     url = f"http://127.0.0.1:{port}"
     api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
     try:
-        wait_health(url, proc)
+        wait_http(f"{url}/health", proc=proc)
 
         def status(user: str | None, password: str = "") -> int:
             headers = {}

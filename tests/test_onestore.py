@@ -9,12 +9,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, free_port, set_args
+from conftest import ROOT, TINY, free_port, set_args, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -41,14 +39,7 @@ def test_embedded_and_server_runs_in_both_orders_and_every_model_loads_both_ways
                                "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline
-                time.sleep(0.3)
+        wait_http(f"{url}/health", timeout=90, proc=server)
         steps = [("server-first", "a1", url), ("server-first", "a2", None),  # server, then embedded
                  ("embedded-first", "b1", None), ("embedded-first", "b2", url)]  # and the other order
         for experiment, name, via in steps:
@@ -78,15 +69,7 @@ def test_embedded_and_server_runs_in_both_orders_and_every_model_loads_both_ways
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                    start_new_session=True)
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{serve_port}/ping", timeout=2)
-                    break
-                except OSError:
-                    assert serving.poll() is None, serving.stderr.read()[-3000:]
-                    assert time.monotonic() < deadline
-                    time.sleep(0.5)
+            wait_http(f"http://127.0.0.1:{serve_port}/ping", timeout=120, proc=serving)
         finally:
             os.killpg(serving.pid, signal.SIGTERM)
             serving.wait(timeout=60)

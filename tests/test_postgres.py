@@ -11,11 +11,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, assert_user_error, free_port, require_tool, set_args
+from conftest import ROOT, TINY, assert_user_error, free_port, require_tool, set_args, wait_http
 
 pytestmark = pytest.mark.slow
 PASSWORD = "pg-" + os.urandom(6).hex()
@@ -57,18 +56,6 @@ def postgres():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def wait_health(url: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            return
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
-
-
 def test_a_team_server_on_postgresql_with_servers_and_writers_started_at_once(postgres, tmp_path):
     import mlflow
 
@@ -81,7 +68,7 @@ def test_a_team_server_on_postgresql_with_servers_and_writers_started_at_once(po
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     try:
         for url, server in zip(urls, servers, strict=True):  # two at once on an EMPTY database
-            wait_health(url, server)
+            wait_http(f"{url}/health", proc=server)
         for server in servers:
             cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().decode()
             assert "--backend-store-uri" in cmdline and PASSWORD not in cmdline

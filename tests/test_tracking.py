@@ -14,26 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, assert_user_error, client_for, free_port, run_script, set_args
+from conftest import ROOT, TINY, assert_user_error, client_for, free_port, run_script, set_args, wait_http
 
 from kerasflow import config
 
 pytestmark = pytest.mark.slow
-
-
-def wait_http(url: str, timeout: float = 90, proc: subprocess.Popen | None = None) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer within {timeout} s")
 
 
 @pytest.fixture(scope="module")
