@@ -44,7 +44,7 @@ N_INNER ?= 0
 # The offline demo (presets/demo.yaml): synthetic cell images and the small CNN, seconds an epoch on a CPU.
 DEMO_SET := --preset demo --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: help env host-env lock lock-host train demo data weights test lint bench bench-pipeline bench-tracking bench-relocate clean test-fast test-gpu-image track track-demo server serve \
+.PHONY: help env host-env lock lock-host team-server train demo data weights test lint bench bench-pipeline bench-tracking bench-relocate clean test-fast test-gpu-image track track-demo server serve \
         predict runs reproduce promote ui pull relocate migrate mlproject splits cv tune analyze image shell run
 
 help: ## list the targets
@@ -102,6 +102,13 @@ track-demo: $(STAMP) ## the offline demo, tracked, its model registered as 'demo
 
 server: $(RUN_STAMP) ## MLflow server on 127.0.0.1:5000 (PORT=) over ./store, proxied artifacts; AUTH=1: basic auth; DB=postgresql://... (team)
 	$(RUN_VENV)/bin/python -m kerasflow.storeops.server "$(STORE)" --port $(PORT) $(if $(AUTH),--auth)
+
+team-server: ## the team tracking server (PostgreSQL + MLflow, docker/compose.yaml) on 127.0.0.1:5000
+	@test -f docker/team.env || { echo "error: no docker/team.env: cp docker/team.env.example docker/team.env, then set its password"; exit 2; }
+	@if docker compose version > /dev/null 2>&1; then compose=(docker compose); \
+	elif command -v docker-compose > /dev/null; then compose=(docker-compose); \
+	else echo "error: Docker Compose is not installed: install the docker compose plugin (v2)"; exit 2; fi; \
+	"$${compose[@]}" --env-file docker/team.env -f docker/compose.yaml up -d --build
 
 serve: $(STAMP) ## serve a model on 127.0.0.1:5001: make serve MODEL=models:/demo@candidate
 	@test -n "$(MODEL)" || { echo "error: give the model: make serve MODEL=models:/NAME@ALIAS"; exit 2; }
@@ -175,7 +182,7 @@ test-gpu-image: $(STAMP) ## build the GPU variant (8 GB) and check its CUDA libr
 
 lint: $(STAMP) ## ruff, shellcheck and hadolint
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/hadolint docker/Dockerfile
+	$(VENV)/bin/hadolint docker/Dockerfile docker/server.Dockerfile
 	$(VENV)/bin/shellcheck -x $$(git ls-files '*.bash' '*.sh' .ci/run)
 
 bench: bench-pipeline bench-tracking bench-relocate ## all benchmarks (figures go to BENCHMARKS.md)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -75,9 +79,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# --- a throwaway PostgreSQL cluster (Debian's postgresql-15; run as `postgres` when the tests are root) ---
+
+PG_PASSWORD = "pg-" + os.urandom(6).hex()
+
+
+def as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    require_tool("initdb (postgresql)", bool(found))
+    bindir = Path(found[-1]).parent
+    base = Path(tempfile.mkdtemp(prefix="kf-pg-"))
+    data, pwfile = base / "data", base / "pw"
+    pwfile.write_text(PG_PASSWORD + "\n")
+    pwfile.chmod(0o600)
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        shutil.chown(pwfile, "postgres")
+    port = free_port()
+    subprocess.run(as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "kf", f"--pwfile={pwfile}",
+                                "--auth-host=scram-sha-256", "--auth-local=trust"]),
+                   check=True, capture_output=True)
+    subprocess.run(as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o",
+                                f"-c listen_addresses=127.0.0.1 -p {port} -k {base}", "start"]),
+                   check=True, capture_output=True, timeout=60)
+    pid = int((data / "postmaster.pid").read_text().split()[0])
+    try:
+        subprocess.run(as_postgres([str(bindir / "createdb"), "-h", str(base), "-p", str(port), "-U", "kf",
+                                    "mlflow"]), check=True, capture_output=True)
+        yield {"url": f"postgresql://kf@127.0.0.1:{port}/mlflow", "port": port}
+    finally:
+        os.kill(pid, signal.SIGTERM)  # smart shutdown of the postmaster we started, by its pid
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+
 def wait_http(url: str, timeout: float = 90, proc: subprocess.Popen | None = None) -> None:
     """Until `url` answers; fails at once when the server process `proc` has exited (with its stderr)."""
-    import time
     import urllib.request
 
     deadline = time.monotonic() + timeout

@@ -968,3 +968,54 @@ def test_the_gpu_variant_resolves_every_cuda_library_and_trains_on_cpu(checkout,
     assert device == [device[0]] and "CPU" in device[0] and "a CUDA build" in device[0], out.stderr
     assert "cuInit" not in out.stderr and "absl::InitializeLog" not in out.stderr, out.stderr
     assert "test: {" in out.stderr
+
+
+# --- the team server: compose file and its small image --------------------------------------------------
+
+
+def test_the_team_servers_compose_file_and_small_image_against_postgresql(engine, build_env, postgres):
+    """Compose cannot run here (it would create a bridge network): its file is validated, and its
+    server image is built and run for real on the host network against a throwaway PostgreSQL."""
+    import mlflow
+    from conftest import PG_PASSWORD
+
+    compose = require_tool("docker-compose")
+    config = [compose, "-f", "docker/compose.yaml", "config"]
+    checked = subprocess.run(config, cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "POSTGRES_PASSWORD": "only-for-config"})
+    assert checked.returncode == 0, checked.stderr
+    assert "127.0.0.1:5000:5000" in checked.stdout
+    assert "postgresql+psycopg2://mlflow@db:5432/mlflow" in checked.stdout
+    unset = subprocess.run(config, cwd=ROOT, capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"})
+    assert unset.returncode != 0 and "set POSTGRES_PASSWORD in docker/team.env" in unset.stderr
+    networks = docker("network", "ls", "--format", "{{.Name}}").stdout
+    tag = f"kerasflow-server:test-{uuid.uuid4().hex[:6]}"
+    build = ('source docker/lib.bash && mapfile -t a < <(build_args) && '
+             f'docker_build --file docker/server.Dockerfile "${{a[@]}}" --tag {tag} .')
+    built = subprocess.run(["bash", "-c", build], cwd=ROOT, env={**os.environ, **build_env},
+                           capture_output=True, text=True, timeout=1800)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    size = int(docker("image", "inspect", "--format", "{{.Size}}", tag, check=True).stdout)
+    print(f"team server image: {size / 1e9:.2f} GB")
+    port, name = free_port(), f"kf-team-{uuid.uuid4().hex[:6]}"
+    # `-e PGPASSWORD` with no value: docker reads it from this environment, not from the command line
+    started = subprocess.run(
+        ["docker", "run", "-d", "--rm", "--name", name, "--network", "host", "-e", "PGPASSWORD", tag,
+         f"--backend-store-uri=postgresql+psycopg2://kf@127.0.0.1:{postgres['port']}/mlflow",
+         "--artifacts-destination=/artifacts", "--host=127.0.0.1", f"--port={port}",
+         f"--allowed-hosts=127.0.0.1:{port}"],
+        capture_output=True, text=True, env={**os.environ, "PGPASSWORD": PG_PASSWORD})
+    try:
+        assert started.returncode == 0, started.stderr
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=180)
+        client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+        run = client.create_run(client.create_experiment(f"team-{name}"))
+        client.log_metric(run.info.run_id, "m", 1.0)
+        client.log_text(run.info.run_id, "through the proxy", "note.txt")
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["note.txt"]
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+    finally:
+        docker("rm", "-f", name)
+        docker("rmi", tag)
+    assert docker("network", "ls", "--format", "{{.Name}}").stdout == networks  # no bridge was made

@@ -3,63 +3,21 @@ the `postgres` user when the tests run as root) on 127.0.0.1, stopped by its pid
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, assert_user_error, free_port, require_tool, set_args, wait_http
+from conftest import PG_PASSWORD, ROOT, TINY, assert_user_error, free_port, set_args, wait_http
 
 pytestmark = pytest.mark.slow
-PASSWORD = "pg-" + os.urandom(6).hex()
-
-
-def as_postgres(cmd: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    require_tool("initdb (postgresql)", bool(found))
-    bindir = Path(found[-1]).parent
-    base = Path(tempfile.mkdtemp(prefix="kf-pg-"))
-    data, pwfile = base / "data", base / "pw"
-    pwfile.write_text(PASSWORD + "\n")
-    pwfile.chmod(0o600)
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres")
-        shutil.chown(pwfile, "postgres")
-    port = free_port()
-    subprocess.run(as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "kf", f"--pwfile={pwfile}",
-                                "--auth-host=scram-sha-256", "--auth-local=trust"]),
-                   check=True, capture_output=True)
-    subprocess.run(as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o",
-                                f"-c listen_addresses=127.0.0.1 -p {port} -k {base}", "start"]),
-                   check=True, capture_output=True, timeout=60)
-    pid = int((data / "postmaster.pid").read_text().split()[0])
-    try:
-        subprocess.run(as_postgres([str(bindir / "createdb"), "-h", str(base), "-p", str(port), "-U", "kf",
-                                    "mlflow"]), check=True, capture_output=True)
-        yield {"url": f"postgresql://kf@127.0.0.1:{port}/mlflow", "port": port}
-    finally:
-        os.kill(pid, signal.SIGTERM)  # smart shutdown of the postmaster we started, by its pid
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_team_server_on_postgresql_with_servers_and_writers_started_at_once(postgres, tmp_path):
     import mlflow
 
-    env = {**os.environ, "PGPASSWORD": PASSWORD}
+    env = {**os.environ, "PGPG_PASSWORD": PG_PASSWORD}
     env.pop("MLFLOW_TRACKING_URI", None)
     ports = [free_port(), free_port()]
     servers = [subprocess.Popen([sys.executable, "-m", "kerasflow.storeops.server", str(tmp_path / "store"),
@@ -71,7 +29,7 @@ def test_a_team_server_on_postgresql_with_servers_and_writers_started_at_once(po
             wait_http(f"{url}/health", proc=server)
         for server in servers:
             cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().decode()
-            assert "--backend-store-uri" in cmdline and PASSWORD not in cmdline
+            assert "--backend-store-uri" in cmdline and PG_PASSWORD not in cmdline
         writers = []
         for i in range(4):  # four trainings at once, through both servers
             sets = [*TINY, "epochs=2", f"run_name=pg{i}", f"output_dir={tmp_path / 'out'}",
@@ -104,11 +62,11 @@ def test_a_team_server_on_postgresql_with_servers_and_writers_started_at_once(po
 
 
 def test_a_wrong_password_or_url_is_one_line(postgres, tmp_path):
-    env = {**os.environ, "PGPASSWORD": "wrong"}
+    env = {**os.environ, "PGPG_PASSWORD": "wrong"}
     result = subprocess.run([sys.executable, "-m", "kerasflow.storeops.server", str(tmp_path / "s"), "--db",
                              postgres["url"], "--port", str(free_port())], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
-    assert_user_error(result, "cannot open the database", "PGPASSWORD")
+    assert_user_error(result, "cannot open the database", "PGPG_PASSWORD")
     assert "wrong" not in result.stderr
     bad = subprocess.run([sys.executable, "-m", "kerasflow.storeops.server", str(tmp_path / "s"), "--db",
                           "mysql://x@h/db", "--port", str(free_port())], cwd=ROOT, capture_output=True,
