@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_a_team_server_on_postgresql_with_servers_and_writers_started_at_once(postgres, tmp_path):
     import mlflow
 
-    env = {**os.environ, "PGPG_PASSWORD": PG_PASSWORD}
+    env = {**os.environ, "PGPASSWORD": PG_PASSWORD}
     env.pop("MLFLOW_TRACKING_URI", None)
     ports = [free_port(), free_port()]
     servers = [subprocess.Popen([sys.executable, "-m", "kerasflow.storeops.server", str(tmp_path / "store"),
@@ -62,11 +62,11 @@ def test_a_team_server_on_postgresql_with_servers_and_writers_started_at_once(po
 
 
 def test_a_wrong_password_or_url_is_one_line(postgres, tmp_path):
-    env = {**os.environ, "PGPG_PASSWORD": "wrong"}
+    env = {**os.environ, "PGPASSWORD": "wrong"}
     result = subprocess.run([sys.executable, "-m", "kerasflow.storeops.server", str(tmp_path / "s"), "--db",
                              postgres["url"], "--port", str(free_port())], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
-    assert_user_error(result, "cannot open the database", "PGPG_PASSWORD")
+    assert_user_error(result, "cannot open the database", "PGPASSWORD")
     assert "wrong" not in result.stderr
     bad = subprocess.run([sys.executable, "-m", "kerasflow.storeops.server", str(tmp_path / "s"), "--db",
                           "mysql://x@h/db", "--port", str(free_port())], cwd=ROOT, capture_output=True,
