@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kerasflow import config as config_mod
 from kerasflow.errors import UserError
@@ -288,8 +288,3 @@ def reproduce(run_id: str, *, store_dir: str, strict: bool = False, check_only: 
           f"tolerance {tolerance:g}; new run {new_id} tagged {REPRODUCES_TAG}={run_id}")
     return result
 
-
-def describe(record: Record) -> dict[str, Any]:
-    """The record as plain values (for a notebook or a test)."""
-    return {"run_id": record.run_id, "experiment": record.experiment, "commit": record.commit,
-            "data_digest": record.data_digest, "weights_digest": record.weights_digest, "gpus": record.gpus}
