@@ -19,7 +19,6 @@ shown without one (a published port answering) or without a GPU is said in the R
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -632,18 +631,27 @@ def test_one_store_in_both_orders_and_every_model_loads(image, user, checkout, r
             models[f"{experiment}/{r.info.run_id[:8]}"] = f"models:/{r.outputs.model_outputs[0].model_id}"
     assert len(models) == 4
     images = np.zeros((2, 32, 32, 3), np.uint8)
-    from kerasflow.track import store
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{run_env['PORT']}")  # through the server (UI, notebook)
+    try:
+        for which, model in models.items():
+            assert mlflow.keras.load_model(model).predict(images, verbose=0).shape[0] == 2, which
+    finally:
+        mlflow.set_tracking_uri(None)
+    # the store opened directly (make serve, analyze), as the user: loading writes beside the model
+    direct = user.run(["python", "-c", LOAD_DIRECT, str(checkout / "store"), *models.values()],
+                      cwd=checkout)
+    assert direct.returncode == 0 and direct.stdout.strip() == "4 loaded", direct.stderr[-3000:]
 
-    for uri in (f"http://127.0.0.1:{run_env['PORT']}", None):  # the server, then the store opened directly
-        try:
-            if uri:
-                mlflow.set_tracking_uri(uri)
-            direct = uri is None
-            with store.open_store(checkout / "store", create=False) if direct else contextlib.nullcontext():
-                for which, model in models.items():
-                    assert mlflow.keras.load_model(model).predict(images, verbose=0).shape[0] == 2, which
-        finally:
-            mlflow.set_tracking_uri(None)
+
+LOAD_DIRECT = """
+import sys, mlflow, numpy as np
+from kerasflow.track import store
+with store.open_store(sys.argv[1], create=False):
+    for uri in sys.argv[2:]:
+        model = mlflow.keras.load_model(uri)
+        assert model.predict(np.zeros((2, 32, 32, 3), np.uint8), verbose=0).shape[0] == 2
+print(len(sys.argv[2:]), "loaded")
+"""
 
 
 def test_a_real_param_conflict_is_one_line(image, user, checkout, run_env):

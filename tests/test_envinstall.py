@@ -147,7 +147,8 @@ def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorf
     bad_port = [py, "-m", "kerasflow.storeops.server", str(tmp_path / "store"), "--port", "99999"]
     assert_user_error(subprocess.run(bad_port, capture_output=True, text=True), "out of range")
     # with no full .venv, `make run` takes the light env (its stamp is up to date: nothing is rebuilt)
-    plan = subprocess.run(["make", "-n", "run", f"VENV={tmp_path / 'no-full-env'}", f"HOST_VENV={venv_dir}",
-                           "ARGS=--foreground"], cwd=ROOT, capture_output=True, text=True)
+    plan = subprocess.run(["make", "-n", "--no-print-directory", "run", f"VENV={tmp_path / 'no-full-env'}",
+                           f"HOST_VENV={venv_dir}", "ARGS=--foreground"], cwd=ROOT, capture_output=True,
+                          text=True)
     expected = f'MLFLOW="{venv_dir}/bin/mlflow" ./project_driver.bash --foreground'
-    assert plan.stdout.strip().splitlines() == [expected]
+    assert plan.stdout.strip().splitlines() == [expected], plan.stdout  # (under `make test` too)
