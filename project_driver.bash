@@ -51,7 +51,7 @@ mkdir -p "$logs"
 if [ -z "${KF_ENV_FILE:-}" ] && [ -n "${MLFLOW_TRACKING_URI:-}${MLFLOW_TRACKING_USERNAME:-}" ]; then
   [ -x "$PYTHON" ] || die "no Python environment at $PYTHON: run make env (or set MLFLOW=/path/to/venv/bin/mlflow)"
   KF_ENV_FILE="$(mktemp -d)/mlflow.env"
-  MLFLOW_TRACKING_URI="$("$PYTHON" -m kerasflow.secrets "$KF_ENV_FILE")"
+  MLFLOW_TRACKING_URI="$("$PYTHON" -m kerasflow.urlauth "$KF_ENV_FILE")"
   export MLFLOW_TRACKING_URI KF_ENV_FILE
 fi
 if [ -n "${KF_ENV_FILE:-}" ]; then

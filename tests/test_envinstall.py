@@ -140,7 +140,7 @@ def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorf
               "--print-command"]
     ui = subprocess.run(ui_cmd, env=env, capture_output=True, text=True, timeout=120)
     assert ui.returncode == 0 and f"{venv_dir}/bin/mlflow server" in ui.stdout, ui.stderr[-2000:]
-    creds = subprocess.run([py, "-m", "kerasflow.secrets", str(tmp_path / "mlflow.env")], capture_output=True,
+    creds = subprocess.run([py, "-m", "kerasflow.urlauth", str(tmp_path / "mlflow.env")], capture_output=True,
                            text=True, env={**os.environ, "MLFLOW_TRACKING_URI": "http://u:p@127.0.0.1:1"})
     assert creds.stdout.strip() == "http://127.0.0.1:1"
     assert (tmp_path / "mlflow.env").stat().st_mode & 0o77 == 0

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_type_hints
 
 from kerasflow import config as config_mod
-from kerasflow import secrets
+from kerasflow import urlauth
 from kerasflow.config import Config
 from kerasflow.errors import UserError
 from kerasflow.track import store, tracking
@@ -87,13 +87,13 @@ def _storage(url: str, grace: int) -> optuna.storages.BaseStorage:
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
                               **kwargs)
     except (ImportError, ModuleNotFoundError) as exc:
-        raise UserError(f"study storage {secrets.redact(url)} needs a database driver ({exc.name}): "
+        raise UserError(f"study storage {urlauth.redact(url)} needs a database driver ({exc.name}): "
                         "pip install it") from None
     except Exception as exc:  # sqlalchemy's errors for a bad URL or an unreachable server
         if isinstance(exc, optuna.exceptions.OptunaError):
             raise
         first = str(exc).splitlines()[0][:160] if str(exc) else ""
-        raise UserError(f"cannot open study storage {secrets.redact(url)} ({type(exc).__name__}: {first}): "
+        raise UserError(f"cannot open study storage {urlauth.redact(url)} ({type(exc).__name__}: {first}): "
                         "check the URL and that the database is up") from None
 
 
@@ -120,7 +120,7 @@ def open_study(cfg: Config, name: str, storage_url: str, grace: int, worker: int
         study.set_user_attr("search_metric", cfg.search_metric)
     elif found != digest:
         raise UserError(
-            f"study '{name}' in {secrets.redact(storage_url)} was made with another search space or metric "
+            f"study '{name}' in {urlauth.redact(storage_url)} was made with another search space or metric "
             f"({json.dumps(study.user_attrs.get('search_space'))}, {study.user_attrs.get('search_metric')}): "
             "use a new --study name, or the config it was made with"
         )
@@ -241,7 +241,7 @@ def _tune(cfg: Config, study: optuna.Study, *, trials: int, workers: int, study_
     launched, exp_id, experiment = tracking.launched_or_named(client, uri, experiment)
     parent = _parent_run(study, exp_id, study_name, launched)
     parent_id = parent.info.run_id
-    print(f"mlflow: search run {parent_id}; study '{study_name}' in {secrets.redact(storage_url)} has "
+    print(f"mlflow: search run {parent_id}; study '{study_name}' in {urlauth.redact(storage_url)} has "
           f"{counted(study)} of {trials} trials", file=sys.stderr)
     procs: list[subprocess.Popen[bytes]] = []
     with (tracking.signals_as_interrupt(), tracking.run_status(parent_id),

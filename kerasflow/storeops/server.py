@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from kerasflow import cli, secrets
+from kerasflow import cli, urlauth
 from kerasflow.errors import UserError
 from kerasflow.files import atomic_write
 from kerasflow.ports import HOST, check_port
@@ -51,11 +51,11 @@ SCHEMA_LOCK_KEY = 0x6B657261  # "kera"
 def database_url(url: str) -> tuple[str, dict[str, str]]:
     """A database URL without its password, and the environment that carries it (PGPASSWORD, which
     psycopg2 reads; never a command line, a log line or a param)."""
-    clean, _, password = secrets.split_credentials(url)
+    clean, _, password = urlauth.split_credentials(url)
     if not clean.startswith(("postgresql://", "postgresql+psycopg2://")):
-        raise UserError(f"DB={secrets.redact(url)} is not a postgresql:// URL: give "
+        raise UserError(f"DB={urlauth.redact(url)} is not a postgresql:// URL: give "
                         "postgresql://USER@HOST:PORT/DATABASE (password in PGPASSWORD or ~/.pgpass)")
-    user = secrets.split_credentials(url)[1]
+    user = urlauth.split_credentials(url)[1]
     rest = clean.split("://", 1)[1]
     # the driver named: SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3, the lock has psycopg2
     url = f"postgresql+psycopg2://{user + '@' if user else ''}{rest}"
@@ -78,7 +78,7 @@ def prepare_database(url: str, artifacts: Path) -> None:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_KEY})
     except sqlalchemy.exc.OperationalError as exc:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)[:200]
-        raise UserError(f"cannot open the database {secrets.redact(url)} ({first}): check DB, that the "
+        raise UserError(f"cannot open the database {urlauth.redact(url)} ({first}): check DB, that the "
                         "server runs, and the password (PGPASSWORD or ~/.pgpass)") from None
 
 

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kerasflow import secrets
+from kerasflow import urlauth
 from kerasflow.errors import UserError
 from kerasflow.files import can_write, fsync_file
 
@@ -38,7 +38,7 @@ ARTIFACTS = "artifacts"
 def tracking_uri(store: str | Path = DEFAULT_STORE) -> str:
     """MLFLOW_TRACKING_URI if set (its user:password moved to MLflow's credential variables), else the
     sqlite database inside the store folder."""
-    env = secrets.tracking_uri_from_env()
+    env = urlauth.tracking_uri_from_env()
     if env:
         return env
     return sqlite_uri(Path(store) / DB_FILE)
@@ -275,7 +275,7 @@ def check_backend(uri: str) -> None:
         return
     scheme = uri.partition("://")[0].split("+")[0] if "://" in uri else ""
     if scheme and scheme not in OTHER_BACKENDS:
-        raise UserError(f"tracking URI {secrets.redact(uri)} is neither an http(s) server nor a sqlite "
+        raise UserError(f"tracking URI {urlauth.redact(uri)} is neither an http(s) server nor a sqlite "
                         "database: set MLFLOW_TRACKING_URI=http://HOST:PORT, or unset it to use ./store")
 
 
@@ -286,8 +286,8 @@ OTHER_BACKENDS = ("postgresql", "mysql", "mssql", "file", "databricks")
 def check_server(uri: str) -> None:
     """The server answers, is an MLflow server, and accepts our login: MLflow itself would fail only at
     the first log call, after the slow data load."""
-    clean, _, _ = secrets.split_credentials(uri)
-    shown = secrets.redact(uri)
+    clean, _, _ = urlauth.split_credentials(uri)
+    shown = urlauth.redact(uri)
     base = clean.rstrip("/")
     try:
         with urllib.request.urlopen(f"{base}/health", timeout=5) as response:  # noqa: S310 - http(s): checked by check_backend
@@ -299,7 +299,7 @@ def check_server(uri: str) -> None:
             "`make server`, or fix/unset MLFLOW_TRACKING_URI"
         ) from None
     api = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1",  # noqa: S310
-                                 headers=secrets.basic_auth_header())
+                                 headers=urlauth.basic_auth_header())
     try:
         with urllib.request.urlopen(api, timeout=10) as response:  # noqa: S310 - same URL
             response.read()

@@ -79,7 +79,7 @@ def write_env_file(path: str) -> str:
     return clean
 
 
-if __name__ == "__main__":  # python -m kerasflow.secrets ENV_FILE  (project_driver.bash)
+if __name__ == "__main__":  # python -m kerasflow.urlauth ENV_FILE  (project_driver.bash)
     import sys
 
     print(write_env_file(sys.argv[1]))
