@@ -121,7 +121,7 @@ def postgres():
 
 
 
-def wait_http(url: str, timeout: float = 90, proc: subprocess.Popen | None = None) -> None:
+def wait_http(url: str, timeout: float = 180, proc: subprocess.Popen | None = None) -> None:
     """Until `url` answers; fails at once when the server process `proc` has exited (with its stderr)."""
     import urllib.request
 

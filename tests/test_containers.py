@@ -196,7 +196,7 @@ def test_driver_never_logs_into_another_stores_server_on_its_port(sandbox, tmp_p
                               "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=90, proc=other)
+        wait_http(f"http://127.0.0.1:{port}/health", proc=other)
         venv_bin = Path(sys.executable).parent
         result = script(sandbox, "project_driver.bash", "--foreground", "--name", "mine", PORT=str(port),
                         GPU="off", MLFLOW=str(venv_bin / "mlflow"), STORE=str(tmp_path / "mine"))

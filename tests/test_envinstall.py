@@ -131,7 +131,7 @@ def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorf
     cmd = [py, "-m", "kerasflow.storeops.server", str(tmp_path / "store"), "--port", str(port)]
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=90, proc=server)
+        wait_http(f"http://127.0.0.1:{port}/health", proc=server)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -39,7 +39,7 @@ def test_embedded_and_server_runs_in_both_orders_and_every_model_loads_both_ways
                                "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
-        wait_http(f"{url}/health", timeout=90, proc=server)
+        wait_http(f"{url}/health", proc=server)
         steps = [("server-first", "a1", url), ("server-first", "a2", None),  # server, then embedded
                  ("embedded-first", "b1", None), ("embedded-first", "b2", url)]  # and the other order
         for experiment, name, via in steps:
