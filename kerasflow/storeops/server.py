@@ -51,11 +51,10 @@ SCHEMA_LOCK_KEY = 0x6B657261  # "kera"
 def database_url(url: str) -> tuple[str, dict[str, str]]:
     """A database URL without its password, and the environment that carries it (PGPASSWORD, which
     psycopg2 reads; never a command line, a log line or a param)."""
-    clean, _, password = urlauth.split_credentials(url)
+    clean, user, password = urlauth.split_credentials(url)
     if not clean.startswith(("postgresql://", "postgresql+psycopg2://")):
         raise UserError(f"DB={urlauth.redact(url)} is not a postgresql:// URL: give "
                         "postgresql://USER@HOST:PORT/DATABASE (password in PGPASSWORD or ~/.pgpass)")
-    user = urlauth.split_credentials(url)[1]
     rest = clean.split("://", 1)[1]
     # the driver named: SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3, the lock has psycopg2
     url = f"postgresql+psycopg2://{user + '@' if user else ''}{rest}"

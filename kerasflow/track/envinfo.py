@@ -107,9 +107,9 @@ def tensorflow_build() -> dict[str, str]:
     }
 
 
-def tags() -> dict[str, str]:
-    """Flat tags for the MLflow run (strings only)."""
-    git = git_state()
+def tags(git: dict[str, Any] | None = None) -> dict[str, str]:
+    """Flat tags for the MLflow run (strings only); `git` when the caller read git_state already."""
+    git = git or git_state()
     found = gpus()
     out = {
         "git_commit": git["commit"],

@@ -223,7 +223,7 @@ def _log_environment(run_id: str, client: mlflow.MlflowClient) -> None:
     import mlflow
 
     git = envinfo.git_state()
-    mlflow.set_tags(envinfo.tags())
+    mlflow.set_tags(envinfo.tags(git))
     mlflow.log_artifact(str(envinfo.LOCK), artifact_path="environment")
     with tempfile.TemporaryDirectory() as tmp:
         if git["dirty"] and git["diff"]:
