@@ -65,11 +65,16 @@ class Config:
     rotation: float = field(metadata=_range(0, 0.5))
     seed: int = field(metadata=_range(0, 2**31 - 1))
     deterministic: bool
+    # speed
+    distribute: str = field(metadata=_choice("none", "mirrored"))
+    precision: str = field(metadata=_choice("float32", "mixed_float16", "mixed_bfloat16"))
+    jit_compile: bool
     # output
     output_dir: str
     run_name: str
     # resources
     cache_ram_mb: int = field(metadata=_range(0))
+    steps_per_execution: int = field(metadata=_range(1, 10000))
     cache_dir: str
     # search
     search_metric: str
@@ -102,13 +107,14 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "model": ("model", "image_size", "weights", "cnn_blocks", "cnn_filters", "dense_units", "dropout"),
     "train": ("batch_size", "epochs", "learning_rate", "fine_tune_blocks", "fine_tune_epochs",
               "fine_tune_learning_rate", "augment", "rotation", "seed", "deterministic"),
+    "speed": ("distribute", "precision", "jit_compile"),
     "output": ("output_dir", "run_name"),
-    "resources": ("cache_ram_mb", "cache_dir"),
+    "resources": ("cache_ram_mb", "steps_per_execution", "cache_dir"),
     "search": ("search_metric", "search_direction", "search_space"),
 }
 # A run's identity: what changes the trained model. A resume must match these and only these (more
 # cache memory or another search space does not change a run); a tracked run logs them as params.
-IDENTITY_SECTIONS = ("data", "model", "train")
+IDENTITY_SECTIONS = ("data", "model", "train", "speed")
 # What a search may vary: the model and its training, never the seed that makes trials comparable.
 SEARCHABLE = frozenset(SECTIONS["model"] + SECTIONS["train"]) - {"seed", "deterministic"}
 
@@ -212,6 +218,23 @@ def _check_together(cfg: Config) -> None:
             f"image_size {cfg.image_size} is too small for {cfg.cnn_blocks} cnn blocks "
             f"(each halves it): use image_size >= {2 ** cfg.cnn_blocks} or fewer cnn_blocks"
         )
+    if cfg.jit_compile:
+        _check_xla(cfg)
+
+
+def _check_xla(cfg: Config) -> None:
+    """Keras quietly trains without XLA when it cannot compile the model (model_supports_jit): refuse
+    instead, so jit_compile: true always means XLA."""
+    blockers = []
+    if cfg.deterministic:  # Keras: not every op has a deterministic XLA kernel
+        blockers.append(("deterministic: false", "Keras turns XLA off under TensorFlow op determinism"))
+    if cfg.augment and cfg.rotation > 0:
+        blockers.append(("rotation: 0", "the rotation augmentation has no XLA kernel"))
+    if cfg.distribute == "mirrored":  # tests/test_speed.py: the replicas' seed states, read across devices
+        blockers.append(("distribute: none", "XLA under MirroredStrategy fails on Keras' random-seed state"))
+    if blockers:
+        raise UserError(f"jit_compile: true cannot take effect ({'; '.join(why for _, why in blockers)}): "
+                        f"set {' and '.join(fix for fix, _ in blockers)}, or jit_compile: false")
 
 
 SPEC_KEYS = {"low", "high", "log", "step", "choices"}

@@ -46,7 +46,7 @@ def _default(value: object) -> str:
     return repr(value)
 
 
-TRAINING = ("data", "model", "train", "output", "resources")
+TRAINING = ("data", "model", "train", "speed", "output", "resources")
 ENTRY_POINTS = {
     # name: (script, the config sections it takes as parameters, extra parameters as (name, type,
     # default, flag)); keys of other sections come from config.yaml, so `-P` cannot set what the entry

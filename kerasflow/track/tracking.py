@@ -307,8 +307,10 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
           f"{' (resumed)' if prep.resumed else ''}", file=sys.stderr)
     with run_status(run_id, nested.stopped), signals_as_interrupt():
         if not prep.resumed or not client.get_run(run_id).data.params:
-            # the run's identity (data, model, train): the whole config is the config.yaml artifact
-            log_params_merged(client, run_id, {**config.identity(prep.cfg), "run_name": prep.cfg.run_name})
+            # the run's identity (data, model, train, speed): the whole config is the config.yaml artifact;
+            # replicas: how many devices `distribute` found (the global batch is batch_size x replicas)
+            log_params_merged(client, run_id, {**config.identity(prep.cfg), "run_name": prep.cfg.run_name,
+                                               "replicas": prep.placement.replicas})
             mlflow.set_tags({"data_digest": prep.examples.digest, "split_digest": prep.splits.digest(),
                              "data_source": cfg.data_source, "kerasflow.entry": "train_mlflow.py"})
             if prep.splits_file_digest:

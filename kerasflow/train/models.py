@@ -126,10 +126,12 @@ def build(cfg: Config, num_classes: int) -> keras.Model:
         x = keras.layers.Dense(cfg.dense_units, activation="relu", name="dense")(x)
     if cfg.dropout:
         x = keras.layers.Dropout(cfg.dropout, seed=cfg.seed + 2, name="dropout")(x)
+    # float32 whatever the precision: a float16 sigmoid/softmax saturates and its loss loses digits
     if binary(num_classes):
-        outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+        outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="probability")(x)
     else:
-        outputs = keras.layers.Dense(num_classes, activation="softmax", name="probability")(x)
+        outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                                     name="probability")(x)
     return keras.Model(inputs, outputs, name=f"{cfg.model}_classifier")
 
 
@@ -155,7 +157,10 @@ def find_base(model: keras.Model) -> keras.Model | None:
     return None
 
 
-def compile_model(model: keras.Model, num_classes: int, learning_rate: float) -> None:
+def compile_model(model: keras.Model, num_classes: int, learning_rate: float, *, jit_compile: bool = False,
+                  steps_per_execution: int = 1) -> None:
+    """Adam, the task's loss and metrics. Under a mixed_float16 policy Keras wraps the optimizer in a
+    LossScaleOptimizer itself."""
     import keras
 
     if binary(num_classes):
@@ -164,4 +169,5 @@ def compile_model(model: keras.Model, num_classes: int, learning_rate: float) ->
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics,
+                  jit_compile=jit_compile, steps_per_execution=steps_per_execution)

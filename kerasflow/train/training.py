@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kerasflow.config import Config
-from kerasflow.train import data, evaluation, models, rundir
+from kerasflow.train import data, evaluation, models, rundir, speed
 
 if TYPE_CHECKING:
     import keras
@@ -35,6 +35,7 @@ class Prepared:
     splits: data.Splits
     model: keras.Model
     epoch_var: tf.Variable
+    placement: speed.Placement
     resumed: bool = False
     splits_file_digest: str = ""  # set when the splits come from a splits file (folds.py)
 
@@ -74,6 +75,10 @@ def seed_everything(cfg: Config) -> None:
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
+    else:  # process-wide: a run after a deterministic one in the same process (tests, trials) gets its own
+        from tensorflow.python.framework import config as tf_config
+
+        tf_config.disable_op_determinism()
 
 
 def describe_devices() -> str:
@@ -96,7 +101,9 @@ def prepare(cfg: Config) -> Prepared:
     data.check_available(cfg)
     print(describe_devices(), file=sys.stderr)
     seed_everything(cfg)
-    model = models.build(cfg, len(data.class_names(cfg)))  # before the slow load: weights fail fast
+    placement = speed.setup(cfg)
+    with placement.scope():  # the variables live on every replica
+        model = models.build(cfg, len(data.class_names(cfg)))  # before the slow load: weights fail fast
     t0 = time.perf_counter()
     examples = data.load_examples(cfg)
     splits_file_digest = ""
@@ -117,7 +124,8 @@ def prepare(cfg: Config) -> Prepared:
     import tensorflow as tf
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
-    return Prepared(cfg, run_dir, examples, splits, model, epoch_var, resumed, splits_file_digest)
+    return Prepared(cfg, run_dir, examples, splits, model, epoch_var, placement, resumed,
+                    splits_file_digest)
 
 
 def _callbacks(prep: Prepared, phase: str, extra: list[keras.callbacks.Callback]) -> list[Any]:
@@ -143,9 +151,10 @@ def fit(prep: Prepared, extra_callbacks: list[keras.callbacks.Callback] | None =
     extra = list(extra_callbacks or [])
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    train_ds = data.to_tf_dataset(prep.examples, prep.splits.train, cfg.batch_size,
-                                  shuffle_seed=cfg.seed, epoch=prep.epoch_var)
-    val_ds = data.to_tf_dataset(prep.examples, prep.splits.val, cfg.batch_size)
+    batch = speed.global_batch(cfg, prep.placement)
+    train_ds = data.to_tf_dataset(prep.examples, prep.splits.train, batch, shuffle_seed=cfg.seed,
+                                  epoch=prep.epoch_var)
+    val_ds = data.to_tf_dataset(prep.examples, prep.splits.val, batch)
     phases = [("phase1", cfg.learning_rate, 0, cfg.epochs)]
     if cfg.has_fine_tune:
         phases.append(("phase2", cfg.fine_tune_learning_rate, cfg.epochs, cfg.total_epochs))
@@ -155,20 +164,23 @@ def fit(prep: Prepared, extra_callbacks: list[keras.callbacks.Callback] | None =
             if base is None:  # has_fine_tune is true only for a model with a pretrained base
                 raise RuntimeError("fine-tuning asked for, but the model has no pretrained base")
             models.set_fine_tune(base, cfg.fine_tune_blocks)
-        models.compile_model(model, num_classes, learning_rate)
-        done = rundir.state_dir(prep.run_dir) / f"{name}.weights.h5"  # BackupAndRestore deletes its own
-        if done.is_file():
-            model.load_weights(done)
-            continue
-        model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, verbose=verbose,
-                  shuffle=False, callbacks=_callbacks(prep, name, extra))
-        rundir.atomic_save_weights(model, done)
+        with prep.placement.scope():  # the optimizer's variables too
+            models.compile_model(model, num_classes, learning_rate, **speed.compile_options(cfg))
+            speed.check_compiled(model, cfg)
+            done = rundir.state_dir(prep.run_dir) / f"{name}.weights.h5"  # BackupAndRestore deletes its own
+            if done.is_file():
+                model.load_weights(done)
+                continue
+            model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, verbose=verbose,
+                      shuffle=False, callbacks=_callbacks(prep, name, extra))
+            rundir.atomic_save_weights(model, done)
     return rundir.read_history(prep.run_dir)
 
 
 def evaluate(prep: Prepared) -> Evaluation:
     """Test-set metrics from the model's predictions (loss, accuracy, AUC, precision, recall)."""
-    test_ds = data.to_tf_dataset(prep.examples, prep.splits.test, prep.cfg.batch_size)
+    test_ds = data.to_tf_dataset(prep.examples, prep.splits.test,
+                                 speed.global_batch(prep.cfg, prep.placement))
     probabilities = prep.model.predict(test_ds, verbose=0)
     labels = prep.examples.labels[prep.splits.test]
     return Evaluation(probabilities,
