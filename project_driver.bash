@@ -47,8 +47,9 @@ mkdir -p "$logs"
 # Tracking credentials (http://user:pass@host, or MLFLOW_TRACKING_USERNAME/PASSWORD) never go on a
 # command line: MLflow prints and logs the `docker run -e NAME=VALUE ...` it builds, and tmux's command
 # is in `ps`. They go into a 0600 env file in a private folder, handed to docker with -A env-file=...
-# and to a detached driver by its path (KF_ENV_FILE); the URI keeps only scheme://host:port.
-if [ -z "${KF_ENV_FILE:-}" ] && [ -n "${MLFLOW_TRACKING_URI:-}${MLFLOW_TRACKING_USERNAME:-}" ]; then
+# and to a detached driver by its path (KF_ENV_FILE); the URI keeps only scheme://host:port. The same
+# file carries KERASFLOW_STUDY_STORAGE, the database URL of a shared Optuna study (`-e tune`).
+if [ -z "${KF_ENV_FILE:-}" ] && [ -n "${MLFLOW_TRACKING_URI:-}${MLFLOW_TRACKING_USERNAME:-}${KERASFLOW_STUDY_STORAGE:-}" ]; then
   [ -x "$PYTHON" ] || die "no Python environment at $PYTHON: run make env (or set MLFLOW=/path/to/venv/bin/mlflow)"
   KF_ENV_FILE="$(mktemp -d)/mlflow.env"
   MLFLOW_TRACKING_URI="$("$PYTHON" -m kerasflow.urlauth "$KF_ENV_FILE")"

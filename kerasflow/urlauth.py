@@ -63,15 +63,17 @@ def basic_auth_header() -> dict[str, str]:
 
 
 def write_env_file(path: str) -> str:
-    """For `mlflow run` in docker: the tracking credentials into a 0600 env file (docker --env-file),
-    because MLflow puts every `-e NAME=VALUE` it passes on the docker command line it prints and logs.
-    Returns the tracking URI without credentials; an empty file when there are none."""
+    """For `mlflow run` in docker: the tracking credentials (and the study URL) into a 0600 env file
+    (docker --env-file), because MLflow puts every `-e NAME=VALUE` it passes on the docker command line
+    it prints and logs. Returns the tracking URI without credentials; an empty file when there are none."""
     from pathlib import Path
 
     from kerasflow.files import atomic_write
 
     clean = tracking_uri_from_env()
-    lines = [f"{name}={os.environ[name]}" for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    # and the Optuna study's database URL (tune workers in containers; it may hold a password)
+    lines = [f"{name}={os.environ[name]}" for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                                                        "KERASFLOW_STUDY_STORAGE")
              if os.environ.get(name)]
     if any("\n" in line for line in lines):
         raise ValueError("a credential holds a newline")

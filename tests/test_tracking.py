@@ -45,8 +45,10 @@ def test_one_run_with_params_metrics_artifacts_inputs_and_environment(tracked):
     assert run.info.status == "FINISHED"
     assert run.info.artifact_uri.startswith(str(tmp / "store" / "artifacts"))
     params = run.data.params
-    # the run's identity (data, model, train) and its name; resources and search keys are not params
-    assert set(params) == set(config.identity(config.load())) | {"run_name"}
+    # the run's identity (data, model, train, speed), its name and the replicas it found; resources and
+    # search keys are not params
+    assert set(params) == set(config.identity(config.load())) | {"run_name", "replicas"}
+    assert params["replicas"] == "1"
     assert params["epochs"] == "2" and params["model"] == "cnn"
     assert [m.step for m in c.get_metric_history(run_id, "loss")] == [0, 1]
     assert [m.step for m in c.get_metric_history(run_id, "val_accuracy")] == [0, 1]
@@ -341,7 +343,7 @@ def test_mlproject_mirrors_the_config_and_its_command_trains(tmp_path):
     def keys_of(*sections: str) -> set[str]:  # scalar keys only: search_space comes from the file
         return {k for s in sections for k in config.SECTIONS[s] if k != "search_space"}
 
-    training = keys_of("data", "model", "train", "output", "resources")
+    training = keys_of("data", "model", "train", "speed", "output", "resources")
     assert set(main.parameters) == training | {"register_model", "model_alias"}
     # each entry point takes only its own parameters: `make splits` has no learning_rate
     splits, cv = project.get_entry_point("splits"), project.get_entry_point("cv")

@@ -60,6 +60,7 @@ ENTRY_POINTS = {
     "tune": ("tune.py", (*TRAINING, "search"),
              [("trials", "float", "20", "--trials"), ("workers", "float", "1", "--workers"),
               ("study", "string", "search", "--study"), ("storage", "string", '""', "--storage"),
+              ("role", "string", "lead", "--role"),
               ("register_model", "string", '""', "--register"),
               ("model_alias", "string", "candidate", "--alias")]),
 }

@@ -6,7 +6,10 @@ and optionally registered. --trials is the study's total, so rerunning continues
 examples:
   python tune.py --trials 20 --set data_source=synthetic --set model=cnn --set image_size=48
   python tune.py --trials 40 --workers 2 --study lr-dropout --register malaria-vgg16
-  python tune.py --storage postgresql://user@db/optuna --study shared   # on each machine
+  # one study over several machines (a team server: MLFLOW_TRACKING_URI, the study in PostgreSQL):
+  export KERASFLOW_STUDY_STORAGE=postgresql://user:pass@db/optuna
+  python tune.py --study shared --trials 40                 # the first machine: queues, retrains
+  python tune.py --study shared --trials 40 --role join     # every other machine
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     cli.store_flags(p)
     p.add_argument("--register", default="", metavar="NAME", help="register the final model under NAME")
     p.add_argument("--alias", default="candidate", help="alias for the registered version")
+    p.add_argument("--role", choices=("lead", "join"), default="lead",
+                   help="lead (default): start or continue the study, queue its trials, wait for every "
+                        "worker, retrain the best; join: only run queued trials of a study led elsewhere")
     p.add_argument("--grace", type=int, default=300,
                    help="seconds without a heartbeat before a trial counts as dead (default 300)")
     args = p.parse_args(argv)
@@ -38,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cli.load_config(args)
         search.tune(cfg, trials=args.trials, workers=args.workers, study_name=args.study,
                     storage=args.storage, store_dir=args.store, experiment=args.experiment,
-                    register=args.register, alias=args.alias, grace=args.grace)
+                    register=args.register, alias=args.alias, grace=args.grace, role=args.role)
 
     return cli.run(go)
 

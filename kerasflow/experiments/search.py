@@ -19,6 +19,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_type_hints
 
@@ -74,26 +76,36 @@ def _storage(url: str, grace: int) -> optuna.storages.BaseStorage:
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+    from kerasflow import pglock
+
     kwargs: dict[str, Any] = {}
+    given, url = url, pglock.driver_url(url)
     if url.startswith("sqlite:"):
         path = Path(url[len("sqlite:///"):])
         if not path.parent.is_dir():
             raise UserError(f"study storage folder {path.parent} does not exist: create it or pass --storage")
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # several workers wait, not fail
+    # on a fresh PostgreSQL database, workers of several machines starting at once would each create
+    # Optuna's tables: the first does it under an advisory lock, the others find them
+    postgres = pglock.is_postgresql(url)
+    schema_lock = (pglock.advisory_lock(given, pglock.OPTUNA_SCHEMA, "study storage") if postgres
+                   else nullcontext())
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, stable since 2.8
+        with schema_lock, warnings.catch_warnings():  # heartbeats: "experimental", stable since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, heartbeat_interval=max(1, grace // 3), grace_period=grace,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
                               **kwargs)
+    except UserError:
+        raise
     except (ImportError, ModuleNotFoundError) as exc:
-        raise UserError(f"study storage {urlauth.redact(url)} needs a database driver ({exc.name}): "
+        raise UserError(f"study storage {urlauth.redact(given)} needs a database driver ({exc.name}): "
                         "pip install it") from None
     except Exception as exc:  # sqlalchemy's errors for a bad URL or an unreachable server
         if isinstance(exc, optuna.exceptions.OptunaError):
             raise
         first = str(exc).splitlines()[0][:160] if str(exc) else ""
-        raise UserError(f"cannot open study storage {urlauth.redact(url)} ({type(exc).__name__}: {first}): "
+        raise UserError(f"cannot open study storage {urlauth.redact(given)} ({type(exc).__name__}: {first}): "
                         "check the URL and that the database is up") from None
 
 
@@ -104,6 +116,33 @@ def _study(cfg: Config, name: str, storage: optuna.storages.BaseStorage, worker:
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                direction=cfg.search_direction, load_if_exists=True)
+
+
+class QueueEmpty(Exception):
+    """No queued trial is left: the worker's part of the study is done."""
+
+
+def _queued_only(study: optuna.Study) -> optuna.Study:
+    """Make `study.ask()` (which `optimize` calls) take only queued trials, never create one.
+
+    That keeps the trial count exact with workers on several machines: the search's first process
+    enqueues exactly the missing trials, and Optuna pops a queued trial atomically (a row update that
+    only one worker can win, on sqlite and PostgreSQL alike); a free-running `optimize` checks the count
+    only after each trial, so N workers overshoot it by up to N-1.
+    """
+    import optuna
+
+    def ask(fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
+        if fixed_distributions:
+            raise ValueError("a queued-only study takes no fixed distributions")
+        study._thread_local.cached_all_trials = None  # as Study.ask: sync once per trial
+        trial_id = study._pop_waiting_trial_id()  # Study.ask's own pop, without its fallback
+        if trial_id is None:
+            raise QueueEmpty
+        return optuna.Trial(study, trial_id)
+
+    study.ask = ask  # type: ignore[method-assign]
+    return study
 
 
 def open_study(cfg: Config, name: str, storage_url: str, grace: int, worker: int = 0) -> optuna.Study:
@@ -134,15 +173,13 @@ def counted(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def run_worker(cfg: Config, *, study_name: str, storage_url: str, trials: int, parent_run_id: str,  # noqa: PLR0913
+def run_worker(cfg: Config, *, study_name: str, storage_url: str, parent_run_id: str,  # noqa: PLR0913
                uri: str, experiment: str, worker: int, grace: int, verbose: int | str = 2) -> int:
-    """Run trials until the study holds `trials` of them; returns how many this worker ran."""
+    """Run queued trials until the queue is empty; returns how many this worker ran."""
     import optuna
-    from optuna.study import MaxTrialsCallback
     from optuna_integration import KerasPruningCallback
 
-
-    study = open_study(cfg, study_name, storage_url, grace, worker)
+    study = _queued_only(open_study(cfg, study_name, storage_url, grace, worker))
     ran = 0
 
     def objective(trial: optuna.Trial) -> float:
@@ -164,16 +201,52 @@ def run_worker(cfg: Config, *, study_name: str, storage_url: str, trials: int, p
                             f"{', '.join(sorted(result.history))}): fix search_metric in the config")
         return float(values[-1])
 
-    if counted(study) < trials:
-        study.optimize(objective, callbacks=[MaxTrialsCallback(
-            trials, states=tuple(getattr(optuna.trial.TrialState, s) for s in COUNTED))],
-            catch=(), gc_after_trial=True)
+    try:
+        # before each trial, optimize fails trials whose worker stopped beating (any machine's) and the
+        # heartbeat callback queues their retry, which some worker then pops
+        study.optimize(objective, catch=(), gc_after_trial=True)
+    except QueueEmpty:
+        pass
     return ran
 
 
-def _spawn_workers(n: int, cfg_path: Path, args: dict[str, Any]) -> list[subprocess.Popen[bytes]]:
+def _unfinished(study: optuna.Study) -> tuple[int, int]:
+    """(running, queued) trials of the study, after failing (and queueing the retry of) dead ones."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    states = [t.state for t in study.get_trials(deepcopy=False, states=(
+        optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING))]
+    return states.count(optuna.trial.TrialState.RUNNING), states.count(optuna.trial.TrialState.WAITING)
+
+
+def _until_every_trial_ends(cfg: Config, study: optuna.Study, args: dict[str, Any],
+                            verbose: int | str) -> None:
+    """The first machine waits for trials that run elsewhere (and runs the retries of dead ones), so
+    the retrain sees the whole study."""
+    poll = max(1, min(10, args["grace"] // 3))
+    told = False
+    while True:
+        running, queued = _unfinished(study)
+        if queued:
+            run_worker(cfg, worker=0, verbose=verbose, **args)
+            continue
+        if not running:
+            return
+        if not told:
+            print(f"search: waiting for {running} trial(s) still running on other workers (a dead one is "
+                  f"failed after --grace {args['grace']} s and retried here)", file=sys.stderr)
+            told = True
+        time.sleep(poll)
+
+
+def _spawn_workers(numbers: range, cfg_path: Path, args: dict[str, Any]) -> list[subprocess.Popen[bytes]]:
     procs = []
-    for worker in range(1, n + 1):
+    for worker in numbers:
         # the storage URL may hold a database password: the environment, not argv (`ps` shows argv)
         public = {k: v for k, v in args.items() if k != "storage_url"}
         cmd = [sys.executable, "-m", "kerasflow.experiments.search", str(cfg_path), json.dumps(public),
@@ -185,9 +258,15 @@ def _spawn_workers(n: int, cfg_path: Path, args: dict[str, Any]) -> list[subproc
 
 def tune(cfg: Config, *, trials: int, workers: int = 1, study_name: str = "search", storage: str = "",  # noqa: PLR0913
          store_dir: str = store.DEFAULT_STORE, experiment: str = tracking.DEFAULT_EXPERIMENT,
-         register: str = "", alias: str = "candidate", grace: int = 300, verbose: int | str = 2
-         ) -> dict[str, Any]:
-    """Run the study with `workers` processes (this one included), then retrain the best trial."""
+         register: str = "", alias: str = "candidate", grace: int = 300, verbose: int | str = 2,
+         role: str = "lead") -> dict[str, Any]:
+    """Run the study with `workers` processes (this one included), then retrain the best trial.
+
+    role "join": only run trials of a study that a `lead` process (on this or another machine, same
+    storage and tracking server) started; it queues the trials, waits for every worker and retrains.
+    """
+    if role not in ("lead", "join"):
+        raise UserError(f"--role {role!r}: use lead (start the study, retrain the best) or join")
     if not cfg.search_space:
         raise UserError("search_space in the config is empty: declare the keys to search (see config.yaml)")
     if trials < 1 or workers < 1:
@@ -204,10 +283,66 @@ def tune(cfg: Config, *, trials: int, workers: int = 1, study_name: str = "searc
 
     # the data is decoded once per worker process, not once per trial (and once for the retrain)
     with store.open_store(store_dir) as uri, data.reusing_loaded_examples():
+        if role == "join":
+            return _join(cfg, study_name=study_name, storage_url=storage_url, uri=uri, workers=workers,
+                         grace=grace, verbose=verbose)
         study = open_study(cfg, study_name, storage_url, grace)  # refuses a changed space before any run
         return _tune(cfg, study, trials=trials, workers=workers, study_name=study_name,
                      storage_url=storage_url, uri=uri, experiment=experiment, register=register, alias=alias,
                      grace=grace, verbose=verbose)
+
+
+def _join(cfg: Config, *, study_name: str, storage_url: str, uri: str, workers: int, grace: int,  # noqa: PLR0913
+          verbose: int | str) -> dict[str, Any]:
+    """Workers for a study another process leads: its queue, its search run, no retrain."""
+    import mlflow
+    import optuna
+
+    if study_name not in optuna.get_all_study_names(_storage(storage_url, grace)):
+        raise UserError(f"study '{study_name}' is not in {urlauth.redact(storage_url)}: start it with "
+                        "--role lead (the default) on one machine first, then join it")
+    study = open_study(cfg, study_name, storage_url, grace)  # and refuses another search space
+    parent_id = study.user_attrs.get("mlflow_run_id", "")
+    client = mlflow.MlflowClient()
+    try:
+        client.get_run(parent_id)
+    except mlflow.exceptions.MlflowException:
+        raise UserError(f"the search run {parent_id or '(none yet)'} of study '{study_name}' is not in the "
+                        f"tracking store {urlauth.redact(uri)}: point MLFLOW_TRACKING_URI at the leading "
+                        "machine's tracking server") from None
+    launched = os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run -e tune -P role=join` made one
+    if launched:  # it records this machine's part; the trials sit under the search run
+        client.set_tag(launched, LEVEL_TAG, "worker")
+        client.set_tag(launched, "optuna.study", study_name)
+        client.set_tag(launched, "kerasflow.search_run", parent_id)
+    # distinct sampler seeds from the leading machine's workers (0..n-1) and from other joiners
+    first = 1000 + (os.getpid() % 10007) * 100
+    args = {"study_name": study_name, "storage_url": storage_url, "parent_run_id": parent_id, "uri": uri,
+            "experiment": client.get_experiment(client.get_run(parent_id).info.experiment_id).name,
+            "grace": grace}
+    print(f"search: joining study '{study_name}' (search run {parent_id}) with {workers} worker(s)",
+          file=sys.stderr)
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path = Path(tmp) / "config.yaml"
+        cfg_path.write_text(config_mod.dump(cfg))
+        try:
+            procs = _spawn_workers(range(first + 1, first + workers), cfg_path, args)
+            ran = run_worker(cfg, worker=first, verbose=verbose, **args)
+            failed = [p.args for p in procs if p.wait() != 0]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+                    p.wait()
+    if failed:
+        raise UserError(f"{len(failed)} search worker(s) failed (see their messages above); rerun the "
+                        "same command to take more trials")
+    if launched:
+        client.log_metric(launched, "trials_run_here", ran)
+    print(f"search: the queue of study '{study_name}' is empty; the leading machine retrains the best "
+          "trial", file=sys.stderr)
+    return {"run_id": parent_id, "joined": True}
 
 
 def _parent_run(study: optuna.Study, experiment_id: str, study_name: str, launched: str | None
@@ -251,12 +386,16 @@ def _tune(cfg: Config, study: optuna.Study, *, trials: int, workers: int, study_
             "search_space": json.dumps(cfg.search_space), "study": study_name})
         cfg_path = Path(tmp) / "config.yaml"
         cfg_path.write_text(config_mod.dump(cfg))
-        args = {"study_name": study_name, "storage_url": storage_url, "trials": trials,
-                "parent_run_id": parent_id, "uri": uri, "experiment": experiment, "grace": grace}
+        args = {"study_name": study_name, "storage_url": storage_url, "parent_run_id": parent_id, "uri": uri,
+                "experiment": experiment, "grace": grace}
+        for _ in range(trials - counted(study)):  # the queue every worker, on any machine, takes from
+            study.enqueue_trial({})
         try:
-            procs = _spawn_workers(workers - 1, cfg_path, args)
+            procs = _spawn_workers(range(1, workers), cfg_path, args)
             run_worker(cfg, worker=0, verbose=verbose, **args)
             failed = [p.args for p in procs if p.wait() != 0]
+            if not failed:
+                _until_every_trial_ends(cfg, study, args, verbose)
         finally:
             for p in procs:
                 if p.poll() is None:

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from kerasflow import cli, urlauth
+from kerasflow import cli, pglock, urlauth
 from kerasflow.errors import UserError
 from kerasflow.files import atomic_write
 from kerasflow.ports import HOST, check_port
@@ -43,11 +43,6 @@ def prepare(store_path: Path) -> None:
         (path.parent / store.ARTIFACTS).mkdir(exist_ok=True)
 
 
-# One constant key for pg_advisory_lock: every kerasflow process that may create MLflow's schema in a
-# database takes it first, so servers and workers started at once on an EMPTY database migrate it once.
-SCHEMA_LOCK_KEY = 0x6B657261  # "kera"
-
-
 def database_url(url: str) -> tuple[str, dict[str, str]]:
     """A database URL without its password, and the environment that carries it (PGPASSWORD, which
     psycopg2 reads; never a command line, a log line or a param)."""
@@ -55,30 +50,18 @@ def database_url(url: str) -> tuple[str, dict[str, str]]:
     if not clean.startswith(("postgresql://", "postgresql+psycopg2://")):
         raise UserError(f"DB={urlauth.redact(url)} is not a postgresql:// URL: give "
                         "postgresql://USER@HOST:PORT/DATABASE (password in PGPASSWORD or ~/.pgpass)")
-    rest = clean.split("://", 1)[1]
-    # the driver named: SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3, the lock has psycopg2
-    url = f"postgresql+psycopg2://{user + '@' if user else ''}{rest}"
+    scheme, rest = clean.split("://", 1)
+    url = pglock.driver_url(f"{scheme}://{user + '@' if user else ''}{rest}")
     return url, ({"PGPASSWORD": password} if password is not None else {})
 
 
 def prepare_database(url: str, artifacts: Path) -> None:
     """Create MLflow's schema in a PostgreSQL database once, under an advisory lock (MLflow's own first
     migration, run by several servers or workers at once, races as it does on sqlite)."""
-    import sqlalchemy
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    try:
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
-            try:
-                SqlAlchemyStore(url, str(artifacts)).engine.dispose()
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_KEY})
-    except sqlalchemy.exc.OperationalError as exc:
-        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)[:200]
-        raise UserError(f"cannot open the database {urlauth.redact(url)} ({first}): check DB, that the "
-                        "server runs, and the password (PGPASSWORD or ~/.pgpass)") from None
+    with pglock.advisory_lock(url, pglock.MLFLOW_SCHEMA):
+        SqlAlchemyStore(url, str(artifacts)).engine.dispose()
 
 
 AUTH_DIR = "auth"  # in the store folder: the basic-auth users database and its config (0600)
