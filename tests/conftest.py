@@ -109,9 +109,13 @@ def postgres():
                    check=True, capture_output=True, timeout=60)
     pid = int((data / "postmaster.pid").read_text().split()[0])
     try:
-        subprocess.run(as_postgres([str(bindir / "createdb"), "-h", str(base), "-p", str(port), "-U", "kf",
-                                    "mlflow"]), check=True, capture_output=True)
-        yield {"url": f"postgresql://kf@127.0.0.1:{port}/mlflow", "port": port}
+        def createdb(name: str) -> str:
+            """A new, empty database; its URL (no password: PG_PASSWORD)."""
+            cmd = [str(bindir / "createdb"), "-h", str(base), "-p", str(port), "-U", "kf", name]
+            subprocess.run(as_postgres(cmd), check=True, capture_output=True)
+            return f"postgresql://kf@127.0.0.1:{port}/{name}"
+
+        yield {"url": createdb("mlflow"), "port": port, "createdb": createdb}
     finally:
         os.kill(pid, signal.SIGTERM)  # smart shutdown of the postmaster we started, by its pid
         deadline = time.monotonic() + 30

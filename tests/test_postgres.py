@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,88 @@ def test_a_wrong_password_or_url_is_one_line(postgres, tmp_path):
                           "mysql://x@h/db", "--port", str(free_port())], cwd=ROOT, capture_output=True,
                          text=True)
     assert_user_error(bad, "is not a postgresql:// URL")
+
+
+def _kill_inside_a_trial(proc: subprocess.Popen, out: Path) -> str:
+    """SIGKILL `proc` once one of its trials has logged an epoch; that trial's run folder name."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        for log in out.glob("shared-trial*/history.jsonl"):
+            if log.read_text().strip():
+                proc.kill()
+                proc.wait()
+                return log.parent.name
+        time.sleep(0.05)
+    raise AssertionError("the worker ran no trial")
+
+
+def test_one_study_shared_by_workers_of_several_machines(postgres, tmp_path):
+    """A lead and two joining workers (each its own output and cache folder, as on separate machines),
+    all started at once on EMPTY databases: one MLflow server on PostgreSQL and the Optuna study in
+    PostgreSQL. One joiner is SIGKILLed inside a trial: Optuna fails it after --grace and it is retried."""
+    import mlflow
+    import optuna
+
+    port = free_port()
+    env = {**os.environ, "PGPASSWORD": PG_PASSWORD}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    server = subprocess.Popen([sys.executable, "-m", "kerasflow.storeops.server", str(tmp_path / "store"),
+                               "--db", postgres["createdb"]("team"), "--port", str(port)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    study_url = postgres["createdb"]("studies").replace("kf@", f"kf:{PG_PASSWORD}@")
+    url = f"http://127.0.0.1:{port}"
+    space = ("search_space={learning_rate: {low: 0.001, high: 0.01, log: true}, "
+             "dense_units: {choices: [8, 16]}}")
+    machines = {}
+    try:
+        wait_http(f"{url}/health", proc=server)
+        worker_env = {**env, "MLFLOW_TRACKING_URI": url, "KERASFLOW_STUDY_STORAGE": study_url}
+        for name in ("lead", "join1", "join2"):
+            sets = [*TINY, "epochs=3", space, f"output_dir={tmp_path / name / 'out'}",
+                    f"cache_dir={tmp_path / name / 'cache'}"]
+            role = ["--role", "join"] if name != "lead" else ["--register", "shared-best"]
+            cmd = [sys.executable, "tune.py", *set_args(sets), "--study", "shared", "--trials", "5",
+                   "--grace", "10", *role]
+            machines[name] = subprocess.Popen(cmd, cwd=ROOT, env=worker_env, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.PIPE, text=True)
+        victim = _kill_inside_a_trial(machines["join1"], tmp_path / "join1" / "out")
+        for name in ("lead", "join2"):
+            _, err = machines[name].communicate(timeout=900)
+            assert machines[name].returncode == 0, f"{name}: {err[-3000:]}"
+            if name == "lead":
+                lead_err = err
+        study = optuna.load_study(study_name="shared", storage=study_url.replace(
+            "postgresql://", "postgresql+psycopg2://"))
+        states = [t.state.name for t in study.trials]
+        assert states.count("COMPLETE") + states.count("PRUNED") == 5, states  # exact, on 3 machines
+        assert states.count("FAIL") == 1, states  # the killed one, retried once
+        [dead] = [t for t in study.trials if t.state.name == "FAIL"]
+        assert f"shared-trial{dead.number:03d}" == victim
+        [retry] = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
+        assert retry.params == dead.params and retry.state.name in ("COMPLETE", "PRUNED")
+        assert "waiting for" in lead_err or retry.number > dead.number
+
+        client = mlflow.MlflowClient(url)
+        exp = client.get_experiment_by_name("kerasflow")
+        runs = client.search_runs([exp.experiment_id])
+        [search] = [r for r in runs if r.data.tags.get("kerasflow.level") == "search"]
+        trials = [r for r in runs if r.data.tags.get("kerasflow.level") == "trial"]
+        assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {search.info.run_id}
+        by_trial: dict[str, list[str]] = {}
+        for r in trials:
+            by_trial.setdefault(r.data.tags["optuna.trial"], []).append(r.info.status)
+        assert all(len(statuses) == 1 for statuses in by_trial.values())  # no trial ran twice
+        assert by_trial.pop(str(dead.number)) == ["KILLED"]  # the dead worker's run is not left RUNNING
+        assert sorted(by_trial) == sorted(str(t.number) for t in study.trials if t.state.name != "FAIL")
+        workers = {r.data.tags["optuna.worker"] for r in trials}
+        assert "0" in workers and len(workers) >= 2  # the lead's and a joiner's
+        assert search.info.status == "FINISHED"
+        [final] = [r for r in runs if r.data.tags.get("kerasflow.level") == "final"]
+        assert final.data.tags["mlflow.parentRunId"] == search.info.run_id
+        assert client.get_model_version_by_alias("shared-best", "candidate").run_id == final.info.run_id
+        assert PG_PASSWORD not in lead_err
+    finally:
+        for proc in [*machines.values(), server]:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)

@@ -224,14 +224,36 @@ def _unfinished(study: optuna.Study) -> tuple[int, int]:
     return states.count(optuna.trial.TrialState.RUNNING), states.count(optuna.trial.TrialState.WAITING)
 
 
+def close_dead_trial_runs(study: optuna.Study, client: mlflow.MlflowClient, experiment_id: str) -> int:
+    """A worker killed mid-trial (SIGKILL, a lost machine) leaves its MLflow run RUNNING; once Optuna
+    has failed the trial, its run ends KILLED. Returns how many were closed."""
+    import optuna
+
+    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    closed = 0
+    for trial in failed:
+        runs = client.search_runs([experiment_id], filter_string=(
+            f"tags.`optuna.study` = '{study.study_name}' and tags.`optuna.trial` = '{trial.number}' "
+            "and attributes.status = 'RUNNING'"))
+        for run in runs:
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed += 1
+    return closed
+
+
 def _until_every_trial_ends(cfg: Config, study: optuna.Study, args: dict[str, Any],
                             verbose: int | str) -> None:
     """The first machine waits for trials that run elsewhere (and runs the retries of dead ones), so
     the retrain sees the whole study."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(args["parent_run_id"]).info.experiment_id
     poll = max(1, min(10, args["grace"] // 3))
     told = False
     while True:
         running, queued = _unfinished(study)
+        close_dead_trial_runs(study, client, experiment_id)
         if queued:
             run_worker(cfg, worker=0, verbose=verbose, **args)
             continue
@@ -292,17 +314,32 @@ def tune(cfg: Config, *, trials: int, workers: int = 1, study_name: str = "searc
                      grace=grace, verbose=verbose)
 
 
+def _wait_for_lead(cfg: Config, study_name: str, storage_url: str, grace: int) -> optuna.Study:
+    """The study once its lead has made the search run and queued trials (machines started together
+    may come first: they wait up to --grace seconds)."""
+    import optuna
+
+    storage = _storage(storage_url, grace)
+    deadline = time.monotonic() + grace
+    while True:
+        if study_name in optuna.get_all_study_names(storage):
+            study = open_study(cfg, study_name, storage_url, grace)  # and refuses another search space
+            if study.user_attrs.get("mlflow_run_id") and study.get_trials(deepcopy=False):
+                return study
+        if time.monotonic() > deadline:
+            raise UserError(f"study '{study_name}' in {urlauth.redact(storage_url)} has not been started "
+                            f"within --grace {grace} s: start it with --role lead (the default) on one "
+                            "machine, then join it")
+        time.sleep(1)
+
+
 def _join(cfg: Config, *, study_name: str, storage_url: str, uri: str, workers: int, grace: int,  # noqa: PLR0913
           verbose: int | str) -> dict[str, Any]:
     """Workers for a study another process leads: its queue, its search run, no retrain."""
     import mlflow
-    import optuna
 
-    if study_name not in optuna.get_all_study_names(_storage(storage_url, grace)):
-        raise UserError(f"study '{study_name}' is not in {urlauth.redact(storage_url)}: start it with "
-                        "--role lead (the default) on one machine first, then join it")
-    study = open_study(cfg, study_name, storage_url, grace)  # and refuses another search space
-    parent_id = study.user_attrs.get("mlflow_run_id", "")
+    study = _wait_for_lead(cfg, study_name, storage_url, grace)
+    parent_id = study.user_attrs["mlflow_run_id"]
     client = mlflow.MlflowClient()
     try:
         client.get_run(parent_id)
