@@ -44,7 +44,7 @@ N_INNER ?= 0
 # The offline demo (presets/demo.yaml): synthetic cell images and the small CNN, seconds an epoch on a CPU.
 DEMO_SET := --preset demo --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: help env host-env lock lock-host team-server train demo data weights test lint bench bench-pipeline bench-tracking bench-relocate clean test-fast test-gpu-image track track-demo server serve \
+.PHONY: help env host-env lock lock-host team-server train demo data weights test lint bench bench-pipeline bench-tracking bench-relocate bench-stores bench-speed bench-bigdata clean test-fast test-gpu-image track track-demo server serve \
         predict runs reproduce promote ui pull relocate migrate mlproject splits cv tune analyze image shell run
 
 help: ## list the targets
@@ -185,7 +185,7 @@ lint: $(STAMP) ## ruff, shellcheck and hadolint
 	$(VENV)/bin/hadolint docker/Dockerfile docker/server.Dockerfile
 	$(VENV)/bin/shellcheck -x $$(git ls-files '*.bash' '*.sh' .ci/run)
 
-bench: bench-pipeline bench-tracking bench-relocate ## all benchmarks (figures go to BENCHMARKS.md)
+bench: bench-pipeline bench-tracking bench-relocate bench-stores bench-speed bench-bigdata ## all benchmarks (figures go to BENCHMARKS.md)
 
 bench-pipeline: $(STAMP) ## input pipeline vs a generator, `train.py --help` time, demo epoch (~2 min)
 	$(PY) bench/bench_pipeline.py $(ARGS)
@@ -195,6 +195,15 @@ bench-tracking: $(STAMP) ## MLflow tracking overhead and model-logging cost (~6 
 
 bench-relocate: $(STAMP) ## relocating 10,000-run stores, vs the sed one-liner (~3 min)
 	$(PY) bench/bench_relocate.py $(ARGS)
+
+bench-stores: $(STAMP) ## 1/4/8 concurrent writers: sqlite (embedded, server) vs PostgreSQL (~5 min)
+	$(PY) bench/bench_stores.py $(ARGS)
+
+bench-speed: $(STAMP) ## precision, XLA, steps_per_execution, 2 CPU devices: ratios to float32 (~6 min)
+	$(PY) bench/bench_speed.py $(ARGS)
+
+bench-bigdata: $(STAMP) ## a decoded set larger than the RAM budget: memmap cache vs RAM (~10 min)
+	$(PY) bench/bench_bigdata.py $(ARGS)
 
 clean: ## remove caches and outputs (keeps .venv, data/ and stores)
 	rm -rf outputs .cache .pytest_cache .ruff_cache bench/results

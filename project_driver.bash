@@ -7,8 +7,9 @@
 #    ensures this store's own server (kerasflow.storeops.server) runs on 127.0.0.1:$PORT over ./store
 #    (MLflow mounts only the run's artifact folder into the container, so MLflow-3 models logged
 #    inside docker to a local store are lost; through the server they are not).
-# 2. Builds the image when missing or stale (docker/lib.bash) and tags it kerasflow:latest, the image
-#    MLproject's docker_env names.
+# 2. Builds the user's image when missing or stale (docker/lib.bash: kerasflow:<commit>-u<UID>.<GID>)
+#    and points kerasflow:latest, the image MLproject's docker_env names, at it until the run's
+#    container exists (an engine-wide lock: several users share one engine).
 # 3. Runs `mlflow run . -e ENTRY -A network=host [-A gpus=...] [-A volume=DATA:/data:ro] -P ...`
 #    (GPU=auto|on|off, GPUS=all|0|0,1, DATA=/host/dataset).
 # Over SSH (or with --detach) it starts itself in a detached tmux session, logs to logs/<name>.log,
@@ -168,7 +169,8 @@ launch() {
   ensure_server
   gpu="$(gpu_args)"
   data="$(data_dir)"
-  ensure_image > /dev/null
+  image="$(ensure_image)"
+  point_latest "$image" "kerasflow-$name" "$BASHPID"  # this shell becomes `mlflow run` (exec below)
   # host network: the container reaches the server on 127.0.0.1; init: signals reach the training
   # (not PID 1); a name per run: `docker stop kerasflow-NAME` stops exactly this one.
   run_args=(-A network=host -A init -A "name=kerasflow-$name")

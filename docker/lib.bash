@@ -24,14 +24,47 @@ check_docker() {
   fi
 }
 
-# kerasflow:<commit>, with -dirty when the checkout has uncommitted changes.
+# The image bakes in its user's UID/GID (files it writes in the checkout are theirs), so on a server
+# shared by several users each gets their own: kerasflow:<commit>[-dirty]-u<UID>.<GID>.
+user_suffix() {
+  echo "u$(id -u).$(id -g)"
+}
+
 image_tag() {
   local commit dirty=""
   commit="$(git -C "$KF_ROOT" rev-parse --short=12 HEAD 2> /dev/null || echo nogit)"
   if [ -n "$(git -C "$KF_ROOT" status --porcelain 2> /dev/null)" ]; then
     dirty="-dirty"
   fi
-  echo "${KF_IMAGE_REPO}:${commit}${dirty}"
+  echo "${KF_IMAGE_REPO}:${commit}${dirty}-$(user_suffix)"
+}
+
+# MLproject's docker_env names ONE image, kerasflow:latest, for every user of the engine. `mlflow run`
+# looks that name up once and then runs the image by its first tag, which is the user's commit tag
+# (Docker sorts an image's tags, and a hex commit sorts before "latest"). So `make run` points
+# kerasflow:latest at the user's image under an engine-wide lock held until the run's container exists:
+# another user's `make run` waits those seconds instead of starting our image, or we theirs.
+# Arguments: the image, the container name to wait for, the pid whose exit also ends the wait.
+point_latest() {
+  local image="$1" container="$2" owner="$3" lock="${KF_LATEST_LOCK:-/tmp/kerasflow-latest.lock}" fd
+  # created readable by all; opened read-only (flock needs no more), so a file another user created
+  # in a sticky /tmp opens too (an O_CREAT open of it would be refused there)
+  [ -e "$lock" ] || (umask 022 && : >> "$lock") 2> /dev/null || true
+  exec {fd}< "$lock" || die "cannot open the image lock $lock: remove it (it holds nothing) or set KF_LATEST_LOCK"
+  if ! flock -n "$fd"; then
+    note "another make run is starting its container (lock $lock): waiting"
+    flock "$fd"
+  fi
+  docker tag "$image" "${KF_IMAGE_REPO}:latest" || die "cannot tag $image as ${KF_IMAGE_REPO}:latest"
+  (
+    # the lock's holder from here: until the container exists, the run ended, or 10 minutes
+    for _ in $(seq 1200); do
+      docker container inspect "$container" > /dev/null 2>&1 && exit 0
+      kill -0 "$owner" 2> /dev/null || exit 0
+      sleep 0.5
+    done
+  ) > /dev/null 2>&1 &
+  exec {fd}<&-
 }
 
 # `docker build` arguments taken from the environment, so a user behind a mirror (or a machine with no
@@ -70,7 +103,7 @@ ensure_image() {
     local args
     mapfile -t args < <(build_args)
     docker_build --file "$KF_ROOT/docker/Dockerfile" "${args[@]}" \
-      --tag "$image" --tag "${KF_IMAGE_REPO}:latest" "$KF_ROOT" >&2 \
+      --tag "$image" --tag "${KF_IMAGE_REPO}:latest-$(user_suffix)" "$KF_ROOT" >&2 \
       || die "building $image failed (see the docker output above)"
   fi
   echo "$image"

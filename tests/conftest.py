@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+import pgcluster
 import pytest
 import yaml
 
@@ -84,45 +82,11 @@ def free_port() -> int:
 PG_PASSWORD = "pg-" + os.urandom(6).hex()
 
 
-def as_postgres(cmd: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
 @pytest.fixture(scope="session")
 def postgres():
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    require_tool("initdb (postgresql)", bool(found))
-    bindir = Path(found[-1]).parent
-    base = Path(tempfile.mkdtemp(prefix="kf-pg-"))
-    data, pwfile = base / "data", base / "pw"
-    pwfile.write_text(PG_PASSWORD + "\n")
-    pwfile.chmod(0o600)
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres")
-        shutil.chown(pwfile, "postgres")
-    port = free_port()
-    subprocess.run(as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "kf", f"--pwfile={pwfile}",
-                                "--auth-host=scram-sha-256", "--auth-local=trust"]),
-                   check=True, capture_output=True)
-    subprocess.run(as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o",
-                                f"-c listen_addresses=127.0.0.1 -p {port} -k {base}", "start"]),
-                   check=True, capture_output=True, timeout=60)
-    pid = int((data / "postmaster.pid").read_text().split()[0])
-    try:
-        def createdb(name: str) -> str:
-            """A new, empty database; its URL (no password: PG_PASSWORD)."""
-            cmd = [str(bindir / "createdb"), "-h", str(base), "-p", str(port), "-U", "kf", name]
-            subprocess.run(as_postgres(cmd), check=True, capture_output=True)
-            return f"postgresql://kf@127.0.0.1:{port}/{name}"
-
-        yield {"url": createdb("mlflow"), "port": port, "createdb": createdb}
-    finally:
-        os.kill(pid, signal.SIGTERM)  # smart shutdown of the postmaster we started, by its pid
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        shutil.rmtree(base, ignore_errors=True)
-
+    require_tool("initdb (postgresql)", pgcluster.bindir() is not None)
+    with pgcluster.throwaway_cluster(PG_PASSWORD) as cluster:
+        yield {"url": cluster.createdb("mlflow"), "port": cluster.port, "createdb": cluster.createdb}
 
 
 def wait_http(url: str, timeout: float = 180, proc: subprocess.Popen | None = None) -> None:

@@ -281,19 +281,20 @@ def build_env(engine, weights: dict[str, str]) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def image(user: User, checkout: Path, build_env: dict[str, str]) -> dict:
     """The CPU image, built once by `make image` as the user; the tag of the checkout's commit."""
-    old_latest = docker("image", "inspect", "--format", "{{.Id}}", "kerasflow:latest").stdout.strip()
+    mine = f"u{user.uid}.{user.gid}"  # images are per user: kerasflow:<commit>-u<UID>.<GID>
+    old_latest = docker("image", "inspect", "--format", "{{.Id}}", f"kerasflow:latest-{mine}").stdout.strip()
     t0 = time.monotonic()
     built = user.run(["make", "image", f"VENV={VENV}"], cwd=checkout, env=build_env, timeout=2400)
     seconds = time.monotonic() - t0
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     sha = user.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=checkout).stdout.strip()
-    tag = f"kerasflow:{sha}"
+    tag = f"kerasflow:{sha}-{mine}"
     image_id = docker("image", "inspect", "--format", "{{.Id}}", tag, check=True).stdout.strip()
     print(f"image {tag} built in {seconds:.0f} s")
     if old_latest and old_latest != image_id:
         docker("rmi", old_latest)  # the last run's image: only its own top layers go, the cache stays
     yield {"tag": tag, "id": image_id, "seconds": seconds}
-    docker("rmi", tag)  # kerasflow:latest (a fixed tag) keeps the layers for the next run's cache
+    docker("rmi", tag)  # kerasflow:latest-<user> (a fixed tag) keeps the layers for the next run's cache
 
 
 @pytest.fixture
@@ -520,7 +521,9 @@ def runs_named(run_env: dict[str, str], experiment: str = "kerasflow", filter_st
 
 @pytest.fixture(scope="module")
 def foreground_run(image, user, checkout, run_env) -> subprocess.CompletedProcess[str]:
-    """The README's headline command, registering its model as kfdemo (the notebook loads it too)."""
+    """The README's headline command, registering its model as kfdemo (the notebook loads it too).
+    Before it, kerasflow:latest (MLproject's image) is another user's image: make run must not use it."""
+    docker("tag", BASE_CA, "kerasflow:latest", check=True)
     args = [
         "--foreground",
         "--name",
@@ -533,7 +536,7 @@ def foreground_run(image, user, checkout, run_env) -> subprocess.CompletedProces
 
 
 def test_make_run_trains_in_the_container_and_the_model_loads_on_the_host(
-    foreground_run, user, checkout, run_env
+    foreground_run, image, user, checkout, run_env
 ):
     import mlflow
 
@@ -543,6 +546,9 @@ def test_make_run_trains_in_the_container_and_the_model_loads_on_the_host(
     assert (checkout / "logs" / "fg.status").read_text().strip() == "0"
     [run] = [r for r in runs_named(run_env) if r.data.params.get("register_model") == "kfdemo"]
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.project.entryPoint"] == "main"
+    # the user's own image ran, not the one kerasflow:latest named before (another user's)
+    assert run.data.tags["mlflow.docker.image.id"] == image["id"]
+    assert docker("image", "inspect", "--format", "{{.Id}}", "kerasflow:latest").stdout.strip() == image["id"]
     c = client(run_env)
     assert [m.step for m in c.get_metric_history(run.info.run_id, "val_accuracy")] == [0, 1]
     assert "test_accuracy" in run.data.metrics
