@@ -39,11 +39,10 @@ image_tag() {
   echo "${KF_IMAGE_REPO}:${commit}${dirty}-$(user_suffix)"
 }
 
-# MLproject's docker_env names ONE image, kerasflow:latest, for every user of the engine. `mlflow run`
-# looks that name up once and then runs the image by its first tag, which is the user's commit tag
-# (Docker sorts an image's tags, and a hex commit sorts before "latest"). So `make run` points
-# kerasflow:latest at the user's image under an engine-wide lock held until the run's container exists:
-# another user's `make run` waits those seconds instead of starting our image, or we theirs.
+# MLproject's docker_env names ONE image, kerasflow:latest, for every user of the engine. So `make run`
+# points kerasflow:latest at the user's image under an engine-wide lock held until the run's container
+# exists, which covers MLflow's lookup of the name and its `docker run`: another user's `make run` waits
+# those seconds instead of starting our image, or we theirs.
 # Arguments: the image, the container name to wait for, the pid whose exit also ends the wait.
 point_latest() {
   local image="$1" container="$2" owner="$3" lock="${KF_LATEST_LOCK:-/tmp/kerasflow-latest.lock}" fd

@@ -506,3 +506,26 @@ def test_youden_threshold_and_multiclass_labelling():
         analysis.label_predictions(
             pd.DataFrame({"label": ["p", "p"], "prob_p": [0.9, 0.8], "prob_q": [0.1, 0.2]}), "p"
         )
+
+
+def test_workers_of_one_gpu_box_get_one_gpu_each(monkeypatch, tmp_path):
+    from kerasflow.experiments import search
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    gpus = search.visible_gpus()
+    assert gpus == ["2", "3"]
+    assert search.gpu_env(0, 1, gpus) == {}  # one worker keeps every GPU
+    assert [search.gpu_env(w, 2, gpus) for w in range(2)] == [{"CUDA_VISIBLE_DEVICES": "2"},
+                                                              {"CUDA_VISIBLE_DEVICES": "3"}]
+    three = [search.gpu_env(w, 3, gpus)["CUDA_VISIBLE_DEVICES"] for w in range(3)]
+    assert three == ["2", "3", "2"] and search.gpu_env(2, 3, gpus)["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    assert search.gpu_env(1, 2, []) == {}  # no GPU: nothing to split
+    started: list[dict[str, str]] = []
+
+    class Recorder:  # what the worker processes would be started with
+        def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+            started.append(env)
+
+    monkeypatch.setattr(search.subprocess, "Popen", Recorder)
+    search._spawn_workers(range(1, 3), tmp_path / "config.yaml", {"storage_url": "sqlite:///x"}, gpus)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in started] == ["3", "2"]

@@ -266,15 +266,44 @@ def _until_every_trial_ends(cfg: Config, study: optuna.Study, args: dict[str, An
         time.sleep(poll)
 
 
-def _spawn_workers(numbers: range, cfg_path: Path, args: dict[str, Any]) -> list[subprocess.Popen[bytes]]:
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, without starting TensorFlow: CUDA_VISIBLE_DEVICES when set,
+    else what `nvidia-smi -L` lists (none without the tool)."""
+    import shutil
+
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    listed = subprocess.run([smi, "-L"], capture_output=True, text=True, check=False).stdout
+    return [str(i) for i, line in enumerate(line for line in listed.splitlines() if line.startswith("GPU "))]
+
+
+def gpu_env(worker: int, workers: int, gpus: list[str]) -> dict[str, str]:
+    """Several workers on one GPU box: worker k gets GPU k mod n alone, so the first does not take
+    every GPU's memory (TensorFlow maps all it sees); more workers than GPUs share with memory growth."""
+    if workers <= 1 or not gpus:
+        return {}
+    env = {"CUDA_VISIBLE_DEVICES": gpus[worker % len(gpus)]}
+    if workers > len(gpus):
+        env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+    return env
+
+
+def _spawn_workers(numbers: range, cfg_path: Path, args: dict[str, Any], gpus: list[str]
+                   ) -> list[subprocess.Popen[bytes]]:
+    """Worker processes 1..n of this machine (this process is worker 0), each on its GPU."""
     procs = []
-    for worker in numbers:
+    workers = len(numbers) + 1
+    for slot, worker in enumerate(numbers, start=1):
         # the storage URL may hold a database password: the environment, not argv (`ps` shows argv)
         public = {k: v for k, v in args.items() if k != "storage_url"}
         cmd = [sys.executable, "-m", "kerasflow.experiments.search", str(cfg_path), json.dumps(public),
                str(worker)]
-        procs.append(subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1",
-                                                STORAGE_ENV: args["storage_url"]}))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", STORAGE_ENV: args["storage_url"],
+               **gpu_env(slot, workers, gpus)}
+        procs.append(subprocess.Popen(cmd, env=env))
     return procs
 
 
@@ -301,17 +330,19 @@ def tune(cfg: Config, *, trials: int, workers: int = 1, study_name: str = "searc
                         "busy trial would be declared dead; use 10 or more (default 300)")
     config_mod.check_name(study_name, "--study")  # it names the trials' run folders
     storage_url = storage or default_storage(store_dir)
+    gpus = visible_gpus()
+    os.environ.update(gpu_env(0, workers, gpus))  # this process is worker 0; TF has not started yet
     from kerasflow.train import data
 
     # the data is decoded once per worker process, not once per trial (and once for the retrain)
     with store.open_store(store_dir) as uri, data.reusing_loaded_examples():
         if role == "join":
             return _join(cfg, study_name=study_name, storage_url=storage_url, uri=uri, workers=workers,
-                         grace=grace, verbose=verbose)
+                         grace=grace, verbose=verbose, gpus=gpus)
         study = open_study(cfg, study_name, storage_url, grace)  # refuses a changed space before any run
         return _tune(cfg, study, trials=trials, workers=workers, study_name=study_name,
                      storage_url=storage_url, uri=uri, experiment=experiment, register=register, alias=alias,
-                     grace=grace, verbose=verbose)
+                     grace=grace, verbose=verbose, gpus=gpus)
 
 
 def _wait_for_lead(cfg: Config, study_name: str, storage_url: str, grace: int) -> optuna.Study:
@@ -334,7 +365,7 @@ def _wait_for_lead(cfg: Config, study_name: str, storage_url: str, grace: int) -
 
 
 def _join(cfg: Config, *, study_name: str, storage_url: str, uri: str, workers: int, grace: int,  # noqa: PLR0913
-          verbose: int | str) -> dict[str, Any]:
+          verbose: int | str, gpus: list[str]) -> dict[str, Any]:
     """Workers for a study another process leads: its queue, its search run, no retrain."""
     import mlflow
 
@@ -364,7 +395,7 @@ def _join(cfg: Config, *, study_name: str, storage_url: str, uri: str, workers: 
         cfg_path = Path(tmp) / "config.yaml"
         cfg_path.write_text(config_mod.dump(cfg))
         try:
-            procs = _spawn_workers(range(first + 1, first + workers), cfg_path, args)
+            procs = _spawn_workers(range(first + 1, first + workers), cfg_path, args, gpus)
             ran = run_worker(cfg, worker=first, verbose=verbose, **args)
             failed = [p.args for p in procs if p.wait() != 0]
         finally:
@@ -405,7 +436,7 @@ def _parent_run(study: optuna.Study, experiment_id: str, study_name: str, launch
 
 def _tune(cfg: Config, study: optuna.Study, *, trials: int, workers: int, study_name: str,  # noqa: PLR0913
           storage_url: str, uri: str, experiment: str, register: str, alias: str, grace: int,
-          verbose: int | str) -> dict[str, Any]:
+          verbose: int | str, gpus: list[str]) -> dict[str, Any]:
     import mlflow
     import optuna
 
@@ -428,7 +459,7 @@ def _tune(cfg: Config, study: optuna.Study, *, trials: int, workers: int, study_
         for _ in range(trials - counted(study)):  # the queue every worker, on any machine, takes from
             study.enqueue_trial({})
         try:
-            procs = _spawn_workers(range(1, workers), cfg_path, args)
+            procs = _spawn_workers(range(1, workers), cfg_path, args, gpus)
             run_worker(cfg, worker=0, verbose=verbose, **args)
             failed = [p.args for p in procs if p.wait() != 0]
             if not failed:
