@@ -60,6 +60,18 @@ def test_over_the_ram_budget_images_go_to_a_reusable_cache_file(tiny_cfg, tmp_pa
     assert list((tmp_path / "cache").glob("*.u8"))
     again = data.load_image_dir(cfg)  # served from the cache file, same digest and labels
     assert again.digest == in_ram.digest and np.array_equal(again.labels, in_ram.labels)
+    # batches read from the file (pread) are the RAM path's, in the same shuffled order
+    import tensorflow as tf
+
+    def batches(examples: data.Examples) -> list[tuple[np.ndarray, np.ndarray]]:
+        epoch = tf.Variable(3, dtype=tf.int64)
+        ds = data.to_tf_dataset(examples, np.arange(len(examples)), 5, shuffle_seed=7, epoch=epoch)
+        return list(ds.as_numpy_iterator())
+
+    from_file, from_ram = batches(again), batches(in_ram)
+    assert len(from_file) == len(from_ram) == 4  # 16 images (the garbage file skipped), 5 a batch
+    for (x1, y1), (x2, y2) in zip(from_file, from_ram, strict=True):
+        assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,8 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -151,11 +152,17 @@ def as_tensor(array: np.ndarray) -> tf.Tensor:
 # --- the cache: decode once, keep uint8 in RAM or in a memmap file ---------------------------------
 
 class _Sink:
-    """Preallocated uint8 storage for decoded images: RAM when it fits the budget, else a memmap file."""
+    """Preallocated uint8 storage for decoded images: RAM when it fits the budget, else a cache file.
+
+    The file is written with pwrite, not through a memory map: written pages of a map count in the
+    process's RSS, so filling a 4 GB cache through one would take 4 GB of RSS, which is what the budget
+    is there to avoid; pages in the kernel's page cache do not count, and the kernel drops them first.
+    """
 
     def __init__(self, n: int, size: int, cfg: Config, key: str) -> None:
         nbytes = n * size * size * 3
         self.path: Path | None = None
+        self.fd: int | None = None
         if nbytes <= cfg.cache_ram_mb * 2**20:
             self.array = aligned_empty((n, size, size, 3))
         else:
@@ -164,34 +171,64 @@ class _Sink:
             _remove_orphans(cache, key)
             self.path = cache / f"{key}.u8"
             self.tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-            self.array = np.lib.format.open_memmap(self.tmp, "w+", np.uint8, (n, size, size, 3))
+            self.shape = (n, size, size, 3)
+            header = np.lib.format.open_memmap(self.tmp, "w+", np.uint8, self.shape)  # .npy header, size
+            self.offset = header.offset
+            del header
+            self.record = size * size * 3
+            self.fd = os.open(self.tmp, os.O_WRONLY)
+
+    def put(self, where: slice | np.ndarray, values: np.ndarray) -> None:
+        """Images at positions `where` (a slice, or indices in any order)."""
+        if self.fd is None:
+            self.array[where] = values
+            return
+        values = np.ascontiguousarray(values, np.uint8)
+        if isinstance(where, slice):
+            _pwrite_all(self.fd, values, self.offset + where.start * self.record)
+        else:
+            for index, image in zip(where, values, strict=True):
+                _pwrite_all(self.fd, image, self.offset + int(index) * self.record)
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def discard(self) -> None:
         """Remove the (possibly multi-GB) temp file of a fill that did not complete (Ctrl-C, an error)."""
         if self.path is not None:
-            self.__dict__.pop("array", None)  # close the memmap before its file goes
+            self._close()
             for tmp in (self.tmp, self.tmp.with_suffix(".compact")):
                 tmp.unlink(missing_ok=True)
 
     def finish(self, meta: dict[str, Any], keep: np.ndarray | None = None) -> np.ndarray:
-        """The filled images; a memmap cache is published with its metadata written FIRST (atomically),
+        """The filled images; a cache file is published with its metadata written FIRST (atomically),
         so that a `.u8` file a reader finds always has its JSON beside it."""
         if self.path is None:
             return self.array if keep is None else self.array[keep]
-        if keep is not None:  # corrupt files were dropped: compact into a new file
+        if self.fd is not None:
+            os.fsync(self.fd)
+        self._close()
+        if keep is not None:  # corrupt files were dropped: compact into a new file (a rare path)
+            filled = np.load(self.tmp, mmap_mode="r")
             compact = np.lib.format.open_memmap(
-                self.tmp.with_suffix(".compact"), "w+", np.uint8, (int(keep.sum()), *self.array.shape[1:])
+                self.tmp.with_suffix(".compact"), "w+", np.uint8, (int(keep.sum()), *self.shape[1:])
             )
-            compact[:] = self.array[keep]
+            compact[:] = filled[keep]
             compact.flush()
-            del self.array
+            del compact, filled
             os.replace(self.tmp.with_suffix(".compact"), self.tmp)
-        else:
-            self.array.flush()
-            del self.array
         atomic_write(self.path.with_suffix(".json"), json.dumps(meta))
         os.replace(self.tmp, self.path)
         return np.load(self.path, mmap_mode="r")
+
+
+def _pwrite_all(fd: int, array: np.ndarray, offset: int) -> None:
+    view = memoryview(array).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _remove_orphans(cache: Path, key: str) -> None:
@@ -281,7 +318,7 @@ def load_image_dir(cfg: Config) -> Examples:
         if tolerant:
             ds = ds.ignore_errors()  # drops corrupt files; `ok` tells which. Costs ~15%, so not first
         for index, images in ds.batch(256).prefetch(2).as_numpy_iterator():
-            sink.array[index] = images
+            sink.put(index, images)
             ok[index] = True
 
     try:
@@ -371,7 +408,7 @@ def load_tfds(cfg: Config) -> Examples:
     try:
         for x, y in ds.as_numpy_iterator():
             if sink is not None:
-                sink.array[at:at + len(x)] = x
+                sink.put(slice(at, at + len(x)), x)
             else:
                 chunks_x.append(x)
             chunks_y.append(y)
@@ -489,6 +526,30 @@ def split(examples: Examples, cfg: Config) -> Splits:
     return Splits(out["train"], out["val"], out["test"])
 
 
+def _file_reader(images: np.memmap) -> Callable[[np.ndarray], np.ndarray]:
+    """Images by index, read from the cache file with pread. Through a memory map every page read stays
+    in the process's RSS (and this kernel maps whole large folios, ~2.6 MB per image read at random),
+    until the whole file is resident: 1.35 GB for malaria at 128 px, the size the budget is there to
+    keep out of RAM. Pages read with pread stay in the kernel's page cache, outside the RSS. One
+    thread reads ~240k images/s; several threads contend on the GIL and read 5x slower, so the dataset
+    calls this from one thread (BENCHMARKS.md)."""
+    record = int(np.prod(images.shape[1:]))
+    fd = os.open(images.filename, os.O_RDONLY)
+    base = images.offset
+
+    def read(idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), *images.shape[1:]), np.uint8)
+        rows = out.reshape(len(idx), record)
+        for row, index in enumerate(idx):
+            if os.preadv(fd, [rows[row]], base + int(index) * record) != record:
+                raise OSError(f"the cache file {images.filename} is shorter than its header says: "
+                              "delete it (cache_dir) and rerun")
+        return out
+
+    weakref.finalize(read, os.close, fd)
+    return read
+
+
 def to_tf_dataset(examples: Examples, indices: np.ndarray, batch_size: int, *,
                   shuffle_seed: int | None = None, epoch: tf.Variable | None = None) -> tf.data.Dataset:
     """Batches of (uint8 images, labels) gathered from the decoded arrays.
@@ -514,9 +575,13 @@ def to_tf_dataset(examples: Examples, indices: np.ndarray, batch_size: int, *,
     else:
         ds = tf.data.Dataset.from_tensor_slices(order)
 
+    calls = tf.data.AUTOTUNE
     if isinstance(images, np.memmap):  # over the RAM budget: read batches from the cache file
+        read = _file_reader(images)
+        calls = 1  # one reader thread: parallel numpy_function calls fight over the GIL (5x slower)
+
         def gather_np(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return images[idx], labels[idx]
+            return read(idx), labels[idx]
 
         def gather(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             x, y = tf.numpy_function(gather_np, [idx], (tf.uint8, tf.int32), stateful=False)
@@ -529,6 +594,6 @@ def to_tf_dataset(examples: Examples, indices: np.ndarray, batch_size: int, *,
         def gather(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             return tf.gather(images_t, idx), tf.gather(labels_t, idx)
 
-    return ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+    return ds.batch(batch_size).map(gather, num_parallel_calls=calls).prefetch(
         tf.data.AUTOTUNE
     )
