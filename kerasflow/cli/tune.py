@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=20, help="total trials the study should have (default 20)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     p.add_argument("--study", default="search", help="Optuna study name (default: search)")
-    p.add_argument("--storage", default=os.environ.get("KERASFLOW_STUDY_STORAGE", ""),
+    p.add_argument("--storage", default="",
                    help="study storage URL (default: $KERASFLOW_STUDY_STORAGE, else sqlite:///STORE/optuna.db;"
                         " a URL with a password belongs in that variable, not in the command line)")
     cli.store_flags(p)
@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = cli.load_config(args)
         search.tune(cfg, trials=args.trials, workers=args.workers, study_name=args.study,
-                    storage=args.storage, store_dir=args.store, experiment=args.experiment,
+                    # an empty --storage (MLproject's default) falls back to the variable too
+                    storage=args.storage or os.environ.get("KERASFLOW_STUDY_STORAGE", ""),
+                    store_dir=args.store, experiment=args.experiment,
                     register=args.register, alias=args.alias, grace=args.grace, role=args.role)
 
     return cli.run(go)
