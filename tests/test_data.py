@@ -69,6 +69,9 @@ def test_over_the_ram_budget_images_go_to_a_reusable_cache_file(tiny_cfg, tmp_pa
         return list(ds.as_numpy_iterator())
 
     from_file, from_ram = batches(again), batches(in_ram)
+    # a cache file that fits a (now larger) budget is read into RAM, for the faster path
+    bigger = data.load_image_dir(cfg.replace(cache_ram_mb=64))
+    assert not isinstance(bigger.images, np.memmap) and np.array_equal(bigger.images, in_ram.images)
     assert len(from_file) == len(from_ram) == 4  # 16 images (the garbage file skipped), 5 a batch
     for (x1, y1), (x2, y2) in zip(from_file, from_ram, strict=True):
         assert np.array_equal(x1, x2) and np.array_equal(y1, y2)

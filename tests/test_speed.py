@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, set_args
+from conftest import ROOT, set_args, sigkill_after_epochs
 
 from kerasflow import config
 from kerasflow.errors import UserError
@@ -109,15 +107,7 @@ def test_mirrored_on_two_devices_learns_resumes_after_sigkill_and_logs_replicas(
     run = tmp_path / "outputs" / "killed"
     proc = subprocess.Popen(_mirrored_cmd(tmp_path, "killed"), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = run / "history.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "training finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_after_epochs(proc, run)
     assert not (run / "model.keras").exists()
     again = subprocess.run(_mirrored_cmd(tmp_path, "killed"), capture_output=True, text=True, cwd=ROOT,
                            env=env, timeout=600)

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, set_args
+from conftest import ROOT, set_args, sigkill_after_epochs
 
 from kerasflow import config
 from kerasflow.train import training
@@ -123,15 +120,8 @@ def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_run(reference_
     run = tmp / "killed"
     proc = subprocess.Popen(_train_cmd(tmp, "killed"), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
+    sigkill_after_epochs(proc, run)
     log = run / "history.jsonl"
-    while time.monotonic() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "training finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
     assert not (run / "model.keras").exists()
     done_before = len(log.read_text().splitlines())
     result = subprocess.run(_train_cmd(tmp, "killed"), capture_output=True, text=True, cwd=ROOT)
