@@ -5,10 +5,12 @@
 TPE sampler seeded from `seed`; median pruning on `search_metric` through the Keras pruning callback;
 every trial a nested MLflow run (tags kerasflow.level=trial, optuna.trial=N) under one search run; then a
 final retrain with the best parameters (its model logged, optionally registered). The study lives in a
-sqlite file beside the MLflow store by default (store/optuna.db); any RDB URL (postgresql://...) lets
-workers on several machines share it. `--trials` is the study's TOTAL: rerunning the same command after
-an interruption continues where it stopped. A trial whose worker died is failed by Optuna's heartbeat
-after --grace seconds and retried once.
+sqlite file beside the MLflow store by default (store/optuna.db); a PostgreSQL URL lets workers on
+several machines share it: one process leads (queues exactly the missing trials, waits for every
+worker, retrains), the others `--role join` and only take queued trials. `--trials` is the study's
+TOTAL: rerunning the same command after an interruption continues where it stopped. A trial whose
+worker died is failed by Optuna's heartbeat after --grace seconds, its MLflow run ends KILLED, and it
+is retried once.
 """
 
 from __future__ import annotations
@@ -224,14 +226,17 @@ def _unfinished(study: optuna.Study) -> tuple[int, int]:
     return states.count(optuna.trial.TrialState.RUNNING), states.count(optuna.trial.TrialState.WAITING)
 
 
-def close_dead_trial_runs(study: optuna.Study, client: mlflow.MlflowClient, experiment_id: str) -> int:
+def close_dead_trial_runs(study: optuna.Study, client: mlflow.MlflowClient, experiment_id: str,
+                          done: set[int]) -> int:
     """A worker killed mid-trial (SIGKILL, a lost machine) leaves its MLflow run RUNNING; once Optuna
-    has failed the trial, its run ends KILLED. Returns how many were closed."""
+    has failed the trial, its run ends KILLED. `done`: failed trials already handled (updated).
+    Returns how many runs were closed."""
     import optuna
 
     failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
     closed = 0
-    for trial in failed:
+    for trial in (t for t in failed if t.number not in done):
+        done.add(trial.number)
         runs = client.search_runs([experiment_id], filter_string=(
             f"tags.`optuna.study` = '{study.study_name}' and tags.`optuna.trial` = '{trial.number}' "
             "and attributes.status = 'RUNNING'"))
@@ -250,10 +255,10 @@ def _until_every_trial_ends(cfg: Config, study: optuna.Study, args: dict[str, An
     client = mlflow.MlflowClient()
     experiment_id = client.get_run(args["parent_run_id"]).info.experiment_id
     poll = max(1, min(10, args["grace"] // 3))
-    told = False
+    told, handled = False, set()
     while True:
         running, queued = _unfinished(study)
-        close_dead_trial_runs(study, client, experiment_id)
+        close_dead_trial_runs(study, client, experiment_id, handled)
         if queued:
             run_worker(cfg, worker=0, verbose=verbose, **args)
             continue
