@@ -171,7 +171,7 @@ data: $(STAMP) ## download and prepare TFDS malaria into tfds_data_dir (needs in
 weights: $(STAMP) ## cache the VGG16 ImageNet weights in ~/.keras/models (needs internet)
 	$(PY) -m kerasflow.train.fetch weights $(ARGS)
 
-test: $(STAMP) ## the whole suite: a real Docker engine and the CPU image included (offline, CPU, ~20 min)
+test: $(STAMP) ## the whole suite: a real Docker engine and the CPU image included (offline, CPU, ~45 min on 2 cores)
 	$(PY) -m pytest -m "not gpu_image" $(ARGS)
 
 test-fast: $(STAMP) ## the quick loop: no Docker engine, no image, no browser, nothing slow (~2 min)
