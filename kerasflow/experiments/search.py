@@ -369,6 +369,26 @@ def _wait_for_lead(cfg: Config, study_name: str, storage_url: str, grace: int) -
         time.sleep(1)
 
 
+def _work_here(cfg: Config, numbers: range, cfg_path: Path, args: dict[str, Any], gpus: list[str],  # noqa: PLR0913
+               verbose: int | str) -> int:
+    """This machine's workers: numbers[0] in this process, the rest as processes; until the queue is
+    empty. Returns the trials this process ran; one line if a worker process failed."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs = _spawn_workers(numbers[1:], cfg_path, args, gpus)
+        ran = run_worker(cfg, worker=numbers[0], verbose=verbose, **args)
+        failed = [p.args for p in procs if p.wait() != 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
+    if failed:
+        raise UserError(f"{len(failed)} search worker(s) failed (see their messages above); rerun the "
+                        "same command to continue")
+    return ran
+
+
 def _join(cfg: Config, *, study_name: str, storage_url: str, uri: str, workers: int, grace: int,  # noqa: PLR0913
           verbose: int | str, gpus: list[str]) -> dict[str, Any]:
     """Workers for a study another process leads: its queue, its search run, no retrain."""
@@ -395,22 +415,10 @@ def _join(cfg: Config, *, study_name: str, storage_url: str, uri: str, workers: 
             "grace": grace}
     print(f"search: joining study '{study_name}' (search run {parent_id}) with {workers} worker(s)",
           file=sys.stderr)
-    procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "config.yaml"
         cfg_path.write_text(config_mod.dump(cfg))
-        try:
-            procs = _spawn_workers(range(first + 1, first + workers), cfg_path, args, gpus)
-            ran = run_worker(cfg, worker=first, verbose=verbose, **args)
-            failed = [p.args for p in procs if p.wait() != 0]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-                    p.wait()
-    if failed:
-        raise UserError(f"{len(failed)} search worker(s) failed (see their messages above); rerun the "
-                        "same command to take more trials")
+        ran = _work_here(cfg, range(first, first + workers), cfg_path, args, gpus, verbose)
     if launched:
         client.log_metric(launched, "trials_run_here", ran)
     print(f"search: the queue of study '{study_name}' is empty; the leading machine retrains the best "
@@ -451,7 +459,6 @@ def _tune(cfg: Config, study: optuna.Study, *, trials: int, workers: int, study_
     parent_id = parent.info.run_id
     print(f"mlflow: search run {parent_id}; study '{study_name}' in {urlauth.redact(storage_url)} has "
           f"{counted(study)} of {trials} trials", file=sys.stderr)
-    procs: list[subprocess.Popen[bytes]] = []
     with (tracking.signals_as_interrupt(), tracking.run_status(parent_id),
           tempfile.TemporaryDirectory() as tmp):
         tracking.log_params_merged(client, parent_id, {
@@ -463,20 +470,8 @@ def _tune(cfg: Config, study: optuna.Study, *, trials: int, workers: int, study_
                 "experiment": experiment, "grace": grace}
         for _ in range(trials - counted(study)):  # the queue every worker, on any machine, takes from
             study.enqueue_trial({})
-        try:
-            procs = _spawn_workers(range(1, workers), cfg_path, args, gpus)
-            run_worker(cfg, worker=0, verbose=verbose, **args)
-            failed = [p.args for p in procs if p.wait() != 0]
-            if not failed:
-                _until_every_trial_ends(cfg, study, args, verbose)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-                    p.wait()
-        if failed:
-            raise UserError(f"{len(failed)} search worker(s) failed (see their messages above); rerun the "
-                            "same command to continue the study")
+        _work_here(cfg, range(workers), cfg_path, args, gpus, verbose)
+        _until_every_trial_ends(cfg, study, args, verbose)
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if not complete:
             raise UserError(f"study '{study_name}' has no complete trial (all pruned or failed): widen the "
