@@ -529,3 +529,11 @@ def test_workers_of_one_gpu_box_get_one_gpu_each(monkeypatch, tmp_path):
     monkeypatch.setattr(search.subprocess, "Popen", Recorder)
     search._spawn_workers(range(1, 3), tmp_path / "config.yaml", {"storage_url": "sqlite:///x"}, gpus)
     assert [env["CUDA_VISIBLE_DEVICES"] for env in started] == ["3", "2"]
+
+
+def test_joining_a_study_no_lead_started_is_one_line(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    result = run("tune.py", *set_args(overrides(tmp_path, SPACE)), "--study", "nobody", "--role", "join",
+                 "--grace", "10", "--storage", storage, "--store", str(tmp_path / "store"))
+    assert_user_error(result, "study 'nobody'", "has not been started within --grace 10 s",
+                      "--role lead")
