@@ -71,6 +71,15 @@ def test_server_on_a_new_store_checks_host_headers_and_proxies_artifacts(tmp_pat
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(forged, timeout=10)
         assert refused.value.code == 403  # DNS rebinding: only 127.0.0.1/localhost names are served
+        # a forward to another local port (`ssh -L 5001:127.0.0.1:PORT`, VS Code): its Host is served
+        for host in ("localhost:5001", "127.0.0.1:61234"):
+            forwarded = urllib.request.Request(search, headers={"Host": host})
+            with urllib.request.urlopen(forwarded, timeout=10) as r:
+                assert r.status == 200, host
+        for host in ("attacker.example:5001", "192.168.1.7:5001", "localhost.attacker.example:5001"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(search, headers={"Host": host}), timeout=10)
+            assert refused.value.code == 403, host
         import mlflow
 
         client = mlflow.MlflowClient(url)

@@ -64,6 +64,9 @@ def prepare_database(url: str, artifacts: Path) -> None:
         SqlAlchemyStore(url, str(artifacts)).engine.dispose()
 
 
+# fnmatch patterns MLflow's --allowed-hosts takes (mlflow/server/security_utils.py)
+ALLOWED_HOSTS = (f"{HOST}:*", "localhost:*")
+
 AUTH_DIR = "auth"  # in the store folder: the basic-auth users database and its config (0600)
 
 
@@ -130,8 +133,11 @@ def command(store_path: Path, port: int, auth: bool = False,
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
         env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = auth_secret_key(ini.parent)
         args += ["--app-name", "basic-auth"]
-    local = f"{HOST}:{port},localhost:{port}"
-    origins = f"http://{HOST}:{port},http://localhost:{port}"
+    # Any PORT of the local names: VS Code or `ssh -L 5001:127.0.0.1:5000` forward to another local
+    # port, and the browser's Host header names that one. Other names stay refused (DNS rebinding);
+    # MLflow's own default would also admit every private-network address.
+    local = ",".join(ALLOWED_HOSTS)
+    origins = ",".join(f"http://{host}" for host in ALLOWED_HOSTS)
     return [str(bindir / "mlflow"), "server", *args, "--host", HOST, "--port", str(port),
             "--allowed-hosts", local, "--cors-allowed-origins", origins], env
 
