@@ -19,10 +19,13 @@ HOST_PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3.10 pyth
 HOST_VENV ?= .venv-host
 HOST_STAMP := $(HOST_VENV)/.installed
 # make run / server / ui need only MLflow on the host: the full .venv when there is one, else the light one.
-RUN_VENV = $(if $(wildcard $(VENV)/bin/mlflow),$(VENV),$(HOST_VENV))
-RUN_STAMP = $(if $(wildcard $(VENV)/bin/mlflow),,$(HOST_STAMP))
-# Inside the project image (devcontainer, ./run_script.bash make ...) its /opt/venv is the environment.
-IN_IMAGE := $(if $(wildcard .venv/bin/python),,$(wildcard /opt/venv/.kerasflow-image))
+FULL_ENV = $(or $(IN_IMAGE),$(wildcard $(VENV)/bin/mlflow))
+RUN_VENV = $(if $(FULL_ENV),$(VENV),$(HOST_VENV))
+RUN_STAMP = $(if $(FULL_ENV),,$(HOST_STAMP))
+# Inside the project image (devcontainer, ./run_script.bash make ...) its /opt/venv is the environment,
+# also when the mounted checkout holds a host's .venv (its python is the host's, absent in the image).
+IMAGE_MARKER ?= /opt/venv/.kerasflow-image
+IN_IMAGE := $(wildcard $(IMAGE_MARKER))
 VENV ?= $(if $(IN_IMAGE),/opt/venv,.venv)
 PY := $(VENV)/bin/python
 STAMP := $(if $(IN_IMAGE),,$(VENV)/.installed)
@@ -44,12 +47,18 @@ N_INNER ?= 0
 # The offline demo (presets/demo.yaml): synthetic cell images and the small CNN, seconds an epoch on a CPU.
 DEMO_SET := --preset demo --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: help env host-env lock lock-host team-server train demo data weights test lint bench bench-pipeline bench-tracking bench-relocate bench-stores bench-speed bench-bigdata clean test-fast test-gpu-image track track-demo server serve \
-        predict runs reproduce promote ui pull relocate migrate mlproject splits cv tune analyze image shell run
+.PHONY: help env host-env lock lock-host team-server train demo data weights fetch test lint bench \
+        bench-pipeline bench-tracking bench-relocate bench-stores bench-speed bench-bigdata clean test-fast \
+        test-gpu-image track track-demo server serve predict runs reproduce promote ui pull relocate migrate \
+        mlproject splits cv tune analyze image shell run pictures
 
-help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-15s %s\n", $$1, $$2}'
-	@echo "  (pass options to train/demo with ARGS='--set epochs=3 ...')"
+##@ Everyday
+help: ## list the targets, by group
+	@awk 'BEGIN {FS = ":.*## "} /^##@ / {printf "\n%s\n", substr($$0, 5); next} \
+	  /^[a-zA-Z_-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo
+	@echo "  Options go in ARGS: make train ARGS='--set epochs=3'; make run ARGS='-P epochs=3'."
+	@echo "  Every target: kerasflow --help (in .venv/bin) and docs/ (README.md links them)."
 
 ifneq ($(STAMP),)
 $(STAMP): requirements.txt
@@ -63,8 +72,6 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 endif
 
-env: $(STAMP) ## create .venv from the pinned lock (requirements.txt)
-
 $(HOST_STAMP): requirements-host.txt
 	@test -n "$(HOST_PYTHON)" || { echo "error: no Python 3.10-3.13 found: install python3 (>= 3.10) or run make HOST_PYTHON=/path/to/python3"; exit 2; }
 	@echo "host-env: creating $(HOST_VENV) with $$("$(HOST_PYTHON)" -V) ($(HOST_PYTHON))"
@@ -72,112 +79,111 @@ $(HOST_STAMP): requirements-host.txt
 	$(HOST_VENV)/bin/python -m kerasflow.envinstall requirements-host.txt
 	touch $(HOST_STAMP)
 
-host-env: $(HOST_STAMP) ## the light host env for make run / make ui on a GPU server (MLflow, no TF; Python >= 3.10)
-
-lock-host: ## re-pin requirements-host.txt from requirements-host.in (with HOST_PYTHON, the oldest you support)
-	rm -rf .venv-lock && $(HOST_PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install --quiet -r requirements-host.in
-	{ echo "# Pinned lock generated from requirements-host.in by \`make lock-host\` ($$($(HOST_PYTHON) -V), linux x86_64; installs on 3.10-3.13)."; \
-	  .venv-lock/bin/pip freeze; } > requirements-host.txt
-	rm -rf .venv-lock
-
-lock: ## re-pin requirements.txt from requirements.in (fresh venv in .venv-lock)
-	rm -rf .venv-lock && $(PYTHON_BASE) -m venv .venv-lock
-	.venv-lock/bin/pip install --quiet -r requirements.in
-	{ echo '# Pinned lock generated from requirements.in by `make lock` (Python 3.11, linux x86_64).'; \
-	  .venv-lock/bin/pip freeze; } > requirements.txt
-	rm -rf .venv-lock
-
-train: $(STAMP) ## train with config.yaml (VGG16 on TFDS malaria; run `make data` first)
-	$(PY) train.py $(ARGS)
-
-demo: $(STAMP) ## offline demo: small CNN on synthetic cell images (no download needed)
+demo: $(STAMP) ## the offline demo: a small CNN on synthetic cell images (~1 min on a CPU)
 	$(PY) train.py $(DEMO_SET) $(ARGS)
 
-track: $(STAMP) ## train with MLflow tracking into ./store (or MLFLOW_TRACKING_URI); ARGS as for train
+train: $(STAMP) ## train with config.yaml (VGG16 on TFDS malaria: `make data` first)
+	$(PY) train.py $(ARGS)
+
+track: $(STAMP) ## train as one MLflow run into ./store (or MLFLOW_TRACKING_URI)
 	$(PY) train_mlflow.py --store $(STORE) $(ARGS)
 
-track-demo: $(STAMP) ## the offline demo, tracked, its model registered as 'demo' with alias candidate
+track-demo: $(STAMP) ## the offline demo, tracked; its model registered as demo@candidate
 	$(PY) train_mlflow.py --store $(STORE) $(DEMO_SET) --register demo $(ARGS)
 
-server: $(RUN_STAMP) ## MLflow server on 127.0.0.1:5000 (PORT=) over ./store, proxied artifacts; AUTH=1: basic auth; DB=postgresql://... (team)
+run: $(RUN_STAMP) ## mlflow run in the image + tracking server; tmux over SSH: ARGS='-P epochs=3'
+	MLFLOW="$(RUN_VENV)/bin/mlflow" ./project_driver.bash $(ARGS)
+
+ui: $(RUN_STAMP) ## the MLflow UI on 127.0.0.1:5000 (PORT=) over a (copied) store: STORE=...
+	KERASFLOW_PYTHON="$(RUN_VENV)/bin/python" ./run_mlflow_ui.bash "$(STORE)" --port $(PORT)
+
+data: ## download TFDS malaria into data/tfds (internet; without .venv: in the image)
+	@if [ -n "$(IN_IMAGE)" ] || [ -x "$(PY)" ] || ! command -v docker > /dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory fetch WHAT=data; \
+	else \
+	  echo "data: no full environment here (.venv): downloading inside the project image"; \
+	  ./run_script.bash make fetch WHAT=data ARGS="$(ARGS)"; \
+	fi
+
+weights: $(STAMP) ## cache the VGG16 ImageNet weights in ~/.keras/models (internet)
+	$(PY) -m kerasflow.train.fetch weights $(ARGS)
+
+fetch: $(STAMP)
+	$(PY) -m kerasflow.train.fetch $(WHAT) $(ARGS)
+
+##@ Tracking and models
+server: $(RUN_STAMP) ## MLflow server on 127.0.0.1:5000 over ./store; AUTH=1, DB=postgresql://...
 	$(RUN_VENV)/bin/python -m kerasflow.storeops.server "$(STORE)" --port $(PORT) $(if $(AUTH),--auth)
 
-team-server: ## the team tracking server (PostgreSQL + MLflow, docker/compose.yaml) on 127.0.0.1:5000
+runs: $(STAMP) ## table + curves of the best runs (outputs/best_runs.png): FILTER="..."
+	mkdir -p outputs && $(PY) -m kerasflow.track.runs --store $(STORE) --filter "$(FILTER)" \
+	  --plot outputs/best_runs.png
+
+reproduce: $(STAMP) ## re-create a tracked run and compare: make reproduce RUN=<id>
+	@test -n "$(RUN)" || { echo "error: give the run: make reproduce RUN=<run id> (make runs lists them)"; exit 2; }
+	$(PY) -m kerasflow.cli.reproduce "$(RUN)" --store $(STORE) $(ARGS)
+
+promote: $(STAMP) ## point @champion at the best version: NAME=demo METRIC=test_accuracy
+	$(PY) -m kerasflow.track.registry --store $(STORE) promote "$(NAME)" --metric "$(METRIC)"
+
+serve: $(STAMP) ## serve a model on 127.0.0.1:5001: MODEL=models:/demo@candidate
+	@test -n "$(MODEL)" || { echo "error: give the model: make serve MODEL=models:/NAME@ALIAS"; exit 2; }
+	$(PY) -m kerasflow.serve.serving "$(MODEL)" --port $(SERVE_PORT) --store $(STORE)
+
+predict: $(STAMP) ## classify images with the served model: MODEL=... IMAGES='a.png b.png'
+	$(PY) predict.py --url http://127.0.0.1:$(SERVE_PORT) --model "$(MODEL)" --store $(STORE) $(IMAGES)
+
+##@ Stores
+pull: $(RUN_STAMP) ## copy a store in use and fix its paths: FROM=user@server:path/store
+	@test -n "$(FROM)" || { echo "error: give the source: make pull FROM=user@server:path/to/store"; exit 2; }
+	$(RUN_VENV)/bin/python -m kerasflow.storeops.pull "$(FROM)" "$(STORE)"
+
+relocate: $(RUN_STAMP) ## rewrite a moved store's artifact paths: make relocate STORE=...
+	$(RUN_VENV)/bin/python -m kerasflow.storeops.relocate "$(STORE)"
+
+migrate: $(RUN_STAMP) ## move a legacy file store onto sqlite: make migrate STORE=path/to/mlruns
+	$(RUN_VENV)/bin/python -m kerasflow.storeops.migrate "$(STORE)"
+
+team-server: ## team server (PostgreSQL + MLflow, docker/compose.yaml) on 127.0.0.1:5000
 	@test -f docker/team.env || { echo "error: no docker/team.env: cp docker/team.env.example docker/team.env, then set its password"; exit 2; }
 	@if docker compose version > /dev/null 2>&1; then compose=(docker compose); \
 	elif command -v docker-compose > /dev/null; then compose=(docker-compose); \
 	else echo "error: Docker Compose is not installed: install the docker compose plugin (v2)"; exit 2; fi; \
 	"$${compose[@]}" --env-file docker/team.env -f docker/compose.yaml up -d --build
 
-serve: $(STAMP) ## serve a model on 127.0.0.1:5001: make serve MODEL=models:/demo@candidate
-	@test -n "$(MODEL)" || { echo "error: give the model: make serve MODEL=models:/NAME@ALIAS"; exit 2; }
-	$(PY) -m kerasflow.serve.serving "$(MODEL)" --port $(SERVE_PORT) --store $(STORE)
-
-predict: $(STAMP) ## classify images with the served model: make predict MODEL=... IMAGES='a.png b.png'
-	$(PY) predict.py --url http://127.0.0.1:$(SERVE_PORT) --model "$(MODEL)" --store $(STORE) $(IMAGES)
-
-reproduce: $(STAMP) ## re-create a tracked run from MLflow and compare: make reproduce RUN=<id> [ARGS=--strict]
-	@test -n "$(RUN)" || { echo "error: give the run: make reproduce RUN=<run id> (make runs lists them)"; exit 2; }
-	$(PY) -m kerasflow.cli.reproduce "$(RUN)" --store $(STORE) $(ARGS)
-
-runs: $(STAMP) ## table of the best runs and their curves: make runs FILTER="metrics.test_accuracy > 0.9"
-	mkdir -p outputs && $(PY) -m kerasflow.track.runs --store $(STORE) --filter "$(FILTER)" --plot outputs/best_runs.png
-
-promote: $(STAMP) ## point @champion at the best version: make promote NAME=demo METRIC=test_accuracy
-	$(PY) -m kerasflow.track.registry --store $(STORE) promote "$(NAME)" --metric "$(METRIC)"
-
-ui: $(RUN_STAMP) ## MLflow UI on 127.0.0.1:5000 over a (copied) store, fixing its paths first: make ui STORE=...
-	./run_mlflow_ui.bash "$(STORE)" --port $(PORT)
-
-pull: $(STAMP) ## consistent copy of a store in use, then relocation: make pull FROM=user@server:path/store
-	@test -n "$(FROM)" || { echo "error: give the source: make pull FROM=user@server:path/to/store"; exit 2; }
-	$(PY) -m kerasflow.storeops.pull "$(FROM)" "$(STORE)"
-
-relocate: $(STAMP) ## rewrite a store's absolute artifact paths to where it is now: make relocate STORE=...
-	$(PY) -m kerasflow.storeops.relocate "$(STORE)"
-
-migrate: $(STAMP) ## move a legacy file store onto sqlite: make migrate STORE=path/to/mlruns
-	$(PY) -m kerasflow.storeops.migrate "$(STORE)"
-
-splits: $(STAMP) ## write the nested CV folds once: make splits SPLITS=outputs/splits.json ARGS='--set ...'
+##@ Experiments
+splits: $(STAMP) ## write the nested CV folds once: SPLITS=outputs/splits.json
 	$(PY) make_splits.py --out "$(SPLITS)" $(ARGS)
 
-cv: $(STAMP) ## nested CV as MLflow runs over SPLITS (written when missing): make cv N_OUTER=2 N_INNER=2
+cv: $(STAMP) ## nested CV as MLflow runs over SPLITS: make cv N_OUTER=2 N_INNER=2
 	test -f "$(SPLITS)" || $(PY) make_splits.py --out "$(SPLITS)" $(ARGS)
 	$(PY) cv.py --store $(STORE) --set splits_file="$(SPLITS)" --n-outer $(N_OUTER) --n-inner $(N_INNER) $(ARGS)
 
-tune: $(STAMP) ## Optuna search over config.yaml's search_space: make tune TRIALS=20 WORKERS=2 STUDY=search
+tune: $(STAMP) ## Optuna search over search_space: make tune TRIALS=20 WORKERS=2
 	$(PY) tune.py --store $(STORE) --trials $(TRIALS) --workers $(WORKERS) --study "$(STUDY)" $(ARGS)
 
-analyze: $(STAMP) ## Youden threshold + mlflow.models.evaluate on runs' predictions: make analyze FILTER=...
+analyze: $(STAMP) ## Youden threshold + mlflow evaluate on runs' predictions: FILTER=...
 	$(PY) analyze_predictions.py --store $(STORE) --filter "$(FILTER)" $(ARGS)
 
-image: ## build the project image (docker/Dockerfile) for this commit, as your UID/GID
+##@ Containers
+image: ## build the project image for this commit, as your UID/GID
 	bash -c 'source docker/lib.bash && check_docker && ensure_image'
 
-shell: ## a shell in the project image with this checkout at /workspace (GPU=auto|on|off)
+shell: ## a shell in the project image, this checkout at /workspace (GPU=auto|on|off)
 	./run_script.bash bash
 
-run: $(RUN_STAMP) ## mlflow run in the image via a host tracking server; detached in tmux over SSH: make run ARGS='-P epochs=3'
-	MLFLOW="$(RUN_VENV)/bin/mlflow" ./project_driver.bash $(ARGS)
+##@ Maintenance
+env: $(STAMP) ## create .venv from the pinned lock (requirements.txt)
 
-mlproject: $(STAMP) ## regenerate MLproject from config.yaml
-	$(PY) -m kerasflow.cli.mlproject > MLproject
+host-env: $(HOST_STAMP) ## the light env for run/ui/pull/server (MLflow, no TF; Python >= 3.10)
 
-data: $(STAMP) ## download and prepare TFDS malaria into tfds_data_dir (needs internet, ~340 MB)
-	$(PY) -m kerasflow.train.fetch data $(ARGS)
-
-weights: $(STAMP) ## cache the VGG16 ImageNet weights in ~/.keras/models (needs internet)
-	$(PY) -m kerasflow.train.fetch weights $(ARGS)
-
-test: $(STAMP) ## the whole suite: a real Docker engine and the CPU image included (offline, CPU, ~45 min on 2 cores)
+test: $(STAMP) ## the whole suite: real Docker engine and image (offline, CPU, ~50 min)
 	$(PY) -m pytest -m "not gpu_image" $(ARGS)
 
-test-fast: $(STAMP) ## the quick loop: no Docker engine, no image, no browser, nothing slow (~2 min)
+test-fast: $(STAMP) ## the quick loop: no engine, no image, no browser, nothing slow (~2 min)
 	$(PY) -m pytest -m "not slow and not engine and not gpu_image" $(ARGS)
 
-test-gpu-image: $(STAMP) ## build the GPU variant (8 GB) and check its CUDA libraries (CI runs it)
+test-gpu-image: $(STAMP) ## build the GPU variant (8 GB) and check its CUDA libraries
 	$(PY) -m pytest -m gpu_image -s $(ARGS)
 
 lint: $(STAMP) ## ruff, shellcheck and hadolint
@@ -185,9 +191,29 @@ lint: $(STAMP) ## ruff, shellcheck and hadolint
 	$(VENV)/bin/hadolint docker/Dockerfile docker/server.Dockerfile
 	$(VENV)/bin/shellcheck -x $$(git ls-files '*.bash' '*.sh' .ci/run)
 
-bench: bench-pipeline bench-tracking bench-relocate bench-stores bench-speed bench-bigdata ## all benchmarks (figures go to BENCHMARKS.md)
+pictures: $(STAMP) ## regenerate docs/images from a real tracked run (headless Chromium)
+	$(PY) docs/make_pictures.py $(ARGS)
 
-bench-pipeline: $(STAMP) ## input pipeline vs a generator, `train.py --help` time, demo epoch (~2 min)
+mlproject: $(STAMP) ## regenerate MLproject from config.yaml
+	$(PY) -m kerasflow.cli.mlproject > MLproject
+
+lock: ## re-pin requirements.txt from requirements.in
+	rm -rf .venv-lock && $(PYTHON_BASE) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet -r requirements.in
+	{ echo '# Pinned lock generated from requirements.in by `make lock` (Python 3.11, linux x86_64).'; \
+	  .venv-lock/bin/pip freeze; } > requirements.txt
+	rm -rf .venv-lock
+
+lock-host: ## re-pin requirements-host.txt (with HOST_PYTHON, the oldest you support)
+	rm -rf .venv-lock && $(HOST_PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet -r requirements-host.in
+	{ echo "# Pinned lock generated from requirements-host.in by \`make lock-host\` ($$($(HOST_PYTHON) -V), linux x86_64; installs on 3.10-3.13)."; \
+	  .venv-lock/bin/pip freeze; } > requirements-host.txt
+	rm -rf .venv-lock
+
+bench: bench-pipeline bench-tracking bench-relocate bench-stores bench-speed bench-bigdata ## every benchmark
+
+bench-pipeline: $(STAMP) ## input pipeline vs a generator, `train.py --help` time (~2 min)
 	$(PY) bench/bench_pipeline.py $(ARGS)
 
 bench-tracking: $(STAMP) ## MLflow tracking overhead and model-logging cost (~6 min)
@@ -196,13 +222,13 @@ bench-tracking: $(STAMP) ## MLflow tracking overhead and model-logging cost (~6 
 bench-relocate: $(STAMP) ## relocating 10,000-run stores, vs the sed one-liner (~3 min)
 	$(PY) bench/bench_relocate.py $(ARGS)
 
-bench-stores: $(STAMP) ## 1/4/8 concurrent writers: sqlite (embedded, server) vs PostgreSQL (~5 min)
+bench-stores: $(STAMP) ## concurrent writers: sqlite (embedded, server) vs PostgreSQL (~5 min)
 	$(PY) bench/bench_stores.py $(ARGS)
 
-bench-speed: $(STAMP) ## precision, XLA, steps_per_execution, 2 CPU devices: ratios to float32 (~6 min)
+bench-speed: $(STAMP) ## precision, XLA, steps_per_execution, 2 CPU devices (~6 min)
 	$(PY) bench/bench_speed.py $(ARGS)
 
-bench-bigdata: $(STAMP) ## a decoded set larger than the RAM budget: memmap cache vs RAM (~10 min)
+bench-bigdata: $(STAMP) ## decoded data larger than the RAM budget: cache file vs RAM (~10 min)
 	$(PY) bench/bench_bigdata.py $(ARGS)
 
 clean: ## remove caches and outputs (keeps .venv, data/ and stores)

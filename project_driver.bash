@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
-# `make run`: train with `mlflow run` in the project image, tracked by a host MLflow server.
+# `make run`: train with `mlflow run` in the project image, tracked by an MLflow server on this host.
 #
 #   ./project_driver.bash [-e ENTRY] [--experiment NAME] [--name RUN] [--detach|--foreground] [-P k=v ...]
 #
-# 1. Uses the MLflow server in MLFLOW_TRACKING_URI when set (a team server, an SSH tunnel); else
-#    ensures this store's own server (kerasflow.storeops.server) runs on 127.0.0.1:$PORT over ./store
-#    (MLflow mounts only the run's artifact folder into the container, so MLflow-3 models logged
-#    inside docker to a local store are lost; through the server they are not).
-# 2. Builds the user's image when missing or stale (docker/lib.bash: kerasflow:<commit>-u<UID>.<GID>)
-#    and points kerasflow:latest, the image MLproject's docker_env names, at it until the run's
-#    container exists (an engine-wide lock: several users share one engine).
-# 3. Runs `mlflow run . -e ENTRY -A network=host [-A gpus=...] [-A volume=DATA:/data:ro] -P ...`
-#    (GPU=auto|on|off, GPUS=all|0|0,1, DATA=/host/dataset).
-# Over SSH (or with --detach) it starts itself in a detached tmux session, logs to logs/<name>.log,
-# records the exit status in logs/<name>.status, and prints how to attach and follow. One run per GPU
-# set at a time (on CPU: per run name); a second on the same slot is refused.
+#   -e ENTRY        the MLproject entry point: main (default), splits, cv, tune, analyze, reproduce
+#   --experiment    the MLflow experiment (default: kerasflow)
+#   --name RUN      the run's name: its tmux session, log and container (default: ENTRY-<time>)
+#   --detach        start in a detached tmux session (the default over SSH); --foreground: never
+#   -P key=value    a parameter of the entry point (a config.yaml key, e.g. -P epochs=3), repeatable
+#   Environment: GPU=auto|on|off, GPUS=all|0|0,1, DATA=/host/dataset (mounted at /data, read-only),
+#   PORT (5000), STORE (./store), MLFLOW_TRACKING_URI (a team server; http://user:pass@host works).
+#
+# First, in the foreground (kerasflow/preflight.py): the engine answers, the NVIDIA runtime is there
+# when a GPU is asked for, the dataset the config needs is present, the server port is free or this
+# store's own; each failure is one line with its fix and nothing is started.
+# Then: 1. the server in MLFLOW_TRACKING_URI, or this store's own (kerasflow.storeops.server on
+# 127.0.0.1:$PORT over ./store: MLflow mounts only the run's artifact folder into the container, so
+# models logged inside docker to a local store would be lost; through the server they are not);
+# 2. the user's image, built when missing or stale (docker/lib.bash: kerasflow:<commit>-u<UID>.<GID>;
+# the first build takes minutes), with kerasflow:latest, the image MLproject names, pointed at it
+# until the run's container exists (an engine-wide lock: several users share one engine);
+# 3. `mlflow run . -e ENTRY -A network=host [-A gpus=...] [-A volume=DATA:/data:ro] -P ...`.
+# Detached, it logs to logs/<name>.log and writes the exit status to logs/<name>.status. One run per
+# GPU set at a time (on CPU: per run name); a second on the same slot is refused.
 set -euo pipefail
 
 # shellcheck source=docker/lib.bash
@@ -35,7 +43,7 @@ while [ "$#" -gt 0 ]; do
     --detach) mode="detach"; shift ;;
     --foreground) mode="foreground"; shift ;;
     -P) params+=(-P "${2:?}"); shift 2 ;;
-    -h | --help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument '$1': see ./project_driver.bash --help" ;;
   esac
 done
@@ -84,13 +92,22 @@ take_lock() {
 command -v flock > /dev/null || die "flock is not installed (util-linux): apt-get install util-linux"
 take_lock
 
+# Everything that can fail in seconds is checked now, in the foreground, before anything is started,
+# built or detached (a detached run would fail in a log nobody reads, after building an 8 GB image).
+if [ -z "${KF_PREFLIGHT_DONE:-}" ]; then
+  [ -x "$PYTHON" ] || die "no Python environment at $PYTHON: run make run (it makes the light env) or set MLFLOW=/path/to/venv/bin/mlflow"
+  check_shell_safe "the checkout" "$KF_ROOT"  # MLproject mounts it as ${PWD} in mlflow's bash -c line
+  "$PYTHON" -m kerasflow.cli.preflight --root "$KF_ROOT" --entry "$entry" --image "$(image_tag)" \
+    --port "$PORT" --store "$STORE" --logs "$logs" "${params[@]}"
+fi
+
 if [ "$mode" = detach ] || { [ "$mode" = auto ] && [ -n "${SSH_CONNECTION:-}" ] && [ -z "${TMUX:-}" ]; }; then
   command -v tmux > /dev/null || die "tmux is not installed (needed to keep the run alive after you log out): apt-get install tmux, or pass --foreground"
   tmux has-session -t "=$session" 2> /dev/null && die "tmux session '$session' exists: tmux attach -t $session, or end it"
   # a tmux server that already runs would not pass this shell's environment on: pass it explicitly
   exec {lock_fd}>&-  # the detached driver takes the slot itself
   cmd=(env "PATH=$PATH" "PORT=$PORT" "STORE=$STORE" "MLFLOW=$MLFLOW" "LOGS=$logs" "GPU=${GPU:-auto}"
-       "KF_TMUX_SESSION=${KF_TMUX_SESSION:-kerasflow}")
+       "KF_TMUX_SESSION=${KF_TMUX_SESSION:-kerasflow}" KF_PREFLIGHT_DONE=1)
   for var in HOME DOCKER_HOST MLFLOW_TRACKING_URI KF_ENV_FILE GPUS DATA BASE_IMAGE TF_VARIANT VGG16_WEIGHTS_URL VGG16_WEIGHTS_MD5 PIP_INDEX_URL \
              PIP_EXTRA_INDEX_URL; do
     [ -n "${!var:-}" ] && cmd+=("$var=${!var}")
@@ -114,35 +131,20 @@ answers() {
   "$PYTHON" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)" "$1/health" 2> /dev/null
 }
 
-# The local server is reused only when it is this store's own: its pid (from the pid file) is alive
-# and its command line names this store's database and port (another user's `make ui` on the same port
-# answers /health just as well, over another store).
-ours() {
-  local pid
-  pid="$(cat "$logs/mlflow-server.pid" 2> /dev/null || true)"
-  [[ "$pid" =~ ^[0-9]+$ ]] && [ -r "/proc/$pid/cmdline" ] || return 1
-  local args
-  args="$(tr '\0' '\n' < "/proc/$pid/cmdline")"
-  grep -qxF "sqlite:///$STORE/mlflow.db" <<< "$args" && grep -qxF "$PORT" <<< "$args"
-}
-
+# The server was checked by the preflight (kerasflow/preflight.py: a given one answers, a local one on
+# PORT is this store's own); here it is used, or started.
 ensure_server() {
   if [ -n "${MLFLOW_TRACKING_URI:-}" ]; then
-    [[ "$MLFLOW_TRACKING_URI" == http://* || "$MLFLOW_TRACKING_URI" == https://* ]] ||
-      die "MLFLOW_TRACKING_URI must be an http(s) server for make run (the container cannot open a host database): unset it to use a local server over $STORE"
     server_url="${MLFLOW_TRACKING_URI%/}"
-    answers "$server_url" || die "the MLflow server at MLFLOW_TRACKING_URI does not answer /health: start it, or fix/unset MLFLOW_TRACKING_URI"
     note "using the MLflow server from MLFLOW_TRACKING_URI"
     return 0
   fi
   server_url="http://127.0.0.1:$PORT"
   if answers "$server_url"; then
-    ours || die "port $PORT answers as an MLflow server that is not this store's own ($STORE): set PORT=another port, or MLFLOW_TRACKING_URI=$server_url to log there on purpose"
     note "using this store's MLflow server at $server_url (pid $(cat "$logs/mlflow-server.pid"))"
     "$PYTHON" -m kerasflow.storeops.proxied "$STORE" "$experiment"
     return 0
   fi
-  [ -x "$PYTHON" ] || die "no Python environment at $PYTHON: run make env (or set MLFLOW=/path/to/venv/bin/mlflow)"
   note "starting an MLflow server at $server_url over $STORE (log: $logs/mlflow-server.log, pid: $logs/mlflow-server.pid)"
   nohup "$PYTHON" -m kerasflow.storeops.server "$STORE" --port "$PORT" > "$logs/mlflow-server.log" 2>&1 &
   echo "$!" > "$logs/mlflow-server.pid"
@@ -165,7 +167,6 @@ ensure_server() {
 launch() {
   set -e
   check_docker
-  check_shell_safe "the checkout" "$KF_ROOT"  # MLproject mounts it as ${PWD} in mlflow's bash -c line
   ensure_server
   gpu="$(gpu_args)"
   data="$(data_dir)"

@@ -4,18 +4,20 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# The checkout's .venv, else the project image's /opt/venv (inside the container), else KERASFLOW_PYTHON:
-# each has this checkout linked as kerasflow (make env / the Dockerfile: kerasflow/envinstall.py).
-python="${KERASFLOW_PYTHON:-$here/.venv/bin/python}"
-if [[ -z "${KERASFLOW_PYTHON:-}" && ! -x "$python" && -e /opt/venv/.kerasflow-image ]]; then
-  python=/opt/venv/bin/python
+# The first that exists: KERASFLOW_PYTHON (`make ui` passes its choice), the project image's /opt/venv
+# (inside the container, even when the mounted checkout holds a host's .venv), the checkout's full
+# .venv, the light .venv-host (MLflow, no TensorFlow). Each has this checkout linked as kerasflow.
+python="${KERASFLOW_PYTHON:-}"
+if [[ -z "$python" ]]; then
+  for candidate in /opt/venv/bin/python "$here/.venv/bin/python" "$here/.venv-host/bin/python"; do
+    if [[ "$candidate" != /opt/venv/* || -e /opt/venv/.kerasflow-image ]] && [[ -x "$candidate" ]]; then
+      python="$candidate"
+      break
+    fi
+  done
 fi
-# ... else the light host environment of a GPU server (make host-env: MLflow, no TensorFlow)
-if [[ -z "${KERASFLOW_PYTHON:-}" && ! -x "$python" && -x "$here/.venv-host/bin/python" ]]; then
-  python="$here/.venv-host/bin/python"
-fi
-if [[ ! -x "$python" ]]; then
-  echo "error: no environment at $here/.venv: run \`make env\` (or \`make host-env\` on a GPU server) first, or set KERASFLOW_PYTHON" >&2
+if [[ -z "$python" || ! -x "$python" ]]; then
+  echo "error: no Python environment with MLflow for this checkout: run \`make ui\` (it makes the light one, MLflow without TensorFlow, on demand), or set KERASFLOW_PYTHON" >&2
   exit 2
 fi
 exec "$python" -m kerasflow.storeops.ui "$@"

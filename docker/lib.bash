@@ -98,7 +98,7 @@ ensure_image() {
   local image
   image="$(image_tag)"
   if [[ "$image" == *-dirty ]] || ! docker image inspect "$image" > /dev/null 2>&1; then
-    note "building $image (docker/Dockerfile)"
+    note "building $image (docker/Dockerfile): the first build takes minutes, later ones reuse its layers"
     local args
     mapfile -t args < <(build_args)
     docker_build --file "$KF_ROOT/docker/Dockerfile" "${args[@]}" \

@@ -13,6 +13,7 @@ from pathlib import Path
 import pgcluster
 import pytest
 import yaml
+from stand_ins import sandbox  # noqa: F401  (a fixture: the scripts against a stand-in docker)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,7 @@
     kerasflow train [--set k=v ...]          kerasflow track ...          kerasflow splits ...
     kerasflow cv ...    kerasflow tune ...    kerasflow analyze ...        kerasflow predict IMAGE ...
     kerasflow runs ...    kerasflow reproduce RUN_ID    kerasflow model promote|show ...   kerasflow serve URI
-    kerasflow store ui|relocate|pull|migrate ...                         kerasflow fetch data|weights
+    kerasflow store ui|relocate|pull|migrate ...    kerasflow fetch data|weights    kerasflow preflight ...
 
 `kerasflow COMMAND --help` shows each command's options; nothing heavy is imported before it runs.
 """
@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "store pull": ("kerasflow.storeops.pull", "consistent copy of a store in use, then relocation"),
     "store migrate": ("kerasflow.storeops.migrate", "legacy mlruns/ file store onto sqlite"),
     "fetch": ("kerasflow.train.fetch", "download malaria (data) or the VGG16 weights (weights)"),
+    "preflight": ("kerasflow.cli.preflight", "make run's checks before it detaches or builds"),
 }
 
 

@@ -1,0 +1,147 @@
+"""The traps a newcomer following the README met first (issue: the three user journeys), each fixed:
+`make run` checks in the foreground before it detaches or builds; `make help` is grouped and fits a
+terminal; the driver's --help is whole; the image's env wins over a host .venv in the checkout; the
+light env runs every store command (tqdm included). The journeys themselves: tests/test_journeys.py."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, assert_user_error, free_port
+from stand_ins import calls, script
+
+from kerasflow import config, preflight
+
+# --- make run: the foreground checks ----------------------------------------------------------------------
+
+
+def driver(sb: dict, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    venv_bin = Path(sys.executable).parent
+    return script(sb, "project_driver.bash", *args, MLFLOW=str(venv_bin / "mlflow"), PORT="1", **env)
+
+
+def test_a_detached_run_without_its_dataset_fails_in_the_foreground_before_building(sandbox):
+    """Before: `make run ARGS=--detach` with the default config and no data exited 0; the image was
+    built (8 GB) in tmux, and the missing dataset surfaced only in logs/NAME.log."""
+    result = driver(sandbox, "--detach", "--name", "nodata")
+    assert_user_error(result, "TFDS malaria is not in", "make data", "data_source=synthetic")
+    assert not calls(sandbox, "build") and not calls(sandbox, "run")
+    assert "started 'nodata' in tmux" not in result.stdout
+    # an image folder that is not there, and a /data path without DATA: named, with the fix
+    assert_user_error(driver(sandbox, "--detach", "-P", "data_source=image_dir", "-P", "image_dir=cells"),
+                      "is not a folder", "image_dir")
+    assert_user_error(driver(sandbox, "--detach", "-P", "tfds_data_dir=/data/tfds"), "DATA is not set")
+    # a wrong value is refused by the config, here too, not in the container
+    assert_user_error(driver(sandbox, "--detach", "-P", "epochs=many"), "epochs")
+
+
+def test_no_engine_or_no_gpu_runtime_fails_before_detaching(sandbox):
+    down = driver(sandbox, "--detach", "-P", "data_source=synthetic", FAKE_DOCKER_DAEMON="down")
+    assert_user_error(down, "the Docker daemon is not reachable", "systemctl start docker")
+    no_gpu = driver(sandbox, "--detach", "-P", "data_source=synthetic", GPU="on")
+    assert_user_error(no_gpu, "GPU=on but no NVIDIA container runtime", "nvidia-container-toolkit", "GPU=off")
+    assert not calls(sandbox, "build")
+
+
+def test_the_first_build_is_announced_with_its_time_and_size(sandbox, tmp_path):
+    """The image does not exist: the user learns in the foreground that the run builds it, and how big."""
+    checks = preflight.image("kerasflow:abc-u1.1", present=False)
+    assert checks.status == preflight.NOTE and "8.1 GB" in checks.line and "minutes" in checks.line
+    # the command the driver runs, on a stand-in engine that has no image yet
+    env = {**os.environ, **sandbox["env"], "GPU": "off"}
+    result = subprocess.run([sys.executable, "-m", "kerasflow", "preflight", "--root", str(sandbox["repo"]),
+                             "--image", "kerasflow:abc-u1.1", "--port", str(free_port()), "--store",
+                             str(tmp_path / "store"), "--logs", str(tmp_path / "logs"), "-P",
+                             "data_source=synthetic"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "note: kerasflow:abc-u1.1 is not built yet: this run builds it first" in result.stderr
+    assert "8.1 GB" in result.stderr and not calls(sandbox, "build")
+
+
+def test_the_data_check_finds_a_prepared_tfds_folder_and_maps_data(tmp_path):
+    cfg = config.load(None, [])
+    assert preflight.data(cfg, "main", tmp_path, "").status == preflight.FAIL
+    (tmp_path / "data" / "tfds" / "malaria" / "1.0.0").mkdir(parents=True)
+    (tmp_path / "data" / "tfds" / "malaria" / "1.0.0" / "dataset_info.json").write_text("{}")
+    assert preflight.data(cfg, "main", tmp_path, "").status == preflight.PASS
+    mounted = config.load(None, ["tfds_data_dir=/data/tfds"])
+    assert preflight.data(mounted, "main", tmp_path / "elsewhere", str(tmp_path / "data")).status == "pass"
+    assert preflight.data(cfg, "analyze", tmp_path / "nothing", "").status == preflight.PASS
+
+
+def test_the_drivers_help_is_whole():
+    """Before: `sed -n '2,16p'` stopped mid-sentence ("... MLflow-3 models logged")."""
+    out = subprocess.run([str(ROOT / "project_driver.bash"), "--help"], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0
+    text = out.stdout.strip()
+    assert text.endswith("a second on the same slot is refused.")
+    for word in ("-e ENTRY", "--experiment", "--name", "--detach", "-P key=value", "GPU=", "DATA=", "PORT"):
+        assert word in text, word
+    assert not any(line.startswith("#") or line.startswith("set -") for line in text.splitlines())
+
+
+# --- make help ------------------------------------------------------------------------------------------
+
+
+def test_make_help_is_grouped_everyday_first_and_fits_100_columns():
+    out = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    lines = out.splitlines()
+    assert all(len(line) <= 100 for line in lines), [line for line in lines if len(line) > 100]
+    groups = [line for line in lines if line and not line.startswith(" ")]
+    assert groups == ["Everyday", "Tracking and models", "Stores", "Experiments", "Containers", "Maintenance"]
+    listed = re.findall(r"^  make (\S+)", out, re.M)
+    documented = re.findall(r"^([a-z-]+):.*## ", (ROOT / "Makefile").read_text(), re.M)
+    assert sorted(listed) == sorted(documented) and len(listed) == len(set(listed))
+    everyday = lines[lines.index("Everyday") + 1:lines.index("Tracking and models")]
+    named = set(re.findall(r"make (\S+)", "\n".join(everyday)))
+    assert {"demo", "train", "track", "run", "ui", "data"} <= named
+
+
+# --- environments ---------------------------------------------------------------------------------------
+
+
+def test_inside_the_image_its_env_wins_over_a_host_venv_in_the_checkout(tmp_path):
+    """A user who ran `make demo` on the host has .venv in the checkout; in the container its python is
+    the host's (absent there). Before, the Makefile preferred that .venv over the image's /opt/venv."""
+    marker = tmp_path / "marker"
+    marker.write_text("")
+    assert (ROOT / ".venv" / "bin" / "python").exists()  # the host .venv of this checkout
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "demo", f"IMAGE_MARKER={marker}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("/opt/venv/bin/python train.py --preset demo"), dry.stdout
+    ui = subprocess.run(["make", "-n", "--no-print-directory", "ui", f"IMAGE_MARKER={marker}"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=60)
+    assert 'KERASFLOW_PYTHON="/opt/venv/bin/python"' in ui.stdout, ui.stdout
+
+
+def test_the_light_env_lists_every_library_the_store_commands_import():
+    """relocate/pull/ui show tqdm progress on stores of 2,000+ files; the light lock lacked it."""
+    def pins(name: str) -> dict[str, str]:
+        lines = (ROOT / name).read_text().splitlines()
+        return {line.split("==")[0].lower(): line for line in lines if "==" in line and line[0] != "#"}
+
+    host, full = pins("requirements-host.txt"), pins("requirements.txt")
+    assert "tqdm" in host
+    assert host["tqdm"] == full["tqdm"]  # the same version in both locks
+    # and the light targets use the light env when there is no full one
+    for target in ("pull", "relocate", "migrate", "ui", "run", "server"):
+        dry = subprocess.run(["make", "-n", "--no-print-directory", target, "VENV=/nonexistent", "FROM=x",
+                              "HOST_VENV=.venv"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert ".venv/bin/" in dry.stdout and "/nonexistent" not in dry.stdout, (target, dry.stdout)
+
+
+def test_run_mlflow_ui_without_any_env_names_make_ui(tmp_path):
+    copy = tmp_path / "run_mlflow_ui.bash"
+    copy.write_text((ROOT / "run_mlflow_ui.bash").read_text())
+    copy.chmod(0o755)
+    result = subprocess.run([str(copy)], capture_output=True, text=True, timeout=30,
+                            env={"PATH": os.environ["PATH"]})
+    assert_user_error(result, "run `make ui`", "light one")
+    assert "GPU server" not in result.stderr
