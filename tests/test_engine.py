@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import readme_journeys
 from conftest import ROOT, TINY, assert_user_error, free_port, require_tool, wait_http
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
@@ -785,13 +786,70 @@ def test_every_entry_point_runs_through_make_run(image, user, checkout, run_env)
     assert not foreign_files(checkout, user.uid)
 
 
-# --- 4 + 5. the devcontainer, JupyterLab and the notebook -----------------------------------------------
+# --- 4. the README's quickstarts, as a newcomer runs them (tests/readme_journeys.py) ---------------------
+#
+# The commands come from the README's marked blocks; a failure names the README line. Each journey starts
+# from its user's state: (a) a checkout where `make demo` ran on the host first (a real .venv there), (b)
+# and (c) fresh clones with only the light env (any Python >= 3.10, no TensorFlow).
+
+JOURNEY_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"  # no project .venv on it
+
+
+@pytest.fixture(scope="session")
+def package_cache(user: User, workdir: Path) -> dict[str, str]:
+    """The user's uv cache, hard-linked from this machine's (`make env` filled it): the journeys' `make env`
+    and light env install the same locks without downloading them again."""
+    mine = Path.home() / ".cache" / "uv"
+    if not user.via_root or not mine.is_dir():
+        return {}
+    theirs = workdir / "uv-cache"
+    subprocess.run(["cp", "-al", str(mine), str(theirs)], check=True)
+    subprocess.run(["find", str(theirs), "-type", "d", "-exec", "chown", f"{user.uid}:{user.gid}", "{}", "+"],
+                   check=True)
+    return {"UV_CACHE_DIR": str(theirs)}
+
+
+def light_python() -> str:
+    """A GPU server's plain python3 >= 3.10: pyenv's 3.10 where there is one (as Ubuntu 22.04 has)."""
+    import glob
+
+    found = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3")))
+    return found[-1] if found else "python3"
+
+
+def fresh_clone(user: User, checkout: Path, workdir: Path, name: str) -> Path:
+    """`git clone` of the engine tests' checkout (the same commit, so the same image tag), as the user."""
+    dest = workdir / name
+    cloned = user.run(["git", "clone", "-q", str(checkout), str(dest)], cwd=workdir)
+    assert cloned.returncode == 0, cloned.stderr
+    return dest
+
+
+def background(user: User, cwd: Path, env: dict[str, str]):
+    def start(command: str) -> subprocess.Popen[str]:
+        return user.popen(["bash", "-c", command], cwd=cwd, env=env, new_session=True)
+
+    return start
+
+
+def stop(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
-def devcontainer(image, user: User, checkout: Path, workdir: Path, build_env: dict[str, str]) -> dict:
-    """`devcontainer up` on the user's .devcontainer.json plus host networking (an override GENERATED
-    from it: the engine has no bridge), as the user; removed by its --id-label afterwards."""
+def devcontainer(image, user: User, checkout: Path, workdir: Path,  # noqa: PLR0913  (fixtures)
+                 build_env: dict[str, str], package_cache: dict[str, str]) -> dict:
+    """Quickstart (a), host part: `make demo` on the host (it makes a real .venv in the checkout), then
+    `devcontainer up` as the README says, with what CI adds: host networking (an override GENERATED from
+    .devcontainer.json: the engine has no bridge) and a label to remove the container afterwards."""
     import json5
 
     cli = require_tool("devcontainer")
@@ -807,18 +865,24 @@ def devcontainer(image, user: User, checkout: Path, workdir: Path, build_env: di
     os.chown(override, user.uid, user.gid)
     label = f"kerasflow.test={uuid.uuid4().hex[:12]}"
     common = ["--workspace-folder", str(checkout), "--id-label", label]
-    env = {**build_env, "DOCKER_BUILDKIT": "0"}
+    env = {**build_env, **package_cache, "DOCKER_BUILDKIT": "0", "PATH": JOURNEY_PATH}
     before = set(docker("images", "-q", "--no-trunc").stdout.split())
-    t0 = time.monotonic()
-    up = user.run(
-        [cli, "up", *common, "--override-config", str(override)], cwd=checkout, env=env, timeout=1800
-    )
-    seconds = time.monotonic() - t0
-    info = {"cli": cli, "common": common, "env": env, "port": port, "seconds": seconds}
+    info = {"cli": cli, "common": common, "env": env, "port": port, "label": label}
+
+    def host(command: str) -> subprocess.CompletedProcess[str]:
+        if command.startswith("devcontainer up "):  # what CI adds to the README's command
+            command += f" --id-label {label} --override-config {shlex.quote(str(override))}"
+        t0 = time.monotonic()
+        done = user.run(["bash", "-c", command], cwd=checkout, env=env, timeout=1800)
+        info[command.split(" --")[0]] = time.monotonic() - t0
+        if command.startswith("devcontainer up ") and done.returncode == 0:
+            info["up"] = json.loads(done.stdout.strip().splitlines()[-1])
+        return done
+
     try:
-        assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-4000:]
-        info["up"] = json.loads(up.stdout.strip().splitlines()[-1])
-        print(f"devcontainer up in {seconds:.0f} s")
+        steps = readme_journeys.journeys()[("devcontainer", "host")]
+        readme_journeys.run(steps, host, background(user, checkout, env))
+        print(f"quickstart (a), host part: {info}")
         yield info
     finally:
         for container in docker("ps", "-aq", "--filter", f"label={label}").stdout.split():
@@ -837,8 +901,42 @@ def dc_exec(
     )
 
 
-def test_devcontainer_serves_jupyterlab_with_a_token(devcontainer, checkout):
+@pytest.fixture(scope="module")
+def container_journey(devcontainer, user: User, checkout: Path) -> dict[str, float]:
+    """Quickstart (a), in the container's terminal: the README's block through `devcontainer exec`."""
+    seconds: dict[str, float] = {}
+
+    def inside(command: str) -> subprocess.CompletedProcess[str]:
+        t0 = time.monotonic()
+        done = dc_exec(devcontainer, user, checkout, "bash", "-c", command, timeout=1800)
+        seconds[command] = time.monotonic() - t0
+        return done
+
+    steps = readme_journeys.journeys()[("devcontainer", "container")]
+    readme_journeys.run(steps, inside, background(user, checkout, devcontainer["env"]))
+    print(f"quickstart (a), container part: {seconds}")
+    return seconds
+
+
+def test_quickstart_a_reopen_in_container_after_a_demo_on_the_host(devcontainer, container_journey, user,
+                                                                   checkout):
+    """The host's .venv is in the mounted checkout; in the container `make` used it (its python is the
+    host's) before the image's env won. Both demos trained, the container's as the remote user."""
     assert devcontainer["up"]["outcome"] == "success"
+    assert (checkout / ".venv" / "bin" / "python").exists()  # the host demo made it
+    demos = sorted(p for p in (checkout / "outputs").glob("demo-*") if (p / "model.keras").is_file())
+    assert len(demos) >= 2, demos  # one on the host, one in the container (and track-demo's)
+    whoami = dc_exec(devcontainer, user, checkout, "bash", "-c", "id -un; id -u; make -n demo | head -n 1")
+    assert whoami.stdout.split()[:2] == ["dev", str(user.uid)], whoami.stdout
+    assert "/opt/venv/bin/python train.py" in whoami.stdout
+    import mlflow
+
+    c = mlflow.MlflowClient(f"sqlite:///{checkout / 'store' / 'mlflow.db'}")
+    assert c.get_model_version_by_alias("demo", "candidate").run_id
+    assert not foreign_files(checkout, user.uid)
+
+
+def test_devcontainer_serves_jupyterlab_with_a_token(devcontainer, checkout):
     url_file = checkout / "logs" / "jupyter.url"
     deadline = time.monotonic() + 120
     while not url_file.exists() and time.monotonic() < deadline:
@@ -860,40 +958,14 @@ def test_devcontainer_serves_jupyterlab_with_a_token(devcontainer, checkout):
     assert urllib.request.urlopen(f"{api}?token={token}", timeout=10).status == 200
 
 
-def test_devcontainer_exec_trains_as_the_remote_user_and_files_are_the_hosts(devcontainer, user, checkout):
-    result = dc_exec(
-        devcontainer,
-        user,
-        checkout,
-        "python",
-        "train.py",
-        *[x for t in TINY for x in ("--set", t)],
-        "--set",
-        "run_name=devcontainer",
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    whoami = dc_exec(devcontainer, user, checkout, "bash", "-c", "id -un; id -u")
-    assert whoami.stdout.split()[-2:] == ["dev", str(user.uid)]
-    assert (checkout / "outputs" / "devcontainer" / "model.keras").is_file()
-    assert not foreign_files(checkout, user.uid)
-
-
 def test_the_notebook_explores_embedded_and_make_run_runs_in_the_containers_kernel(
-    devcontainer, foreground_run, user, checkout
+    devcontainer, container_journey, foreground_run, user, checkout
 ):
-    """An embedded run made in the devcontainer (`make track`) beside the `make run` runs of this store;
-    the notebook lists both, plots their curves and classifies images with the registered model."""
+    """The quickstart's embedded demo run (`make track-demo` in the container) beside the `make run`
+    runs of this store; the notebook lists both, plots their curves and classifies images with the
+    model `make run` registered."""
     import nbformat
 
-    tracked = dc_exec(
-        devcontainer,
-        user,
-        checkout,
-        "make",
-        "track",
-        "ARGS=" + " ".join(f"--set {t}" for t in TINY) + " --experiment devcontainer --register nb",
-    )
-    assert tracked.returncode == 0, tracked.stdout[-3000:] + tracked.stderr[-3000:]
     out = "outputs/explore.executed.ipynb"
     executed = dc_exec(
         devcontainer,
@@ -925,13 +997,101 @@ def test_the_notebook_explores_embedded_and_make_run_runs_in_the_containers_kern
         if "image/png" in o.get("data", {})
     ]
     assert "embedded (make track)" in text and "mlflow run (make run)" in text, text[-3000:]
-    assert "devcontainer" in text and "kerasflow" in text  # both experiments
+    assert "demo-" in text  # the quickstart's tracked demo run
     assert images, "the curves figure"
     assert "model models:/kfdemo@candidate: image size 32" in text
     assert "predicted" in text and ("parasitized" in text or "uninfected" in text)
     assert not [
         o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"
     ]
+
+
+@pytest.fixture(scope="module")
+def box_journey(image, user: User, checkout: Path, workdir: Path,  # noqa: PLR0913  (fixtures)
+                build_env: dict[str, str], package_cache: dict[str, str]) -> dict:
+    """Quickstart (b) on the box: a fresh clone with only the light env; `make run ARGS=--detach` (the
+    offline demo, as the README says for a box without internet), to its end."""
+    require_tool("tmux")
+    clone = fresh_clone(user, checkout, workdir, "journey-b")
+    env = {**build_env, **package_cache, "PATH": JOURNEY_PATH, "HOST_PYTHON": light_python(),
+           "PORT": str(free_port()), "KF_TMUX_SESSION": f"kf-journey-{uuid.uuid4().hex[:8]}",
+           "TMUX_TMPDIR": str(workdir)}
+    info = {"clone": clone, "env": env}
+    try:
+        t0 = time.monotonic()
+        readme_journeys.run(readme_journeys.journeys()[("gpu-server", "box")],
+                            lambda cmd: user.run(["bash", "-c", cmd], cwd=clone, env=env, timeout=1200),
+                            background(user, clone, env))
+        info["detach_seconds"] = time.monotonic() - t0
+        status = clone / "logs" / "journey.status"
+        deadline = time.monotonic() + 900
+        while not status.exists() and time.monotonic() < deadline:
+            time.sleep(2)
+        info["run_seconds"] = time.monotonic() - t0
+        log_file = clone / "logs" / "journey.log"
+        log = log_file.read_text() if log_file.exists() else ""
+        assert status.exists() and status.read_text().strip() == "0", log[-4000:]
+        print(f"quickstart (b), box: detached in {info['detach_seconds']:.0f} s, run ended after "
+              f"{info['run_seconds']:.0f} s")
+        yield info
+    finally:
+        pid_file = clone / "logs" / "mlflow-server.pid"
+        if pid_file.is_file():
+            subprocess.run(["kill", pid_file.read_text().strip()], capture_output=True)
+        user.run(["tmux", "kill-server"], cwd=workdir, env={"TMUX_TMPDIR": str(workdir)})
+
+
+def test_quickstart_b_a_detached_make_run_seen_through_a_forwarded_port(box_journey, user, image):
+    """The run ends FINISHED, and the laptop sees it through `ssh -L 5001:127.0.0.1:5000` (socat stands in
+    for the SSH forward): before, the server refused any Host but its own port (403 Invalid Host)."""
+    require_tool("socat")
+    clone, env = box_journey["clone"], {**box_journey["env"], "FORWARD_PORT": str(free_port())}
+    procs = readme_journeys.run(readme_journeys.journeys()[("gpu-server", "laptop")],
+                                lambda cmd: user.run(["bash", "-c", cmd], cwd=clone, env=env),
+                                background(user, clone, env))
+    try:
+        forwarded = f"http://localhost:{env['FORWARD_PORT']}"
+        wait_http(f"{forwarded}/health", timeout=60)
+        with urllib.request.urlopen(f"{forwarded}/", timeout=30) as page:  # the UI's page itself
+            assert page.status == 200 and b"MLflow" in page.read()
+        import mlflow
+
+        c = mlflow.MlflowClient(forwarded)
+        [run] = c.search_runs([c.get_experiment_by_name("kerasflow").experiment_id])
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.docker.image.id"] == image["id"]
+        assert [m.step for m in c.get_metric_history(run.info.run_id, "val_accuracy")] == list(range(5))
+        assert run.data.params["data_source"] == "synthetic" and "test_accuracy" in run.data.metrics
+        assert (clone / ".venv-host").is_dir() and not (clone / ".venv").exists()  # the light env only
+        assert not foreign_files(clone, user.uid)
+    finally:
+        stop(procs)
+
+
+def test_quickstart_c_a_laptop_pulls_the_box_store_and_opens_the_ui_on_another_port(
+    box_journey, user, checkout, workdir, package_cache
+):
+    """A fresh clone with only the light env (`make pull`/`make ui` needed the full TensorFlow env
+    before): the box's store, in use by its server, pulled from a path; the UI on another port lists the
+    run's artifacts."""
+    require_tool("rsync")
+    clone = fresh_clone(user, checkout, workdir, "journey-c")
+    env = {**package_cache, "PATH": JOURNEY_PATH, "HOST_PYTHON": light_python(),
+           "BOX_STORE": str(box_journey["clone"] / "store"), "UI_PORT": str(free_port())}
+    procs = readme_journeys.run(readme_journeys.journeys()[("laptop", "")],
+                                lambda cmd: user.run(["bash", "-c", cmd], cwd=clone, env=env, timeout=900),
+                                background(user, clone, env))
+    try:
+        ui = f"http://localhost:{env['UI_PORT']}"
+        wait_http(f"{ui}/health", timeout=180, proc=procs[0])
+        import mlflow
+
+        c = mlflow.MlflowClient(ui)
+        [run] = c.search_runs([c.get_experiment_by_name("kerasflow").experiment_id])
+        listed = {a.path for a in c.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "curves.png", "metrics.json"} <= listed, listed
+        assert (clone / "store" / "mlflow.db").is_file() and not (clone / ".venv").exists()
+    finally:
+        stop(procs)
 
 
 # --- 6. the GPU variant (built, and checked as far as a machine without a GPU can) ----------------------

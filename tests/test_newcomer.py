@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, assert_user_error, free_port
 from stand_ins import calls, script
 
@@ -145,3 +146,53 @@ def test_run_mlflow_ui_without_any_env_names_make_ui(tmp_path):
                             env={"PATH": os.environ["PATH"]})
     assert_user_error(result, "run `make ui`", "light one")
     assert "GPU server" not in result.stderr
+
+
+# --- the README and docs/ ----------------------------------------------------------------------------------
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_every_picture_and_page_the_docs_reference_exists():
+    """Pictures are made by `make pictures` from a real run (docs/make_pictures.py) and committed."""
+    pictures, pages = 0, 0
+    for doc in DOCS:
+        text = doc.read_text()
+        for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text):
+            path = (doc.parent / target).resolve()
+            assert path.is_file(), f"{doc.name} shows {target}, which does not exist: run make pictures"
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 400_000, target
+            pictures += 1
+        for target in re.findall(r"(?<!!)\[[^\]]*\]\(([^)\s#]+\.md)(?:#[^)]*)?\)", text):
+            assert (doc.parent / target).is_file(), f"{doc.name} links {target}, which does not exist"
+            pages += 1
+    assert pictures >= 4 and pages >= 10
+
+
+def test_the_readme_is_a_newcomers_page():
+    """About 150-200 lines: what it is, prerequisites, the two commands, three quickstarts, the targets
+    by group, links; the rest lives in docs/ (it was 711 lines)."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    for heading in ("## Prerequisites", "## The two commands", "## Quickstarts", "## Make targets"):
+        assert heading in text, heading
+    assert "```mermaid" in text
+    assert "make test" in text and "\nmake test\n" in (ROOT / ".ci" / "run").read_text()  # CI's command
+
+
+def test_the_readme_quickstarts_parse_into_the_journeys_ci_runs():
+    import readme_journeys
+
+    found = readme_journeys.journeys()
+    assert set(found) == {("devcontainer", "host"), ("devcontainer", "container"), ("gpu-server", "box"),
+                          ("gpu-server", "laptop"), ("laptop", "")}
+    assert sum(len(steps) for steps in found.values()) <= 3 * 10  # at most ~10 commands a quickstart
+    box = {s.shown: s for s in found[("gpu-server", "box")]}
+    assert box["make data"].command == ""  # needs the internet: CI skips it, as the README says
+    assert "data_source=synthetic" in box["make run ARGS=--detach"].command
+    readme = (ROOT / "README.md").read_text()
+    assert 'make run ARGS="--detach -P data_source=synthetic -P model=cnn -P image_size=48"' in readme
+    # a replacement whose command the README no longer has is an error, not a silently dropped step
+    broken = "<!-- journey: x -->\n<!-- ci: make gone => skip -->\n```bash\nmake demo\n```\n"
+    with pytest.raises(ValueError, match="make gone"):
+        readme_journeys.journeys(broken)

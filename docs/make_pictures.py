@@ -1,0 +1,115 @@
+"""Regenerate the documentation's pictures from a real tracked run (`make pictures`).
+
+    .venv/bin/python docs/make_pictures.py [--keep DIR]
+
+Why a script: a screenshot drawn by hand goes stale the day the UI or the training changes. This one
+trains the offline demo tracked into a throwaway store (`train_mlflow.py --preset demo --register demo`),
+promotes it to @champion, copies the run folder's figures, then starts the store's own MLflow server
+and has headless Chromium photograph the run's metric charts and the registered model. Everything it
+writes lands in docs/images/ (small palette PNGs); `tests/test_newcomer.py` checks every picture the
+docs reference exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "docs" / "images"
+PY = sys.executable
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _small_png(src: Path, dest: Path, width: int) -> None:
+    """Resized to `width` (never up) and stored with a 128-colour palette: a few tens of KB in git."""
+    from PIL import Image
+
+    with Image.open(src) as image:
+        image = image.convert("RGB")
+        if image.width > width:
+            image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
+        image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(dest, optimize=True)
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"error: the MLflow server exited ({proc.returncode}): see its output above")
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310  (a local http URL we built)
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"error: the MLflow server did not answer {url} within {timeout:.0f} s")
+
+
+def _shoot(chromium: str, url: str, dest: Path, profile: Path) -> None:
+    raw = dest.with_suffix(".raw.png")
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--hide-scrollbars", f"--user-data-dir={profile}", "--virtual-time-budget=30000",
+                    "--window-size=1280,800", f"--screenshot={raw}", url],
+                   check=True, capture_output=True, timeout=240)
+    _small_png(raw, dest, 1280)
+    raw.unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--keep", type=Path, help="keep the store and run folder here (default: a temp folder)")
+    args = p.parse_args(argv)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not chromium:
+        print("error: no Chromium found: install it (apt-get install chromium) to take the screenshots",
+              file=sys.stderr)
+        return 2
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.keep or Path(tmp)
+        store, outputs = work / "store", work / "outputs"
+        subprocess.run([PY, str(ROOT / "train_mlflow.py"), "--store", str(store), "--preset", "demo",
+                        "--set", f"output_dir={outputs}", "--set", "run_name=demo-pictures",
+                        "--set", f"cache_dir={work / 'cache'}", "--register", "demo"], check=True, cwd=ROOT)
+        subprocess.run([PY, "-m", "kerasflow.track.registry", "--store", str(store), "promote", "demo",
+                        "--metric", "test_accuracy"], check=True, cwd=ROOT)
+        for name in ("curves.png", "confusion_matrix.png"):
+            _small_png(outputs / "demo-pictures" / name, IMAGES / name, 560)
+        port = _free_port()
+        server = subprocess.Popen([PY, "-m", "kerasflow.storeops.server", str(store), "--port", str(port)],
+                                  cwd=ROOT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait(f"{url}/health", server)
+            import mlflow
+
+            client = mlflow.MlflowClient(url)
+            experiment = client.get_experiment_by_name("kerasflow")
+            [run] = client.search_runs([experiment.experiment_id], "attributes.run_name = 'demo-pictures'")
+            where = f"{url}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}/model-metrics"
+            _shoot(chromium, where, IMAGES / "run_page.png", work / "chromium")
+            _shoot(chromium, f"{url}/#/models/demo", IMAGES / "registered_model.png", work / "chromium")
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    for picture in sorted(IMAGES.glob("*.png")):
+        print(f"{picture.relative_to(ROOT)}: {picture.stat().st_size // 1024} KB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
