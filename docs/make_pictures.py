@@ -58,15 +58,71 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
     raise SystemExit(f"error: the MLflow server did not answer {url} within {timeout:.0f} s")
 
 
-def _shoot(chromium: str, url: str, dest: Path, profile: Path) -> None:
-    raw = dest.with_suffix(".raw.png")
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--hide-scrollbars", f"--user-data-dir={profile}", "--virtual-time-budget=30000",
-                    "--window-size=1280,800", f"--screenshot={raw}", url],
-                   check=True, capture_output=True, timeout=240)
-    _small_png(raw, dest, 1280)
-    raw.unlink()
+class _Browser:
+    """Headless Chromium driven over the DevTools protocol (websocket-client is in the lock): the MLflow
+    UI draws its charts after its data arrives, so a shot is taken once the page shows them, not after a
+    fixed budget of virtual time (which photographed loading spinners)."""
+
+    def __init__(self, chromium: str, profile: Path) -> None:
+        import json
+
+        import websocket
+
+        profile.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1280,800",
+             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        active = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not active.is_file() or not active.read_text().strip():
+            if time.monotonic() > deadline:
+                raise SystemExit("error: Chromium did not open its DevTools port within 60 s")
+            time.sleep(0.2)
+        port = active.read_text().split()[0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:  # noqa: S310
+            page = next(t for t in json.load(r) if t["type"] == "page")
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60)
+        self.ids = 0
+        self.call("Emulation.setDeviceMetricsOverride", width=1280, height=800, deviceScaleFactor=1,
+                  mobile=False)
+
+    def call(self, method: str, **params: object) -> dict:
+        import json
+
+        self.ids += 1
+        self.ws.send(json.dumps({"id": self.ids, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == self.ids:
+                return message.get("result", {})
+
+    def js(self, expression: str) -> object:
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def shoot(self, url: str, ready: str, dest: Path, timeout: float = 90) -> None:
+        """Open url, wait until the JS expression `ready` is true (or timeout), close MLflow's assistant
+        panel, and save the viewport."""
+        import base64
+
+        self.call("Page.navigate", url=url)
+        deadline = time.monotonic() + timeout
+        while not self.js(ready) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        # MLflow 3.17 opens its assistant panel on the right on a first visit: its "Close" button
+        self.js("""[...document.querySelectorAll('button[aria-label="Close"]')]
+                  .filter(b => b.getBoundingClientRect().x > 0.7 * innerWidth).forEach(b => b.click())""")
+        time.sleep(2)
+        raw = dest.with_suffix(".raw.png")
+        raw.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+        _small_png(raw, dest, 1280)
+        raw.unlink()
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +157,14 @@ def main(argv: list[str] | None = None) -> int:
             experiment = client.get_experiment_by_name("kerasflow")
             [run] = client.search_runs([experiment.experiment_id], "attributes.run_name = 'demo-pictures'")
             where = f"{url}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}/model-metrics"
-            _shoot(chromium, where, IMAGES / "run_page.png", work / "chromium")
-            _shoot(chromium, f"{url}/#/models/demo", IMAGES / "registered_model.png", work / "chromium")
+            browser = _Browser(chromium, work / "chromium")
+            try:  # ready: the run's charts are drawn (plotly's svg), the model page lists its aliases
+                browser.shoot(where, "document.querySelectorAll('.js-plotly-plot .main-svg').length >= 6",
+                              IMAGES / "run_page.png")
+                browser.shoot(f"{url}/#/models/demo", "document.body.innerText.includes('champion')",
+                              IMAGES / "registered_model.png")
+            finally:
+                browser.close()
         finally:
             server.terminate()
             server.wait(timeout=60)
