@@ -81,7 +81,7 @@ class _Browser:
                 raise SystemExit("error: Chromium did not open its DevTools port within 60 s")
             time.sleep(0.2)
         port = active.read_text().split()[0]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
             page = next(t for t in json.load(r) if t["type"] == "page")
         self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60)
         self.ids = 0
