@@ -191,9 +191,10 @@ def test_one_kerasflow_command_reaches_every_capability_without_heavy_imports():
     )
 
 
-def test_every_make_target_the_readme_names_exists():
+def test_every_make_target_the_readme_and_docs_name_exists():
     import re
 
     targets = set(re.findall(r"^([a-zA-Z_-]+):", (ROOT / "Makefile").read_text(), re.M))
-    named = set(re.findall(r"`make ([a-z][a-z0-9-]*)", (ROOT / "README.md").read_text()))
-    assert named and named <= targets, sorted(named - targets)
+    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        named = set(re.findall(r"`make ([a-z][a-z0-9-]*)", doc.read_text()))
+        assert named <= targets, (doc.name, sorted(named - targets))

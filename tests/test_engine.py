@@ -9,9 +9,11 @@ by `make image` (build args from the environment: a local Debian base, weights s
   the run FINISHED with metrics, artifacts and a model that loads on the host by alias; a second run
   refused; a container killed mid-run leaves the run FAILED, never RUNNING;
 - every MLproject entry point (main, splits, cv, tune, analyze) through `make run`;
-- the devcontainer: `devcontainer up` builds .devcontainer.json, JupyterLab answers 403/200, `devcontainer
-  exec` trains as the remote user, and notebooks/explore.ipynb runs in the container's kernel over a
-  store holding an embedded run and a `make run` run.
+- the README's three quickstarts, from the README's own blocks (tests/readme_journeys.py): (a) `make demo`
+  on the host, `devcontainer up`, the demo, a tracked demo and the notebook inside (JupyterLab answers
+  403/200; the notebook also runs over a store holding an embedded run and a `make run` run); (b) a
+  fresh clone with only the light env, a detached `make run` to FINISHED, seen through a forwarded port;
+  (c) a fresh clone with only the light env pulls (b)'s store and opens the UI on another port.
 
 The engine has no bridge network (never made here): containers use the host network. What cannot be
 shown without one (a published port answering) or without a GPU is said in the README.
