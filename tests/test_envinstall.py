@@ -127,6 +127,15 @@ def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorf
     assert version.stdout.strip() == "(3, 10)"
     no_tf = subprocess.run([py, "-c", "import tensorflow"], capture_output=True, text=True)
     assert no_tf.returncode != 0, "the host env must not carry TensorFlow"
+    # every store command and make run's checks import with what the light lock has (tqdm: progress on
+    # stores of 2,000+ files, which the light lock lacked), and none pulls in TensorFlow
+    imports = ("import sys, tqdm, kerasflow.storeops.pull, kerasflow.storeops.relocate, "
+               "kerasflow.storeops.ui, kerasflow.storeops.migrate, kerasflow.cli.preflight, "
+               "kerasflow.preflight; "
+               "kerasflow.preflight.run_config(kerasflow.config.DEFAULT_CONFIG, ['epochs=2']); "
+               "assert 'tensorflow' not in sys.modules")
+    light = subprocess.run([py, "-c", imports], capture_output=True, text=True, cwd=ROOT)
+    assert light.returncode == 0, light.stderr[-2000:]
     port = free_port()
     cmd = [py, "-m", "kerasflow.storeops.server", str(tmp_path / "store"), "--port", str(port)]
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,18 @@ def test_the_readme_quickstarts_parse_into_the_journeys_ci_runs():
     broken = "<!-- journey: x -->\n<!-- ci: make gone => skip -->\n```bash\nmake demo\n```\n"
     with pytest.raises(ValueError, match="make gone"):
         readme_journeys.journeys(broken)
+
+
+def test_make_data_without_a_full_env_downloads_inside_the_image(sandbox):
+    """A GPU server has only the light env: `make data` stopped at "no Python 3.11, 3.12 or 3.13
+    found". Now it runs the download in the project image (here: a stand-in docker records it)."""
+    sb = sandbox
+    shutil.copy2(ROOT / "Makefile", sb["repo"] / "Makefile")
+    env = {**os.environ, **sb["env"], "PATH": f"{sb['bin']}:/usr/bin:/bin", "GPU": "off"}
+    done = subprocess.run(["make", "--no-print-directory", "data", "VENV=/nonexistent"], cwd=sb["repo"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "downloading inside the project image" in done.stdout
+    run = calls(sb, "run")[-1]
+    assert run[-4:] == ["make", "fetch", "WHAT=data", "ARGS="], run
+    assert "--volume" in run and f"{sb['repo']}:/workspace" in run  # data/tfds lands in the checkout
