@@ -927,7 +927,7 @@ def test_quickstart_a_reopen_in_container_after_a_demo_on_the_host(devcontainer,
     assert devcontainer["up"]["outcome"] == "success"
     assert (checkout / ".venv" / "bin" / "python").exists()  # the host demo made it
     demos = sorted(p for p in (checkout / "outputs").glob("demo-*") if (p / "model.keras").is_file())
-    assert len(demos) >= 2, demos  # one on the host, one in the container (and track-demo's)
+    assert len(demos) >= 2, demos  # one on the host, one in the container (make track-demo)
     whoami = dc_exec(devcontainer, user, checkout, "bash", "-c", "id -un; id -u; make -n demo | head -n 1")
     assert whoami.stdout.split()[:2] == ["dev", str(user.uid)], whoami.stdout
     assert "/opt/venv/bin/python train.py" in whoami.stdout

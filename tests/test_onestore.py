@@ -102,3 +102,25 @@ def test_an_embedded_experiment_is_switched_to_proxied_locations_in_place(tmp_pa
         assert run.info.artifact_uri == f"mlflow-artifacts:/made-by-track/{run.info.run_id}/artifacts"
     written = tmp_path / "store" / "artifacts" / "made-by-track" / run.info.run_id / "artifacts" / "note.txt"
     assert written.read_text() == "hello"  # the same folder the experiment always had
+
+
+def test_an_experiment_made_in_the_devcontainer_is_switched_too(tmp_path):
+    """`make track-demo` inside the devcontainer records /workspace/store/artifacts/<id>; `make run` on
+    the host then refused the experiment ('keeps its artifacts outside the store'). It is the same folder
+    under another mount: switched when that folder exists here, refused when it does not."""
+    import mlflow
+
+    from kerasflow.errors import UserError
+    from kerasflow.storeops import proxied
+    from kerasflow.track import store
+
+    with store.open_store(tmp_path / "store"):
+        client = mlflow.MlflowClient()
+        inside = client.create_experiment("in-container", artifact_location="/workspace/store/artifacts/7")
+        client.create_experiment("elsewhere", artifact_location="/workspace/store/artifacts/8")
+    (tmp_path / "store" / "artifacts" / "7").mkdir(parents=True)  # its runs' folder, seen from the host
+    assert proxied.proxy_experiment(tmp_path / "store", "in-container") == "mlflow-artifacts:/7"
+    with store.open_store(tmp_path / "store"):
+        assert mlflow.MlflowClient().get_experiment(inside).artifact_location == "mlflow-artifacts:/7"
+    with pytest.raises(UserError, match="outside the store"):
+        proxied.proxy_experiment(tmp_path / "store", "elsewhere")  # no such folder here: not ours to take

@@ -23,6 +23,18 @@ from kerasflow.storeops import relocate
 from kerasflow.track import store
 
 
+def _seen_from_another_mount(location: str, root: str) -> str | None:
+    """The same folder as this store's, written under another mount point: an experiment created inside
+    the devcontainer records /workspace/store/artifacts/<id>, which the host sees as ROOT/<id>. Taken
+    only when that folder exists here (it holds the experiment's runs), else None."""
+    parts = Path(location).parts
+    if store.ARTIFACTS not in parts[:-1]:
+        return None
+    tail = parts[len(parts) - 1 - parts[::-1].index(store.ARTIFACTS) + 1:]
+    candidate = Path(root, *tail)
+    return str(candidate) if candidate.is_dir() else None
+
+
 def proxy_experiment(store_dir: Path, name: str) -> str | None:
     """The experiment's new location when it was rewritten, else None (missing, or proxied already)."""
     db = store_dir / store.DB_FILE
@@ -38,6 +50,8 @@ def proxy_experiment(store_dir: Path, name: str) -> str | None:
         if local is None:
             return None  # proxied (or remote) already
         path = str(Path(local[1]).resolve())
+        if not relocate._under(path, root):
+            path = _seen_from_another_mount(local[1], root) or path
         if not relocate._under(path, root):
             raise UserError(f"experiment '{name}' keeps its artifacts outside the store ({row[1]}): a "
                             "container cannot reach them; use another --experiment for make run")
