@@ -108,6 +108,9 @@ def test_missing_weights_file(tiny_overrides, tmp_path):
     assert_user_error(result, "weights file", "does not exist")
 
 
+NOISE = ("absl::InitializeLog", "oneDNN", "cudart_stub", "cuInit", "NodeDef mentions")  # TF's start-up lines
+
+
 def test_a_cpu_run_starts_quietly_unless_asked(tiny_overrides):
     """TF's start-up lines (absl, oneDNN, cudart_stub, cuInit) are hidden; one `device:` line says it."""
     import os
@@ -124,7 +127,7 @@ def test_a_cpu_run_starts_quietly_unless_asked(tiny_overrides):
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     first = quiet.stderr.splitlines()[0]
     assert first.startswith("device: CPU") and "sees no GPU" in first, quiet.stderr[:2000]
-    for noise in ("absl::InitializeLog", "oneDNN", "cudart_stub", "cuInit", "NodeDef mentions"):
+    for noise in NOISE:
         assert noise not in quiet.stderr, noise
     asked = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *set_args(tiny_overrides), "--set", "run_name=asked"],
@@ -134,7 +137,8 @@ def test_a_cpu_run_starts_quietly_unless_asked(tiny_overrides):
         env={**env, "KERASFLOW_VERBOSE": "1"},
         timeout=600,
     )
-    assert asked.returncode == 0 and "oneDNN" in asked.stderr  # shown when asked for
+    # shown when asked for (TF prints its oneDNN notice only on CPUs with AVX-512 VNNI/BF16 or AMX)
+    assert asked.returncode == 0 and any(noise in asked.stderr for noise in NOISE), asked.stderr[:2000]
 
 
 def test_curves_have_whole_epoch_ticks():
