@@ -49,7 +49,7 @@ DEMO_SET := --preset demo --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: help env host-env lock lock-host team-server train demo data weights fetch test lint bench \
         bench-pipeline bench-tracking bench-relocate bench-stores bench-speed bench-bigdata clean test-fast \
-        test-gpu-image track track-demo server serve predict runs reproduce promote ui pull relocate migrate \
+        test-all test-gpu-image track track-demo server serve predict runs reproduce promote ui pull relocate migrate \
         mlproject splits cv tune analyze image shell run pictures
 
 ##@ Everyday
@@ -177,7 +177,10 @@ env: $(STAMP) ## create .venv from the pinned lock (requirements.txt)
 
 host-env: $(HOST_STAMP) ## the light env for run/ui/pull/server (MLflow, no TF; Python >= 3.10)
 
-test: $(STAMP) ## the whole suite: real Docker engine and image (offline, CPU, ~50 min)
+test: $(STAMP) ## the suite CI runs: real Docker engine, image, journeys (offline, CPU)
+	$(PY) -m pytest -m "not gpu_image and not heavy" $(ARGS)
+
+test-all: $(STAMP) ## make test plus the heavy tests (stress variants, speed options; ~30 min more)
 	$(PY) -m pytest -m "not gpu_image" $(ARGS)
 
 test-fast: $(STAMP) ## the quick loop: no engine, no image, no browser, nothing slow (~2 min)

@@ -445,6 +445,7 @@ def test_unusable_study_storage_and_unknown_positive_class(searched, tmp_path):
     )
 
 
+@pytest.mark.heavy  # test_engine runs every entry point through make run
 def test_every_mlproject_entry_point_command_runs_locally(tmp_path):
     """MLflow's own loader computes each entry point's command; it runs here on synthetic data."""
     import os

@@ -142,6 +142,7 @@ with store.open_store(sys.argv[1]) as uri:
 """
 
 
+@pytest.mark.heavy  # stress of the store lock
 @pytest.mark.slow
 def test_processes_of_different_kinds_create_one_store_at_once(tmp_path):
     """Before the lock, MLflow's first migration run by several processes crashed them all and left
@@ -566,6 +567,7 @@ print(examples.digest, int(examples.images.astype("int64").sum()), len(examples)
 """
 
 
+@pytest.mark.heavy  # stress of the cache's atomic fill
 @pytest.mark.slow
 def test_sigkill_at_seeded_moments_while_the_cache_is_built(tmp_path):
     """A kill between the .u8 and its JSON left a cache entry that killed every later run."""

@@ -27,6 +27,7 @@ def train(tmp: Path, name: str, experiment: str, server: str | None) -> subproce
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
+@pytest.mark.heavy  # test_engine's one-store test proves it through make run
 def test_embedded_and_server_runs_in_both_orders_and_every_model_loads_both_ways(tmp_path):
     import mlflow
     import numpy as np

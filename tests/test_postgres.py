@@ -15,6 +15,7 @@ from conftest import PG_PASSWORD, ROOT, TINY, assert_user_error, free_port, set_
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.heavy  # stress; test_engine's compose test serves PostgreSQL
 def test_a_team_server_on_postgresql_with_servers_and_writers_started_at_once(postgres, tmp_path):
     import mlflow
 
@@ -88,6 +89,7 @@ def _kill_inside_a_trial(proc: subprocess.Popen, out: Path) -> str:
     raise AssertionError("the worker ran no trial")
 
 
+@pytest.mark.heavy  # test_engine's container joiners share a study on PostgreSQL
 def test_one_study_shared_by_workers_of_several_machines(postgres, tmp_path):
     """A lead and two joining workers (each its own output and cache folder, as on separate machines),
     all started at once on EMPTY databases: one MLflow server on PostgreSQL and the Optuna study in

@@ -156,6 +156,7 @@ def test_a_real_browser_finds_the_png_in_the_moved_stores_ui(built, tmp_path):
     assert (shots / "mlflow-ui-artifacts.png").stat().st_size > 10_000
 
 
+@pytest.mark.heavy  # stress of the atomic rewrite
 def test_sigkill_at_random_moments_during_a_2000_run_relocation(tmp_path):
     pristine = tmp_path / "a" / "mlruns"
     info = build("bulk", "file", str(pristine), "2000")

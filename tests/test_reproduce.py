@@ -51,6 +51,7 @@ def test_a_tracked_run_is_reproduced_bitwise_in_another_process(tmp_path):
     assert c.get_run(run_id).data.tags.get(REPRODUCES_TAG) is None
 
 
+@pytest.mark.heavy  # two trainings; the bitwise test stays
 def test_changed_data_and_packages_are_named_and_strict_trains_nothing(tmp_path):
     tree = write_png_tree(tmp_path / "images", {"Parasitized": 20, "Uninfected": 20}, size=40)
     run_id = track(tmp_path, "imgs", "data_source=image_dir", f"image_dir={tree}")

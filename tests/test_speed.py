@@ -25,6 +25,7 @@ def _demo(tmp_path: Path, name: str, *extra: str) -> config.Config:
                               f"cache_dir={tmp_path / 'cache'}"])
 
 
+@pytest.mark.heavy  # GPU options emulated on a CPU: minutes
 @pytest.mark.slow
 # float16 runs at ~0.14x float32 on a CPU (emulated): the same demo at 32 px on 600 images (~1 min,
 # 1.0 val_accuracy at epoch 4 here) instead of 48 px on 1,000 (~11 min), the same bar
@@ -55,6 +56,7 @@ SMALL = ["data_source=synthetic", "model=cnn", "image_size=32", "synthetic_examp
          "batch_size=16", "cnn_blocks=2", "cnn_filters=8", "dense_units=16", "deterministic=true"]
 
 
+@pytest.mark.heavy  # two trainings
 @pytest.mark.slow
 def test_steps_per_execution_changes_the_speed_not_the_result(tmp_path):
     from kerasflow.train import models, training
@@ -99,6 +101,7 @@ def _mirrored_cmd(tmp: Path, name: str) -> list[str]:
     return [sys.executable, "-c", TWO_DEVICES, "--store", str(tmp / "store"), *set_args(sets)]
 
 
+@pytest.mark.heavy  # three trainings
 @pytest.mark.slow
 def test_mirrored_on_two_devices_learns_resumes_after_sigkill_and_logs_replicas(tmp_path):
     env = {**os.environ, "KERASFLOW_VERBOSE": "0"}
