@@ -306,7 +306,7 @@ def cleanup_containers():
     names: list[str] = []
     yield names
     for name in names:
-        docker("rm", "-f", name)
+        docker("rm", "-fv", name)
 
 
 # --- the image ------------------------------------------------------------------------------------------
@@ -413,7 +413,7 @@ def test_gpus_reach_docker_as_device_lists_through_run_script_and_mlflow_run(ima
             return json.loads(docker("inspect", "--format", "{{json .HostConfig.DeviceRequests}}",
                                      cid.stdout.strip(), check=True).stdout)
         finally:
-            docker("rm", "-f", cid.stdout.strip())
+            docker("rm", "-fv", cid.stdout.strip())
 
     for gpus, ids, count in (("0", ["0"], 0), ("0,1", ["0", "1"], 0), ("all", None, -1)):
         value = subprocess.run(["bash", "-c", 'source docker/lib.bash && gpus_value 2'], cwd=ROOT,
@@ -882,7 +882,7 @@ def devcontainer(image, user: User, checkout: Path, workdir: Path,  # noqa: PLR0
         yield info
     finally:
         for container in docker("ps", "-aq", "--filter", f"label={label}").stdout.split():
-            docker("rm", "-f", container)
+            docker("rm", "-fv", container)
         made = set(docker("images", "-q", "--no-trunc").stdout.split()) - before
         for _ in range(3):  # the UID-update image is a child of the built one: children go first
             made = {i for i in made if docker("rmi", "-f", i).returncode != 0}
@@ -1182,7 +1182,7 @@ def test_the_team_servers_compose_file_and_small_image_against_postgresql(engine
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["note.txt"]
         assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
     finally:
-        docker("rm", "-f", name)
+        docker("rm", "-fv", name)
         docker("rmi", tag)
     assert docker("network", "ls", "--format", "{{.Name}}").stdout == networks  # no bridge was made
 
@@ -1249,4 +1249,4 @@ def test_tune_workers_in_containers_join_a_study_on_postgresql(user, checkout, w
                 proc.terminate()
                 proc.wait(timeout=60)
         for name in ("j1", "j2"):
-            docker("rm", "-f", f"kerasflow-{name}")
+            docker("rm", "-fv", f"kerasflow-{name}")
