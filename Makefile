@@ -47,9 +47,9 @@ N_INNER ?= 0
 # The offline demo (presets/demo.yaml): synthetic cell images and the small CNN, seconds an epoch on a CPU.
 DEMO_SET := --preset demo --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: help env host-env lock lock-host team-server train demo data weights fetch test lint bench \
+.PHONY: help env host-env lock lock-host team-server train demo data weights test lint bench \
         bench-pipeline bench-tracking bench-relocate bench-stores bench-speed bench-bigdata clean test-fast \
-        test-all test-gpu-image track track-demo server serve predict runs reproduce promote ui pull relocate migrate \
+        test-all test-gpu-image track track-demo server serve predict runs reproduce promote versions ui pull relocate migrate \
         mlproject splits cv tune analyze image shell run pictures
 
 ##@ Everyday
@@ -68,7 +68,7 @@ $(STAMP): requirements.txt
 	$(PYTHON_BASE) -m venv $(VENV)
 	@# uv with your pip's settings (index, mirrors, certificate, constraints), else pip; then this
 	@# checkout linked as the environment's kerasflow (+ the `kerasflow` command): kerasflow/envinstall.py
-	$(VENV)/bin/python -m kerasflow.envinstall requirements.txt
+	$(VENV)/bin/python -m kerasflow env requirements.txt
 	touch $(STAMP)
 endif
 
@@ -76,20 +76,20 @@ $(HOST_STAMP): requirements-host.txt
 	@test -n "$(HOST_PYTHON)" || { echo "error: no Python 3.10-3.13 found: install python3 (>= 3.10) or run make HOST_PYTHON=/path/to/python3"; exit 2; }
 	@echo "host-env: creating $(HOST_VENV) with $$("$(HOST_PYTHON)" -V) ($(HOST_PYTHON))"
 	$(HOST_PYTHON) -m venv $(HOST_VENV)
-	$(HOST_VENV)/bin/python -m kerasflow.envinstall requirements-host.txt
+	$(HOST_VENV)/bin/python -m kerasflow env requirements-host.txt
 	touch $(HOST_STAMP)
 
 demo: $(STAMP) ## the offline demo: a small CNN on synthetic cell images (~1 min on a CPU)
-	$(PY) train.py $(DEMO_SET) $(ARGS)
+	$(PY) -m kerasflow train $(DEMO_SET) $(ARGS)
 
 train: $(STAMP) ## train with config.yaml (VGG16 on TFDS malaria: `make data` first)
-	$(PY) train.py $(ARGS)
+	$(PY) -m kerasflow train $(ARGS)
 
 track: $(STAMP) ## train as one MLflow run into ./store (or MLFLOW_TRACKING_URI)
-	$(PY) train_mlflow.py --store $(STORE) $(ARGS)
+	$(PY) -m kerasflow track --store $(STORE) $(ARGS)
 
 track-demo: $(STAMP) ## the offline demo, tracked; its model registered as demo@candidate
-	$(PY) train_mlflow.py --store $(STORE) $(DEMO_SET) --register demo $(ARGS)
+	$(PY) -m kerasflow track --store $(STORE) $(DEMO_SET) --register demo $(ARGS)
 
 run: $(RUN_STAMP) ## mlflow run in the image + tracking server; tmux over SSH: ARGS='-P epochs=3'
 	MLFLOW="$(RUN_VENV)/bin/mlflow" ./project_driver.bash $(ARGS)
@@ -99,50 +99,50 @@ ui: $(RUN_STAMP) ## the MLflow UI on 127.0.0.1:5000 (PORT=) over a (copied) stor
 
 data: ## download TFDS malaria into data/tfds (internet; without .venv: in the image)
 	@if [ -n "$(IN_IMAGE)" ] || [ -x "$(PY)" ] || ! command -v docker > /dev/null 2>&1; then \
-	  $(MAKE) --no-print-directory fetch WHAT=data; \
+	  $(if $(STAMP),$(MAKE) --no-print-directory $(STAMP) &&) $(PY) -m kerasflow data $(ARGS); \
 	else \
 	  echo "data: no full environment here (.venv): downloading inside the project image"; \
-	  ./run_script.bash make fetch WHAT=data ARGS="$(ARGS)"; \
+	  ./run_script.bash make data ARGS="$(ARGS)"; \
 	fi
 
 weights: $(STAMP) ## cache the VGG16 ImageNet weights in ~/.keras/models (internet)
-	$(PY) -m kerasflow.train.fetch weights $(ARGS)
-
-fetch: $(STAMP)
-	$(PY) -m kerasflow.train.fetch $(WHAT) $(ARGS)
+	$(PY) -m kerasflow weights $(ARGS)
 
 ##@ Tracking and models
 server: $(RUN_STAMP) ## MLflow server on 127.0.0.1:5000 over ./store; AUTH=1, DB=postgresql://...
-	$(RUN_VENV)/bin/python -m kerasflow.storeops.server "$(STORE)" --port $(PORT) $(if $(AUTH),--auth)
+	$(RUN_VENV)/bin/python -m kerasflow server "$(STORE)" --port $(PORT) $(if $(AUTH),--auth)
 
 runs: $(STAMP) ## table + curves of the best runs (outputs/best_runs.png): FILTER="..."
-	mkdir -p outputs && $(PY) -m kerasflow.track.runs --store $(STORE) --filter "$(FILTER)" \
+	mkdir -p outputs && $(PY) -m kerasflow runs --store $(STORE) --filter "$(FILTER)" \
 	  --plot outputs/best_runs.png
 
 reproduce: $(STAMP) ## re-create a tracked run and compare: make reproduce RUN=<id>
 	@test -n "$(RUN)" || { echo "error: give the run: make reproduce RUN=<run id> (make runs lists them)"; exit 2; }
-	$(PY) -m kerasflow.cli.reproduce "$(RUN)" --store $(STORE) $(ARGS)
+	$(PY) -m kerasflow reproduce "$(RUN)" --store $(STORE) $(ARGS)
 
 promote: $(STAMP) ## point @champion at the best version: NAME=demo METRIC=test_accuracy
-	$(PY) -m kerasflow.track.registry --store $(STORE) promote "$(NAME)" --metric "$(METRIC)"
+	$(PY) -m kerasflow promote "$(NAME)" --metric "$(METRIC)" --store $(STORE)
+
+versions: $(STAMP) ## a registered model's versions, aliases, test metrics: NAME=demo
+	$(PY) -m kerasflow versions "$(NAME)" --store $(STORE)
 
 serve: $(STAMP) ## serve a model on 127.0.0.1:5001: MODEL=models:/demo@candidate
 	@test -n "$(MODEL)" || { echo "error: give the model: make serve MODEL=models:/NAME@ALIAS"; exit 2; }
-	$(PY) -m kerasflow.serve.serving "$(MODEL)" --port $(SERVE_PORT) --store $(STORE)
+	$(PY) -m kerasflow serve "$(MODEL)" --port $(SERVE_PORT) --store $(STORE)
 
 predict: $(STAMP) ## classify images with the served model: MODEL=... IMAGES='a.png b.png'
-	$(PY) predict.py --url http://127.0.0.1:$(SERVE_PORT) --model "$(MODEL)" --store $(STORE) $(IMAGES)
+	$(PY) -m kerasflow predict --url http://127.0.0.1:$(SERVE_PORT) --model "$(MODEL)" --store $(STORE) $(IMAGES)
 
 ##@ Stores
 pull: $(RUN_STAMP) ## copy a store in use and fix its paths: FROM=user@server:path/store
 	@test -n "$(FROM)" || { echo "error: give the source: make pull FROM=user@server:path/to/store"; exit 2; }
-	$(RUN_VENV)/bin/python -m kerasflow.storeops.pull "$(FROM)" "$(STORE)"
+	$(RUN_VENV)/bin/python -m kerasflow pull "$(FROM)" "$(STORE)"
 
 relocate: $(RUN_STAMP) ## rewrite a moved store's artifact paths: make relocate STORE=...
-	$(RUN_VENV)/bin/python -m kerasflow.storeops.relocate "$(STORE)"
+	$(RUN_VENV)/bin/python -m kerasflow relocate "$(STORE)"
 
 migrate: $(RUN_STAMP) ## move a legacy file store onto sqlite: make migrate STORE=path/to/mlruns
-	$(RUN_VENV)/bin/python -m kerasflow.storeops.migrate "$(STORE)"
+	$(RUN_VENV)/bin/python -m kerasflow migrate "$(STORE)"
 
 team-server: ## team server (PostgreSQL + MLflow, docker/compose.yaml) on 127.0.0.1:5000
 	@test -f docker/team.env || { echo "error: no docker/team.env: cp docker/team.env.example docker/team.env, then set its password"; exit 2; }
@@ -153,17 +153,17 @@ team-server: ## team server (PostgreSQL + MLflow, docker/compose.yaml) on 127.0.
 
 ##@ Experiments
 splits: $(STAMP) ## write the nested CV folds once: SPLITS=outputs/splits.json
-	$(PY) make_splits.py --out "$(SPLITS)" $(ARGS)
+	$(PY) -m kerasflow splits --out "$(SPLITS)" $(ARGS)
 
 cv: $(STAMP) ## nested CV as MLflow runs over SPLITS: make cv N_OUTER=2 N_INNER=2
-	test -f "$(SPLITS)" || $(PY) make_splits.py --out "$(SPLITS)" $(ARGS)
-	$(PY) cv.py --store $(STORE) --set splits_file="$(SPLITS)" --n-outer $(N_OUTER) --n-inner $(N_INNER) $(ARGS)
+	test -f "$(SPLITS)" || $(PY) -m kerasflow splits --out "$(SPLITS)" $(ARGS)
+	$(PY) -m kerasflow cv --store $(STORE) --set splits_file="$(SPLITS)" --n-outer $(N_OUTER) --n-inner $(N_INNER) $(ARGS)
 
 tune: $(STAMP) ## Optuna search over search_space: make tune TRIALS=20 WORKERS=2
-	$(PY) tune.py --store $(STORE) --trials $(TRIALS) --workers $(WORKERS) --study "$(STUDY)" $(ARGS)
+	$(PY) -m kerasflow tune --store $(STORE) --trials $(TRIALS) --workers $(WORKERS) --study "$(STUDY)" $(ARGS)
 
 analyze: $(STAMP) ## Youden threshold + mlflow evaluate on runs' predictions: FILTER=...
-	$(PY) analyze_predictions.py --store $(STORE) --filter "$(FILTER)" $(ARGS)
+	$(PY) -m kerasflow analyze --store $(STORE) --filter "$(FILTER)" $(ARGS)
 
 ##@ Containers
 image: ## build the project image for this commit, as your UID/GID
@@ -198,7 +198,7 @@ pictures: $(STAMP) ## regenerate docs/images from a real tracked run (headless C
 	$(PY) docs/make_pictures.py $(ARGS)
 
 mlproject: $(STAMP) ## regenerate MLproject from config.yaml
-	$(PY) -m kerasflow.cli.mlproject > MLproject
+	$(PY) -m kerasflow mlproject > MLproject
 
 lock: ## re-pin requirements.txt from requirements.in
 	rm -rf .venv-lock && $(PYTHON_BASE) -m venv .venv-lock

@@ -14,7 +14,7 @@
 # First, in the foreground (kerasflow/preflight.py): the engine answers, the NVIDIA runtime is there
 # when a GPU is asked for, the dataset the config needs is present, the server port is free or this
 # store's own; each failure is one line with its fix and nothing is started.
-# Then: 1. the server in MLFLOW_TRACKING_URI, or this store's own (kerasflow.storeops.server on
+# Then: 1. the server in MLFLOW_TRACKING_URI, or this store's own (kerasflow server on
 # 127.0.0.1:$PORT over ./store: MLflow mounts only the run's artifact folder into the container, so
 # models logged inside docker to a local store would be lost; through the server they are not);
 # 2. the user's image, built when missing or stale (docker/lib.bash: kerasflow:<commit>-u<UID>.<GID>;
@@ -61,7 +61,7 @@ mkdir -p "$logs"
 if [ -z "${KF_ENV_FILE:-}" ] && [ -n "${MLFLOW_TRACKING_URI:-}${MLFLOW_TRACKING_USERNAME:-}${KERASFLOW_STUDY_STORAGE:-}" ]; then
   [ -x "$PYTHON" ] || die "no Python environment at $PYTHON: run make env (or set MLFLOW=/path/to/venv/bin/mlflow)"
   KF_ENV_FILE="$(mktemp -d)/mlflow.env"
-  MLFLOW_TRACKING_URI="$("$PYTHON" -m kerasflow.urlauth "$KF_ENV_FILE")"
+  MLFLOW_TRACKING_URI="$("$PYTHON" -m kerasflow env-file "$KF_ENV_FILE")"
   export MLFLOW_TRACKING_URI KF_ENV_FILE
 fi
 if [ -n "${KF_ENV_FILE:-}" ]; then
@@ -97,7 +97,7 @@ take_lock
 if [ -z "${KF_PREFLIGHT_DONE:-}" ]; then
   [ -x "$PYTHON" ] || die "no Python environment at $PYTHON: run make run (it makes the light env) or set MLFLOW=/path/to/venv/bin/mlflow"
   check_shell_safe "the checkout" "$KF_ROOT"  # MLproject mounts it as ${PWD} in mlflow's bash -c line
-  "$PYTHON" -m kerasflow.cli.preflight --root "$KF_ROOT" --entry "$entry" --image "$(image_tag)" \
+  "$PYTHON" -m kerasflow preflight --root "$KF_ROOT" --entry "$entry" --image "$(image_tag)" \
     --port "$PORT" --store "$STORE" --logs "$logs" "${params[@]}"
 fi
 
@@ -142,15 +142,15 @@ ensure_server() {
   server_url="http://127.0.0.1:$PORT"
   if answers "$server_url"; then
     note "using this store's MLflow server at $server_url (pid $(cat "$logs/mlflow-server.pid"))"
-    "$PYTHON" -m kerasflow.storeops.proxied "$STORE" "$experiment"
+    "$PYTHON" -m kerasflow proxy-artifacts "$STORE" "$experiment"
     return 0
   fi
   note "starting an MLflow server at $server_url over $STORE (log: $logs/mlflow-server.log, pid: $logs/mlflow-server.pid)"
-  nohup "$PYTHON" -m kerasflow.storeops.server "$STORE" --port "$PORT" > "$logs/mlflow-server.log" 2>&1 &
+  nohup "$PYTHON" -m kerasflow server "$STORE" --port "$PORT" > "$logs/mlflow-server.log" 2>&1 &
   echo "$!" > "$logs/mlflow-server.pid"
   for _ in $(seq 1 60); do
     if answers "$server_url"; then
-      "$PYTHON" -m kerasflow.storeops.proxied "$STORE" "$experiment"
+      "$PYTHON" -m kerasflow proxy-artifacts "$STORE" "$experiment"
       return 0
     fi
     kill -0 "$(cat "$logs/mlflow-server.pid")" 2> /dev/null || break

@@ -20,4 +20,4 @@ if [[ -z "$python" || ! -x "$python" ]]; then
   echo "error: no Python environment with MLflow for this checkout: run \`make ui\` (it makes the light one, MLflow without TensorFlow, on demand), or set KERASFLOW_PYTHON" >&2
   exit 2
 fi
-exec "$python" -m kerasflow.storeops.ui "$@"
+exec "$python" -m kerasflow ui "$@"

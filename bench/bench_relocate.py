@@ -42,7 +42,7 @@ def file_store(tmp: Path, runs: int, rounds: int) -> dict:
     moved = tmp / "laptop" / "mlruns"
     moved.parent.mkdir(parents=True)
     old.rename(moved)
-    rows: dict[str, list[float]] = {"sed": [], "kerasflow.storeops.relocate": []}
+    rows: dict[str, list[float]] = {"sed": [], "kerasflow relocate": []}
     for _ in range(rounds):
         for name in rows:
             copy = tmp / f"copy-{name}" / "mlruns"
@@ -52,11 +52,11 @@ def file_store(tmp: Path, runs: int, rounds: int) -> dict:
                 sed = f"find '{copy}' -name meta.yaml -exec sed -i 's#{old}#{copy}#g' {{}} +"
                 rows[name].append(timed(sed, shell=True))
             else:
-                rows[name].append(timed([sys.executable, "-m", "kerasflow.storeops.relocate", str(copy)]))
+                rows[name].append(timed([sys.executable, "-m", "kerasflow", "relocate", str(copy)]))
     med = {k: statistics.median(v) for k, v in rows.items()}
     return {"runs": runs, "seconds": {k: [round(x, 3) for x in v] for k, v in rows.items()},
             "median_s": {k: round(v, 3) for k, v in med.items()},
-            "ratio_vs_sed": round(med["kerasflow.storeops.relocate"] / med["sed"], 2)}
+            "ratio_vs_sed": round(med["kerasflow relocate"] / med["sed"], 2)}
 
 
 def sqlite_store(tmp: Path, runs: int, rounds: int) -> dict:
@@ -77,7 +77,7 @@ def sqlite_store(tmp: Path, runs: int, rounds: int) -> dict:
         copy = tmp / "copy-db" / "store"
         shutil.rmtree(copy.parent, ignore_errors=True)
         shutil.copytree(moved, copy)
-        process.append(timed([sys.executable, "-m", "kerasflow.storeops.relocate", str(copy)]))
+        process.append(timed([sys.executable, "-m", "kerasflow", "relocate", str(copy)]))
         shutil.rmtree(copy.parent)
         shutil.copytree(moved, copy)
         from kerasflow.storeops import relocate

@@ -101,7 +101,7 @@ def _server(store: Path, db: str | None) -> tuple[subprocess.Popen, str]:
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "kerasflow.storeops.server", str(store), "--port", str(port)]
+    cmd = [sys.executable, "-m", "kerasflow", "server", str(store), "--port", str(port)]
     env = {**os.environ, "PGPASSWORD": PASSWORD}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen([*cmd, *(["--db", db] if db else [])], cwd=ROOT, env=env,

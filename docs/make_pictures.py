@@ -141,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([PY, str(ROOT / "train_mlflow.py"), "--store", str(store), "--preset", "demo",
                         "--set", f"output_dir={outputs}", "--set", "run_name=demo-pictures",
                         "--set", f"cache_dir={work / 'cache'}", "--register", "demo"], check=True, cwd=ROOT)
-        subprocess.run([PY, "-m", "kerasflow.track.registry", "--store", str(store), "promote", "demo",
+        subprocess.run([PY, "-m", "kerasflow", "promote", "--store", str(store), "demo",
                         "--metric", "test_accuracy"], check=True, cwd=ROOT)
         for name in ("curves.png", "confusion_matrix.png"):
             _small_png(outputs / "demo-pictures" / name, IMAGES / name, 560)
         port = _free_port()
-        server = subprocess.Popen([PY, "-m", "kerasflow.storeops.server", str(store), "--port", str(port)],
+        server = subprocess.Popen([PY, "-m", "kerasflow", "server", str(store), "--port", str(port)],
                                   cwd=ROOT)
         try:
             url = f"http://127.0.0.1:{port}"

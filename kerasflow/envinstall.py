@@ -25,7 +25,6 @@ import shlex
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 UV_VERSION = "0.13.9"
@@ -133,23 +132,3 @@ def link_project(project: Path) -> list[Path]:
         path.chmod(0o755)
         written.append(path)
     return written
-
-
-def main(argv: list[str]) -> int:
-    project = Path(__file__).resolve().parent.parent
-    if argv == ["--link-only"]:
-        link_project(project)
-        return 0
-    if len(argv) != 1:
-        print("usage: python -m kerasflow.envinstall requirements.txt | --link-only", file=sys.stderr)
-        return 2
-    t0 = time.monotonic()
-    used = install(sys.executable, argv[0])
-    link_project(project)
-    print(f"env: installed {argv[0]} with {used} in {time.monotonic() - t0:.0f} s; kerasflow linked from "
-          f"{project}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

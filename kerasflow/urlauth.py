@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from kerasflow.errors import UserError
+
 
 def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     """(url without user:password, user, password); a URL without them comes back unchanged."""
@@ -76,12 +78,7 @@ def write_env_file(path: str) -> str:
                                                         "KERASFLOW_STUDY_STORAGE")
              if os.environ.get(name)]
     if any("\n" in line for line in lines):
-        raise ValueError("a credential holds a newline")
+        raise UserError("a tracking credential or KERASFLOW_STUDY_STORAGE holds a newline: an env file "
+                        "cannot carry it; set the value without one")
     atomic_write(Path(path), "".join(f"{line}\n" for line in lines), mode=0o600)
     return clean
-
-
-if __name__ == "__main__":  # python -m kerasflow.urlauth ENV_FILE  (project_driver.bash)
-    import sys
-
-    print(write_env_file(sys.argv[1]))

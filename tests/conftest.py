@@ -70,6 +70,14 @@ def run_script(script: str, *args: str, env: dict[str, str] | None = None,
                           cwd=ROOT, env=full_env, timeout=timeout)
 
 
+def kerasflow(command: str, *args: str, env: dict[str, str] | None = None,
+              timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run `python -m kerasflow COMMAND ARGS` (= `kerasflow COMMAND`) as a user would, in its own process."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "kerasflow", command, *args], capture_output=True,
+                          text=True, cwd=ROOT, env=full_env, timeout=timeout)
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on right now."""
     import socket

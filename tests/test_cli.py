@@ -162,7 +162,7 @@ def test_curves_have_whole_epoch_ticks():
 
 
 def test_one_kerasflow_command_reaches_every_capability_without_heavy_imports():
-    from kerasflow.cli.main import COMMANDS
+    from kerasflow.cli.main import COMMANDS, INTERNAL
 
     listed = subprocess.run(
         [sys.executable, "-m", "kerasflow", "--help"], capture_output=True, text=True, cwd=ROOT
@@ -173,8 +173,8 @@ def test_one_kerasflow_command_reaches_every_capability_without_heavy_imports():
         "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
         "print('HEAVY', [m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules])\n"
     )
-    for name in COMMANDS:
-        assert f"kerasflow {name} " in listed.stdout, name
+    for name in [*COMMANDS, *INTERNAL]:
+        assert (f"kerasflow {name} " in listed.stdout) == (name in COMMANDS), name
         out = subprocess.run(
             [sys.executable, "-c", code, *name.split(), "--help"], capture_output=True, text=True, cwd=ROOT
         )
@@ -187,12 +187,34 @@ def test_one_kerasflow_command_reaches_every_capability_without_heavy_imports():
         "unknown command 'kerasflow bogus'",
         "kerasflow --help",
     )
-    assert_user_error(
-        subprocess.run(
-            [sys.executable, "-m", "kerasflow", "store"], capture_output=True, text=True, cwd=ROOT
-        ),
-        "ui, relocate, pull, migrate",
-    )
+
+
+def test_each_command_is_the_make_target_and_mlproject_entry_of_its_name():
+    """kerasflow CMD = python -m kerasflow CMD = make CMD (= MLproject entry CMD; `main` is track)."""
+    import re
+
+    import yaml
+
+    from kerasflow.cli.main import COMMANDS, INTERNAL
+
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.M))
+    ui_script = (ROOT / "run_mlflow_ui.bash").read_text()  # make ui runs it; it runs kerasflow ui
+    for name in COMMANDS:
+        assert name in targets, f"no make target {name}"
+        assert f"-m kerasflow {name} " in makefile or (name == "ui" and '-m kerasflow ui "$@"' in ui_script), name
+    recipes = "\n".join(line for line in makefile.splitlines() if line.startswith("\t"))
+    assert not re.search(r"-m kerasflow\.|\b(train|train_mlflow)\.py\b", recipes), "make calls a shim"
+    entries = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
+    for entry, spec in entries.items():
+        assert spec["command"].startswith(f"python -m kerasflow {'track' if entry == 'main' else entry} ")
+    package = ROOT / "kerasflow"
+    modules = {p.stem for p in (package / "cli").glob("*.py")} - {"__init__", "main"}
+    assert modules == {n.replace("-", "_") for n in [*COMMANDS, *INTERNAL]}
+    for path in package.rglob("*.py"):  # only cli/ parses argv, and nothing below it has an entry
+        if path.parent.name != "cli" and path.name != "__main__.py":
+            text = path.read_text()
+            assert "argparse" not in text and '__name__ == "__main__"' not in text, path
 
 
 def test_every_make_target_the_readme_and_docs_name_exists():

@@ -68,7 +68,7 @@ def test_driver_refuses_bad_arguments_before_touching_docker():
 def test_driver_never_logs_into_another_stores_server_on_its_port(sandbox, tmp_path):
     """Another user's `make ui` on port 5000 answers /health just like our server; it is not ours."""
     port = free_port()
-    other = subprocess.Popen([sys.executable, "-m", "kerasflow.storeops.server", str(tmp_path / "theirs"),
+    other = subprocess.Popen([sys.executable, "-m", "kerasflow", "server", str(tmp_path / "theirs"),
                               "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:

@@ -581,7 +581,7 @@ def test_make_run_logs_into_a_team_server_with_a_login_and_never_shows_the_passw
     port = free_port()
     team = workdir / "team-store"
     server = user.popen(
-        ["python", "-m", "kerasflow.storeops.server", str(team), "--port", str(port), "--auth"],
+        ["python", "-m", "kerasflow", "server", str(team), "--port", str(port), "--auth"],
         cwd=checkout, env={"MLFLOW_AUTH_ADMIN_PASSWORD": password},
     )
     try:
@@ -924,7 +924,7 @@ def test_quickstart_a_reopen_in_container_after_a_demo_on_the_host(devcontainer,
     assert len(demos) >= 2, demos  # one on the host, one in the container (make track-demo)
     whoami = dc_exec(devcontainer, user, checkout, "bash", "-c", "id -un; id -u; make -n demo | head -n 1")
     assert whoami.stdout.split()[:2] == ["dev", str(user.uid)], whoami.stdout
-    assert "/opt/venv/bin/python train.py" in whoami.stdout
+    assert "/opt/venv/bin/python -m kerasflow train" in whoami.stdout
     import mlflow
 
     c = mlflow.MlflowClient(f"sqlite:///{checkout / 'store' / 'mlflow.db'}")
@@ -1196,7 +1196,7 @@ def test_tune_workers_in_containers_join_a_study_on_postgresql(user, checkout, w
 
     study_url = postgres["createdb"]("enginestudy").replace("kf@", f"kf:{PG_PASSWORD}@")
     port = free_port()
-    server = user.popen(["python", "-m", "kerasflow.storeops.server", str(workdir / "eng-store"), "--port",
+    server = user.popen(["python", "-m", "kerasflow", "server", str(workdir / "eng-store"), "--port",
                          str(port)], cwd=checkout)
     joiners: list[subprocess.Popen[str]] = []
     lead = None
@@ -1215,8 +1215,8 @@ def test_tune_workers_in_containers_join_a_study_on_postgresql(user, checkout, w
             assert all(j.poll() is None for j in joiners), [j.stderr.read()[-3000:] for j in joiners]
             time.sleep(1)
         sets = [arg for t in TINY for arg in ("--set", t)]
-        lead = user.popen(["python", "tune.py", *sets, "--set", "epochs=2", "--study", "eng", "--trials", "6",
-                           "--grace", "240"], cwd=checkout, env=env)
+        lead = user.popen(["python", "-m", "kerasflow", "tune", *sets, "--set", "epochs=2", "--study", "eng",
+                           "--trials", "6", "--grace", "240"], cwd=checkout, env=env)
         _, lead_err = lead.communicate(timeout=1200)
         assert lead.returncode == 0, lead_err[-3000:]
         for j in joiners:

@@ -70,7 +70,7 @@ def _fresh_env(tmp_path: Path, name: str) -> Path:
 def test_a_lock_installs_with_uv_and_falls_back_to_pip_in_one_line(tmp_path):
     lock = tmp_path / "lock.txt"
     lock.write_text("six==1.17.0\n")
-    run = ["-m", "kerasflow.envinstall", str(lock)]
+    run = ["-m", "kerasflow", "env", str(lock)]
     for name, extra, used in (
         ("uv", {}, "with uv"),
         ("forced", {"KERASFLOW_INSTALLER": "pip"}, "with pip"),
@@ -130,14 +130,16 @@ def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorf
     # every store command and make run's checks import with what the light lock has (tqdm: progress on
     # stores of 2,000+ files, which the light lock lacked), and none pulls in TensorFlow
     imports = ("import sys, tqdm, kerasflow.storeops.pull, kerasflow.storeops.relocate, "
-               "kerasflow.storeops.ui, kerasflow.storeops.migrate, kerasflow.cli.preflight, "
-               "kerasflow.preflight; "
+               "kerasflow.storeops.ui, kerasflow.storeops.migrate, kerasflow.storeops.proxy_artifacts, "
+               "kerasflow.cli.pull, kerasflow.cli.relocate, kerasflow.cli.ui, kerasflow.cli.migrate, "
+               "kerasflow.cli.server, kerasflow.cli.proxy_artifacts, kerasflow.cli.env_file, "
+               "kerasflow.cli.preflight, kerasflow.preflight; "
                "kerasflow.preflight.run_config(kerasflow.config.DEFAULT_CONFIG, ['epochs=2']); "
                "assert 'tensorflow' not in sys.modules")
     light = subprocess.run([py, "-c", imports], capture_output=True, text=True, cwd=ROOT)
     assert light.returncode == 0, light.stderr[-2000:]
     port = free_port()
-    cmd = [py, "-m", "kerasflow.storeops.server", str(tmp_path / "store"), "--port", str(port)]
+    cmd = [py, "-m", "kerasflow", "server", str(tmp_path / "store"), "--port", str(port)]
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc=server)
@@ -149,11 +151,11 @@ def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorf
               "--print-command"]
     ui = subprocess.run(ui_cmd, env=env, capture_output=True, text=True, timeout=120)
     assert ui.returncode == 0 and f"{venv_dir}/bin/mlflow server" in ui.stdout, ui.stderr[-2000:]
-    creds = subprocess.run([py, "-m", "kerasflow.urlauth", str(tmp_path / "mlflow.env")], capture_output=True,
-                           text=True, env={**os.environ, "MLFLOW_TRACKING_URI": "http://u:p@127.0.0.1:1"})
+    creds = subprocess.run([py, "-m", "kerasflow", "env-file", str(tmp_path / "mlflow.env")],
+                           capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": "http://u:p@127.0.0.1:1"})
     assert creds.stdout.strip() == "http://127.0.0.1:1"
     assert (tmp_path / "mlflow.env").stat().st_mode & 0o77 == 0
-    bad_port = [py, "-m", "kerasflow.storeops.server", str(tmp_path / "store"), "--port", "99999"]
+    bad_port = [py, "-m", "kerasflow", "server", str(tmp_path / "store"), "--port", "99999"]
     assert_user_error(subprocess.run(bad_port, capture_output=True, text=True), "out of range")
     # with no full .venv, `make run` takes the light env (its stamp is up to date: nothing is rebuilt)
     plan = subprocess.run(["make", "-n", "--no-print-directory", "run", f"VENV={tmp_path / 'no-full-env'}",

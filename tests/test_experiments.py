@@ -29,10 +29,10 @@ def overrides(tmp: Path, *extra: str) -> list[str]:
     return [*SMALL, f"output_dir={tmp / 'outputs'}", f"cache_dir={tmp / 'cache'}", *extra]
 
 
-def run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
-    )
+def run(command: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`kerasflow COMMAND ARGS` in its own process."""
+    return subprocess.run([sys.executable, "-m", "kerasflow", command, *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
 
 
 def runs_of(store_dir: Path, query: str = "") -> list:
@@ -43,7 +43,7 @@ def runs_of(store_dir: Path, query: str = "") -> list:
 
 def make_splits(tmp: Path, *extra: str) -> Path:
     out = tmp / "splits.json"
-    result = run("make_splits.py", *set_args(overrides(tmp, *extra)), "--out", str(out))
+    result = run("splits", *set_args(overrides(tmp, *extra)), "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -131,7 +131,7 @@ def test_training_takes_a_fold_and_logs_the_splits_digest(tmp_path):
 def test_two_by_two_cv_makes_the_nested_run_tree_with_aggregates(tmp_path):
     out = make_splits(tmp_path, "n_outer_folds=3", "n_inner_folds=3")
     result = run(
-        "cv.py",
+        "cv",
         *set_args(overrides(tmp_path, f"splits_file={out}", "run_name=cv")),
         "--n-outer",
         "2",
@@ -176,10 +176,10 @@ def test_a_cv_rerun_with_its_name_resumes_and_skips_finished_folds(tmp_path):
         "--n-inner",
         "1",
     ]
-    first = run("cv.py", *args, "--n-outer", "1")
+    first = run("cv", *args, "--n-outer", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     [leaf] = runs_of(tmp_path / "store", "tags.kerasflow.level = 'inner_fold'")
-    second = run("cv.py", *args, "--n-outer", "2")  # e.g. after a kill, or to add folds
+    second = run("cv", *args, "--n-outer", "2")  # e.g. after a kill, or to add folds
     assert second.returncode == 0, second.stderr[-3000:]
     assert "(resumed)" in second.stderr and "fold 0/0 was finished before" in second.stderr
     leaves = runs_of(tmp_path / "store", "tags.kerasflow.level = 'inner_fold'")
@@ -195,7 +195,7 @@ def test_a_cv_rerun_with_its_name_resumes_and_skips_finished_folds(tmp_path):
         "--store",
         str(tmp_path / "store"),
     ]
-    assert_user_error(run("cv.py", *changed), "cv 'cvr' was started with another config")
+    assert_user_error(run("cv", *changed), "cv 'cvr' was started with another config")
 
 
 # --- search -----------------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-trial search run by two worker processes on one sqlite study."""
     tmp = tmp_path_factory.mktemp("search")
     result = run(
-        "tune.py",
+        "tune",
         *set_args(overrides(tmp, SPACE)),
         "--trials",
         "3",
@@ -253,9 +253,9 @@ def test_an_interrupted_study_continues_its_trial_count(tmp_path):
     import optuna
 
     common = [*set_args(overrides(tmp_path, SPACE)), "--study", "resumed", "--store", str(tmp_path / "store")]
-    first = run("tune.py", *common, "--trials", "2")
+    first = run("tune", *common, "--trials", "2")
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run("tune.py", *common, "--trials", "3")
+    second = run("tune", *common, "--trials", "3")
     assert second.returncode == 0, second.stderr[-3000:]
     study = optuna.load_study(study_name="resumed", storage=f"sqlite:///{tmp_path / 'store' / 'optuna.db'}")
     assert [t.number for t in study.trials] == [0, 1, 2]
@@ -292,7 +292,7 @@ def test_analysis_logs_figures_and_metrics_that_match_the_predictions(searched, 
 
     store_dir = searched / "store"
     result = run(
-        "analyze_predictions.py", "--filter", "tags.kerasflow.level = 'trial'", "--store", str(store_dir)
+        "analyze", "--filter", "tags.kerasflow.level = 'trial'", "--store", str(store_dir)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     client = client_for(store_dir)
@@ -332,7 +332,7 @@ def test_analysis_logs_figures_and_metrics_that_match_the_predictions(searched, 
 def test_bad_search_space(tmp_path, setting, message):
     assert_user_error(
         run(
-            "tune.py",
+            "tune",
             *set_args(overrides(tmp_path, setting)),
             "--trials",
             "1",
@@ -348,7 +348,7 @@ def test_more_outer_folds_than_the_file_has(tmp_path):
     out = make_splits(tmp_path, "n_outer_folds=2", "n_inner_folds=2")
     assert_user_error(
         run(
-            "cv.py",
+            "cv",
             *set_args(overrides(tmp_path, f"splits_file={out}")),
             "--n-outer",
             "3",
@@ -359,25 +359,25 @@ def test_more_outer_folds_than_the_file_has(tmp_path):
         "has 2",
     )
     assert_user_error(
-        run("train.py", *set_args(overrides(tmp_path, f"splits_file={out}", "outer_fold=2"))), "has 2"
+        run("train", *set_args(overrides(tmp_path, f"splits_file={out}", "outer_fold=2"))), "has 2"
     )
 
 
 def test_splits_file_of_another_dataset(tmp_path):
     out = make_splits(tmp_path, "n_outer_folds=2", "n_inner_folds=2")
-    result = run("train.py", *set_args(overrides(tmp_path, f"splits_file={out}", "synthetic_examples=170")))
+    result = run("train", *set_args(overrides(tmp_path, f"splits_file={out}", "synthetic_examples=170")))
     assert_user_error(result, "was made for another dataset", "make splits")
     assert not (tmp_path / "outputs").exists()
     edited = json.loads(out.read_text())
     edited["outer"][0]["test"].pop()
     out.write_text(json.dumps(edited))
-    assert_user_error(run("train.py", *set_args(overrides(tmp_path, f"splits_file={out}"))), "was edited")
+    assert_user_error(run("train", *set_args(overrides(tmp_path, f"splits_file={out}"))), "was edited")
 
 
 def test_study_name_with_another_space_is_refused(searched):
     other = "search_space={dropout: {low: 0.1, high: 0.2}}"
     result = run(
-        "tune.py",
+        "tune",
         *set_args(overrides(searched, other)),
         "--trials",
         "4",
@@ -393,7 +393,7 @@ def test_study_name_with_another_space_is_refused(searched):
 def test_analysis_with_a_filter_matching_no_run(searched):
     assert_user_error(
         run(
-            "analyze_predictions.py",
+            "analyze",
             "--filter",
             "metrics.test_accuracy > 2",
             "--store",
@@ -404,7 +404,7 @@ def test_analysis_with_a_filter_matching_no_run(searched):
     )
     assert_user_error(
         run(
-            "analyze_predictions.py",
+            "analyze",
             "--filter",
             "metrics.test_accuracy >>> 2",
             "--store",
@@ -418,14 +418,14 @@ def test_cv_without_a_splits_file_writes_the_folds_once_and_reuses_them(tmp_path
     """As `make cv` does (and the cv entry point of `make run ARGS='-e cv'`, whose splits_file is '')."""
     args = [*set_args(overrides(tmp_path, "n_outer_folds=2", "n_inner_folds=2")),
             "--store", str(tmp_path / "store"), "--n-outer", "1", "--n-inner", "1"]
-    first = run("cv.py", *args)
+    first = run("cv", *args)
     assert first.returncode == 0, first.stderr[-3000:]
     written = tmp_path / "outputs" / "splits.json"
     assert f"-> {written}" in first.stderr
     splits = folds.read(written)
     assert len(splits["outer"]) == 2 and len(splits["outer"][0]["inner"]) == 2
     mtime = written.stat().st_mtime_ns
-    second = run("cv.py", *args)
+    second = run("cv", *args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert written.stat().st_mtime_ns == mtime and "splits:" not in second.stderr  # reused, not rewritten
     with pytest.raises(UserError, match="does not exist"):
@@ -435,12 +435,12 @@ def test_cv_without_a_splits_file_writes_the_folds_once_and_reuses_them(tmp_path
 def test_unusable_study_storage_and_unknown_positive_class(searched, tmp_path):
     tune = [*set_args(overrides(tmp_path, SPACE)), "--trials", "1", "--store", str(tmp_path / "store")]
     missing = f"sqlite:///{tmp_path / 'no' / 'such' / 'optuna.db'}"
-    assert_user_error(run("tune.py", *tune, "--storage", missing), "study storage folder", "does not exist")
+    assert_user_error(run("tune", *tune, "--storage", missing), "study storage folder", "does not exist")
     server = "postgresql://nobody@127.0.0.1:1/optuna"
-    assert_user_error(run("tune.py", *tune, "--storage", server), f"study storage {server}")
+    assert_user_error(run("tune", *tune, "--storage", server), f"study storage {server}")
     analyze = ["--filter", "tags.kerasflow.level = 'final'", "--store", str(searched / "store")]
     assert_user_error(
-        run("analyze_predictions.py", *analyze, "--positive", "healthy"),
+        run("analyze", *analyze, "--positive", "healthy"),
         "--positive 'healthy' is not a class",
     )
 
@@ -534,7 +534,7 @@ def test_workers_of_one_gpu_box_get_one_gpu_each(monkeypatch, tmp_path):
 
 def test_joining_a_study_no_lead_started_is_one_line(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    result = run("tune.py", *set_args(overrides(tmp_path, SPACE)), "--study", "nobody", "--role", "join",
+    result = run("tune", *set_args(overrides(tmp_path, SPACE)), "--study", "nobody", "--role", "join",
                  "--grace", "10", "--storage", storage, "--store", str(tmp_path / "store"))
     assert_user_error(result, "study 'nobody'", "has not been started within --grace 10 s",
                       "--role lead")

@@ -48,17 +48,17 @@ def test_every_server_is_started_by_the_one_module():
         code = [line for line in (ROOT / path).read_text().splitlines() if not line.lstrip().startswith("#")]
         assert not [line for line in code if re.search(r"mlflow\S*\s+(server|ui)\b", line)], path
     for path in (ROOT / "kerasflow").rglob("*.py"):
-        if path.name != "server.py":
+        if path.name != "server.py" and path != ROOT / "kerasflow" / "cli" / "main.py":  # the command table
             assert not re.search(r"""["'](server|ui)["']""", path.read_text()), path
-    assert "kerasflow.storeops.server" in (ROOT / "Makefile").read_text()
-    assert "kerasflow.storeops.server" in (ROOT / "project_driver.bash").read_text()
+    assert "-m kerasflow server " in (ROOT / "Makefile").read_text()
+    assert "-m kerasflow server " in (ROOT / "project_driver.bash").read_text()
 
 
 @pytest.mark.slow
 def test_server_on_a_new_store_checks_host_headers_and_proxies_artifacts(tmp_path):
     port = free_port()
     new = tmp_path / "new store"
-    proc = subprocess.Popen([PY, "-m", "kerasflow.storeops.server", str(new), "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen([PY, "-m", "kerasflow", "server", str(new), "--port", str(port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -93,14 +93,14 @@ def test_server_on_a_new_store_checks_host_headers_and_proxies_artifacts(tmp_pat
 
 
 def test_server_refuses_bad_ports_and_non_stores(tmp_path):
-    assert_user_error(py("-m", "kerasflow.storeops.server", str(tmp_path), "--port", "70000"), "out of range")
+    assert_user_error(py("-m", "kerasflow", "server", str(tmp_path), "--port", "70000"), "out of range")
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         busy = s.getsockname()[1]
-        assert_user_error(py("-m", "kerasflow.storeops.server", str(tmp_path), "--port", str(busy)), "busy")
+        assert_user_error(py("-m", "kerasflow", "server", str(tmp_path), "--port", str(busy)), "busy")
     (tmp_path / "notes.txt").write_text("not a store")
-    assert_user_error(py("-m", "kerasflow.storeops.server", str(tmp_path), "--port", str(free_port())),
+    assert_user_error(py("-m", "kerasflow", "server", str(tmp_path), "--port", str(free_port())),
                       "not an MLflow store")
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -154,7 +154,7 @@ def test_processes_of_different_kinds_create_one_store_at_once(tmp_path):
     shrunk = set_args([*TINY, f"output_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'c'}"])
     procs.append(subprocess.Popen([PY, "train_mlflow.py", "--store", str(new), *shrunk],
                                   cwd=ROOT, stderr=subprocess.PIPE, text=True))
-    server = subprocess.Popen([PY, "-m", "kerasflow.storeops.server", str(new), "--port", str(port)],
+    server = subprocess.Popen([PY, "-m", "kerasflow", "server", str(new), "--port", str(port)],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for p in procs:
@@ -216,7 +216,7 @@ def count_runs(store_dir: Path) -> int:
 
 
 def pull(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return py("-m", "kerasflow.storeops.pull", *args, env=env)
+    return py("-m", "kerasflow", "pull", *args, env=env)
 
 
 @pytest.mark.slow
@@ -274,7 +274,7 @@ def test_rsync_errors_show_the_first_real_line():
 def test_an_interrupted_first_pull_completes_on_rerun(tmp_path):
     src, dest = tmp_path / "server" / "store", tmp_path / "laptop" / "store"
     bulk(src, 3)
-    proc = subprocess.Popen([PY, "-m", "kerasflow.storeops.pull", str(src), str(dest)], cwd=ROOT,
+    proc = subprocess.Popen([PY, "-m", "kerasflow", "pull", str(src), str(dest)], cwd=ROOT,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not (dest / ".kerasflow-pull.json").exists() and time.monotonic() < deadline:
@@ -316,7 +316,7 @@ def test_relocation_on_a_full_disk_changes_nothing_and_says_so(tmp_path):
         assert yaml.safe_load(after[p])["artifact_uri" if "artifact_uri" in str(after[p]) else
                                         "artifact_location"].startswith(str(moved))
     assert not [p for p in moved.rglob("*") if p.name.endswith(".relocate-tmp")]
-    rerun = py("-m", "kerasflow.storeops.relocate", str(moved))
+    rerun = py("-m", "kerasflow", "relocate", str(moved))
     assert rerun.returncode == 0, rerun.stderr
     from kerasflow.storeops import relocate
 
@@ -445,10 +445,10 @@ def test_basic_auth_server_takes_a_real_login_and_refuses_a_wrong_one(tmp_path, 
 
     new, port = tmp_path / "team store", free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_AUTH_ADMIN_PASSWORD"}
-    first = subprocess.run([PY, "-m", "kerasflow.storeops.server", str(new), "--port", str(port), "--auth"],
+    first = subprocess.run([PY, "-m", "kerasflow", "server", str(new), "--port", str(port), "--auth"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert_user_error(first, "MLFLOW_AUTH_ADMIN_PASSWORD")
-    proc = subprocess.Popen([PY, "-m", "kerasflow.storeops.server", str(new), "--port", str(port), "--auth"],
+    proc = subprocess.Popen([PY, "-m", "kerasflow", "server", str(new), "--port", str(port), "--auth"],
                             cwd=ROOT, env={**env, "MLFLOW_AUTH_ADMIN_PASSWORD": "Adm1n-pass-for-tests"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -496,7 +496,7 @@ def test_check_reports_locations_outside_the_store(tmp_path):
     (root / "1").mkdir()
     (root / "1" / "meta.yaml").write_text("artifact_location: /etc\nexperiment_id: '1'\nname: evil\n")
     assert relocate.outside(root) == ["/etc"]
-    out = py("-m", "kerasflow.storeops.relocate", str(root), "--check")
+    out = py("-m", "kerasflow", "relocate", str(root), "--check")
     assert "1 artifact locations point outside the store, e.g. /etc" in out.stdout, out.stdout + out.stderr
 
 
@@ -505,9 +505,9 @@ def test_check_reports_locations_outside_the_store(tmp_path):
 
 def test_a_typod_store_is_never_created_by_commands_that_only_read(tmp_path):
     typo = tmp_path / "stroe"
-    for args in (["-m", "kerasflow.serve.serving", "models:/demo@candidate", "--store", str(typo)],
-                 ["-m", "kerasflow.track.registry", "--store", str(typo), "promote", "demo"],
-                 ["-m", "kerasflow.track.runs", "--store", str(typo)]):
+    for args in (["-m", "kerasflow", "serve", "models:/demo@candidate", "--store", str(typo)],
+                 ["-m", "kerasflow", "promote", "--store", str(typo), "demo"],
+                 ["-m", "kerasflow", "runs", "--store", str(typo)]):
         assert_user_error(py(*args), "no MLflow store at", "STORE")
         assert not typo.exists(), args
 
@@ -517,9 +517,10 @@ def test_names_that_escape_their_folder_and_impossible_numbers(tmp_path):
         result = py("train.py", *set_args([*TINY, f"run_name={name}", f"output_dir={tmp_path}"]))
         assert_user_error(result, "run_name", "names a folder")
     assert list(tmp_path.iterdir()) == []
-    assert_user_error(py("tune.py", "--store", str(tmp_path / "s"), "--study", "../x"), "--study")
-    assert_user_error(py("tune.py", "--store", str(tmp_path / "s"), "--grace", "0"), "--grace")
-    assert_user_error(py("-m", "kerasflow.serve.serving", "models:/d@c", "--port", "0"), "out of range")
+    tune = ("-m", "kerasflow", "tune", "--store", str(tmp_path / "s"))
+    assert_user_error(py(*tune, "--study", "../x"), "--study")
+    assert_user_error(py(*tune, "--grace", "0"), "--grace")
+    assert_user_error(py("-m", "kerasflow", "serve", "models:/d@c", "--port", "0"), "out of range")
 
 
 @pytest.mark.slow
@@ -538,7 +539,7 @@ with store.open_store(sys.argv[1]) as uri:
 """
     made = py("-c", code, str(tmp_path / "store"))
     assert made.returncode == 0, made.stderr[-2000:]
-    refused = py("-m", "kerasflow.serve.serving", "models:/pickled/1", "--store", str(tmp_path / "store"),
+    refused = py("-m", "kerasflow", "serve", "models:/pickled/1", "--store", str(tmp_path / "store"),
                  "--port", str(free_port()))
     assert_user_error(refused, "not a Keras model", "--any-flavor")
 
@@ -547,13 +548,13 @@ def test_files_where_folders_belong_and_prefixes_that_would_rewrite_everything(t
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert_user_error(py("train_mlflow.py", "--store", str(afile), *set_args(TINY)), "is a file", "--store")
-    assert_user_error(py("-m", "kerasflow.storeops.server", str(afile), "--port", str(free_port())),
+    assert_user_error(py("-m", "kerasflow", "server", str(afile), "--port", str(free_port())),
                       "not a sqlite database")
     root = tmp_path / "store"
     (root / "0").mkdir(parents=True)
     (root / "0" / "meta.yaml").write_text("artifact_location: /old/store/0\nexperiment_id: '0'\nname: D\n")
     for prefix in ("/", "", "relative/dir"):
-        assert_user_error(py("-m", "kerasflow.storeops.relocate", str(root), "--from", prefix), "--from",
+        assert_user_error(py("-m", "kerasflow", "relocate", str(root), "--from", prefix), "--from",
                           "not '/'")
     assert "/old/store/0" in (root / "0" / "meta.yaml").read_text()
 

@@ -117,7 +117,7 @@ def test_inside_the_image_its_env_wins_over_a_host_venv_in_the_checkout(tmp_path
     dry = subprocess.run(["make", "-n", "--no-print-directory", "demo", f"IMAGE_MARKER={marker}"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.startswith("/opt/venv/bin/python train.py --preset demo"), dry.stdout
+    assert dry.stdout.startswith("/opt/venv/bin/python -m kerasflow train --preset demo"), dry.stdout
     ui = subprocess.run(["make", "-n", "--no-print-directory", "ui", f"IMAGE_MARKER={marker}"], cwd=ROOT,
                         capture_output=True, text=True, timeout=60)
     assert 'KERASFLOW_PYTHON="/opt/venv/bin/python"' in ui.stdout, ui.stdout
@@ -210,5 +210,5 @@ def test_make_data_without_a_full_env_downloads_inside_the_image(sandbox):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "downloading inside the project image" in done.stdout
     run = calls(sb, "run")[-1]
-    assert run[-4:] == ["make", "fetch", "WHAT=data", "ARGS="], run
+    assert run[-3:] == ["make", "data", "ARGS="], run
     assert "--volume" in run and f"{sb['repo']}:/workspace" in run  # data/tfds lands in the checkout

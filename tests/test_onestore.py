@@ -36,7 +36,7 @@ def test_embedded_and_server_runs_in_both_orders_and_every_model_loads_both_ways
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "kerasflow.storeops.server", str(tmp_path / "store"),
+    server = subprocess.Popen([sys.executable, "-m", "kerasflow", "server", str(tmp_path / "store"),
                                "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
@@ -65,7 +65,7 @@ def test_embedded_and_server_runs_in_both_orders_and_every_model_loads_both_ways
         # make serve on the store (no server) serves the model of a run the server made
         serve_port = free_port()
         copies = set(Path(tempfile.gettempdir()).glob("kerasflow-serve-*"))
-        serving = subprocess.Popen([sys.executable, "-m", "kerasflow.serve.serving", models["a1"], "--port",
+        serving = subprocess.Popen([sys.executable, "-m", "kerasflow", "serve", models["a1"], "--port",
                                     str(serve_port), "--store", str(tmp_path / "store")], cwd=ROOT,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                    start_new_session=True)
@@ -85,7 +85,7 @@ def test_an_embedded_experiment_is_switched_to_proxied_locations_in_place(tmp_pa
     """What project_driver.bash does before `mlflow run` into an experiment `make track` created."""
     import mlflow
 
-    from kerasflow.storeops import proxied
+    from kerasflow.storeops.proxy_artifacts import proxy_experiment
     from kerasflow.track import store, tracking
 
     with store.open_store(tmp_path / "store") as uri:
@@ -93,9 +93,9 @@ def test_an_embedded_experiment_is_switched_to_proxied_locations_in_place(tmp_pa
         exp = tracking.experiment_id(client, uri, "made-by-track")
         old_run = client.create_run(exp).info.artifact_uri
     assert old_run.startswith(str(tmp_path / "store" / "artifacts" / "made-by-track"))
-    assert proxied.proxy_experiment(tmp_path / "store", "made-by-track") == "mlflow-artifacts:/made-by-track"
-    assert proxied.proxy_experiment(tmp_path / "store", "made-by-track") is None  # once
-    assert proxied.proxy_experiment(tmp_path / "store", "no-such") is None
+    assert proxy_experiment(tmp_path / "store", "made-by-track") == "mlflow-artifacts:/made-by-track"
+    assert proxy_experiment(tmp_path / "store", "made-by-track") is None  # once
+    assert proxy_experiment(tmp_path / "store", "no-such") is None
     with store.open_store(tmp_path / "store"):
         client = mlflow.MlflowClient()
         run = client.create_run(exp)
@@ -112,7 +112,7 @@ def test_an_experiment_made_in_the_devcontainer_is_switched_too(tmp_path):
     import mlflow
 
     from kerasflow.errors import UserError
-    from kerasflow.storeops import proxied
+    from kerasflow.storeops.proxy_artifacts import proxy_experiment
     from kerasflow.track import store
 
     with store.open_store(tmp_path / "store"):
@@ -120,8 +120,8 @@ def test_an_experiment_made_in_the_devcontainer_is_switched_too(tmp_path):
         inside = client.create_experiment("in-container", artifact_location="/workspace/store/artifacts/7")
         client.create_experiment("elsewhere", artifact_location="/workspace/store/artifacts/8")
     (tmp_path / "store" / "artifacts" / "7").mkdir(parents=True)  # its runs' folder, seen from the host
-    assert proxied.proxy_experiment(tmp_path / "store", "in-container") == "mlflow-artifacts:/7"
+    assert proxy_experiment(tmp_path / "store", "in-container") == "mlflow-artifacts:/7"
     with store.open_store(tmp_path / "store"):
         assert mlflow.MlflowClient().get_experiment(inside).artifact_location == "mlflow-artifacts:/7"
     with pytest.raises(UserError, match="outside the store"):
-        proxied.proxy_experiment(tmp_path / "store", "elsewhere")  # no such folder here: not ours to take
+        proxy_experiment(tmp_path / "store", "elsewhere")  # no such folder here: not ours to take

@@ -22,7 +22,7 @@ def test_a_team_server_on_postgresql_with_servers_and_writers_started_at_once(po
     env = {**os.environ, "PGPASSWORD": PG_PASSWORD}
     env.pop("MLFLOW_TRACKING_URI", None)
     ports = [free_port(), free_port()]
-    servers = [subprocess.Popen([sys.executable, "-m", "kerasflow.storeops.server", str(tmp_path / "store"),
+    servers = [subprocess.Popen([sys.executable, "-m", "kerasflow", "server", str(tmp_path / "store"),
                                  "--db", postgres["url"], "--port", str(p)], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for p in ports]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
@@ -65,12 +65,12 @@ def test_a_team_server_on_postgresql_with_servers_and_writers_started_at_once(po
 
 def test_a_wrong_password_or_url_is_one_line(postgres, tmp_path):
     env = {**os.environ, "PGPASSWORD": "wrong"}
-    result = subprocess.run([sys.executable, "-m", "kerasflow.storeops.server", str(tmp_path / "s"), "--db",
+    result = subprocess.run([sys.executable, "-m", "kerasflow", "server", str(tmp_path / "s"), "--db",
                              postgres["url"], "--port", str(free_port())], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert_user_error(result, "cannot open the database", "PGPASSWORD")
     assert "wrong" not in result.stderr
-    bad = subprocess.run([sys.executable, "-m", "kerasflow.storeops.server", str(tmp_path / "s"), "--db",
+    bad = subprocess.run([sys.executable, "-m", "kerasflow", "server", str(tmp_path / "s"), "--db",
                           "mysql://x@h/db", "--port", str(free_port())], cwd=ROOT, capture_output=True,
                          text=True)
     assert_user_error(bad, "is not a postgresql:// URL")
@@ -100,7 +100,7 @@ def test_one_study_shared_by_workers_of_several_machines(postgres, tmp_path):
     port = free_port()
     env = {**os.environ, "PGPASSWORD": PG_PASSWORD}
     env.pop("MLFLOW_TRACKING_URI", None)
-    server = subprocess.Popen([sys.executable, "-m", "kerasflow.storeops.server", str(tmp_path / "store"),
+    server = subprocess.Popen([sys.executable, "-m", "kerasflow", "server", str(tmp_path / "store"),
                                "--db", postgres["createdb"]("team"), "--port", str(port)], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     study_url = postgres["createdb"]("studies").replace("kf@", f"kf:{PG_PASSWORD}@")
@@ -115,8 +115,8 @@ def test_one_study_shared_by_workers_of_several_machines(postgres, tmp_path):
             sets = [*TINY, "epochs=3", space, f"output_dir={tmp_path / name / 'out'}",
                     f"cache_dir={tmp_path / name / 'cache'}"]
             role = ["--role", "join"] if name != "lead" else ["--register", "shared-best"]
-            cmd = [sys.executable, "tune.py", *set_args(sets), "--study", "shared", "--trials", "5",
-                   "--grace", "10", *role]
+            cmd = [sys.executable, "-m", "kerasflow", "tune", *set_args(sets), "--study", "shared",
+                   "--trials", "5", "--grace", "10", *role]
             machines[name] = subprocess.Popen(cmd, cwd=ROOT, env=worker_env, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.PIPE, text=True)
         victim = _kill_inside_a_trial(machines["join1"], tmp_path / "join1" / "out")

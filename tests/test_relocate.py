@@ -161,7 +161,7 @@ def test_sigkill_at_random_moments_during_a_2000_run_relocation(tmp_path):
     pristine = tmp_path / "a" / "mlruns"
     info = build("bulk", "file", str(pristine), "2000")
     moved = tmp_path / "b" / "mlruns"
-    cmd = [sys.executable, "-m", "kerasflow.storeops.relocate"]
+    cmd = [sys.executable, "-m", "kerasflow", "relocate"]
     shutil.copytree(pristine, moved)
     t0 = time.perf_counter()
     subprocess.run([*cmd, str(moved)], check=True, capture_output=True, cwd=ROOT)
@@ -230,7 +230,7 @@ def test_pull_a_store_that_is_being_written(tmp_path):
             source = str(src) if i % 2 == 0 else f"me@server:{src}"
             if i % 2:
                 require_tool("rsync")
-            result = subprocess.run([sys.executable, "-m", "kerasflow.storeops.pull", "--ssh", str(ssh),
+            result = subprocess.run([sys.executable, "-m", "kerasflow", "pull", "--ssh", str(ssh),
                                      source,
                                      str(dest)], capture_output=True, text=True, cwd=ROOT)
             assert result.returncode == 0, result.stderr[-2000:]
@@ -265,7 +265,7 @@ def test_migrate_a_file_store_that_mlflow_itself_cannot_migrate(built, tmp_path)
     assert result.returncode != 0 and "UNIQUE constraint failed" in result.stderr
     moved = tmp_path / "b" / "mlruns"
     shutil.copytree(src, moved)
-    result = subprocess.run([sys.executable, "-m", "kerasflow.storeops.migrate", str(moved)],
+    result = subprocess.run([sys.executable, "-m", "kerasflow", "migrate", str(moved)],
                             capture_output=True,
                             text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -281,7 +281,7 @@ def test_migrate_a_file_store_that_mlflow_itself_cannot_migrate(built, tmp_path)
 # --- bad input: exit 2, one line, nothing changed ----------------------------------------------------
 
 def run_relocate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kerasflow.storeops.relocate", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "kerasflow", "relocate", *args], capture_output=True,
                           text=True,
                           cwd=ROOT)
 

@@ -26,7 +26,7 @@ def track(tmp: Path, name: str, *extra: str) -> str:
 
 def reproduce(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    cmd = [sys.executable, "-m", "kerasflow.cli.reproduce", *args, "--store", str(tmp / "store"),
+    cmd = [sys.executable, "-m", "kerasflow", "reproduce", *args, "--store", str(tmp / "store"),
            "--output-dir", str(tmp / "again")]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 

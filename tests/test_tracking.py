@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, assert_user_error, client_for, free_port, run_script, set_args, wait_http
+from conftest import ROOT, TINY, assert_user_error, client_for, free_port, kerasflow, set_args, wait_http
 
 from kerasflow import config
 
@@ -92,7 +92,7 @@ def test_served_model_answers_a_real_http_post(tracked):
     port = free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "kerasflow.serve.serving", "models:/tiny@candidate", "--port", str(port),
+        [sys.executable, "-m", "kerasflow", "serve", "models:/tiny@candidate", "--port", str(port),
          "--store", str(tmp / "store")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -104,7 +104,7 @@ def test_served_model_answers_a_real_http_post(tracked):
             path = tmp / f"cell{i}.png"
             Image.fromarray(np.asarray(prep.examples.images[idx])).save(path)
             paths.append(str(path))
-        result = run_script("predict.py", "--url", f"http://127.0.0.1:{port}", "--model",
+        result = kerasflow("predict", "--url", f"http://127.0.0.1:{port}", "--model",
                             "models:/tiny@candidate", "--store", str(tmp / "store"), *paths)
         assert result.returncode == 0, result.stderr[-2000:]
         lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
@@ -285,7 +285,7 @@ def test_store_written_by_a_newer_mlflow_is_refused(tracked, tmp_path):
     result = subprocess.run(_tiny_cmd(tmp_path, "x"), cwd=ROOT, capture_output=True, text=True)
     assert_user_error(result, "was written by a newer MLflow (schema f00dfeedbeef",
                           "use the MLflow version")
-    result = run_script("predict.py", "--model", "models:/tiny@candidate", "--store", str(tmp_path / "store"),
+    result = kerasflow("predict", "--model", "models:/tiny@candidate", "--store", str(tmp_path / "store"),
                         "x.png")
     assert_user_error(result, "newer MLflow")
 
@@ -293,21 +293,21 @@ def test_store_written_by_a_newer_mlflow_is_refused(tracked, tmp_path):
 def test_serve_refuses_unknown_alias_and_missing_model(tracked):
     tmp, _, _ = tracked
     store_dir = str(tmp / "store")
-    result = subprocess.run([sys.executable, "-m", "kerasflow.serve.serving", "models:/tiny@nope", "--store",
+    result = subprocess.run([sys.executable, "-m", "kerasflow", "serve", "models:/tiny@nope", "--store",
                              store_dir], cwd=ROOT, capture_output=True, text=True)
     assert_user_error(result, "registered model 'tiny' has no alias 'nope'", "@candidate")
-    result = subprocess.run([sys.executable, "-m", "kerasflow.serve.serving", "models:/ghost@champion",
+    result = subprocess.run([sys.executable, "-m", "kerasflow", "serve", "models:/ghost@champion",
                              "--store",
                              store_dir], cwd=ROOT, capture_output=True, text=True)
     assert_user_error(result, "no registered model named 'ghost'")
-    result = subprocess.run([sys.executable, "-m", "kerasflow.serve.serving", "runs:/0123456789abcdef/model",
+    result = subprocess.run([sys.executable, "-m", "kerasflow", "serve", "runs:/0123456789abcdef/model",
                              "--store", store_dir], cwd=ROOT, capture_output=True, text=True)
     assert_user_error(result, "no MLflow model at runs:/0123456789abcdef/model")
 
 
 def test_promote_cli_errors(tracked):
     tmp, _, _ = tracked
-    base = [sys.executable, "-m", "kerasflow.track.registry", "--store", str(tmp / "store"), "promote"]
+    base = [sys.executable, "-m", "kerasflow", "promote", "--store", str(tmp / "store")]
     result = subprocess.run([*base, "tiny", "--metric", "metrics_nobody_logs"], cwd=ROOT,
                             capture_output=True, text=True)
     assert_user_error(result, "no version of 'tiny' has a run with metric 'metrics_nobody_logs'",
@@ -318,13 +318,13 @@ def test_promote_cli_errors(tracked):
 
 def test_runs_listing_filters_and_plots(tracked, tmp_path):
     tmp, _, run_id = tracked
-    result = subprocess.run([sys.executable, "-m", "kerasflow.track.runs", "--store", str(tmp / "store"),
+    result = subprocess.run([sys.executable, "-m", "kerasflow", "runs", "--store", str(tmp / "store"),
                              "--filter", "metrics.test_accuracy >= 0", "--plot", str(tmp_path / "best.png")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert run_id[:8] in result.stdout and "test_accuracy" in result.stdout
     assert (tmp_path / "best.png").read_bytes()[:4] == b"\x89PNG"
-    result = subprocess.run([sys.executable, "-m", "kerasflow.track.runs", "--store", str(tmp / "store"),
+    result = subprocess.run([sys.executable, "-m", "kerasflow", "runs", "--store", str(tmp / "store"),
                              "--filter", "metrics.test_accuracy > 2"], cwd=ROOT, capture_output=True,
                             text=True)
     assert_user_error(result, "no run of 'kerasflow' matches")

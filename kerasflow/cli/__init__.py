@@ -126,3 +126,18 @@ def run(main: Callable[[], object]) -> int:
 
 
 FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a full disk, `ulimit -f`, a quota
+
+
+def ssh_hint(port: int) -> str:
+    """Where a server on 127.0.0.1:PORT is, and the tunnel that reaches it from a laptop."""
+    return f"http://127.0.0.1:{port} (over SSH: ssh -L {port}:127.0.0.1:{port} HOST)"
+
+
+def exec_server(cmd: list[str], env: dict[str, str]) -> None:
+    """Become the server process (its pid is the one `make run` records and stops)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # A server outlives whoever started it: it must not keep the starter's pipes open (a bash process
+    # substitution's fd 63 kept `make run | tee` waiting for the server to exit).
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    os.execve(cmd[0], cmd, env)  # noqa: S606 - an argv list, no shell

@@ -10,8 +10,6 @@ examples:
 
 from __future__ import annotations
 
-import sys
-
 from kerasflow import cli
 
 
@@ -31,7 +29,3 @@ def main(argv: list[str] | None = None) -> int:
                          positive=args.positive or None, max_runs=args.max_runs)
 
     return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,8 +10,6 @@ examples:
 
 from __future__ import annotations
 
-import sys
-
 from kerasflow import cli
 
 
@@ -30,7 +28,3 @@ def main(argv: list[str] | None = None) -> int:
                                 store_dir=args.store, experiment=args.experiment)
 
     return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,6 @@
-"""`kerasflow`: one command, a subcommand per capability (the scripts and make targets call the same code).
-
-    kerasflow train [--set k=v ...]          kerasflow track ...          kerasflow splits ...
-    kerasflow cv ...    kerasflow tune ...    kerasflow analyze ...        kerasflow predict IMAGE ...
-    kerasflow runs ...    kerasflow reproduce RUN_ID    kerasflow model promote|show ...   kerasflow serve URI
-    kerasflow store ui|relocate|pull|migrate ...    kerasflow fetch data|weights    kerasflow preflight ...
+"""`kerasflow COMMAND`: the one command surface. `python -m kerasflow COMMAND` and `make COMMAND` run the
+same module (kerasflow/cli/COMMAND.py, a hyphen in the name is an underscore there), and so does the
+MLproject entry point of the same name where one exists (`main` is `track`).
 
 `kerasflow COMMAND --help` shows each command's options; nothing heavy is imported before it runs.
 """
@@ -13,31 +10,42 @@ from __future__ import annotations
 import importlib
 import sys
 
-# name -> (module whose main(argv) runs it, one line for the list)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("kerasflow.cli.train", "train a model (train.py)"),
-    "track": ("kerasflow.cli.track", "train inside one MLflow run (train_mlflow.py)"),
-    "splits": ("kerasflow.cli.splits", "write the nested CV folds to a splits file (make_splits.py)"),
-    "cv": ("kerasflow.cli.cv", "nested cross-validation as MLflow runs (cv.py)"),
-    "tune": ("kerasflow.cli.tune", "Optuna search over config.yaml's search_space (tune.py)"),
-    "analyze": ("kerasflow.cli.analyze", "threshold + models.evaluate on runs (analyze_predictions.py)"),
-    "predict": ("kerasflow.cli.predict", "classify images with a served model (predict.py)"),
-    "runs": ("kerasflow.track.runs", "table of the best runs and their curves"),
-    "reproduce": ("kerasflow.cli.reproduce", "re-create a tracked run from MLflow, compare (make reproduce)"),
-    "model": ("kerasflow.track.registry", "registered models: promote an alias, show versions"),
-    "serve": ("kerasflow.serve.serving", "serve a model over HTTP on 127.0.0.1"),
-    "store ui": ("kerasflow.storeops.ui", "MLflow UI over a (copied) store, fixing its paths first"),
-    "store relocate": ("kerasflow.storeops.relocate", "rewrite a moved store's artifact paths"),
-    "store pull": ("kerasflow.storeops.pull", "consistent copy of a store in use, then relocation"),
-    "store migrate": ("kerasflow.storeops.migrate", "legacy mlruns/ file store onto sqlite"),
-    "fetch": ("kerasflow.train.fetch", "download malaria (data) or the VGG16 weights (weights)"),
-    "preflight": ("kerasflow.cli.preflight", "make run's checks before it detaches or builds"),
+# name -> one line for the list, in the groups of `make help`; the module is kerasflow.cli.<name>
+COMMANDS: dict[str, str] = {
+    "train": "train a model from config.yaml, no MLflow (train.py)",
+    "track": "train inside one MLflow run (train_mlflow.py; MLproject main)",
+    "data": "download TFDS malaria into tfds_data_dir (internet)",
+    "weights": "cache the VGG16 ImageNet weights in ~/.keras/models (internet)",
+    "server": "MLflow server over a store on 127.0.0.1 (--auth, --db postgresql://...)",
+    "runs": "table of the best runs and their curves",
+    "reproduce": "re-create a tracked run from its record and compare",
+    "promote": "point an alias at a registered model's best version by a metric",
+    "versions": "a registered model's versions, aliases and test metrics",
+    "serve": "serve a model over HTTP on 127.0.0.1",
+    "predict": "classify images with a served model",
+    "ui": "MLflow UI over a (copied) store, fixing its paths first",
+    "pull": "consistent copy of a store in use, then relocation",
+    "relocate": "rewrite a moved store's artifact paths",
+    "migrate": "legacy mlruns/ file store onto sqlite",
+    "splits": "write the nested CV folds to a splits file",
+    "cv": "nested cross-validation as MLflow runs",
+    "tune": "Optuna search over config.yaml's search_space",
+    "analyze": "Youden threshold + mlflow evaluate on runs' predictions",
+    "mlproject": "render MLproject from config.yaml",
+    "env": "install a pinned lock into this Python and link the checkout (make env)",
+}
+# Started by other commands, not by hand: listed in docs/architecture.md's table, not in --help.
+INTERNAL = {
+    "preflight": "make run's checks before it detaches or builds",
+    "proxy-artifacts": "make run: an experiment's new runs get proxied artifact locations",
+    "tune-worker": "one worker process of tune",
+    "env-file": "make run: tracking credentials into a 0600 env file for docker",
 }
 
 
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
-    lines = [f"  kerasflow {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items()]
+    lines = [f"  kerasflow {name:<{width}}  {what}" for name, what in COMMANDS.items()]
     return "usage: kerasflow COMMAND [options]   (kerasflow COMMAND --help)\n\ncommands:\n" + "\n".join(lines)
 
 
@@ -46,19 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if args else 2
-    words = 2 if args[0] == "store" and len(args) > 1 else 1
-    name = " ".join(args[:words])
-    if name == "store":
-        print("error: `kerasflow store` needs one of: ui, relocate, pull, migrate (e.g. kerasflow store ui "
-              "store)", file=sys.stderr)
-        return 2
-    if name not in COMMANDS:
+    name = args[0]
+    if name not in COMMANDS and name not in INTERNAL:
         print(f"error: unknown command 'kerasflow {name}': see `kerasflow --help`", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    module = importlib.import_module(f"kerasflow.cli.{name.replace('-', '_')}")
     sys.argv[0] = f"kerasflow {name}"  # argparse's prog in usage and errors
-    return int(module.main(args[words:]) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return int(module.main(args[1:]) or 0)

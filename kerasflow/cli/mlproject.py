@@ -1,6 +1,9 @@
 """Render MLproject from config.yaml, so its parameters mirror the config exactly (types, defaults).
 
-    python -m kerasflow.cli.mlproject > MLproject      # `make mlproject`; a test fails when it is stale
+    kerasflow mlproject > MLproject      # `make mlproject`; a test fails when it is stale
+
+Each entry point runs `python -m kerasflow COMMAND` (the command of the same name; `main` is `track`):
+in the container MLflow runs it in the project folder, so that checkout's kerasflow is the one imported.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import re
 import sys
 from typing import get_type_hints
 
-from kerasflow import config
+from kerasflow import cli, config
 
 HEADER = """\
 # Generated from config.yaml by `make mlproject`: edit config.yaml (or kerasflow/cli/mlproject.py), not this.
@@ -48,16 +51,16 @@ def _default(value: object) -> str:
 
 TRAINING = ("data", "model", "train", "speed", "output", "resources")
 ENTRY_POINTS = {
-    # name: (script, the config sections it takes as parameters, extra parameters as (name, type,
+    # name: (kerasflow command, the config sections it takes as parameters, extra parameters as (name, type,
     # default, flag)); keys of other sections come from config.yaml, so `-P` cannot set what the entry
     # point does not use (the splits entry point takes no learning_rate)
-    "main": ("train_mlflow.py", TRAINING, [("register_model", "string", '""', "--register"),
+    "main": ("track", TRAINING, [("register_model", "string", '""', "--register"),
                                            ("model_alias", "string", "candidate", "--alias")]),
-    "splits": ("make_splits.py", ("data", "folds", "resources"),
+    "splits": ("splits", ("data", "folds", "resources"),
                [("out", "string", "outputs/splits.json", "--out")]),
-    "cv": ("cv.py", (*TRAINING, "folds"), [("n_outer", "float", "0", "--n-outer"),
+    "cv": ("cv", (*TRAINING, "folds"), [("n_outer", "float", "0", "--n-outer"),
                                            ("n_inner", "float", "0", "--n-inner")]),
-    "tune": ("tune.py", (*TRAINING, "search"),
+    "tune": ("tune", (*TRAINING, "search"),
              [("trials", "float", "20", "--trials"), ("workers", "float", "1", "--workers"),
               ("study", "string", "search", "--study"), ("storage", "string", '""', "--storage"),
               ("role", "string", "lead", "--role"),
@@ -75,7 +78,7 @@ def render() -> str:
     # the search space is a mapping: it comes from the config file, not from a parameter
     values = cfg.to_dict()
     lines = [HEADER, "entry_points:"]
-    for name, (script, sections, extra) in ENTRY_POINTS.items():
+    for name, (command, sections, extra) in ENTRY_POINTS.items():
         # in config.yaml's order; the search space is a mapping: it comes from the file, not a parameter
         params = [(k, MLFLOW_TYPES[hints[k]], _default(values[k])) for k in config.keys()
                   if config.section_of(k) in sections and hints[k] is not dict]
@@ -84,17 +87,19 @@ def render() -> str:
         lines += [f"      {k}: {{type: {t}, default: {d}}}" for k, t, d in params]
         lines += [f"      {k}: {{type: {t}, default: {d}}}" for k, t, d, _ in extra]
         flags = " ".join(f"{flag} {{{k}}}" for k, _, _, flag in extra)
-        lines += ["    command: >-", f"      python {script} {sets}", f"      {flags}"]
+        lines += ["    command: >-", f"      python -m kerasflow {command} {sets}", f"      {flags}"]
     lines += ["  analyze:", "    parameters:"]
     lines += [f"      {k}: {{type: {t}, default: {d}}}" for k, t, d, _ in ANALYZE]
-    lines += ["    command: >-", "      python analyze_predictions.py "
+    lines += ["    command: >-", "      python -m kerasflow analyze "
               + " ".join(f"{flag} {{{k}}}" for k, _, _, flag in ANALYZE)]
     lines += ["  reproduce:", "    parameters:", "      run_id: {type: string}"]
     lines += [f"      {k}: {{type: {t}, default: {d}}}" for k, t, d, _ in REPRODUCE]
-    lines += ["    command: >-", "      python -m kerasflow.cli.reproduce {run_id} "
+    lines += ["    command: >-", "      python -m kerasflow reproduce {run_id} "
               + " ".join(f"{flag} {{{k}}}" for k, _, _, flag in REPRODUCE), ""]
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    sys.stdout.write(render())
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__, config_flags=False)
+    p.parse_args(argv)
+    return cli.run(lambda: sys.stdout.write(render()))

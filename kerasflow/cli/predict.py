@@ -10,8 +10,6 @@ examples:
 
 from __future__ import annotations
 
-import sys
-
 from kerasflow import cli
 
 
@@ -41,7 +39,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}\t{name}\t{probability:.4f}")
 
     return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -43,7 +43,3 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"note: {check.line}", file=sys.stderr)
 
     return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

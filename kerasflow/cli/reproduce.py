@@ -7,8 +7,6 @@ See kerasflow/experiments/reproduce.py for what is checked and compared.
 
 from __future__ import annotations
 
-import sys
-
 from kerasflow import cli
 from kerasflow.errors import UserError
 
@@ -33,7 +31,3 @@ def main(argv: list[str] | None = None) -> int:
                             tolerance=args.tolerance, output_dir=args.output_dir)
 
     return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

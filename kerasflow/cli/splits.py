@@ -10,7 +10,6 @@ examples:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from kerasflow import cli
@@ -31,7 +30,3 @@ def main(argv: list[str] | None = None) -> int:
         folds.make_file(cfg, args.out)
 
     return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

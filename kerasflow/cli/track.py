@@ -14,8 +14,6 @@ examples:
 
 from __future__ import annotations
 
-import sys
-
 from kerasflow import cli
 
 
@@ -38,7 +36,3 @@ def main(argv: list[str] | None = None) -> int:
                                system_metrics=args.system_metrics)
 
     return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,8 +12,6 @@ examples:
 
 from __future__ import annotations
 
-import sys
-
 from kerasflow import cli
 
 
@@ -26,7 +24,3 @@ def main(argv: list[str] | None = None) -> int:
         training.train(cli.load_config(args))
 
     return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,6 @@ examples:
 from __future__ import annotations
 
 import os
-import sys
 
 from kerasflow import cli
 
@@ -49,7 +48,3 @@ def main(argv: list[str] | None = None) -> int:
                     register=args.register, alias=args.alias, grace=args.grace, role=args.role)
 
     return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -304,7 +304,7 @@ def _spawn_workers(numbers: range, cfg_path: Path, args: dict[str, Any], gpus: l
     for slot, worker in enumerate(numbers, start=1):
         # the storage URL may hold a database password: the environment, not argv (`ps` shows argv)
         public = {k: v for k, v in args.items() if k != "storage_url"}
-        cmd = [sys.executable, "-m", "kerasflow.experiments.search", str(cfg_path), json.dumps(public),
+        cmd = [sys.executable, "-m", "kerasflow", "tune-worker", str(cfg_path), json.dumps(public),
                str(worker)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", STORAGE_ENV: args["storage_url"],
                **gpu_env(slot, workers, gpus)}
@@ -501,25 +501,3 @@ def _tune(cfg: Config, study: optuna.Study, *, trials: int, workers: int, study_
           f"final run {final_id}", file=sys.stderr)
     return {"run_id": parent_id, "best_params": best.params, "best_value": best.value,
             "final_run_id": final_id, "trials": len(study.trials)}
-
-
-def worker_main(argv: list[str] | None = None) -> int:
-    """Entry of a worker process started by `tune`:
-    python -m kerasflow.experiments.search CONFIG ARGS_JSON WORKER."""
-    from kerasflow import cli
-
-    config_path, args_json, worker = argv if argv is not None else sys.argv[1:4]
-
-    def go() -> None:
-        cfg = config_mod.load(config_path)
-        args = {**json.loads(args_json), "storage_url": os.environ[STORAGE_ENV]}
-        from kerasflow.train import data
-
-        with store.activated(args["uri"]), data.reusing_loaded_examples():
-            run_worker(cfg, worker=int(worker), **args)
-
-    return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main())

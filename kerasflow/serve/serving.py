@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from kerasflow import cli, ports
+from kerasflow import ports
 from kerasflow.errors import UserError
 from kerasflow.track import store
 
@@ -117,24 +117,3 @@ def describe(predictions: list[Any], class_names: list[str]) -> list[tuple[str, 
 
     probs = class_probabilities(np.asarray(predictions, float).reshape(len(predictions), -1))
     return [(class_names[k], float(p[k])) for p, k in zip(probs, predicted_classes(probs), strict=True)]
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("model", help="models:/NAME@ALIAS, models:/NAME/VERSION, models:/<id>, runs:/<id>/model")
-    p.add_argument("--port", type=int, default=5001)
-    p.add_argument("--any-flavor", action="store_true",
-                   help="also serve non-Keras models (a pickled model runs its code when loaded)")
-    cli.store_flags(p, experiment=False)
-    args = p.parse_args(argv)
-    code = 0
-
-    def go() -> None:
-        nonlocal code
-        code = serve(args.model, args.port, args.store, args.any_flavor)
-
-    return cli.run(go) or code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

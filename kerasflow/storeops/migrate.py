@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kerasflow import cli
 from kerasflow.errors import UserError
 from kerasflow.files import atomic_write, fsync_file
 from kerasflow.storeops import relocate
@@ -66,23 +65,3 @@ def migrate(source: Path, db: Path | None = None) -> tuple[Path, int, relocate.R
     finally:
         tmp.unlink(missing_ok=True)
     return db, removed, report
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("source", type=Path, help="the legacy store (mlruns/ or its parent)")
-    p.add_argument("--db", type=Path, help="new sqlite database (default: mlflow.db next to mlruns/)")
-    args = p.parse_args(argv)
-
-    def go() -> None:
-        db, removed, report = migrate(args.source, args.db)
-        total, missing = relocate.check(db)
-        print(f"migrated into {db} (dropped {removed} duplicate metric lines); {report.summary()}; "
-              f"{total - len(missing)}/{total} artifact locations exist")
-        print(f"open it: ./run_mlflow_ui.bash {db.parent}")
-
-    return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from kerasflow import cli
 from kerasflow.errors import UserError
 from kerasflow.files import atomic_write
 from kerasflow.storeops import relocate
@@ -203,24 +202,3 @@ def _rsync(host: str | None, src: str, dest: Path, ssh_args: list[str]) -> None:
         shutil.copytree(src, dest, dirs_exist_ok=True, symlinks=True)
         return
     _run(["rsync", "-a", *ssh_args, "--", origin, f"{dest}/"], f"copying {origin}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("source", help="user@host:path/to/store, or a local store folder")
-    p.add_argument("dest", nargs="?", default=store.DEFAULT_STORE, type=Path,
-                   help="where the copy goes (default: ./store)")
-    p.add_argument("--ssh", default=os.environ.get("KERASFLOW_SSH", "ssh"), help="ssh command (-e of rsync)")
-    p.add_argument("--force", action="store_true",
-                   help="replace a DEST that holds another store, keeping it as DEST.backup-TIME")
-    args = p.parse_args(argv)
-
-    def go() -> None:
-        report = pull(args.source, args.dest, args.ssh, args.force)
-        print(f"pulled {args.source} -> {args.dest}; {report.summary()}")
-
-    return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

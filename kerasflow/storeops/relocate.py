@@ -24,13 +24,11 @@ import os
 import re
 import sqlite3
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kerasflow import cli
 from kerasflow.errors import UserError
 from kerasflow.files import can_write
 
@@ -490,45 +488,3 @@ def relocate(store: Path, old: str | None = None, to: Path | None = None, dry_ru
     if kind == "sqlite":
         return relocate_sqlite(path, old, new, dry_run)
     return relocate_files(root, old, new, dry_run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("store", type=Path, help="store folder (with mlflow.db, or a legacy mlruns/) or .db file")
-    p.add_argument("--from", dest="old", help="old prefix (default: detected from the stored locations)")
-    p.add_argument("--to", type=Path, help="new prefix (default: the store's folder)")
-    p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
-    p.add_argument("--check", action="store_true",
-                   help="change nothing; list artifact locations that point nowhere (exit 1 if any)")
-    p.add_argument("--kind", action="store_true", help="print the store kind (sqlite|file) and exit")
-    args = p.parse_args(argv)
-    broken = False
-
-    def go() -> None:
-        nonlocal broken
-        if args.kind:
-            print(detect(args.store)[0])
-            return
-        if args.check:
-            total, missing = check(args.store)
-            broken = bool(missing)
-            if missing:
-                print(f"check: {len(missing)} of {total} artifact locations point nowhere, e.g. {missing[0]} "
-                      f"(fix: python -m kerasflow.storeops.relocate {args.store})")
-            else:
-                print(f"check: all {total} artifact locations exist")
-            away = outside(args.store)
-            if away:
-                print(f"check: {len(away)} artifact locations point outside the store, e.g. {away[0]}: "
-                      "MLflow reads and writes there; relocate with --from, or remove those runs")
-            return
-        t0 = time.perf_counter()
-        report = relocate(args.store, args.old, args.to, args.dry_run)
-        print(f"{report.summary()} in {time.perf_counter() - t0:.2f} s")
-
-    code = cli.run(go)
-    return 1 if code == 0 and broken else code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

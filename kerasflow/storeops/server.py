@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from kerasflow import cli, pglock, urlauth
+from kerasflow import pglock, urlauth
 from kerasflow.errors import UserError
 from kerasflow.files import atomic_write
 from kerasflow.ports import HOST, check_port
@@ -142,47 +142,25 @@ def command(store_path: Path, port: int, auth: bool = False,
             "--allowed-hosts", local, "--cors-allowed-origins", origins], env
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("store", nargs="?", default=store.DEFAULT_STORE, type=Path)
-    p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--print-command", action="store_true", help="print the command instead of running it")
-    p.add_argument("--db", default=os.environ.get("DB", ""), metavar="URL",
-                   help="a PostgreSQL database for runs (postgresql://USER@HOST:PORT/DB; password in "
-                        "PGPASSWORD or ~/.pgpass); artifacts stay in STORE/artifacts")
-    p.add_argument("--auth", action="store_true",
-                   help="MLflow basic auth (users in STORE/auth; the first start needs "
-                        "MLFLOW_AUTH_ADMIN_PASSWORD)")
-    args = p.parse_args(argv)
-
-    def go() -> None:
-        check_port(args.port, "the MLflow server")
-        if args.auth and args.db:
-            raise UserError("--auth keeps its users in the sqlite store: use it without --db, or put the "
-                            "team server behind docker/compose (see README)")
-        if args.auth:
-            prepare(args.store)  # the auth folder lives in the store
-        cmd, env = command(args.store, args.port, auth=args.auth, db=args.db)
-        if args.print_command:
-            print(" ".join(cmd))
-            return
-        if args.db:
-            url, secret_env = database_url(args.db)
-            os.environ.update(secret_env)
-            (args.store / store.ARTIFACTS).mkdir(parents=True, exist_ok=True)
-            prepare_database(url, args.store / store.ARTIFACTS)
-        else:
-            prepare(args.store)
-        print(f"MLflow server over {args.store}: http://{HOST}:{args.port} (over SSH: ssh -L "
-              f"{args.port}:{HOST}:{args.port} HOST)", file=sys.stderr)
-        sys.stderr.flush()
-        # A server outlives whoever started it: it must not keep the starter's pipes open (a bash process
-        # substitution's fd 63 kept `make run | tee` waiting for the server to exit).
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-        os.execve(cmd[0], cmd, env)  # noqa: S606 - an argv list, no shell
-
-    return cli.run(go)
+def checked_command(store_path: Path, port: int, *, auth: bool = False,
+                    db: str = "") -> tuple[list[str], dict[str, str]]:
+    """`command` after the checks a user's mistake fails (port, --auth with --db), nothing created but
+    the auth folder --auth keeps in the store."""
+    check_port(port, "the MLflow server")
+    if auth and db:
+        raise UserError("--auth keeps its users in the sqlite store: use it without --db, or put the "
+                        "team server behind docker/compose (docs/team-server.md)")
+    if auth:
+        prepare(store_path)  # the auth folder lives in the store
+    return command(store_path, port, auth=auth, db=db)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def make_ready(store_path: Path, db: str = "") -> None:
+    """The store (or the PostgreSQL schema and the artifact folder) created before MLflow opens it."""
+    if db:
+        url, secret_env = database_url(db)
+        os.environ.update(secret_env)
+        (store_path / store.ARTIFACTS).mkdir(parents=True, exist_ok=True)
+        prepare_database(url, store_path / store.ARTIFACTS)
+    else:
+        prepare(store_path)

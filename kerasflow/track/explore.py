@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -145,7 +144,3 @@ def _answers(url: str) -> bool:
             return True
     except OSError:
         return False
-
-
-if __name__ == "__main__":
-    sys.exit("use it from a notebook: from kerasflow.track.explore import open_store")

@@ -6,14 +6,11 @@
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from kerasflow import cli
 from kerasflow.errors import UserError
 from kerasflow.track import store
 
@@ -106,43 +103,16 @@ def promote(c: mlflow.MlflowClient, name: str, metric: str, alias: str = "champi
             "value": best_value, "previous": before, "candidates": len(scored)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = cli.parser(__doc__, config_flags=False)
-    cli.store_flags(p, experiment=False)
-    sub = p.add_subparsers(dest="command", required=True)
-    pr = sub.add_parser("promote", help="move an alias to the best version by a metric")
-    pr.add_argument("name")
-    pr.add_argument("--metric", default="test_accuracy")
-    pr.add_argument("--alias", default="champion")
-    pr.add_argument("--mode", choices=["max", "min"], default="max")
-    sh = sub.add_parser("show", help="list a registered model's versions, aliases and metrics")
-    sh.add_argument("name")
-    args = p.parse_args(argv)
-
-    def go() -> None:
-        with opened(args.store) as c:
-            _run_command(c, args)
-
-    return cli.run(go)
-
-
-def _run_command(c: mlflow.MlflowClient, args: argparse.Namespace) -> None:
-    if args.command == "promote":
-        r = promote(c, args.name, args.metric, args.alias, args.mode)
-        was = f"; was v{r['previous']}" if r["previous"] else ""
-        print(f"{r['name']}@{r['alias']} -> version {r['version']} ({r['metric']}={r['value']:.4f}, "
-              f"best of {r['candidates']}{was})")
-    else:
-        model = _registered(c, args.name)
-        by_version: dict[str, list[str]] = {}
-        for a, v in (model.aliases or {}).items():
-            by_version.setdefault(str(v), []).append(a)
-        for v in sorted(c.search_model_versions(f"name='{args.name}'"), key=lambda v: int(v.version)):
-            metrics = c.get_run(v.run_id).data.metrics if v.run_id else {}
-            shown = " ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics) if k.startswith("test_"))
-            aliases = " ".join(f"@{a}" for a in by_version.get(str(v.version), []))
-            print(f"v{v.version} run {v.run_id} {aliases} {shown}".replace("  ", " "))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def versions(c: mlflow.MlflowClient, name: str) -> list[dict[str, Any]]:
+    """Each version of a registered model, oldest first: version, run_id, aliases, test metrics."""
+    model = _registered(c, name)
+    by_version: dict[str, list[str]] = {}
+    for alias, v in (model.aliases or {}).items():
+        by_version.setdefault(str(v), []).append(alias)
+    found = []
+    for v in sorted(c.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
+        metrics = c.get_run(v.run_id).data.metrics if v.run_id else {}
+        found.append({"version": int(v.version), "run_id": v.run_id,
+                      "aliases": by_version.get(str(v.version), []),
+                      "metrics": {k: x for k, x in metrics.items() if k.startswith("test_")}})
+    return found

@@ -8,11 +8,9 @@ The filter is MLflow's search syntax: metrics.X, params.X, tags.X, attributes.st
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from kerasflow import cli
 from kerasflow.errors import UserError
 
 if TYPE_CHECKING:
@@ -67,28 +65,3 @@ def plot_curves(c: mlflow.MlflowClient, runs: pd.DataFrame, path: Path,
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = cli.parser(__doc__, config_flags=False)
-    cli.store_flags(p)
-    p.add_argument("--filter", default="", help="MLflow search filter")
-    p.add_argument("--order-by", default="metrics.test_accuracy DESC")
-    p.add_argument("--top", type=int, default=10)
-    p.add_argument("--plot", type=Path, help="write the best runs' validation curves to this PNG")
-    args = p.parse_args(argv)
-
-    def go() -> Any:
-        from kerasflow.track import registry
-
-        with registry.opened(args.store) as c:
-            runs = search(c, args.experiment, args.filter, args.order_by, args.top)
-            print(table(runs))
-            if args.plot:
-                print(f"curves: {plot_curves(c, runs, args.plot)}", file=sys.stderr)
-
-    return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

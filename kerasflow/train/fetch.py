@@ -6,9 +6,6 @@
 
 from __future__ import annotations
 
-import sys
-
-from kerasflow import cli
 from kerasflow.errors import UserError
 
 
@@ -37,23 +34,3 @@ def fetch_weights() -> None:
 
     vgg16_base(config.load().replace(model="vgg16", weights="imagenet", image_size=32))
     print("VGG16 ImageNet weights are cached")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = cli.parser(__doc__)
-    p.add_argument("what", choices=["data", "weights"])
-    args = p.parse_args(argv)
-
-    def go() -> None:
-
-        cfg = cli.load_config(args)
-        if args.what == "data":
-            fetch_data(cfg.tfds_name, cfg.tfds_data_dir)
-        else:
-            fetch_weights()
-
-    return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

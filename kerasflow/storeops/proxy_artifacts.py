@@ -14,10 +14,8 @@ experiment keep their locations; nothing moves on disk.
 from __future__ import annotations
 
 import sqlite3
-import sys
 from pathlib import Path
 
-from kerasflow import cli
 from kerasflow.errors import UserError
 from kerasflow.storeops import relocate
 from kerasflow.track import store
@@ -58,22 +56,3 @@ def proxy_experiment(store_dir: Path, name: str) -> str | None:
         new = "mlflow-artifacts:/" + path[len(root):].lstrip("/")
         conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, row[0]))
     return new
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("store", type=Path)
-    p.add_argument("experiment")
-    args = p.parse_args(argv)
-
-    def go() -> None:
-        new = proxy_experiment(args.store, args.experiment)
-        if new:
-            print(f"note: experiment '{args.experiment}' now logs new runs to {new} (the same folder, "
-                  "through the store's server)", file=sys.stderr)
-
-    return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
