@@ -189,8 +189,9 @@ test-fast: $(STAMP) ## the quick loop: no engine, no image, no browser, nothing 
 test-gpu-image: $(STAMP) ## build the GPU variant (8 GB) and check its CUDA libraries
 	$(PY) -m pytest -m gpu_image -s $(ARGS)
 
-lint: $(STAMP) ## ruff, shellcheck and hadolint
+lint: $(STAMP) ## ruff, import rules (lint-imports), shellcheck and hadolint
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/hadolint docker/Dockerfile docker/server.Dockerfile
 	$(VENV)/bin/shellcheck -x $$(git ls-files '*.bash' '*.sh' .ci/run)
 

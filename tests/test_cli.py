@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, assert_user_error, run_script, set_args, write_png_tree
@@ -202,7 +205,8 @@ def test_each_command_is_the_make_target_and_mlproject_entry_of_its_name():
     ui_script = (ROOT / "run_mlflow_ui.bash").read_text()  # make ui runs it; it runs kerasflow ui
     for name in COMMANDS:
         assert name in targets, f"no make target {name}"
-        assert f"-m kerasflow {name} " in makefile or (name == "ui" and '-m kerasflow ui "$@"' in ui_script), name
+        runs_it = f"-m kerasflow {name} " in makefile
+        assert runs_it or (name == "ui" and '-m kerasflow ui "$@"' in ui_script), name
     recipes = "\n".join(line for line in makefile.splitlines() if line.startswith("\t"))
     assert not re.search(r"-m kerasflow\.|\b(train|train_mlflow)\.py\b", recipes), "make calls a shim"
     entries = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
@@ -224,3 +228,22 @@ def test_every_make_target_the_readme_and_docs_name_exists():
     for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
         named = set(re.findall(r"`make ([a-z][a-z0-9-]*)", doc.read_text()))
         assert named <= targets, (doc.name, sorted(named - targets))
+
+
+@pytest.mark.parametrize(("module", "line"), [
+    ("kerasflow/train/models.py", "from kerasflow.track import store"),  # a floor up
+    ("kerasflow/storeops/relocate.py", "from kerasflow.cli import parser"),  # a domain module into cli
+    ("kerasflow/track/store.py", "def f():\n    from kerasflow.experiments import cv"),  # in a function
+])
+def test_lint_fails_on_an_import_against_the_layers(tmp_path, module, line):
+    """make lint's contracts (pyproject.toml) catch what the architecture doc forbids, lazy imports too."""
+    shutil.copytree(ROOT / "kerasflow", tmp_path / "kerasflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "pyproject.toml", tmp_path)
+    lint = [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    clean = subprocess.run(lint, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert clean.returncode == 0, clean.stdout[-2000:]
+    with (tmp_path / module).open("a") as f:
+        f.write(f"\n{line}\n")
+    broken = subprocess.run(lint, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert broken.returncode != 0 and "BROKEN" in broken.stdout, broken.stdout[-2000:]

@@ -15,8 +15,8 @@ from conftest import ROOT, TINY, assert_user_error, client_for, set_args
 
 from kerasflow import config
 from kerasflow.errors import UserError
-from kerasflow.experiments import folds
 from kerasflow.train import data
+from kerasflow.train import splits as folds
 
 pytestmark = pytest.mark.slow
 
@@ -485,7 +485,7 @@ def test_every_mlproject_entry_point_command_runs_locally(tmp_path):
 def test_youden_threshold_and_multiclass_labelling():
     import pandas as pd
 
-    from kerasflow.experiments import analysis
+    from kerasflow.experiments import analyze as analysis
 
     # cutting at 0.7 gives TPR 3/5, FPR 0 (J 0.6); at 0.6 TPR 1, FPR 1/4 (J 0.75, the best)
     positive = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0], bool)

@@ -1,7 +1,7 @@
 """Evaluate finished runs' test predictions: Youden threshold, mlflow.models.evaluate metrics, ROC/PR.
 
 Results are logged back to each run (metrics analysis_*, figure analysis/roc_pr.png, confusion matrix).
-See kerasflow/experiments/analysis.py.
+See kerasflow/experiments/analyze.py.
 
 examples:
   python analyze_predictions.py --filter "tags.kerasflow.level = 'inner_fold'"
@@ -23,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow.experiments import analysis
+        from kerasflow.experiments import analyze
 
-        analysis.analyze(args.filter, store_dir=args.store, experiment=args.experiment,
+        analyze.analyze(args.filter, store_dir=args.store, experiment=args.experiment,
                          positive=args.positive or None, max_runs=args.max_runs)
 
     return cli.run(go)

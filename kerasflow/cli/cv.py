@@ -1,4 +1,4 @@
-"""Nested cross-validation as MLflow runs: cv -> outer -> inner fold (kerasflow/experiments/crossval.py).
+"""Nested cross-validation as MLflow runs: cv -> outer -> inner fold (kerasflow/experiments/cv.py).
 
 Every inner-fold run is a full train_mlflow.py run; the cv run gets the mean and std of every test
 metric over the outer folds. Needs a splits file (make_splits.py).
@@ -21,10 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow.experiments import crossval
+        from kerasflow.experiments import cv
 
         cfg = cli.load_config(args)
-        crossval.cross_validate(cfg, n_outer=args.n_outer or None, n_inner=args.n_inner or None,
+        cv.cross_validate(cfg, n_outer=args.n_outer or None, n_inner=args.n_inner or None,
                                 store_dir=args.store, experiment=args.experiment)
 
     return cli.run(go)

@@ -1,4 +1,4 @@
-"""Write the dataset's nested cross-validation folds to a splits file, once (kerasflow/experiments/folds.py).
+"""Write the dataset's nested cross-validation folds to a splits file, once (kerasflow/train/splits.py).
 
 Stratified by class; for an image tree, grouped by patient (group_pattern) so no patient is on both
 sides. Training uses a fold with --set splits_file=PATH --set outer_fold=O --set inner_fold=I.
@@ -22,11 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow.experiments import folds
-        from kerasflow.train import data
+        from kerasflow.train import data, splits
 
         cfg = cli.load_config(args)
         data.check_available(cfg)
-        folds.make_file(cfg, args.out)
+        splits.make_file(cfg, args.out)
 
     return cli.run(go)

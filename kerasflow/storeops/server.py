@@ -3,7 +3,7 @@
     python -m kerasflow.storeops.server [STORE] [--port N] [--auth]   (`make server [AUTH=1]`, `make run`)
 
 `make server`, the server `make run` starts (project_driver.bash), `make ui` (run_mlflow_ui.bash) and
-the notebook's private server (kerasflow.track.explore) all serve a store the same way: bound to
+the notebook's private server (kerasflow.experiments.explore) all serve a store the same way: bound to
 127.0.0.1, Host and CORS checks limited to the local names, artifacts proxied from STORE/artifacts
 (runs logged through it get `mlflow-artifacts:/` locations), the sqlite database created under the
 store's lock before MLflow sees it (MLflow's own first migration races when two processes start at once).

@@ -18,6 +18,7 @@ import numpy as np
 
 from kerasflow.config import Config
 from kerasflow.train import data, evaluation, models, rundir, speed
+from kerasflow.train import splits as splits_file
 
 if TYPE_CHECKING:
     import keras
@@ -37,7 +38,7 @@ class Prepared:
     epoch_var: tf.Variable
     placement: speed.Placement
     resumed: bool = False
-    splits_file_digest: str = ""  # set when the splits come from a splits file (folds.py)
+    splits_file_digest: str = ""  # set when the splits come from a splits file (train/splits.py)
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,7 @@ def prepare(cfg: Config) -> Prepared:
     examples = data.load_examples(cfg)
     splits_file_digest = ""
     if cfg.splits_file:
-        from kerasflow.experiments import folds
-
-        chosen = folds.fold(cfg, examples)
+        chosen = splits_file.fold(cfg, examples)
         splits, splits_file_digest = chosen.splits, chosen.digest
     else:
         splits = data.split(examples, cfg)

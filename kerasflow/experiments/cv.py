@@ -1,6 +1,6 @@
 """Nested cross-validation over a splits file, as a tree of MLflow runs: cv -> outer fold -> inner fold.
 
-    python cv.py --set splits_file=outputs/splits.json [--n-outer 2] [--n-inner 2]
+    kerasflow cv --set splits_file=outputs/splits.json [--n-outer 2] [--n-inner 2]
 
 Each inner-fold run is a full train_mlflow.py run (train on the inner train fold, validate on its dev
 fold, test on the outer fold's test set) tagged `kerasflow.level=inner_fold`; its outer-fold run gets the
@@ -23,8 +23,8 @@ import numpy as np
 
 from kerasflow.config import Config
 from kerasflow.errors import UserError
-from kerasflow.experiments import folds
 from kerasflow.track import store, tracking
+from kerasflow.train.splits import check_counts, make_file, read
 
 if TYPE_CHECKING:
     pass
@@ -56,14 +56,14 @@ def cross_validate(cfg: Config, *, n_outer: int | None = None, n_inner: int | No
             from kerasflow.train import data
 
             data.check_available(cfg)
-            folds.make_file(cfg, path)
+            make_file(cfg, path)
         cfg = cfg.replace(splits_file=str(path))
-    splits = folds.read(cfg.splits_file)
+    splits = read(cfg.splits_file)
     n_outer = n_outer or len(splits["outer"])
     n_inner = n_inner or len(splits["outer"][0]["inner"])
     if n_outer < 1 or n_inner < 1:
         raise UserError("--n-outer and --n-inner must be at least 1")
-    folds.check_counts(splits, n_outer, n_inner, cfg.splits_file)
+    check_counts(splits, n_outer, n_inner, cfg.splits_file)
     from kerasflow.train import data
 
     # every fold trains on the same decoded examples
@@ -96,7 +96,7 @@ def _run(cfg: Config, splits: dict[str, Any], *, n_outer: int, n_inner: int, uri
         except mlflow.exceptions.MlflowException:
             raise UserError(f"cv '{name}' belongs to MLflow run {state['run_id']}, which this store does not "
                             "have: use the store it was started with, or another run_name") from None
-    tags = {LEVEL_TAG: "cv", "splits_file_digest": splits["digest"], "kerasflow.entry": "cv.py",
+    tags = {LEVEL_TAG: "cv", "splits_file_digest": splits["digest"], "kerasflow.entry": "cv",
             "cv.n_outer": str(n_outer), "cv.n_inner": str(n_inner)}
     resumed = state["run_id"] is not None
     parent = mlflow.start_run(run_id=launched or state["run_id"],
