@@ -4,7 +4,7 @@
 
 File store: written by real MLflow (tests/store_builder.py bulk), moved; then per round, on fresh copies
 of the moved store: `find STORE -name meta.yaml -exec sed -i 's#OLD#NEW#g' {} +` vs
-`python -m kerasflow.storeops.relocate STORE` (whole process, start-up included), interleaved. sqlite store:
+`kerasflow relocate STORE` (whole process, start-up included), interleaved. sqlite store:
 100 runs written by MLflow, their rows replicated in SQL to --runs, moved, then relocated.
 """
 

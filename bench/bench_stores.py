@@ -6,7 +6,7 @@ Each writer is a process that creates a run, logs 20 params, then `--steps` step
 log_batch per step, as our per-epoch logger does) and ends the run; all writers of a round start
 together at a barrier. Three stores, each fresh per round:
 - sqlite, embedded: every writer opens store/mlflow.db itself (what `make track` processes do);
-- sqlite through a server: `python -m kerasflow.storeops.server STORE` (what `make server` runs);
+- sqlite through a server: `kerasflow server STORE` (what `make server` runs);
 - PostgreSQL through a server: the same with `--db`, on a throwaway PostgreSQL 15 cluster on 127.0.0.1.
 Servers run MLflow's default of 4 uvicorn workers. Throughput is logged metric values per second of
 wall time (from the barrier to the last writer's end); errors are writer calls that raised, by message.

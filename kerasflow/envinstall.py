@@ -7,8 +7,8 @@ and proxy settings live. So uv is used only with the settings read back from `pi
 translated one by one; a setting with no uv equivalent, uv failing to install, or
 KERASFLOW_INSTALLER=pip falls back to pip, saying why in one line.
 
-    python -m kerasflow.envinstall requirements.txt     # the lock, then the project (below)
-    python -m kerasflow.envinstall --link-only          # the project only (the image's code layer)
+    python -m kerasflow env requirements.txt     # the lock, then the project (below)
+    python -m kerasflow env --link-only          # the project only (the image's code layer)
 
 The project itself is linked, not installed: a `kerasflow.pth` path entry to this checkout (the one
 way `import kerasflow` works in .venv and the image; a script's own folder, e.g. a mounted checkout

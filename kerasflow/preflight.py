@@ -170,7 +170,15 @@ def server_is_ours(pid_file: Path, store: Path, port: int) -> bool:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return False
-    return f"sqlite:///{store}/mlflow.db".encode() in args and str(port).encode() in args
+    from kerasflow.errors import UserError
+    from kerasflow.storeops import server
+
+    try:
+        cmd, _ = server.command(store, port)  # what `kerasflow server STORE --port PORT` runs
+    except UserError:
+        return False
+    backend = cmd[cmd.index("--backend-store-uri") + 1]
+    return backend.encode() in args and str(port).encode() in args
 
 
 def tracking(uri: str, port: int, store: Path, logs: Path) -> Check:

@@ -4,8 +4,8 @@ Results are logged back to each run (metrics analysis_*, figure analysis/roc_pr.
 See kerasflow/experiments/analyze.py.
 
 examples:
-  python analyze_predictions.py --filter "tags.kerasflow.level = 'inner_fold'"
-  python analyze_predictions.py --filter "metrics.test_accuracy > 0.9" --positive parasitized
+  kerasflow analyze --filter "tags.kerasflow.level = 'inner_fold'"
+  kerasflow analyze --filter "metrics.test_accuracy > 0.9" --positive parasitized
 """
 
 from __future__ import annotations

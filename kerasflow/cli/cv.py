@@ -1,11 +1,11 @@
 """Nested cross-validation as MLflow runs: cv -> outer -> inner fold (kerasflow/experiments/cv.py).
 
 Every inner-fold run is a full train_mlflow.py run; the cv run gets the mean and std of every test
-metric over the outer folds. Needs a splits file (make_splits.py).
+metric over the outer folds. Needs a splits file (kerasflow splits).
 
 examples:
-  python cv.py --set splits_file=outputs/splits.json
-  python cv.py --set splits_file=outputs/splits.json --n-outer 2 --n-inner 2 --experiment cv
+  kerasflow cv --set splits_file=outputs/splits.json
+  kerasflow cv --set splits_file=outputs/splits.json --n-outer 2 --n-inner 2 --experiment cv
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ The image size and class names come from the model's metadata in the tracking st
 from --image-size and --classes when the store is not at hand.
 
 examples:
-  python predict.py --model models:/malaria@champion cell1.png cell2.png
-  python predict.py --url http://127.0.0.1:5001 --image-size 96 --classes parasitized,uninfected x.png
+  kerasflow predict --model models:/malaria@champion cell1.png cell2.png
+  kerasflow predict --url http://127.0.0.1:5001 --image-size 96 --classes parasitized,uninfected x.png
 """
 
 from __future__ import annotations

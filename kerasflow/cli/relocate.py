@@ -29,9 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> None:
         nonlocal broken
         from kerasflow.storeops import relocate
+        from kerasflow.track import store
 
         if args.kind:
-            print(relocate.detect(args.store)[0])
+            print(store.kind(args.store)[0])
             return
         if args.check:
             broken = _check(args.store)

@@ -1,6 +1,6 @@
 """Re-create a tracked run from its MLflow records and say whether the result matches.
 
-    make reproduce RUN=<run id>          (python -m kerasflow.cli.reproduce RUN_ID [--strict] [--check])
+    make reproduce RUN=<run id>          (kerasflow reproduce RUN_ID [--strict] [--check])
 
 See kerasflow/experiments/reproduce.py for what is checked and compared.
 """

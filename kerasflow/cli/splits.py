@@ -4,8 +4,8 @@ Stratified by class; for an image tree, grouped by patient (group_pattern) so no
 sides. Training uses a fold with --set splits_file=PATH --set outer_fold=O --set inner_fold=I.
 
 examples:
-  python make_splits.py --set data_source=image_dir --set image_dir=data/cell_images
-  python make_splits.py --set data_source=synthetic --set n_outer_folds=3 --out outputs/splits.json
+  kerasflow splits --set data_source=image_dir --set image_dir=data/cell_images
+  kerasflow splits --set data_source=synthetic --set n_outer_folds=3 --out outputs/splits.json
 """
 
 from __future__ import annotations

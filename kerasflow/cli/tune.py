@@ -4,12 +4,12 @@ Every trial is a nested MLflow run under one search run; the best parameters are
 and optionally registered. --trials is the study's total, so rerunning continues an interrupted study.
 
 examples:
-  python tune.py --trials 20 --set data_source=synthetic --set model=cnn --set image_size=48
-  python tune.py --trials 40 --workers 2 --study lr-dropout --register malaria-vgg16
+  kerasflow tune --trials 20 --set data_source=synthetic --set model=cnn --set image_size=48
+  kerasflow tune --trials 40 --workers 2 --study lr-dropout --register malaria-vgg16
   # one study over several machines (a team server: MLFLOW_TRACKING_URI, the study in PostgreSQL):
   export KERASFLOW_STUDY_STORAGE=postgresql://user:pass@db/optuna
-  python tune.py --study shared --trials 40                 # the first machine: queues, retrains
-  python tune.py --study shared --trials 40 --role join     # every other machine
+  kerasflow tune --study shared --trials 40                 # the first machine: queues, retrains
+  kerasflow tune --study shared --trials 40 --role join     # every other machine
 """
 
 from __future__ import annotations

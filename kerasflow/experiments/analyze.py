@@ -1,6 +1,6 @@
 """Analyse the test predictions of finished runs and log the results back to each run.
 
-    python analyze_predictions.py --filter "tags.kerasflow.level = 'inner_fold'" [--positive parasitized]
+    kerasflow analyze --filter "tags.kerasflow.level = 'inner_fold'" [--positive parasitized]
 
 Every train_mlflow.py run logs test_predictions.csv (example, true label, probability of each class).
 For each run the filter picks, this chooses a decision threshold by Youden's J (the ROC point furthest

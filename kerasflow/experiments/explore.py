@@ -36,9 +36,9 @@ class Explorer:
         from kerasflow.storeops import server
 
         self.store = _find_store(Path(store_dir))
-        if not (self.store / "mlflow.db").is_file():
-            raise UserError(f"no MLflow store at {self.store} (no mlflow.db): pass the store folder, "
-                            "e.g. open_store('store') after `make track` or `make run`")
+        if not (self.store / store_mod.DB_FILE).is_file():
+            raise UserError(f"no MLflow store at {self.store} (no {store_mod.DB_FILE}): pass the store "
+                            "folder, e.g. open_store('store') after `make track` or `make run`")
         self.port = port or _free_port()
         cmd, env = server.command(self.store, self.port)
         log = self.store.parent / "logs" / "explore-server.log"
@@ -125,7 +125,7 @@ def _find_store(path: Path) -> Path:
     if path.is_absolute():
         return path
     for folder in (Path.cwd(), *Path.cwd().parents):
-        if (folder / path / "mlflow.db").is_file():
+        if (folder / path / store_mod.DB_FILE).is_file():
             return folder / path
     return path
 

@@ -1,6 +1,6 @@
 """Hyperparameter search with Optuna over the space declared in config.yaml (`search_space`).
 
-    python tune.py --trials 20 [--workers 2] [--study NAME] [--storage URL] [--register NAME]
+    kerasflow tune --trials 20 [--workers 2] [--study NAME] [--storage URL] [--register NAME]
 
 TPE sampler seeded from `seed`; median pruning on `search_metric` through the Keras pruning callback;
 every trial a nested MLflow run (tags kerasflow.level=trial, optuna.trial=N) under one search run; then a
@@ -431,7 +431,7 @@ def _parent_run(study: optuna.Study, experiment_id: str, study_name: str, launch
     """The search run: the one this study started before (an interrupted search resumes it), or a new one."""
     import mlflow
 
-    tags = {LEVEL_TAG: "search", "optuna.study": study_name, "kerasflow.entry": "tune.py"}
+    tags = {LEVEL_TAG: "search", "optuna.study": study_name, "kerasflow.entry": "tune"}
     if launched:  # `mlflow run . -e tune` made the run to log into
         study.set_user_attr("mlflow_run_id", launched)
         return mlflow.start_run(run_id=launched, tags=tags)

@@ -1,11 +1,11 @@
 """Serve a logged model over HTTP on 127.0.0.1 with `mlflow models serve`, and a client for it.
 
-    python -m kerasflow.serve.serving MODEL_URI [--port 5001]   # `make serve MODEL=models:/NAME@champion`
+    kerasflow serve MODEL_URI [--port 5001]   # `make serve MODEL=models:/NAME@champion`
 
 Request (POST /invocations, Content-Type: application/json): uint8 RGB images already resized to the
 model's input size, as nested lists, {"inputs": [[[[r, g, b], ...], ...], ...]}. Response:
 {"predictions": [[p], ...]} where p is the probability of class 1 (binary models; class names are in
-the model's metadata), or one probability per class otherwise. predict.py does both sides of that.
+the model's metadata), or one probability per class otherwise. kerasflow predict does both sides of that.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Move a legacy file store (mlruns/) onto sqlite, which MLflow 3 needs for its newer features.
 
-    python -m kerasflow.storeops.migrate MLRUNS [--db PATH]   # default db: next to mlruns/ (../mlflow.db)
+    kerasflow migrate MLRUNS [--db PATH]   # default db: next to mlruns/ (../mlflow.db)
 
 `mlflow migrate-filestore` copies artifact locations verbatim and aborts with a UNIQUE constraint error
 on stores where MLflow 3's log_model re-logged step-0 metrics (duplicate lines in <run>/metrics/<key>).
@@ -37,10 +37,10 @@ def dedupe_metrics(root: Path) -> int:
 
 
 def migrate(source: Path, db: Path | None = None) -> tuple[Path, int, relocate.Report]:
-    kind, root = relocate.detect(source)
+    kind, root = store.kind(source)
     if kind != "file":
         raise UserError(f"{source} is already a sqlite store: nothing to migrate")
-    db = (db or root.parent / "mlflow.db").absolute()
+    db = (db or root.parent / store.DB_FILE).absolute()
     if db.exists():
         raise UserError(f"{db} already exists: pass --db NEW_PATH (migration never overwrites a database)")
     relocate.relocate(root)

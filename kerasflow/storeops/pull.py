@@ -1,6 +1,6 @@
 """Copy a CONSISTENT snapshot of a store that may be in use, from a server or a local path, and relocate.
 
-    python -m kerasflow.storeops.pull SOURCE [DEST]        # `make pull FROM=user@server:path/to/store`
+    kerasflow pull SOURCE [DEST]        # `make pull FROM=user@server:path/to/store`
 
 1. The sqlite database is snapshotted ON THE SOURCE SIDE with SQLite's online backup API (a copy of a
    database that another process is writing can be torn; the backup is one consistent state).
@@ -35,9 +35,10 @@ from kerasflow.track import store
 # one JSON line: {"kind": sqlite|file|missing|other, "root": absolute store path, "tmp": snapshot dir}.
 SNAPSHOT = """
 import json, os, pathlib, sqlite3, sys, tempfile
+DB_FILE = __DB_FILE__
 root = os.path.abspath(os.path.expanduser(sys.argv[1]))
 out = {"root": root, "tmp": None}
-db = root if os.path.isfile(root) else os.path.join(root, "mlflow.db")
+db = root if os.path.isfile(root) else os.path.join(root, DB_FILE)
 def file_store(p):
     return any(os.path.isfile(os.path.join(p, d, "meta.yaml")) for d in os.listdir(p) if d.isdigit())
 if os.path.isfile(db):
@@ -45,7 +46,7 @@ if os.path.isfile(db):
     out["tmp"] = tempfile.mkdtemp(prefix="kerasflow-snapshot-")
     try:
         src = sqlite3.connect(pathlib.Path(db).as_uri() + "?mode=ro", uri=True, timeout=60)
-        dst = sqlite3.connect(os.path.join(out["tmp"], "mlflow.db"))
+        dst = sqlite3.connect(os.path.join(out["tmp"], DB_FILE))
         src.backup(dst)
         dst.close(); src.close()
     except Exception as exc:
@@ -59,7 +60,7 @@ elif os.path.isdir(os.path.join(root, "mlruns")) and file_store(os.path.join(roo
 else:
     out["kind"] = "other"
 print(json.dumps(out))
-"""
+""".replace("__DB_FILE__", repr(store.DB_FILE))  # the store layout's one name, templated in
 
 MARKER = ".kerasflow-pull.json"  # in a pulled store: where it came from, and whether the pull completed
 
@@ -129,8 +130,9 @@ def pull(source: str, dest: Path, ssh: str = "ssh", force: bool = False) -> relo
         if info["kind"] == "missing":
             raise UserError(f"no store at {source}: check the path")
         if info["kind"] != "sqlite" and info["kind"] != "file":
-            raise UserError(f"{source} is not an MLflow store (no mlflow.db, no <experiment id>/meta.yaml)"
-                            f"{': ' + info['error'] if info.get('error') else ''}: give the store folder")
+            why = f": {info['error']}" if info.get("error") else ""
+            raise UserError(f"{source} is not an MLflow store (no {store.DB_FILE}, no <experiment "
+                            f"id>/meta.yaml){why}: give the store folder")
         backup = make_room(dest, source, force)
         if backup is not None:
             print(f"kept the store that was at {dest} as {backup}", file=sys.stderr)
@@ -150,7 +152,7 @@ def pull(source: str, dest: Path, ssh: str = "ssh", force: bool = False) -> relo
 def _local_info(src: Path) -> dict:
     if not src.exists():
         return {"kind": "missing"}
-    kind, found = relocate.detect(src)  # refuses what is not a store, naming it
+    kind, found = store.kind(src)  # refuses what is not a store, naming it
     info = {"kind": kind, "root": str(found.parent if kind == "sqlite" else found), "tmp": None}
     if kind == "sqlite":
         info["tmp"] = tempfile.mkdtemp(prefix="kerasflow-snapshot-")

@@ -1,6 +1,6 @@
 """Make a copied MLflow store work where it now is, by rewriting its ABSOLUTE artifact locations.
 
-    python -m kerasflow.storeops.relocate STORE [--from OLD] [--to NEW] [--dry-run] [--check]
+    kerasflow relocate STORE [--from OLD] [--to NEW] [--dry-run] [--check]
 
 MLflow records where artifacts live as absolute paths; after an rsync to another machine or folder the
 UI shows no artifacts and models do not load, silently (mlflow#3144). This rewrites exactly the fields
@@ -31,6 +31,7 @@ from typing import Any
 
 from kerasflow.errors import UserError
 from kerasflow.files import can_write
+from kerasflow.track import store as store_layout  # `store` is every function's parameter here
 
 TMP_SUFFIX = ".relocate-tmp"
 
@@ -119,33 +120,6 @@ def detect_old_prefix(locations: list[str], new: Path) -> str | None:
     return votes.most_common(1)[0][0] if votes else None
 
 
-# --- store kinds ---------------------------------------------------------------------------------
-
-def detect(store: Path) -> tuple[str, Path]:
-    """('sqlite', db file) or ('file', root folder); refuses anything else with the reason."""
-    if store.is_file():
-        with open(store, "rb") as fh:
-            if fh.read(16) != b"SQLite format 3\x00":
-                raise UserError(f"{store} is not a sqlite database: give an MLflow store folder or .db file")
-        return "sqlite", store
-    if not store.is_dir():
-        raise UserError(f"no MLflow store at {store}: give the folder you copied (e.g. ./store)")
-    if (store / "mlflow.db").is_file():
-        return "sqlite", store / "mlflow.db"
-    if any((p / "meta.yaml").is_file() for p in store.iterdir() if p.is_dir() and p.name.isdigit()):
-        return "file", store
-    if (store / "mlruns").is_dir() and any(
-            (p / "meta.yaml").is_file() for p in (store / "mlruns").iterdir() if p.is_dir()):
-        return "file", store / "mlruns"
-    if not any(store.iterdir()):
-        raise UserError(f"{store} is empty: copy the store into it first (e.g. make pull FROM=...)")
-    raise UserError(
-        f"{store} is not an MLflow store (no mlflow.db, no <experiment id>/meta.yaml): point at the "
-        "store folder"
-    )
-
-
-
 # --- sqlite ----------------------------------------------------------------------------------------
 
 SQL_FIELDS = [  # (report key, table, column, row filter)
@@ -172,9 +146,7 @@ def _sqlite_values(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, A
 
 
 def relocate_sqlite(db: Path, old: str | None, new: Path, dry_run: bool) -> Report:
-    from kerasflow.track import store as store_mod
-
-    store_mod.check_sqlite_schema(db)  # corrupt / foreign / newer-schema databases stop here
+    store_layout.check_sqlite_schema(db)  # corrupt / foreign / newer-schema databases stop here
     report = Report("sqlite", dry_run=dry_run)
     if not dry_run and (not os.access(db, os.W_OK) or not can_write(db.parent)):
         raise UserError(f"store {db} is read-only: copy it somewhere writable, or fix its permissions")
@@ -439,12 +411,10 @@ def _resolve_prefixes(values: list[str], old: str | None, new: Path) -> tuple[st
 
 def stored_locations(store: Path) -> list[tuple[str, str]]:
     """(kind, location) of every run, logged model, model version and trace in the store."""
-    kind, path = detect(store)
+    kind, path = store_layout.kind(store)
     if kind == "sqlite":
-        from kerasflow.track import store as store_mod
-
-        store_mod.check_sqlite_schema(path)
-        with sqlite3.connect(store_mod.readonly_uri(path), uri=True, timeout=30) as conn:
+        store_layout.check_sqlite_schema(path)
+        with sqlite3.connect(store_layout.readonly_uri(path), uri=True, timeout=30) as conn:
             return [(r[0], r[5]) for r in _sqlite_values(conn)]
     return [(k, v) for k, p in _meta_files(path) for v in _read_meta(p, FILE_KEYS[k])[1].values()]
 
@@ -456,7 +426,7 @@ def check(store: Path) -> tuple[int, list[str]]:
     with the first one); a missing location outside the store is what a move leaves behind.
     Experiments are not checked: MLflow creates an experiment's folder with its first run.
     """
-    kind, path = detect(store)
+    kind, path = store_layout.kind(store)
     root = str((path.parent if kind == "sqlite" else path).absolute())
     values = [v for k, v in stored_locations(store) if k != "experiments"]
     local = [(v, p[1]) for v in values if (p := _as_path(v)) is not None]
@@ -466,7 +436,7 @@ def check(store: Path) -> tuple[int, list[str]]:
 def outside(store: Path) -> list[str]:
     """Local artifact locations outside the store's folder. In a store from another machine such a
     location makes MLflow read and write wherever it points on this one: /etc, a home folder, ..."""
-    kind, path = detect(store)
+    kind, path = store_layout.kind(store)
     root = str((path.parent if kind == "sqlite" else path).absolute())
     local = [(v, p[1]) for _, v in stored_locations(store) if (p := _as_path(v)) is not None]
     return [v for v, p in local if not _under(p, root)]
@@ -482,7 +452,7 @@ def _progress(items: list[Any], what: str) -> Any:
 
 def relocate(store: Path, old: str | None = None, to: Path | None = None, dry_run: bool = False) -> Report:
     """Rewrite the store's artifact locations from `old` (detected) to `to` (the store's folder)."""
-    kind, path = detect(store)
+    kind, path = store_layout.kind(store)
     root = path.parent if kind == "sqlite" else path
     new = (to or root).absolute()
     if kind == "sqlite":

@@ -1,6 +1,6 @@
 """The one place that builds the `mlflow server` command line over a store.
 
-    python -m kerasflow.storeops.server [STORE] [--port N] [--auth]   (`make server [AUTH=1]`, `make run`)
+    kerasflow server [STORE] [--port N] [--auth]   (`make server [AUTH=1]`, `make run`)
 
 `make server`, the server `make run` starts (project_driver.bash), `make ui` (run_mlflow_ui.bash) and
 the notebook's private server (kerasflow.experiments.explore) all serve a store the same way: bound to
@@ -24,18 +24,9 @@ from kerasflow.ports import HOST, check_port
 from kerasflow.track import store
 
 
-def locate(store_path: Path) -> tuple[str, Path]:
-    """('sqlite', db file) or ('file', legacy root); a missing or empty folder is a new sqlite store."""
-    from kerasflow.storeops import relocate
-
-    if not store_path.exists() or (store_path.is_dir() and not any(store_path.iterdir())):
-        return "sqlite", store_path / store.DB_FILE
-    return relocate.detect(store_path)
-
-
 def prepare(store_path: Path) -> None:
     """Create a new sqlite store (under its lock) so that MLflow only ever opens a migrated database."""
-    kind, path = locate(store_path)
+    kind, path = store.locate(store_path)
     if kind == "sqlite":
         uri = store.sqlite_uri(path)
         store.check_backend(uri)
@@ -89,7 +80,7 @@ def auth_config(store_path: Path) -> Path:
     The admin password comes from MLFLOW_AUTH_ADMIN_PASSWORD the first time (MLflow creates the admin
     user then); never from a command line or a config file under version control.
     """
-    kind, path = locate(store_path)
+    kind, path = store.locate(store_path)
     if kind != "sqlite":
         raise UserError("basic auth needs a sqlite store: migrate it first (make migrate STORE=...)")
     folder = path.parent.resolve() / AUTH_DIR
@@ -112,7 +103,7 @@ def command(store_path: Path, port: int, auth: bool = False,
             db: str = "") -> tuple[list[str], dict[str, str]]:
     """The `mlflow server` command line and environment for this store (sqlite, or a legacy file store),
     or for a PostgreSQL database `db` with the artifacts in STORE/artifacts."""
-    kind, path = ("postgresql", store_path / store.DB_FILE) if db else locate(store_path)
+    kind, path = ("postgresql", store_path / store.DB_FILE) if db else store.locate(store_path)
     bindir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -1,7 +1,7 @@
 """Model registry helpers: resolve a model URI with a clear error, and promote an alias by a metric.
 
-    python -m kerasflow.track.registry promote NAME --metric test_accuracy [--alias champion] [--mode max]
-    python -m kerasflow.track.registry show NAME
+    kerasflow promote NAME --metric test_accuracy [--alias champion] [--mode max]
+    kerasflow versions NAME
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def resolve(uri: str, c: mlflow.MlflowClient) -> str:
             known = ", ".join(f"@{a}" for a in sorted(model.aliases or {})) or "none"
             raise UserError(
                 f"registered model '{name}' has no alias '{alias}' (its aliases: {known}): use one of "
-                f"those, or set it with `python -m kerasflow.track.registry promote {name} --alias {alias}`"
+                f"those, or set it with `kerasflow promote {name} --alias {alias}`"
             )
         return uri
     match = re.fullmatch(r"models:/([^/@]+)/(\d+)", uri)

@@ -1,6 +1,6 @@
 """Look at tracked runs: filter, compare in a table, plot the best runs' validation curves.
 
-    python -m kerasflow.track.runs --filter "metrics.test_accuracy > 0.9" --top 5 --plot best.png
+    kerasflow runs --filter "metrics.test_accuracy > 0.9" --top 5 --plot best.png
     (`make runs FILTER="metrics.test_accuracy > 0.9"`)
 
 The filter is MLflow's search syntax: metrics.X, params.X, tags.X, attributes.status, ...

@@ -312,3 +312,34 @@ def check_server(uri: str) -> None:
     except (urllib.error.URLError, OSError) as exc:
         raise UserError(f"the MLflow server at {shown} did not answer its API ({exc}): check its "
                         "log") from None
+
+
+def kind(store: Path) -> tuple[str, Path]:
+    """('sqlite', db file) or ('file', root folder); refuses anything else with the reason."""
+    if store.is_file():
+        with open(store, "rb") as fh:
+            if fh.read(16) != b"SQLite format 3\x00":
+                raise UserError(f"{store} is not a sqlite database: give an MLflow store folder or .db file")
+        return "sqlite", store
+    if not store.is_dir():
+        raise UserError(f"no MLflow store at {store}: give the folder you copied (e.g. ./store)")
+    if (store / DB_FILE).is_file():
+        return "sqlite", store / DB_FILE
+    if any((p / "meta.yaml").is_file() for p in store.iterdir() if p.is_dir() and p.name.isdigit()):
+        return "file", store
+    if (store / "mlruns").is_dir() and any(
+            (p / "meta.yaml").is_file() for p in (store / "mlruns").iterdir() if p.is_dir()):
+        return "file", store / "mlruns"
+    if not any(store.iterdir()):
+        raise UserError(f"{store} is empty: copy the store into it first (e.g. make pull FROM=...)")
+    raise UserError(
+        f"{store} is not an MLflow store (no {DB_FILE}, no <experiment id>/meta.yaml): point at the "
+        "store folder"
+    )
+
+
+def locate(store: Path) -> tuple[str, Path]:
+    """`kind`, where a missing or empty folder is a new sqlite store (what a server creates there)."""
+    if not store.exists() or (store.is_dir() and not any(store.iterdir())):
+        return "sqlite", store / DB_FILE
+    return kind(store)

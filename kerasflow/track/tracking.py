@@ -312,7 +312,7 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
             log_params_merged(client, run_id, {**config.identity(prep.cfg), "run_name": prep.cfg.run_name,
                                                "replicas": prep.placement.replicas})
             mlflow.set_tags({"data_digest": prep.examples.digest, "split_digest": prep.splits.digest(),
-                             "data_source": cfg.data_source, "kerasflow.entry": "train_mlflow.py"})
+                             "data_source": cfg.data_source, "kerasflow.entry": "track"})
             if prep.splits_file_digest:
                 mlflow.set_tags({"splits_file_digest": prep.splits_file_digest})
             mlflow.log_artifact(str(prep.run_dir / rundir.CONFIG_FILE))

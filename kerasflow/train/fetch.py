@@ -1,7 +1,7 @@
 """Download what training needs from the internet, once: the TFDS dataset and the VGG16 weights.
 
-    python -m kerasflow.train.fetch data     # `make data`: TFDS download + prepare, with tfds' progress bars
-    python -m kerasflow.train.fetch weights  # `make weights`: VGG16 ImageNet notop weights into $KERAS_HOME
+    kerasflow data     # `make data`: TFDS download + prepare, with tfds' progress bars
+    kerasflow weights  # `make weights`: VGG16 ImageNet notop weights into $KERAS_HOME
 """
 
 from __future__ import annotations

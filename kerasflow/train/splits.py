@@ -1,6 +1,6 @@
 """A splits file: the dataset's examples and their nested cross-validation folds, written once.
 
-    python make_splits.py [--config FILE] [--set key=value ...] [--out outputs/splits.json]
+    kerasflow splits [--config FILE] [--set key=value ...] [--out outputs/splits.json]
 
 One random split makes a result depend on which examples landed in the test set; a file of folds
 written once (seeded, stratified by class and, for the NIH image tree, grouped by patient so no patient
@@ -130,7 +130,7 @@ def read(path: str | Path) -> dict[str, Any]:
         splits = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"splits file {path} does not exist: write it with `make splits` (or "
-                        "python make_splits.py), or set splits_file: \"\"") from None
+                        "kerasflow splits), or set splits_file: \"\"") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"splits file {path} is not valid JSON: write it again with `make splits`") from None
     if not isinstance(splits, dict) or splits.get("format") != FORMAT:
