@@ -2,8 +2,8 @@
 
     make bench-relocate      # or: .venv/bin/python bench/bench_relocate.py --runs 10000 --rounds 3
 
-File store: written by real MLflow (tests/store_builder.py bulk), moved; then per round, on fresh copies
-of the moved store: `find STORE -name meta.yaml -exec sed -i 's#OLD#NEW#g' {} +` vs
+File store: written by real MLflow (tests/helpers/store_builder.py bulk), moved; then per round, on fresh
+copies of the moved store: `find STORE -name meta.yaml -exec sed -i 's#OLD#NEW#g' {} +` vs
 `kerasflow relocate STORE` (whole process, start-up included), interleaved. sqlite store:
 100 runs written by MLflow, their rows replicated in SQL to --runs, moved, then relocated.
 """
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def build(*args: str) -> None:
-    subprocess.run([sys.executable, str(ROOT / "tests" / "store_builder.py"), *args], check=True,
+    subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "store_builder.py"), *args], check=True,
                    capture_output=True)
 
 

@@ -125,7 +125,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "stores.json"))
     args = p.parse_args()
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # an error is an error, not a silent retry
-    import pgcluster
+    from helpers import pgcluster
 
     rows = []
     with pgcluster.throwaway_cluster(PASSWORD) as cluster, tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_user_error, run_script, set_args, write_png_tree
+from helpers import ROOT, assert_user_error, run_script, set_args, write_png_tree
 
 
 def test_help_is_instant_and_does_not_import_tensorflow():
@@ -247,3 +247,11 @@ def test_lint_fails_on_an_import_against_the_layers(tmp_path, module, line):
         f.write(f"\n{line}\n")
     broken = subprocess.run(lint, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert broken.returncode != 0 and "BROKEN" in broken.stdout, broken.stdout[-2000:]
+
+
+def test_tests_import_helpers_never_conftest():
+    """conftest.py holds fixtures only; what tests call lives in tests/helpers/ (importable, one home)."""
+    for path in (ROOT / "tests").rglob("*.py"):
+        assert "from conftest import" not in path.read_text(), path
+    conftest = (ROOT / "tests" / "conftest.py").read_text()
+    assert "def " not in conftest.replace("@pytest.fixture", "").split("\n@", 1)[0].split("import pytest")[0]

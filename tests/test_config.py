@@ -167,7 +167,7 @@ def test_presets_are_files_applied_before_set(tmp_path):
 
 
 def test_a_preset_runs_from_the_command_line(tmp_path):
-    from conftest import assert_user_error, run_script
+    from helpers import assert_user_error, run_script
 
     assert_user_error(run_script("train.py", "--preset", "nope"), "preset 'nope' does not exist")
     result = run_script(

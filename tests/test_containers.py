@@ -23,8 +23,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_user_error, free_port, require_tool, wait_http
-from stand_ins import calls, script
+from helpers import ROOT, assert_user_error, free_port, require_tool, wait_http
+from helpers.stand_ins import calls, script
 
 # --- run_script.bash ----------------------------------------------------------------------------------
 

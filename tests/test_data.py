@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import write_png_tree
+from helpers import write_png_tree
 
 from kerasflow.errors import UserError
 from kerasflow.train import data

@@ -9,7 +9,7 @@ by `make image` (build args from the environment: a local Debian base, weights s
   the run FINISHED with metrics, artifacts and a model that loads on the host by alias; a second run
   refused; a container killed mid-run leaves the run FAILED, never RUNNING;
 - every MLproject entry point (main, splits, cv, tune, analyze) through `make run`;
-- the README's three quickstarts, from the README's own blocks (tests/readme_journeys.py): (a) `make demo`
+- the README's three quickstarts, from its own blocks (tests/helpers/readme_journeys.py): (a) `make demo`
   on the host, `devcontainer up`, the demo, a tracked demo and the notebook inside (JupyterLab answers
   403/200; the notebook also runs over a store holding an embedded run and a `make run` run); (b) a
   fresh clone with only the light env, a detached `make run` to FINISHED, seen through a forwarded port;
@@ -40,8 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import readme_journeys
-from conftest import ROOT, TINY, assert_user_error, free_port, require_tool, wait_http
+from helpers import ROOT, TINY, assert_user_error, free_port, readme_journeys, require_tool, wait_http
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
@@ -788,7 +787,7 @@ def test_every_entry_point_runs_through_make_run(image, user, checkout, run_env)
     assert not foreign_files(checkout, user.uid)
 
 
-# --- 4. the README's quickstarts, as a newcomer runs them (tests/readme_journeys.py) ---------------------
+# --- 4. the README's quickstarts, as a newcomer runs them (tests/helpers/readme_journeys.py) ---------------
 #
 # The commands come from the README's marked blocks; a failure names the README line. Each journey starts
 # from its user's state: (a) a checkout where `make demo` ran on the host first (a real .venv there), (b)
@@ -1143,7 +1142,7 @@ def test_the_team_servers_compose_file_and_small_image_against_postgresql(engine
     """Compose cannot run here (it would create a bridge network): its file is validated, and its
     server image is built and run for real on the host network against a throwaway PostgreSQL."""
     import mlflow
-    from conftest import PG_PASSWORD
+    from helpers import PG_PASSWORD
 
     compose = require_tool("docker-compose")
     config = [compose, "-f", "docker/compose.yaml", "config"]
@@ -1192,7 +1191,7 @@ def test_tune_workers_in_containers_join_a_study_on_postgresql(user, checkout, w
     """Two `make run -e tune -P role=join` containers and a lead process on the host share one Optuna
     study in PostgreSQL and one tracking server; the study URL (with its password) reaches the
     containers through make run's 0600 env file."""
-    from conftest import PG_PASSWORD
+    from helpers import PG_PASSWORD
 
     study_url = postgres["createdb"]("enginestudy").replace("kf@", f"kf:{PG_PASSWORD}@")
     port = free_port()

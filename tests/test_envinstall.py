@@ -10,7 +10,7 @@ import venv
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from kerasflow import envinstall
 
@@ -113,7 +113,7 @@ def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorf
     """`make run` and `make ui` on a GPU server need MLflow, not Python 3.11 and the TF lock."""
     import glob
 
-    from conftest import assert_user_error, free_port, require_tool, wait_http
+    from helpers import assert_user_error, free_port, require_tool, wait_http
 
     found = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3")))
     python310 = require_tool("python3.10", bool(found)) and found[-1]

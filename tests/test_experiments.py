@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, assert_user_error, client_for, set_args
+from helpers import ROOT, TINY, assert_user_error, client_for, set_args
 
 from kerasflow import config
 from kerasflow.errors import UserError

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     ROOT,
     TINY,
     assert_user_error,
@@ -202,7 +202,7 @@ def test_a_locked_store_is_not_called_corrupt(tmp_path, monkeypatch):
 
 # --- pull: never destroys a store, copies only a store ---------------------------------------------
 
-BUILDER = str(ROOT / "tests" / "store_builder.py")
+BUILDER = str(ROOT / "tests" / "helpers" / "store_builder.py")
 
 
 def bulk(path: Path, n: int, kind: str = "sqlite") -> None:
@@ -342,7 +342,7 @@ def test_relocation_does_not_follow_symlinks_out_of_the_store(tmp_path):
 def test_memmap_cache_survives_interrupts_and_torn_metadata(tmp_path, monkeypatch):
     """The cache wrote its JSON after the .u8 file and not atomically: a torn JSON killed every later run;
     an interrupted fill left its multi-GB temp file behind."""
-    from conftest import write_png_tree
+    from helpers import write_png_tree
 
     from kerasflow import config
     from kerasflow.train import data
@@ -575,7 +575,7 @@ def test_sigkill_at_seeded_moments_while_the_cache_is_built(tmp_path):
     import random
     import shutil
 
-    from conftest import write_png_tree
+    from helpers import write_png_tree
 
     tree = write_png_tree(tmp_path / "images", {"Parasitized": 150, "Uninfected": 150}, size=64)
     cache = tmp_path / "cache"

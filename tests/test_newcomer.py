@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_user_error, free_port
-from stand_ins import calls, script
+from helpers import ROOT, assert_user_error, free_port
+from helpers.stand_ins import calls, script
 
 from kerasflow import config, preflight
 
@@ -182,7 +182,7 @@ def test_the_readme_is_a_newcomers_page():
 
 
 def test_the_readme_quickstarts_parse_into_the_journeys_ci_runs():
-    import readme_journeys
+    from helpers import readme_journeys
 
     found = readme_journeys.journeys()
     assert set(found) == {("devcontainer", "host"), ("devcontainer", "container"), ("gpu-server", "box"),

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, free_port, set_args, wait_http
+from helpers import ROOT, TINY, free_port, set_args, wait_http
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PG_PASSWORD, ROOT, TINY, assert_user_error, free_port, set_args, wait_http
+from helpers import PG_PASSWORD, ROOT, TINY, assert_user_error, free_port, set_args, wait_http
 
 pytestmark = pytest.mark.slow
 

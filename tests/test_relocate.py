@@ -1,6 +1,6 @@
 """Moving a store between machines: relocation, the UI on a moved store, a real browser, kills during
 relocation, pulling a store that is being written, migration off the file store, and bad input.
-Every store here is written by real MLflow (tests/store_builder.py), then moved."""
+Every store here is written by real MLflow (tests/helpers/store_builder.py), then moved."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, fake_ssh, free_port, require_tool
+from helpers import ROOT, fake_ssh, free_port, require_tool
 
 from kerasflow.errors import UserError
 from kerasflow.storeops import relocate
 from kerasflow.track import store
 
 pytestmark = pytest.mark.slow
-BUILDER = str(ROOT / "tests" / "store_builder.py")
+BUILDER = str(ROOT / "tests" / "helpers" / "store_builder.py")
 
 
 def build(*args: str) -> dict:

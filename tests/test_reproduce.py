@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, assert_user_error, client_for, set_args, write_png_tree
+from helpers import ROOT, TINY, assert_user_error, client_for, set_args, write_png_tree
 
 pytestmark = pytest.mark.slow
 

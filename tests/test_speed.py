@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, set_args, sigkill_after_epochs
+from helpers import ROOT, set_args, sigkill_after_epochs
 
 from kerasflow import config
 from kerasflow.errors import UserError

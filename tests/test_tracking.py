@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, assert_user_error, client_for, free_port, kerasflow, set_args, wait_http
+from helpers import ROOT, TINY, assert_user_error, client_for, free_port, kerasflow, set_args, wait_http
 
 from kerasflow import config
 

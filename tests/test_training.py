@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, set_args, sigkill_after_epochs
+from helpers import ROOT, set_args, sigkill_after_epochs
 
 from kerasflow import config
 from kerasflow.train import training

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 _MARK = re.compile(r"^<!-- journey: (\S+)(?: (\S+))? -->$")
 _CI = re.compile(r"^<!-- ci: (.+?) => (.+?) -->$")
 

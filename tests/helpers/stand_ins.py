@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 FAKE_DOCKER = r'''#!/usr/bin/env python3
 """Stand-in for the docker CLI: records every call, keeps "images" as files, never runs anything."""

@@ -1,8 +1,8 @@
 """Build MLflow stores with real MLflow (in a separate process, as a user's training would).
 
-    python tests/store_builder.py full sqlite|file PATH     experiments, runs, PNGs, Keras models, registry
-    python tests/store_builder.py bulk sqlite|file PATH N   N small runs, each with one artifact
-    python tests/store_builder.py write PATH SECONDS        keep writing runs into a sqlite store
+    python tests/helpers/store_builder.py full sqlite|file PATH     experiments, runs, PNGs, models, registry
+    python tests/helpers/store_builder.py bulk sqlite|file PATH N   N small runs, each with one artifact
+    python tests/helpers/store_builder.py write PATH SECONDS        keep writing runs into a sqlite store
 
 Prints a JSON summary (ids) on stdout.
 """
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
 
