@@ -213,6 +213,16 @@ def test_each_command_is_the_make_target_and_mlproject_entry_of_its_name():
     for entry, spec in entries.items():
         assert spec["command"].startswith(f"python -m kerasflow {'track' if entry == 'main' else entry} ")
     package = ROOT / "kerasflow"
+    # the architecture doc's table lists exactly these, with the same MLproject entries and real modules
+    doc = (ROOT / "docs" / "architecture.md").read_text().split("## One name per capability", 1)[1]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in doc.split("\n## ", 1)[0].splitlines()
+            if line.startswith("| ") and not line.startswith("| name ")]
+    assert {r[0].removesuffix(" (internal)") for r in rows} == {*COMMANDS, *INTERNAL}
+    assert {("track" if r[3] == "main" else r[3]) for r in rows if r[3]} == {
+        "track" if e == "main" else e for e in entries}
+    for r in rows:
+        assert (package / r[4]).is_file(), r
+        assert all((ROOT / "docs" / d).is_file() or d == "README.md" for d in r[5].split(", ")), r
     modules = {p.stem for p in (package / "cli").glob("*.py")} - {"__init__", "main"}
     assert modules == {n.replace("-", "_") for n in [*COMMANDS, *INTERNAL]}
     for path in package.rglob("*.py"):  # only cli/ parses argv, and nothing below it has an entry
