@@ -177,14 +177,19 @@ env: $(STAMP) ## create .venv from the pinned lock (requirements.txt)
 
 host-env: $(HOST_STAMP) ## the light env for run/ui/pull/server (MLflow, no TF; Python >= 3.10)
 
+# Tests run in TEST_JOBS pytest-xdist workers (most wait on servers, containers and subprocesses); the
+# engine tests stay together on one worker (xdist_group). TEST_JOBS=0: one process, in file order.
+TEST_JOBS ?= 2
+XDIST = $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadgroup)
+
 test: $(STAMP) ## the suite CI runs: real Docker engine, image, journeys (offline, CPU)
-	$(PY) -m pytest -m "not gpu_image and not heavy" $(ARGS)
+	$(PY) -m pytest $(XDIST) -m "not gpu_image and not heavy" $(ARGS)
 
 test-all: $(STAMP) ## make test plus the heavy tests (stress variants, speed options; ~30 min more)
-	$(PY) -m pytest -m "not gpu_image" $(ARGS)
+	$(PY) -m pytest $(XDIST) -m "not gpu_image" $(ARGS)
 
 test-fast: $(STAMP) ## the quick loop: no engine, no image, no browser, nothing slow (~2 min)
-	$(PY) -m pytest -m "not slow and not engine and not gpu_image" $(ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow and not engine and not gpu_image" $(ARGS)
 
 test-gpu-image: $(STAMP) ## build the GPU variant (8 GB) and check its CUDA libraries
 	$(PY) -m pytest -m gpu_image -s $(ARGS)

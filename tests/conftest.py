@@ -12,6 +12,10 @@ from helpers.stand_ins import sandbox  # noqa: F401  (a fixture: the scripts aga
 
 # TensorFlow's C++ start-up lines stay out of the tests' output (KERASFLOW_VERBOSE tests set their own).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `make test ARGS=...` exports its command-line variables to every make below it (MAKEFLAGS): the make
+# commands the tests run must see only what the test gives them.
+for _name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(autouse=True)

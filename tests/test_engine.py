@@ -42,7 +42,9 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, TINY, assert_user_error, free_port, readme_journeys, require_tool, wait_http
 
-pytestmark = [pytest.mark.slow, pytest.mark.engine]
+# One xdist group: the engine tests share one user, checkout and image (session fixtures), so `make test`'s
+# workers run them one after another on one worker while the others take the rest of the suite.
+pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.xdist_group("engine")]
 
 USER_NAME = "kftest"
 BASE = "localhost/py311-base:bookworm"
