@@ -92,7 +92,7 @@ track-demo: $(STAMP) ## the offline demo, tracked; its model registered as demo@
 	$(PY) -m kerasflow track --store $(STORE) $(DEMO_SET) --register demo $(ARGS)
 
 run: $(RUN_STAMP) ## mlflow run in the image + tracking server; tmux over SSH: ARGS='-P epochs=3'
-	MLFLOW="$(RUN_VENV)/bin/mlflow" ./project_driver.bash $(ARGS)
+	KERASFLOW_PYTHON="$(RUN_VENV)/bin/python" ./project_driver.bash $(ARGS)
 
 ui: $(RUN_STAMP) ## the MLflow UI on 127.0.0.1:5000 (PORT=) over a (copied) store: STORE=...
 	KERASFLOW_PYTHON="$(RUN_VENV)/bin/python" ./run_mlflow_ui.bash "$(STORE)" --port $(PORT)

@@ -30,9 +30,9 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/docker/lib.bash"
 
 PORT="${PORT:-5000}"
 STORE="$(realpath -m -- "${STORE:-$KF_ROOT/store}")"
-MLFLOW="${MLFLOW:-$KF_ROOT/.venv/bin/mlflow}"
-[[ "$MLFLOW" == /* ]] || MLFLOW="$PWD/$MLFLOW"
-PYTHON="$(dirname "$MLFLOW")/python"  # the environment that has mlflow has kerasflow linked (envinstall)
+PYTHON="$(host_python "make run")"
+[[ "$PYTHON" == /* ]] || PYTHON="$PWD/$PYTHON"
+MLFLOW="$(dirname "$PYTHON")/mlflow"
 entry="main" experiment="kerasflow" name="" mode="auto"
 params=()
 while [ "$#" -gt 0 ]; do
@@ -59,7 +59,6 @@ mkdir -p "$logs"
 # and to a detached driver by its path (KF_ENV_FILE); the URI keeps only scheme://host:port. The same
 # file carries KERASFLOW_STUDY_STORAGE, the database URL of a shared Optuna study (`-e tune`).
 if [ -z "${KF_ENV_FILE:-}" ] && [ -n "${MLFLOW_TRACKING_URI:-}${MLFLOW_TRACKING_USERNAME:-}${KERASFLOW_STUDY_STORAGE:-}" ]; then
-  [ -x "$PYTHON" ] || die "no Python environment at $PYTHON: run make env (or set MLFLOW=/path/to/venv/bin/mlflow)"
   KF_ENV_FILE="$(mktemp -d)/mlflow.env"
   MLFLOW_TRACKING_URI="$("$PYTHON" -m kerasflow env-file "$KF_ENV_FILE")"
   export MLFLOW_TRACKING_URI KF_ENV_FILE
@@ -95,7 +94,6 @@ take_lock
 # Everything that can fail in seconds is checked now, in the foreground, before anything is started,
 # built or detached (a detached run would fail in a log nobody reads, after building an 8 GB image).
 if [ -z "${KF_PREFLIGHT_DONE:-}" ]; then
-  [ -x "$PYTHON" ] || die "no Python environment at $PYTHON: run make run (it makes the light env) or set MLFLOW=/path/to/venv/bin/mlflow"
   check_shell_safe "the checkout" "$KF_ROOT"  # MLproject mounts it as ${PWD} in mlflow's bash -c line
   "$PYTHON" -m kerasflow preflight --root "$KF_ROOT" --entry "$entry" --image "$(image_tag)" \
     --port "$PORT" --store "$STORE" --logs "$logs" "${params[@]}"
@@ -106,10 +104,9 @@ if [ "$mode" = detach ] || { [ "$mode" = auto ] && [ -n "${SSH_CONNECTION:-}" ] 
   tmux has-session -t "=$session" 2> /dev/null && die "tmux session '$session' exists: tmux attach -t $session, or end it"
   # a tmux server that already runs would not pass this shell's environment on: pass it explicitly
   exec {lock_fd}>&-  # the detached driver takes the slot itself
-  cmd=(env "PATH=$PATH" "PORT=$PORT" "STORE=$STORE" "MLFLOW=$MLFLOW" "LOGS=$logs" "GPU=${GPU:-auto}"
+  cmd=(env "PATH=$PATH" "PORT=$PORT" "STORE=$STORE" "KERASFLOW_PYTHON=$PYTHON" "LOGS=$logs" "GPU=${GPU:-auto}"
        "KF_TMUX_SESSION=${KF_TMUX_SESSION:-kerasflow}" KF_PREFLIGHT_DONE=1)
-  for var in HOME DOCKER_HOST MLFLOW_TRACKING_URI KF_ENV_FILE GPUS DATA BASE_IMAGE TF_VARIANT VGG16_WEIGHTS_URL VGG16_WEIGHTS_MD5 PIP_INDEX_URL \
-             PIP_EXTRA_INDEX_URL; do
+  for var in HOME DOCKER_HOST MLFLOW_TRACKING_URI KF_ENV_FILE GPUS DATA "${BUILD_VARS[@]}"; do
     [ -n "${!var:-}" ] && cmd+=("$var=${!var}")
   done
   cmd+=("$KF_ROOT/project_driver.bash" -e "$entry" --experiment "$experiment" --name "$name" --foreground

@@ -15,6 +15,27 @@ note() {
 }
 
 # Docker installed and its daemon reachable, or one line saying what to do.
+# The Python environment of this checkout's host-side commands (make run, make ui), which has MLflow and
+# this checkout linked as kerasflow: the first that exists of KERASFLOW_PYTHON (make passes its choice:
+# the full .venv, else the light .venv-host), the project image's /opt/venv (inside the container, even
+# when the mounted checkout holds a host's .venv), the checkout's .venv, its .venv-host.
+# Argument: the make target that makes one (named in the error).
+host_python() {
+  local candidate target="$1"
+  if [ -n "${KERASFLOW_PYTHON:-}" ]; then
+    [ -x "$KERASFLOW_PYTHON" ] || die "no Python environment at KERASFLOW_PYTHON=$KERASFLOW_PYTHON: run make env (or make host-env), or unset it"
+    echo "$KERASFLOW_PYTHON"
+    return 0
+  fi
+  for candidate in /opt/venv/bin/python "$KF_ROOT/.venv/bin/python" "$KF_ROOT/.venv-host/bin/python"; do
+    if [[ "$candidate" != /opt/venv/* || -e /opt/venv/.kerasflow-image ]] && [[ -x "$candidate" ]]; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  die "no Python environment with MLflow for this checkout: run \`$target\` (it makes the light one, MLflow without TensorFlow, on demand), or set KERASFLOW_PYTHON"
+}
+
 check_docker() {
   command -v docker > /dev/null 2>&1 \
     || die "docker is not installed: install Docker Engine (https://docs.docker.com/engine/install/)"
@@ -69,9 +90,10 @@ point_latest() {
 # `docker build` arguments taken from the environment, so a user behind a mirror (or a machine with no
 # registry) builds without editing files: BASE_IMAGE, TF_VARIANT, VGG16_WEIGHTS_URL, VGG16_WEIGHTS_MD5,
 # PIP_INDEX_URL, PIP_EXTRA_INDEX_URL (URLs only: a host path would not exist inside the build).
+BUILD_VARS=(BASE_IMAGE TF_VARIANT VGG16_WEIGHTS_URL VGG16_WEIGHTS_MD5 PIP_INDEX_URL PIP_EXTRA_INDEX_URL)
 build_args() {
   local name
-  for name in BASE_IMAGE TF_VARIANT VGG16_WEIGHTS_URL VGG16_WEIGHTS_MD5 PIP_INDEX_URL PIP_EXTRA_INDEX_URL; do
+  for name in "${BUILD_VARS[@]}"; do
     if [ -n "${!name:-}" ]; then
       printf '%s\n' --build-arg "$name=${!name}"
     fi

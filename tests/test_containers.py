@@ -76,7 +76,7 @@ def test_driver_never_logs_into_another_stores_server_on_its_port(sandbox, tmp_p
         venv_bin = Path(sys.executable).parent
         result = script(sandbox, "project_driver.bash", "--foreground", "--name", "mine", "-P",
                         "data_source=synthetic", PORT=str(port),
-                        GPU="off", MLFLOW=str(venv_bin / "mlflow"), STORE=str(tmp_path / "mine"))
+                        GPU="off", KERASFLOW_PYTHON=str(venv_bin / "python"), STORE=str(tmp_path / "mine"))
         assert_user_error(result, f"port {port} answers as an MLflow server that is not this store's own",
                           "PORT=")
         assert not calls(sandbox, "run")

@@ -161,5 +161,5 @@ def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorf
     plan = subprocess.run(["make", "-n", "--no-print-directory", "run", f"VENV={tmp_path / 'no-full-env'}",
                            f"HOST_VENV={venv_dir}", "ARGS=--foreground"], cwd=ROOT, capture_output=True,
                           text=True)
-    expected = f'MLFLOW="{venv_dir}/bin/mlflow" ./project_driver.bash --foreground'
+    expected = f'KERASFLOW_PYTHON="{venv_dir}/bin/python" ./project_driver.bash --foreground'
     assert plan.stdout.strip().splitlines() == [expected], plan.stdout  # (under `make test` too)

@@ -23,7 +23,8 @@ from kerasflow import config, preflight
 
 def driver(sb: dict, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     venv_bin = Path(sys.executable).parent
-    return script(sb, "project_driver.bash", *args, MLFLOW=str(venv_bin / "mlflow"), PORT="1", **env)
+    return script(sb, "project_driver.bash", *args, KERASFLOW_PYTHON=str(venv_bin / "python"), PORT="1",
+                  **env)
 
 
 def test_a_detached_run_without_its_dataset_fails_in_the_foreground_before_building(sandbox):
@@ -140,9 +141,10 @@ def test_the_light_env_lists_every_library_the_store_commands_import():
 
 
 def test_run_mlflow_ui_without_any_env_names_make_ui(tmp_path):
-    copy = tmp_path / "run_mlflow_ui.bash"
-    copy.write_text((ROOT / "run_mlflow_ui.bash").read_text())
-    copy.chmod(0o755)
+    copy = tmp_path / "run_mlflow_ui.bash"  # a checkout with no environment at all
+    shutil.copy2(ROOT / "run_mlflow_ui.bash", copy)
+    (tmp_path / "docker").mkdir()
+    shutil.copy2(ROOT / "docker" / "lib.bash", tmp_path / "docker" / "lib.bash")
     result = subprocess.run([str(copy)], capture_output=True, text=True, timeout=30,
                             env={"PATH": os.environ["PATH"]})
     assert_user_error(result, "run `make ui`", "light one")

@@ -114,7 +114,7 @@ def sandbox(tmp_path: Path) -> dict:
         "PATH": str(bin_dir),
         "HOME": str(tmp_path),
         "FAKE_DOCKER_DIR": str(state),
-        "MLFLOW": str(bin_dir / "mlflow"),
+        "KERASFLOW_PYTHON": str(bin_dir / "python"),
         "LOGS": str(tmp_path / "logs"),
         "STORE": str(tmp_path / "store"),
         "KF_TMUX_SESSION": f"kf-test-{os.getpid()}-{tmp_path.name}",
