@@ -124,8 +124,8 @@ trap 'rm -f "$lock.run"; [ -z "${KF_ENV_FILE:-}" ] || rm -rf "$(dirname "$KF_ENV
 log="$logs/$name.log"
 rm -f "$logs/$name.status"
 
-answers() {
-  "$PYTHON" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)" "$1/health" 2> /dev/null
+answers() {  # kerasflow/ports.py: the one health probe
+  "$PYTHON" -m kerasflow health "$@"
 }
 
 # The server was checked by the preflight (kerasflow/preflight.py: a given one answers, a local one on
@@ -145,14 +145,10 @@ ensure_server() {
   note "starting an MLflow server at $server_url over $STORE (log: $logs/mlflow-server.log, pid: $logs/mlflow-server.pid)"
   nohup "$PYTHON" -m kerasflow server "$STORE" --port "$PORT" > "$logs/mlflow-server.log" 2>&1 &
   echo "$!" > "$logs/mlflow-server.pid"
-  for _ in $(seq 1 60); do
-    if answers "$server_url"; then
-      "$PYTHON" -m kerasflow proxy-artifacts "$STORE" "$experiment"
-      return 0
-    fi
-    kill -0 "$(cat "$logs/mlflow-server.pid")" 2> /dev/null || break
-    sleep 1
-  done
+  if answers "$server_url" --wait 60 --pid "$(cat "$logs/mlflow-server.pid")"; then
+    "$PYTHON" -m kerasflow proxy-artifacts "$STORE" "$experiment"
+    return 0
+  fi
   die "the MLflow server did not come up on $server_url: $(tail -n 1 "$logs/mlflow-server.log")"
 }
 

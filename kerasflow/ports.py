@@ -4,6 +4,9 @@ busy or impossible port is one line instead of a server that dies in its log."""
 from __future__ import annotations
 
 import socket
+import time
+import urllib.request
+from collections.abc import Callable
 
 from kerasflow.errors import UserError
 
@@ -27,3 +30,29 @@ def check_port(port: int, what: str = "the server") -> None:
     if not port_free(port):
         raise UserError(f"port {port} on {HOST} is busy (another server running?): choose another port "
                         f"for {what} with --port N (make: PORT=N)")
+
+
+def free_port(host: str = HOST) -> int:
+    """A port the kernel says is free now (for a private server: the notebook's, the tests')."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def answers(url: str, timeout: float = 3) -> bool:
+    """THE health probe of every MLflow server we start or are given: GET URL/health answers 2xx."""
+    try:  # an http(s) URL: callers check the scheme
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout):  # noqa: S310
+            return True
+    except OSError:
+        return False
+
+
+def wait_answers(url: str, seconds: float, alive: Callable[[], bool] = lambda: True) -> bool:
+    """Poll `answers` until it does (True), `seconds` pass or `alive()` says the server died (False)."""
+    deadline = time.monotonic() + seconds
+    while not answers(url, timeout=2):
+        if not alive() or time.monotonic() > deadline:
+            return False
+        time.sleep(0.3)
+    return True

@@ -12,11 +12,10 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from kerasflow import config
+from kerasflow import config, ports
 
 PASS, NOTE, FAIL = "pass", "note", "fail"
 
@@ -146,13 +145,6 @@ def data(cfg: config.Config, entry: str, root: Path, data_mount: str) -> Check:
     return Check("data", PASS, f"{cfg.data_source} data in {host}")
 
 
-def _answers(url: str) -> bool:
-    try:  # an http(s) URL: tracking() checks the scheme first
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=3):  # noqa: S310
-            return True
-    except OSError:
-        return False
-
 
 def _listening(port: int) -> bool:
     import socket
@@ -188,14 +180,14 @@ def tracking(uri: str, port: int, store: Path, logs: Path) -> Check:
             return Check("tracking", FAIL, "MLFLOW_TRACKING_URI must be an http(s) server for make run (the "
                                            f"container cannot open a host database): unset it to use a local "
                                            f"server over {store}")
-        if not _answers(uri):
+        if not ports.answers(uri):
             return Check("tracking", FAIL, "the MLflow server at MLFLOW_TRACKING_URI does not answer "
                                            "/health: start it, or fix/unset MLFLOW_TRACKING_URI")
         return Check("tracking", PASS, "the MLflow server from MLFLOW_TRACKING_URI answers")
     url = f"http://127.0.0.1:{port}"
     if not _listening(port):
         return Check("tracking", PASS, f"port {port} is free: the run starts this store's server there")
-    if not _answers(url):
+    if not ports.answers(url):
         return Check("tracking", FAIL, f"port {port} on 127.0.0.1 is busy with something that is not an "
                                        "MLflow server: set PORT=another port")
     if not server_is_ours(logs / "mlflow-server.pid", store, port):

@@ -40,6 +40,7 @@ INTERNAL = {
     "proxy-artifacts": "make run: an experiment's new runs get proxied artifact locations",
     "tune-worker": "one worker process of tune",
     "env-file": "make run: tracking credentials into a 0600 env file for docker",
+    "health": "make run: does the MLflow server at URL answer /health (--wait for it)",
 }
 
 

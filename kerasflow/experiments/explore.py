@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import atexit
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kerasflow import ports
 from kerasflow.errors import UserError
 from kerasflow.track import store as store_mod
 
@@ -39,7 +38,7 @@ class Explorer:
         if not (self.store / store_mod.DB_FILE).is_file():
             raise UserError(f"no MLflow store at {self.store} (no {store_mod.DB_FILE}): pass the store "
                             "folder, e.g. open_store('store') after `make track` or `make run`")
-        self.port = port or _free_port()
+        self.port = port or ports.free_port()
         cmd, env = server.command(self.store, self.port)
         log = self.store.parent / "logs" / "explore-server.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -47,12 +46,9 @@ class Explorer:
             self._server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
         atexit.register(self.close)
         self.uri = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + start_timeout
-        while not _answers(f"{self.uri}/health"):
-            if self._server.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise UserError(f"the MLflow server over {self.store} did not start: see {log}")
-            time.sleep(0.3)
+        if not ports.wait_answers(self.uri, start_timeout, alive=lambda: self._server.poll() is None):
+            self.close()
+            raise UserError(f"the MLflow server over {self.store} did not start: see {log}")
         mlflow.set_tracking_uri(self.uri)
         self.client = mlflow.MlflowClient(self.uri)
 
@@ -128,19 +124,3 @@ def _find_store(path: Path) -> Path:
         if (folder / path / store_mod.DB_FILE).is_file():
             return folder / path
     return path
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - our own http://127.0.0.1 server
-            return True
-    except OSError:
-        return False
