@@ -37,7 +37,7 @@ class Explorer:
         self.store = _find_store(Path(store_dir))
         if not (self.store / store_mod.DB_FILE).is_file():
             raise UserError(f"no MLflow store at {self.store} (no {store_mod.DB_FILE}): pass the store "
-                            "folder, e.g. open_store('store') after `make track` or `make run`")
+                            "folder, e.g. explorer('store') after `make track` or `make run`")
         self.port = port or ports.free_port()
         cmd, env = server.command(self.store, self.port)
         log = self.store.parent / "logs" / "explore-server.log"
@@ -111,7 +111,7 @@ class Explorer:
                 server.wait()
 
 
-def open_store(store_dir: str | Path = store_mod.DEFAULT_STORE) -> Explorer:
+def explorer(store_dir: str | Path = store_mod.DEFAULT_STORE) -> Explorer:
     return Explorer(store_dir)
 
 
