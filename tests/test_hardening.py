@@ -54,6 +54,23 @@ def test_every_server_is_started_by_the_one_module():
     assert "-m kerasflow server " in (ROOT / "project_driver.bash").read_text()
 
 
+def test_the_compose_servers_flags_are_the_builders(tmp_path):
+    """docker/compose.yaml cannot import the builder: its flags are held to it (same flags, same host and
+    origin rules); only what a container needs differs (PostgreSQL, /artifacts, 0.0.0.0, the service name)."""
+    import yaml
+
+    from kerasflow.storeops import server
+
+    cmd, _ = server.command(tmp_path / "store", 5000)
+    built = dict(zip(cmd[2::2], cmd[3::2], strict=True))  # mlflow server --flag value ...
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]["mlflow"]["command"]
+    flags = dict(item.split("=", 1) for item in compose)
+    assert set(flags) == set(built), (flags, built)
+    assert flags["--allowed-hosts"].split(",")[:len(server.ALLOWED_HOSTS)] == list(server.ALLOWED_HOSTS)
+    assert flags["--cors-allowed-origins"] == built["--cors-allowed-origins"]
+    assert flags["--port"] == built["--port"]
+
+
 @pytest.mark.slow
 def test_server_on_a_new_store_checks_host_headers_and_proxies_artifacts(tmp_path):
     port = free_port()
