@@ -12,7 +12,7 @@ import string
 import pytest
 import yaml
 
-from kerasflow.storeops import relocate
+from kerasflow.storeops import metayaml
 
 KEYS = ("artifact_uri",)
 VALUES = [
@@ -37,7 +37,7 @@ def parsed_by_yaml(text: str) -> dict[str, str] | None:
 @pytest.mark.parametrize("value", VALUES)
 def test_fast_reader_never_disagrees_with_yaml(value: str) -> None:
     text = f"artifact_uri: {value}\nexperiment_id: '1'\ntags: []\nname: run one\n"
-    fast = relocate._fast_meta(text, KEYS)
+    fast = metayaml.fast_meta(text, KEYS)
     if fast is not None:  # None means: let the real parser decide
         assert fast == parsed_by_yaml(text), text
 
@@ -50,7 +50,7 @@ def test_fast_reader_on_random_lines() -> None:
         value = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
         lead = rng.choice(["/", "file://", "", "'", '"'])
         text = f"run_id: abc\nartifact_uri: {lead}{value}\nstatus: 3\n"
-        fast = relocate._fast_meta(text, KEYS)
+        fast = metayaml.fast_meta(text, KEYS)
         if fast is not None:
             fast_hits += 1
             assert fast == parsed_by_yaml(text), repr(text)
@@ -65,11 +65,11 @@ def test_fast_reader_on_random_lines() -> None:
     "artifact_uri: [unclosed\n",             # invalid: the real parser names the file
 ])
 def test_fast_reader_defers_anything_unusual(text: str) -> None:
-    assert relocate._fast_meta(text, KEYS) is None
+    assert metayaml.fast_meta(text, KEYS) is None
 
 
 @pytest.mark.parametrize("value", [v for v in VALUES if v] + ["/new/" + "x" * 200 + " y"])
 def test_rewritten_line_reads_back_as_the_same_string(value: str) -> None:
     text = "run_id: abc\nartifact_uri: /old/place\n  folded tail\nstatus: 3\n"
-    out = relocate._replace_line(text, "artifact_uri", value)
+    out = metayaml.replace_line(text, "artifact_uri", value)
     assert yaml.safe_load(out) == {"run_id": "abc", "artifact_uri": value, "status": 3}

@@ -91,7 +91,9 @@ REPRO = [
 def _final_digest(run: Path) -> str:
     import keras
 
-    return training.final_weights_digest(keras.models.load_model(run / "model.keras"))
+    from kerasflow.train import models
+
+    return models.weights_digest(keras.models.load_model(run / "model.keras"))
 
 
 def _train_cmd(tmp_path: Path, name: str) -> list[str]:

@@ -21,7 +21,6 @@ prefix is detected from the stored locations; the new one is the store's folder.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import sys
 from collections import Counter
@@ -31,6 +30,7 @@ from typing import Any
 
 from kerasflow.errors import UserError
 from kerasflow.files import can_write
+from kerasflow.storeops import metayaml
 from kerasflow.track import store as store_layout  # `store` is every function's parameter here
 
 TMP_SUFFIX = ".relocate-tmp"
@@ -61,19 +61,8 @@ class Report:
 
 # --- locations: plain paths and file:// URIs --------------------------------------------------------
 
-def _as_path(value: str) -> tuple[str, str] | None:
-    """(form, path) for a local location: form '' for a plain path, 'file://' or 'file:' for URIs."""
-    if value.startswith("file://"):
-        return "file://", value[len("file://"):]
-    if value.startswith("file:"):
-        return "file:", value[len("file:"):]
-    if value.startswith("/"):
-        return "", value
-    return None
-
-
 def _classify(value: str) -> str:
-    if _as_path(value) is not None:
+    if metayaml.as_path(value) is not None:
         return "local"
     if value.startswith("mlflow-artifacts:"):
         return "proxied"
@@ -87,7 +76,7 @@ def _under(path: str, prefix: str) -> bool:
 
 
 def _moved(value: str, old: str, new: str) -> str | None:
-    local = _as_path(value)
+    local = metayaml.as_path(value)
     if local is None:
         return None
     form, path = local
@@ -102,7 +91,7 @@ def detect_old_prefix(locations: list[str], new: Path) -> str | None:
     votes: Counter[str] = Counter()
     new_s = str(new).rstrip("/")
     for value in locations:
-        local = _as_path(value)
+        local = metayaml.as_path(value)
         if local is None or _under(local[1], new_s):
             continue
         path = local[1]
@@ -220,76 +209,16 @@ def _real_file(path: Path) -> bool:
     return path.is_file() and not path.is_symlink()
 
 
-def _yaml_loader() -> Any:
-    import yaml
-
-    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-_KEY_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*):(?: (.*))?")
-_SINGLE_QUOTED = re.compile(r"'(?:[^']|'')*'")
-_DOUBLE_QUOTED = re.compile(r'"[^"\\]*"')
-_PLAIN_START = set("'\"[]{}&*!|>%@`#,?:- \t")
-
-
-def _simple_scalar(value: str) -> str | None:
-    """The string a one-line YAML value denotes, when it is trivially valid (else None: parse fully).
-
-    MLflow writes meta.yaml as flat `key: scalar` lines; recognising those without the YAML machinery
-    makes relocation as fast as sed. Anything unusual goes through the real parser.
-    """
-    if value in ("[]", "{}"):
-        return value
-    if value[:1] == "'":
-        return value[1:-1].replace("''", "'") if _SINGLE_QUOTED.fullmatch(value) else None
-    if value[:1] == '"':
-        return value[1:-1] if _DOUBLE_QUOTED.fullmatch(value) else None
-    if (not value or value[0] in _PLAIN_START or value != value.rstrip() or ": " in value
-            or " #" in value or value.endswith(":") or "\t" in value):
-        return None
-    return value
-
-
-def _fast_meta(text: str, keys: tuple[str, ...]) -> dict[str, str] | None:
-    """`keys`' string values when every line is a simple `key: scalar` (proven valid YAML), else None."""
-    found: dict[str, str] = {}
-    seen: set[str] = set()
-    for line in text.split("\n"):
-        if not line:
-            continue
-        match = _KEY_LINE.fullmatch(line)
-        if match is None or match[1] in seen:
-            return None
-        seen.add(match[1])
-        if match[2] is None:
-            if match[1] in keys:
-                return None
-            continue
-        value = _simple_scalar(match[2])
-        if value is None:
-            return None
-        if match[1] in keys:
-            if match[2][0] not in "'\"" and _as_path(value) is None and not _is_uri(value):
-                return None  # a plain scalar YAML may resolve to a number, bool or null: ask YAML
-            found[match[1]] = value
-    return found
-
-
-def _is_uri(value: str) -> bool:
-    scheme, sep, _ = value.partition(":")
-    return bool(sep) and scheme.replace("-", "").replace("+", "").replace(".", "").isalnum()
-
-
 def _read_meta(path: Path, keys: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     import yaml
 
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
-    fast = _fast_meta(text, keys)
+    fast = metayaml.fast_meta(text, keys)
     if fast is not None:
         return text, fast
     try:
-        data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader
+        data = yaml.load(text, Loader=metayaml.yaml_loader())  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -297,27 +226,6 @@ def _read_meta(path: Path, keys: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     if not isinstance(data, dict):
         raise UserError(f"{path} is not an MLflow meta.yaml (not a mapping): restore it")
     return text, {k: data[k] for k in keys if isinstance(data.get(k), str)}
-
-
-def _render(key: str, value: str) -> str:
-    """`key: value` as YAML writes it; plain when that reads back as the same string."""
-    if _simple_scalar(value) == value and value not in ("[]", "{}") and (_as_path(value) or _is_uri(value)):
-        return f"{key}: {value}"
-    import yaml
-
-    return yaml.safe_dump({key: value}, default_flow_style=False, width=1 << 30).rstrip("\n")
-
-
-def _replace_line(text: str, key: str, value: str) -> str:
-    """Swap one top-level `key: value` line, keeping every other byte of the file."""
-    start = 0 if text.startswith(f"{key}:") else text.find(f"\n{key}:") + 1
-    if start == 0 and not text.startswith(f"{key}:"):
-        raise ValueError(key)
-    end = text.find("\n", start)
-    while end >= 0 and text[end + 1:end + 2] in (" ", "\t"):  # a folded value's continuation lines
-        end = text.find("\n", end + 1)
-    end = len(text) if end < 0 else end
-    return text[:start] + _render(key, value) + text[end:]
 
 
 def _atomic_replace(path: Path, text: str) -> None:
@@ -368,7 +276,7 @@ def relocate_files(root: Path, old: str | None, new: Path, dry_run: bool) -> Rep
         for key, value in values.items():
             moved = _relocated(report, kind, value)
             if moved is not None:
-                new_text = _replace_line(new_text, key, moved)
+                new_text = metayaml.replace_line(new_text, key, moved)
         if new_text != text:
             plan.append((path, new_text))
             report.changed[kind] += 1
@@ -394,7 +302,7 @@ def _relocated(report: Report, label: str, value: str) -> str | None:
 
 def _resolve_prefixes(values: list[str], old: str | None, new: Path) -> tuple[str | None, str]:
     new_s = str(new)
-    locals_ = [p for v in values if (p := _as_path(v)) is not None]
+    locals_ = [p for v in values if (p := metayaml.as_path(v)) is not None]
     if old is not None:
         old = old[len("file://"):] if old.startswith("file://") else old
         old = old.strip()
@@ -429,7 +337,7 @@ def check(store: Path) -> tuple[int, list[str]]:
     kind, path = store_layout.kind(store)
     root = str((path.parent if kind == "sqlite" else path).absolute())
     values = [v for k, v in stored_locations(store) if k != "experiments"]
-    local = [(v, p[1]) for v in values if (p := _as_path(v)) is not None]
+    local = [(v, p[1]) for v in values if (p := metayaml.as_path(v)) is not None]
     return len(local), [v for v, p in local if not _under(p, root) and not Path(p).exists()]
 
 
@@ -438,7 +346,7 @@ def outside(store: Path) -> list[str]:
     location makes MLflow read and write wherever it points on this one: /etc, a home folder, ..."""
     kind, path = store_layout.kind(store)
     root = str((path.parent if kind == "sqlite" else path).absolute())
-    local = [(v, p[1]) for _, v in stored_locations(store) if (p := _as_path(v)) is not None]
+    local = [(v, p[1]) for _, v in stored_locations(store) if (p := metayaml.as_path(v)) is not None]
     return [v for v, p in local if not _under(p, root)]
 
 

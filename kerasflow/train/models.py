@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 VGG16_BLOCKS = 5
 VGG16_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.vgg16.preprocess_input, caffe mode
-VGG16_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
 def binary(num_classes: int) -> bool:

@@ -245,14 +245,3 @@ def train(cfg: Config, verbose: int | str = "auto") -> Result:
     print(f"test: {json.dumps(summary)}", file=sys.stderr)
     print(f"outputs: {prep.run_dir}", file=sys.stderr)
     return result
-
-
-def final_weights_digest(model: keras.Model) -> str:
-    """A hash of every weight, to compare runs bit for bit."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for w in model.weights:
-        h.update(np.ascontiguousarray(np.asarray(w)).tobytes())
-    return h.hexdigest()
-
