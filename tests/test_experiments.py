@@ -510,7 +510,8 @@ def test_youden_threshold_and_multiclass_labelling():
 
 
 def test_workers_of_one_gpu_box_get_one_gpu_each(monkeypatch, tmp_path):
-    from kerasflow.experiments import search
+    from kerasflow.experiments.tune import gpus as search
+    from kerasflow.experiments.tune import workers
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     gpus = search.visible_gpus()
@@ -527,8 +528,8 @@ def test_workers_of_one_gpu_box_get_one_gpu_each(monkeypatch, tmp_path):
         def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
             started.append(env)
 
-    monkeypatch.setattr(search.subprocess, "Popen", Recorder)
-    search._spawn_workers(range(1, 3), tmp_path / "config.yaml", {"storage_url": "sqlite:///x"}, gpus)
+    monkeypatch.setattr(workers.subprocess, "Popen", Recorder)
+    workers.spawn_workers(range(1, 3), tmp_path / "config.yaml", {"storage_url": "sqlite:///x"}, gpus)
     assert [env["CUDA_VISIBLE_DEVICES"] for env in started] == ["3", "2"]
 
 

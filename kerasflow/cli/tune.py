@@ -1,4 +1,4 @@
-"""Hyperparameter search with Optuna over config.yaml's search_space (see kerasflow/experiments/search.py).
+"""Hyperparameter search with Optuna over config.yaml's search_space (kerasflow/experiments/tune/).
 
 Every trial is a nested MLflow run under one search run; the best parameters are retrained, logged
 and optionally registered. --trials is the study's total, so rerunning continues an interrupted study.
@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow.experiments import search
+        from kerasflow.experiments.tune import lead
 
         cfg = cli.load_config(args)
-        search.tune(cfg, trials=args.trials, workers=args.workers, study_name=args.study,
+        lead.tune(cfg, trials=args.trials, workers=args.workers, study_name=args.study,
                     # an empty --storage (MLproject's default) falls back to the variable too
                     storage=args.storage or os.environ.get("KERASFLOW_STUDY_STORAGE", ""),
                     store_dir=args.store, experiment=args.experiment,

@@ -20,13 +20,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> None:
         from kerasflow import config
-        from kerasflow.experiments import search
+        from kerasflow.experiments.tune import study, workers
         from kerasflow.track import store
         from kerasflow.train import data
 
         cfg = config.load(args.config)
-        run_args = {**json.loads(args.args_json), "storage_url": os.environ[search.STORAGE_ENV]}
+        run_args = {**json.loads(args.args_json), "storage_url": os.environ[study.STORAGE_ENV]}
         with store.activated(run_args["uri"]), data.reusing_loaded_examples():
-            search.run_worker(cfg, worker=args.worker, **run_args)
+            workers.run_worker(cfg, worker=args.worker, **run_args)
 
     return cli.run(go)
