@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
+
+import yaml
 
 from kerasflow.errors import UserError
 
@@ -314,7 +317,6 @@ def from_dict(raw: dict[str, Any], source: str = "the config") -> Config:
 
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse one `key=value` override; the value is YAML so `epochs=3` is an int, `augment=false` a bool."""
-    import yaml
 
     key, sep, value = text.partition("=")
     key = key.strip()
@@ -336,7 +338,6 @@ PRESETS = DEFAULT_CONFIG.parent / "presets"
 
 def read_preset(name: str) -> dict[str, Any]:
     """A preset's overrides: presets/NAME.yaml beside config.yaml, or a YAML file's path."""
-    import yaml
 
     path = Path(name) if name.endswith((".yaml", ".yml")) or "/" in name else PRESETS / f"{name}.yaml"
     if not path.is_file():
@@ -357,7 +358,6 @@ def read_preset(name: str) -> dict[str, Any]:
 def load(path: str | Path | None = None, overrides: list[str] | None = None,
          presets: list[str] | None = None) -> Config:
     """Read the YAML config file, apply presets then `key=value` overrides, and validate everything."""
-    import yaml
 
     path = Path(path) if path else DEFAULT_CONFIG
     try:
@@ -396,7 +396,6 @@ def same_param(key: str, logged: str, value: Any) -> bool:
     "'^([^_]+)_'") and unparsed ("false" for False, "5" for 5.0). MLflow refuses to change a logged
     param, so agreement is decided on the parsed values, not the strings.
     """
-    import shlex
 
     try:
         words = shlex.split(logged)
@@ -416,6 +415,5 @@ def same_param(key: str, logged: str, value: Any) -> bool:
 
 def dump(cfg: Config) -> str:
     """The resolved config as YAML, in the key order of config.yaml, loadable by `load`."""
-    import yaml
 
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)

@@ -13,6 +13,9 @@ from contextlib import contextmanager
 from kerasflow import urlauth
 from kerasflow.errors import UserError
 
+# Lazy imports: sqlalchemy, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
+
 # one constant key per schema: every kerasflow process that may create it takes the lock first
 MLFLOW_SCHEMA = 0x6B657261  # "kera"
 OPTUNA_SCHEMA = 0x6F707475  # "optu"

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from kerasflow import config, ports
+from kerasflow.errors import UserError
+from kerasflow.storeops import server
 
 PASS, NOTE, FAIL = "pass", "note", "fail"
 
@@ -147,7 +150,6 @@ def data(cfg: config.Config, entry: str, root: Path, data_mount: str) -> Check:
 
 
 def _listening(port: int) -> bool:
-    import socket
 
     with socket.socket() as s:
         s.settimeout(1)
@@ -162,8 +164,6 @@ def server_is_ours(pid_file: Path, store: Path, port: int) -> bool:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return False
-    from kerasflow.errors import UserError
-    from kerasflow.storeops import server
 
     try:
         cmd, _ = server.command(store, port)  # what `kerasflow server STORE --port PORT` runs

@@ -9,10 +9,13 @@ every user on the machine can read in `ps`).
 
 from __future__ import annotations
 
+import base64
 import os
+from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from kerasflow.errors import UserError
+from kerasflow.files import atomic_write
 
 
 def split_credentials(url: str) -> tuple[str, str | None, str | None]:
@@ -54,7 +57,6 @@ def tracking_uri_from_env() -> str:
 
 def basic_auth_header() -> dict[str, str]:
     """The Authorization header MLflow's client would send, for our own /health check."""
-    import base64
 
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
@@ -68,9 +70,7 @@ def write_env_file(path: str) -> str:
     """For `mlflow run` in docker: the tracking credentials (and the study URL) into a 0600 env file
     (docker --env-file), because MLflow puts every `-e NAME=VALUE` it passes on the docker command line
     it prints and logs. Returns the tracking URI without credentials; an empty file when there are none."""
-    from pathlib import Path
 
-    from kerasflow.files import atomic_write
 
     clean = tracking_uri_from_env()
     # and the Optuna study's database URL (tune workers in containers; it may hold a password)

@@ -22,6 +22,11 @@ import numpy as np
 from kerasflow.errors import UserError
 from kerasflow.track import store, tracking
 from kerasflow.train import rundir
+from kerasflow.train.evaluation import roc_points
+from kerasflow.train.plots import pyplot
+
+# Lazy imports: mlflow, pandas, sklearn, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,7 +37,6 @@ PREFIX = "analysis_"
 
 def youden_threshold(positive: np.ndarray, score: np.ndarray) -> dict[str, Any]:
     """The score threshold maximising TPR - FPR, with the ROC curve it was read from."""
-    from kerasflow.train.evaluation import roc_points
 
     fpr, tpr, thresholds = roc_points(np.asarray(positive).astype(int), np.asarray(score, np.float64))
     best = int(np.argmax(tpr - fpr))
@@ -68,7 +72,6 @@ def label_predictions(frame: pd.DataFrame, positive: str | None) -> tuple[pd.Dat
 def _figure(info: dict[str, Any]) -> Any:
     from sklearn.metrics import precision_recall_curve
 
-    from kerasflow.train.plots import pyplot
 
     plt = pyplot()
 

@@ -21,10 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kerasflow import config as config_mod
 from kerasflow.config import Config
 from kerasflow.errors import UserError
 from kerasflow.track import store, tracking
+from kerasflow.train import rundir
 from kerasflow.train.splits import check_counts, make_file, read
+
+# Lazy imports: mlflow, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
 
 if TYPE_CHECKING:
     pass
@@ -64,7 +69,6 @@ def cross_validate(cfg: Config, *, n_outer: int | None = None, n_inner: int | No
     if n_outer < 1 or n_inner < 1:
         raise UserError("--n-outer and --n-inner must be at least 1")
     check_counts(splits, n_outer, n_inner, cfg.splits_file)
-    from kerasflow.train import data
 
     # every fold trains on the same decoded examples
     with store.open_store(store_dir) as uri, data.reusing_loaded_examples():
@@ -76,8 +80,6 @@ def _run(cfg: Config, splits: dict[str, Any], *, n_outer: int, n_inner: int, uri
          experiment: str, verbose: int | str) -> dict[str, Any]:
     import mlflow
 
-    from kerasflow import config as config_mod
-    from kerasflow.train import rundir
 
     client = mlflow.MlflowClient()
     launched, exp_id, experiment = tracking.launched_or_named(client, uri, experiment)

@@ -17,7 +17,13 @@ import numpy as np
 
 from kerasflow import ports
 from kerasflow.errors import UserError
+from kerasflow.serve.serving import describe
+from kerasflow.storeops import server
 from kerasflow.track import store as store_mod
+from kerasflow.train.plots import metric_histories
+
+# Lazy imports: matplotlib, mlflow, pandas, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
 
 if TYPE_CHECKING:
     import keras
@@ -32,7 +38,6 @@ class Explorer:
                  start_timeout: float = 90) -> None:
         import mlflow
 
-        from kerasflow.storeops import server
 
         self.store = _find_store(Path(store_dir))
         if not (self.store / store_mod.DB_FILE).is_file():
@@ -73,7 +78,6 @@ class Explorer:
         """One line per run: `metric` at every epoch."""
         from matplotlib.figure import Figure
 
-        from kerasflow.train.plots import metric_histories
 
         fig = Figure(figsize=(6, 3.5))  # no pyplot: no global state, any backend (inline in Jupyter)
         ax = fig.subplots()
@@ -93,7 +97,6 @@ class Explorer:
         """Predicted class and its probability for uint8 images (N, size, size, 3)."""
         import pandas as pd
 
-        from kerasflow.serve.serving import describe
 
         model, meta = self.load_model(model_uri)
         probabilities = model.predict(images, verbose=0)

@@ -29,7 +29,11 @@ from typing import TYPE_CHECKING
 
 from kerasflow import config as config_mod
 from kerasflow.errors import UserError
-from kerasflow.track import envinfo, tracking
+from kerasflow.track import envinfo, store, tracking
+from kerasflow.train import data, plots
+
+# Lazy imports: mlflow, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
 
 if TYPE_CHECKING:
     import mlflow
@@ -144,7 +148,6 @@ def _packages_check(record: Record) -> Check:
 
 
 def _data_check(record: Record, cfg: config_mod.Config) -> Check:
-    from kerasflow.train import data
 
     digest = data.load_examples(cfg).digest
     if digest == record.data_digest:
@@ -231,7 +234,6 @@ def compare(client: mlflow.MlflowClient, old: str, new: str, tolerance: float) -
 
 
 def _figure(client: mlflow.MlflowClient, old: str, new: str, path: Path) -> Path:
-    from kerasflow.train import plots
 
     plt = plots.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -249,7 +251,6 @@ def reproduce(run_id: str, *, store_dir: str, strict: bool = False, check_only: 
     """The whole loop; returns None when it stopped after the checks (`check_only`)."""
     import mlflow
 
-    from kerasflow.track import store
 
     launched = os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run -e reproduce`: it gets the verdict too
     with store.open_store(store_dir, create=False), tempfile.TemporaryDirectory() as tmp:

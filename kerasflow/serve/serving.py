@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,7 +24,12 @@ import numpy as np
 
 from kerasflow import ports
 from kerasflow.errors import UserError
-from kerasflow.track import store
+from kerasflow.track import registry, store, tracking
+from kerasflow.train.data import resize_uint8
+from kerasflow.train.evaluation import class_probabilities, predicted_classes
+
+# Lazy imports: mlflow, tensorflow, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
 
 
 def serve_command(uri: str, port: int) -> list[str]:
@@ -40,11 +46,9 @@ def serve(uri: str, port: int, store_dir: str, any_flavor: bool = False) -> int:
     where the store is open (a run made through the store's server has `mlflow-artifacts:/` files,
     which `mlflow models serve` on the bare database could not read), into a folder removed at the end.
     """
-    import tempfile
 
     import mlflow
 
-    from kerasflow.track import registry, tracking
 
     ports.check_port(port, "the model server")
     with registry.opened(store_dir) as c, tempfile.TemporaryDirectory(prefix="kerasflow-serve-") as tmp:
@@ -71,7 +75,6 @@ def serve(uri: str, port: int, store_dir: str, any_flavor: bool = False) -> int:
 def model_metadata(uri: str, store_dir: str) -> dict[str, Any]:
     import mlflow
 
-    from kerasflow.track import registry
 
     with registry.opened(store_dir) as c:
         registry.resolve(uri, c)
@@ -82,7 +85,6 @@ def load_images(paths: list[str], size: int) -> np.ndarray:
     """Files -> (N, size, size, 3) uint8, resized the way training resized them."""
     import tensorflow as tf
 
-    from kerasflow.train.data import resize_uint8
 
     out = []
     for path in paths:
@@ -113,7 +115,6 @@ def request(url: str, images: np.ndarray, timeout: float = 60) -> list[Any]:
 
 def describe(predictions: list[Any], class_names: list[str]) -> list[tuple[str, float]]:
     """(predicted class, its probability) per image."""
-    from kerasflow.train.evaluation import class_probabilities, predicted_classes
 
     probs = class_probabilities(np.asarray(predictions, float).reshape(len(predictions), -1))
     return [(class_names[k], float(p[k])) for p, k in zip(probs, predicted_classes(probs), strict=True)]

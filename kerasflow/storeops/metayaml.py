@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import yaml
+
 
 def as_path(value: str) -> tuple[str, str] | None:
     """(form, path) for a local location: form '' for a plain path, 'file://' or 'file:' for URIs."""
@@ -20,7 +22,6 @@ def as_path(value: str) -> tuple[str, str] | None:
 
 
 def yaml_loader() -> Any:
-    import yaml
 
     return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -83,7 +84,6 @@ def render(key: str, value: str) -> str:
     """`key: value` as YAML writes it; plain when that reads back as the same string."""
     if simple_scalar(value) == value and value not in ("[]", "{}") and (as_path(value) or is_uri(value)):
         return f"{key}: {value}"
-    import yaml
 
     return yaml.safe_dump({key: value}, default_flow_style=False, width=1 << 30).rstrip("\n")
 

@@ -24,9 +24,13 @@ import os
 import sqlite3
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
+from tqdm import tqdm
 
 from kerasflow.errors import UserError
 from kerasflow.files import can_write
@@ -210,7 +214,6 @@ def _real_file(path: Path) -> bool:
 
 
 def _read_meta(path: Path, keys: tuple[str, ...]) -> tuple[str, dict[str, str]]:
-    import yaml
 
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
@@ -245,7 +248,6 @@ def _atomic_replace(path: Path, text: str) -> None:
 
 def _write_all(plan: list[tuple[Path, str]]) -> None:
     """Write the planned files; creating and syncing files is kernel time, so a few threads overlap it."""
-    from concurrent.futures import ThreadPoolExecutor
 
     bar = _progress(plan, "writing")  # a tqdm bar on a terminal, else the plan itself
     try:
@@ -353,7 +355,6 @@ def outside(store: Path) -> list[str]:
 def _progress(items: list[Any], what: str) -> Any:
     if len(items) < 2000 or not sys.stderr.isatty():
         return items
-    from tqdm import tqdm
 
     return tqdm(items, desc=what, unit="file", file=sys.stderr)
 

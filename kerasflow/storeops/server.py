@@ -14,6 +14,7 @@ basic auth for a server others reach (users and passwords in STORE/auth, kept wi
 from __future__ import annotations
 
 import os
+import secrets as random_secrets
 import sys
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from kerasflow.errors import UserError
 from kerasflow.files import atomic_write
 from kerasflow.ports import HOST, check_port
 from kerasflow.track import store
+
+# Lazy imports: mlflow, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
 
 
 def prepare(store_path: Path) -> None:
@@ -64,7 +68,6 @@ AUTH_DIR = "auth"  # in the store folder: the basic-auth users database and its 
 def auth_secret_key(folder: Path) -> str:
     """The CSRF secret MLflow's auth app needs, made once and kept (0600) so restarts and several
     workers agree on it; MLFLOW_FLASK_SERVER_SECRET_KEY, when set, wins."""
-    import secrets as random_secrets
 
     if os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
         return os.environ["MLFLOW_FLASK_SERVER_SECRET_KEY"]

@@ -9,8 +9,13 @@ import os
 import platform
 import socket
 import subprocess
+from fnmatch import fnmatch
+from importlib.metadata import distributions
 from pathlib import Path
 from typing import Any
+
+# Lazy imports: keras, tensorflow, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements.txt"
@@ -33,7 +38,6 @@ MAX_DIFF_BYTES = 1 << 20
 
 
 def looks_secret(path: str) -> bool:
-    from fnmatch import fnmatch
 
     name = Path(path).name.lower()
     return any(fnmatch(name, pattern) for pattern in SECRET_NAMES)
@@ -65,7 +69,6 @@ def git_state(root: Path = ROOT) -> dict[str, Any]:
 def installed() -> str:
     """name==version of every package of the RUNNING environment (the lock file says what should be
     installed; this is what was), sorted, one per line."""
-    from importlib.metadata import distributions
 
     pins = {f"{d.metadata['Name']}=={d.version}" for d in distributions() if d.metadata["Name"]}
     return "".join(f"{p}\n" for p in sorted(pins, key=str.lower))

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 from kerasflow.errors import UserError
 from kerasflow.track import store
 
+# Lazy imports: mlflow, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
+
 if TYPE_CHECKING:
     import mlflow
 

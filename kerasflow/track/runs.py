@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kerasflow.errors import UserError
+from kerasflow.train.plots import metric_histories, pyplot
+
+# Lazy imports: mlflow, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
 
 if TYPE_CHECKING:
     import mlflow
@@ -53,7 +57,6 @@ def table(runs: pd.DataFrame) -> str:
 
 def plot_curves(c: mlflow.MlflowClient, runs: pd.DataFrame, path: Path,
                 metrics: tuple[str, ...] = ("val_accuracy", "val_loss")) -> Path:
-    from kerasflow.train.plots import metric_histories, pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4))

@@ -14,6 +14,8 @@ every artifact, so copying the folder moves everything:
 
 from __future__ import annotations
 
+import fcntl
+import importlib.util
 import os
 import re
 import sqlite3
@@ -22,12 +24,16 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from kerasflow import urlauth
 from kerasflow.errors import UserError
 from kerasflow.files import can_write, fsync_file
+
+# Lazy imports: mlflow, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
 
 DEFAULT_STORE = "store"
 DEFAULT_EXPERIMENT = "kerasflow"
@@ -151,7 +157,6 @@ def mlflow_schema_revisions() -> tuple[set[str], str]:
 
     Parsing the files instead of importing mlflow + alembic keeps a check or a relocation at ~0.1 s.
     """
-    import importlib.util
 
     spec = importlib.util.find_spec("mlflow")
     if spec is None or not spec.submodule_search_locations:
@@ -174,7 +179,6 @@ def mlflow_schema_revisions() -> tuple[set[str], str]:
 
 
 def installed_mlflow_version() -> str:
-    from importlib.metadata import version
 
     return version("mlflow")
 
@@ -230,7 +234,6 @@ def init_sqlite(uri: str) -> None:
     db = sqlite_path(uri)
     if db is None or db.exists():
         return
-    import fcntl
 
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 

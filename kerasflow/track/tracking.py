@@ -29,6 +29,9 @@ from kerasflow.errors import Terminated, UserError
 from kerasflow.track import envinfo, store
 from kerasflow.train import models, rundir, training
 
+# Lazy imports: keras, mlflow, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
+
 if TYPE_CHECKING:
     import keras
     import mlflow

@@ -28,6 +28,9 @@ from kerasflow.config import Config
 from kerasflow.errors import UserError
 from kerasflow.files import atomic_write
 
+# Lazy imports: tensorflow, tensorflow_datasets, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
+
 if TYPE_CHECKING:
     import tensorflow as tf
 

@@ -6,7 +6,12 @@
 
 from __future__ import annotations
 
+from kerasflow import config
 from kerasflow.errors import UserError
+from kerasflow.train.models import vgg16_base
+
+# Lazy imports: tensorflow_datasets, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
 
 
 def fetch_data(tfds_name: str, data_dir: str) -> None:
@@ -29,8 +34,6 @@ def fetch_data(tfds_name: str, data_dir: str) -> None:
 
 
 def fetch_weights() -> None:
-    from kerasflow import config
-    from kerasflow.train.models import vgg16_base
 
     vgg16_base(config.load().replace(model="vgg16", weights="imagenet", image_size=32))
     print("VGG16 ImageNet weights are cached")

@@ -8,6 +8,7 @@ importing this package.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,9 @@ import numpy as np
 
 from kerasflow.config import Config
 from kerasflow.errors import UserError
+
+# Lazy imports: keras, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
 
 if TYPE_CHECKING:
     import keras
@@ -137,7 +141,6 @@ def build(cfg: Config, num_classes: int) -> keras.Model:
 def weights_digest(model: keras.Model) -> str:
     """sha256 of the weight arrays (names, shapes, dtypes, bytes) in the model's order: what a
     reproduction compares. The .keras file would not do: it embeds the date it was saved."""
-    import hashlib
 
     h = hashlib.sha256()
     for w in model.weights:

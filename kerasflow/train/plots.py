@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+# Lazy imports: matplotlib, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
+
 
 def pyplot() -> Any:
     import matplotlib
@@ -77,7 +82,6 @@ def confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path
 
 def roc_curve(roc: dict[str, list[float]], path: Path) -> Path:
     """ROC of the class-1 probability on the test split."""
-    import numpy as np
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))

@@ -11,8 +11,10 @@ Layout of `<output_dir>/<run_name>/` (every file name is a constant below; no ot
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,7 +84,6 @@ def plan(cfg: Config) -> Path:
 
 def _lock(run_dir: Path) -> int:
     """The folder's lock, taken (an fd), or a UserError naming the live process that holds it."""
-    import fcntl
 
     key = run_dir.resolve()
     if key in _held:
@@ -152,7 +153,6 @@ def state_dir(run_dir: Path) -> Path:
 
 
 def clear_state(run_dir: Path) -> None:
-    import shutil
 
     shutil.rmtree(state_dir(run_dir), ignore_errors=True)
     (run_dir / HISTORY_LOG).unlink(missing_ok=True)

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 from kerasflow.config import Config
 from kerasflow.errors import UserError
 
+# Lazy imports: keras, tensorflow, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
+
 if TYPE_CHECKING:
     import tensorflow as tf
 

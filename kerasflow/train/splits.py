@@ -26,7 +26,11 @@ import numpy as np
 
 from kerasflow.config import Config
 from kerasflow.errors import UserError
+from kerasflow.files import atomic_write
 from kerasflow.train import data
+
+# Lazy imports: sklearn, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
 
 FORMAT = "kerasflow-splits/1"
 
@@ -106,7 +110,6 @@ def _digest(body: dict[str, Any]) -> str:
 
 
 def write(splits: dict[str, Any], path: Path) -> None:
-    from kerasflow.train.rundir import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(splits, separators=(",", ":")))

@@ -7,6 +7,8 @@ check a user can fail runs before the run folder is created, so a bad input leav
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
 import time
@@ -17,8 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kerasflow.config import Config
-from kerasflow.train import data, evaluation, models, rundir, speed
+from kerasflow.train import data, evaluation, models, plots, rundir, speed
 from kerasflow.train import splits as splits_file
+
+# Lazy imports: keras, tensorflow and kerasflow.train.callbacks (which imports tensorflow), inside the
+# functions that use them (seconds to load; `--help` and the other commands never pay for them).
 
 if TYPE_CHECKING:
     import keras
@@ -188,7 +193,6 @@ def evaluate(prep: Prepared) -> Evaluation:
 
 def write_outputs(result: Result) -> dict[str, Path]:
     """Write the run's result files (all but the model)."""
-    from kerasflow.train import plots
 
     prep = result.prep
     out = prep.run_dir
@@ -212,8 +216,6 @@ def write_outputs(result: Result) -> dict[str, Path]:
 
 def predictions_csv(prep: Prepared, probabilities: np.ndarray) -> str:
     """One row per test example: its name, true label and the predicted probability of each class."""
-    import csv
-    import io
 
     names = prep.examples.names or [str(i) for i in range(len(prep.examples))]
     classes = prep.examples.class_names

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,6 @@ if TYPE_CHECKING:
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, without starting TensorFlow: CUDA_VISIBLE_DEVICES when set,
     else what `nvidia-smi -L` lists (none without the tool)."""
-    import shutil
 
     if "CUDA_VISIBLE_DEVICES" in os.environ:
         return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]

@@ -30,7 +30,10 @@ from kerasflow.experiments.tune.gpus import gpu_env, visible_gpus
 from kerasflow.experiments.tune.study import LEVEL_TAG, counted, default_storage, open_study, wait_for_lead
 from kerasflow.experiments.tune.workers import until_every_trial_ends, work_here
 from kerasflow.track import store, tracking
-from kerasflow.train import rundir
+from kerasflow.train import data, rundir
+
+# Lazy imports: mlflow, optuna, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
 
 if TYPE_CHECKING:
     import mlflow
@@ -62,7 +65,6 @@ def tune(cfg: Config, *, trials: int, workers: int = 1, study_name: str = "searc
     storage_url = storage or default_storage(store_dir)
     gpus = visible_gpus()
     os.environ.update(gpu_env(0, workers, gpus))  # this process is worker 0; TF has not started yet
-    from kerasflow.train import data
 
     # the data is decoded once per worker process, not once per trial (and once for the retrain)
     with store.open_store(store_dir) as uri, data.reusing_loaded_examples():

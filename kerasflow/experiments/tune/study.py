@@ -6,14 +6,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_type_hints
 
-from kerasflow import urlauth
+from kerasflow import pglock, urlauth
 from kerasflow.config import Config
 from kerasflow.errors import UserError
 from kerasflow.track import tracking
+
+# Lazy imports: optuna, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
 
 if TYPE_CHECKING:
     import optuna
@@ -51,12 +55,10 @@ def default_storage(store_dir: str) -> str:
     return f"sqlite:///{Path(store_dir).absolute() / 'optuna.db'}"
 
 def _storage(url: str, grace: int) -> optuna.storages.BaseStorage:
-    import warnings
 
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    from kerasflow import pglock
 
     kwargs: dict[str, Any] = {}
     given, url = url, pglock.driver_url(url)

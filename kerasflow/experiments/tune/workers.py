@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,9 @@ from kerasflow.experiments.tune.study import (
     suggest,
 )
 from kerasflow.track import tracking
+
+# Lazy imports: mlflow, optuna, optuna_integration, inside the functions that use them (seconds to load;
+# `--help`, the light host env and the other commands never pay for them).
 
 if TYPE_CHECKING:
     import mlflow
@@ -67,7 +71,6 @@ def run_worker(cfg: Config, *, study_name: str, storage_url: str, parent_run_id:
 
 def _unfinished(study: optuna.Study) -> tuple[int, int]:
     """(running, queued) trials of the study, after failing (and queueing the retry of) dead ones."""
-    import warnings
 
     import optuna
 
