@@ -271,3 +271,32 @@ def test_tests_import_helpers_never_conftest():
     for node in tree.body:
         if isinstance(node, ast.FunctionDef):
             assert any("fixture" in ast.unparse(d) for d in node.decorator_list), node.name
+
+
+HEAVY = {"tensorflow", "keras", "tensorflow_datasets", "mlflow", "optuna", "optuna_integration", "sklearn",
+         "matplotlib", "pandas", "sqlalchemy"}
+
+
+def test_lazy_imports_are_heavy_libraries_named_once_per_module():
+    """Below cli/, an import inside a function is a heavy library (or train.callbacks, which imports
+    tensorflow at its top), and the module names them in one `# Lazy imports:` comment."""
+    import ast
+
+    for path in sorted((ROOT / "kerasflow").rglob("*.py")):
+        if path.parent.name == "cli":
+            continue  # commands import the library inside main() so that --help stays instant
+        text = path.read_text()
+        lazy = set()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef):
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Import):
+                        lazy |= {a.name for a in sub.names}
+                    elif isinstance(sub, ast.ImportFrom):
+                        lazy |= {f"{sub.module}.{a.name}" for a in sub.names}
+        allowed = {"kerasflow.train.callbacks", "tomllib"}  # tomllib: 3.11+, envinstall also runs on 3.10
+        light = {m for m in lazy if m.split(".")[0] not in HEAVY and m not in allowed
+                 and not m.startswith("kerasflow.train.callbacks.")}
+        assert not light, (path, light)
+        heavy_roots = {m.split(".")[0] for m in lazy} & HEAVY
+        assert not heavy_roots or "# Lazy imports:" in text, path

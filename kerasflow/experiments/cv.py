@@ -25,7 +25,7 @@ from kerasflow import config as config_mod
 from kerasflow.config import Config
 from kerasflow.errors import UserError
 from kerasflow.track import store, tracking
-from kerasflow.train import rundir
+from kerasflow.train import data, rundir
 from kerasflow.train.splits import check_counts, make_file, read
 
 # Lazy imports: mlflow, inside the functions that use them (seconds to load;
@@ -58,8 +58,6 @@ def cross_validate(cfg: Config, *, n_outer: int | None = None, n_inner: int | No
     if not cfg.splits_file:  # as `make cv` does: the folds of this data, written once and reused
         path = Path(cfg.output_dir) / "splits.json"
         if not path.is_file():
-            from kerasflow.train import data
-
             data.check_available(cfg)
             make_file(cfg, path)
         cfg = cfg.replace(splits_file=str(path))
