@@ -10,7 +10,7 @@ does) decoded to 128x128 uint8 = 1.35 GB. Each mode runs in a fresh process, so 
 - file through a memory map: the previous code (numpy fancy indexing of the np.memmap in parallel
   numpy_function calls), for comparison.
 The first run fills the cache; then the other three modes run interleaved, `--rounds` times.
-Per mode: the load (decode, or opening the cache), the first shuffled epoch of `data.to_tf_dataset`
+Per mode: the load (decode, or opening the cache), the first shuffled epoch of `pipeline.to_tf_dataset`
 (load + one pass), the median of the next epochs (steady images/s) and the peak RSS (ru_maxrss).
 The input pipeline alone: no model, so the figures are the ceiling a training can consume.
 """
@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 from kerasflow import config
 from kerasflow.train import data
+from kerasflow.train import pipeline, sources
 
 root, cache = sys.argv[1], sys.argv[2]
 size, ram_mb, epochs = (int(a) for a in sys.argv[3:6])
@@ -43,7 +44,7 @@ mode = sys.argv[6]
 cfg = config.load(None, ["data_source=image_dir", f"image_dir={root}", f"image_size={size}",
                          f"cache_dir={cache}", f"cache_ram_mb={ram_mb}"])
 t0 = time.perf_counter()
-examples = data.load_image_dir(cfg)
+examples = sources.load_image_dir(cfg)
 load_s = time.perf_counter() - t0
 epoch = tf.Variable(0, dtype=tf.int64)
 idx = np.arange(len(examples))
@@ -60,7 +61,7 @@ if mode == "memmap":  # the previous code, for comparison: numpy fancy indexing 
     ds = (tf.data.Dataset.range(1).map(permute).unbatch().batch(32)
           .map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
 else:
-    ds = data.to_tf_dataset(examples, idx, 32, shuffle_seed=1, epoch=epoch)
+    ds = pipeline.to_tf_dataset(examples, idx, 32, shuffle_seed=1, epoch=epoch)
 def one_pass():
     n = 0
     for x, _ in ds:

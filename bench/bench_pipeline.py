@@ -5,8 +5,8 @@
 Both pipelines read the same PNG files (drawn by the synthetic generator at 100-150 px, like the NIH
 cell images), resize to --size and batch by 32. The baseline is the style of older templates: a Python
 generator that decodes and `tf.image.resize`s each file, wrapped in `from_generator`, paying the decode
-every epoch. Ours decodes once (`data.load_image_dir`) and then gathers batches from memory
-(`data.to_tf_dataset`). Rounds are interleaved; medians are reported. Results: bench/results/*.json.
+every epoch. Ours decodes once (`sources.load_image_dir`) and then gathers batches from memory
+(`pipeline.to_tf_dataset`). Rounds are interleaved; medians are reported. Results: bench/results/*.json.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def make_pngs(root: Path, n: int, seed: int = 0) -> None:
     from PIL import Image
 
-    from kerasflow.train.data import draw_synthetic
+    from kerasflow.train.sources import draw_synthetic
 
     rng = np.random.default_rng(seed)
     for label, name in enumerate(("Parasitized", "Uninfected")):
@@ -71,7 +71,7 @@ def bench_pipelines(images: int, size: int, batch: int, repeats: int, epochs: in
     import tensorflow as tf
 
     from kerasflow import config
-    from kerasflow.train import data
+    from kerasflow.train import pipeline, sources
 
     rows: dict[str, list[float]] = {"generator": [], "ours_first_epoch": [], "ours_steady": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,10 +88,10 @@ def bench_pipelines(images: int, size: int, batch: int, repeats: int, epochs: in
             rows["generator"].append(n / (time.perf_counter() - t0))
 
             t0 = time.perf_counter()
-            examples = data.load_image_dir(cfg)
+            examples = sources.load_image_dir(cfg)
             epoch = tf.Variable(0, dtype=tf.int64)
             idx = np.arange(len(examples))
-            ds = data.to_tf_dataset(examples, idx, batch, shuffle_seed=1, epoch=epoch)
+            ds = pipeline.to_tf_dataset(examples, idx, batch, shuffle_seed=1, epoch=epoch)
             assert count_pass(ds) == len(idx)
             rows["ours_first_epoch"].append(len(idx) / (time.perf_counter() - t0))
             t0 = time.perf_counter()

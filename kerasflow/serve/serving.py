@@ -25,8 +25,8 @@ import numpy as np
 from kerasflow import ports
 from kerasflow.errors import UserError
 from kerasflow.track import registry, store, tracking
-from kerasflow.train.data import resize_uint8
 from kerasflow.train.evaluation import class_probabilities, predicted_classes
+from kerasflow.train.sources import resize_uint8
 
 # Lazy imports: mlflow, tensorflow, inside the functions that use them (seconds to load;
 # `--help`, the light host env and the other commands never pay for them).

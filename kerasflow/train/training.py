@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kerasflow.config import Config
-from kerasflow.train import data, evaluation, models, plots, rundir, speed
+from kerasflow.train import data, evaluation, examples, models, pipeline, plots, rundir, speed
 from kerasflow.train import splits as splits_file
 
 # Lazy imports: keras, tensorflow and kerasflow.train.callbacks (which imports tensorflow), inside the
@@ -37,8 +37,8 @@ class Prepared:
 
     cfg: Config
     run_dir: Path
-    examples: data.Examples
-    splits: data.Splits
+    examples: examples.Examples
+    splits: examples.Splits
     model: keras.Model
     epoch_var: tf.Variable
     placement: speed.Placement
@@ -156,9 +156,9 @@ def fit(prep: Prepared, extra_callbacks: list[keras.callbacks.Callback] | None =
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     batch = speed.global_batch(cfg, prep.placement)
-    train_ds = data.to_tf_dataset(prep.examples, prep.splits.train, batch, shuffle_seed=cfg.seed,
+    train_ds = pipeline.to_tf_dataset(prep.examples, prep.splits.train, batch, shuffle_seed=cfg.seed,
                                   epoch=prep.epoch_var)
-    val_ds = data.to_tf_dataset(prep.examples, prep.splits.val, batch)
+    val_ds = pipeline.to_tf_dataset(prep.examples, prep.splits.val, batch)
     phases = [("phase1", cfg.learning_rate, 0, cfg.epochs)]
     if cfg.has_fine_tune:
         phases.append(("phase2", cfg.fine_tune_learning_rate, cfg.epochs, cfg.total_epochs))
@@ -183,7 +183,7 @@ def fit(prep: Prepared, extra_callbacks: list[keras.callbacks.Callback] | None =
 
 def evaluate(prep: Prepared) -> Evaluation:
     """Test-set metrics from the model's predictions (loss, accuracy, AUC, precision, recall)."""
-    test_ds = data.to_tf_dataset(prep.examples, prep.splits.test,
+    test_ds = pipeline.to_tf_dataset(prep.examples, prep.splits.test,
                                  speed.global_batch(prep.cfg, prep.placement))
     probabilities = prep.model.predict(test_ds, verbose=0)
     labels = prep.examples.labels[prep.splits.test]

@@ -106,7 +106,7 @@ def write_png_tree(root: Path, counts: dict[str, int], size: int = 40, seed: int
     """An NIH-style image tree of real PNG files drawn by the synthetic generator."""
     from PIL import Image
 
-    from kerasflow.train.data import draw_synthetic
+    from kerasflow.train.sources import draw_synthetic
 
     for c, (name, n) in enumerate(counts.items()):
         folder = root / name
