@@ -7,7 +7,8 @@ import pytest
 from helpers import write_png_tree
 
 from kerasflow.errors import UserError
-from kerasflow.train import data, examples, pipeline, sources
+from kerasflow.train import data, pipeline, sources
+from kerasflow.train.examples import Examples
 
 
 def test_synthetic_is_deterministic_by_seed_and_index():
@@ -63,7 +64,7 @@ def test_over_the_ram_budget_images_go_to_a_reusable_cache_file(tiny_cfg, tmp_pa
     # batches read from the file (pread) are the RAM path's, in the same shuffled order
     import tensorflow as tf
 
-    def batches(examples: examples.Examples) -> list[tuple[np.ndarray, np.ndarray]]:
+    def batches(examples: Examples) -> list[tuple[np.ndarray, np.ndarray]]:
         epoch = tf.Variable(3, dtype=tf.int64)
         ds = pipeline.to_tf_dataset(examples, np.arange(len(examples)), 5, shuffle_seed=7, epoch=epoch)
         return list(ds.as_numpy_iterator())

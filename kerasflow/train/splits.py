@@ -27,7 +27,8 @@ import numpy as np
 from kerasflow.config import Config
 from kerasflow.errors import UserError
 from kerasflow.files import atomic_write
-from kerasflow.train import data, examples
+from kerasflow.train import data
+from kerasflow.train.examples import Examples, Splits
 
 # Lazy imports: sklearn, inside the functions that use them (seconds to load;
 # `--help`, the light host env and the other commands never pay for them).
@@ -78,7 +79,7 @@ def _kfold(labels: np.ndarray, groups: list[str] | None, n: int, seed: int, what
     return list(folds.split(np.zeros(len(labels)), labels, groups))
 
 
-def make(cfg: Config, examples: examples.Examples) -> dict[str, Any]:
+def make(cfg: Config, examples: Examples) -> dict[str, Any]:
     """The splits of `examples`: n_outer_folds outer folds, each with n_inner_folds train/dev folds."""
     names = list(examples.names)
     labels = np.asarray(examples.labels, np.int64)
@@ -149,11 +150,11 @@ def read(path: str | Path) -> dict[str, Any]:
 class Fold:
     """One (outer, inner) fold of a splits file, as indices into the dataset."""
 
-    splits: examples.Splits
+    splits: Splits
     digest: str
 
 
-def check_matches(splits: dict[str, Any], examples: examples.Examples, path: str | Path) -> None:
+def check_matches(splits: dict[str, Any], examples: Examples, path: str | Path) -> None:
     found = examples_digest(list(examples.names), np.asarray(examples.labels), examples.class_names)
     if found != splits["examples_digest"]:
         made_for = splits["dataset"].get("source", "?")
@@ -174,7 +175,7 @@ def check_counts(splits: dict[str, Any], n_outer: int, n_inner: int, path: str |
                         f"use at most {have_inner}, or write a new file with n_inner_folds={n_inner}")
 
 
-def fold(cfg: Config, examples: examples.Examples) -> Fold:
+def fold(cfg: Config, examples: Examples) -> Fold:
     """The train/val/test indices of cfg's (outer_fold, inner_fold) in cfg.splits_file."""
     splits = read(cfg.splits_file)
     check_matches(splits, examples, cfg.splits_file)
@@ -182,4 +183,4 @@ def fold(cfg: Config, examples: examples.Examples) -> Fold:
     outer = splits["outer"][cfg.outer_fold]
     inner = outer["inner"][cfg.inner_fold]
     parts = [np.asarray(x, np.int64) for x in (inner["train"], inner["dev"], outer["test"])]
-    return Fold(examples.Splits(*parts), splits["digest"])
+    return Fold(Splits(*parts), splits["digest"])

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kerasflow.config import Config
-from kerasflow.train import data, evaluation, examples, models, pipeline, plots, rundir, speed
+from kerasflow.train import data, evaluation, models, pipeline, plots, rundir, speed
 from kerasflow.train import splits as splits_file
+from kerasflow.train.examples import Examples, Splits
 
 # Lazy imports: keras, tensorflow and kerasflow.train.callbacks (which imports tensorflow), inside the
 # functions that use them (seconds to load; `--help` and the other commands never pay for them).
@@ -37,8 +38,8 @@ class Prepared:
 
     cfg: Config
     run_dir: Path
-    examples: examples.Examples
-    splits: examples.Splits
+    examples: Examples
+    splits: Splits
     model: keras.Model
     epoch_var: tf.Variable
     placement: speed.Placement
