@@ -17,7 +17,7 @@ import sqlite3
 from pathlib import Path
 
 from kerasflow.errors import UserError
-from kerasflow.storeops import relocate
+from kerasflow.storeops import metayaml, relocate
 from kerasflow.track import store
 
 
@@ -44,7 +44,7 @@ def proxy_experiment(store_dir: Path, name: str) -> str | None:
                            (name,)).fetchone()
         if row is None:
             return None
-        local = relocate._as_path(row[1])  # the one parser of stored locations
+        local = metayaml.as_path(row[1])  # the one parser of stored locations
         if local is None:
             return None  # proxied (or remote) already
         path = str(Path(local[1]).resolve())
