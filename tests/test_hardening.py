@@ -321,7 +321,7 @@ def test_relocation_on_a_full_disk_changes_nothing_and_says_so(tmp_path):
     before = {p: p.read_bytes() for p in moved.rglob("meta.yaml")}
     limit = sorted(len(b) for b in before.values())[len(before) // 2]  # some writes fit, some do not
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]),) * 2); "
-            "from kerasflow.storeops import relocate; sys.exit(relocate.main([sys.argv[1]]))")
+            "from kerasflow.cli import relocate; sys.exit(relocate.main([sys.argv[1]]))")
     assert_user_error(py("-c", code, str(moved), str(limit)), "no space left", "free disk space")
     import yaml
 
