@@ -19,6 +19,7 @@ sys.path instead, so a mounted checkout could no longer take precedence.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -26,6 +27,8 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 UV_VERSION = "0.13.9"
 
@@ -93,7 +96,7 @@ def install(python: str, lock: str) -> str:
         why = _try_uv(python, lock)
         if why is None:
             return f"uv {UV_VERSION}"
-        print(f"env: {why}; installing with pip instead", file=sys.stderr)
+        log.info(f"env: {why}; installing with pip instead")
     subprocess.run([python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
     subprocess.run([python, "-m", "pip", "install", "--quiet", "-r", lock], check=True)
     return "pip"

@@ -194,6 +194,7 @@ def test_one_kerasflow_command_reaches_every_capability_without_heavy_imports():
 
 def test_each_command_is_the_make_target_and_mlproject_entry_of_its_name():
     """kerasflow CMD = python -m kerasflow CMD = make CMD (= MLproject entry CMD; `main` is track)."""
+    import ast
     import re
 
     import yaml
@@ -229,6 +230,9 @@ def test_each_command_is_the_make_target_and_mlproject_entry_of_its_name():
         if path.parent.name != "cli" and path.name != "__main__.py":
             text = path.read_text()
             assert "argparse" not in text and '__name__ == "__main__"' not in text, path
+            prints = [n.lineno for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Call)
+                      and isinstance(n.func, ast.Name) and n.func.id == "print"]
+            assert not prints, f"{path}:{prints}: a library logs (logging.getLogger), only cli/ prints"
 
 
 def test_every_make_target_the_readme_and_docs_name_exists():

@@ -35,7 +35,7 @@ def test_split_is_stratified_disjoint_and_seeded(tiny_cfg):
     assert data.split(examples, tiny_cfg.replace(seed=7)).digest() != s1.digest()
 
 
-def test_image_dir_decodes_resizes_and_skips_corrupt_files(tiny_cfg, tmp_path, capsys):
+def test_image_dir_decodes_resizes_and_skips_corrupt_files(tiny_cfg, tmp_path, caplog):
     root = write_png_tree(tmp_path / "cells", {"Parasitized": 12, "Uninfected": 10}, size=45)
     (root / "Parasitized" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     cfg = tiny_cfg.replace(data_source="image_dir", image_dir=str(root), image_size=32)
@@ -43,7 +43,7 @@ def test_image_dir_decodes_resizes_and_skips_corrupt_files(tiny_cfg, tmp_path, c
     assert examples.class_names == ["Parasitized", "Uninfected"]
     assert examples.images.shape == (22, 32, 32, 3) and examples.images.dtype == np.uint8
     assert np.bincount(examples.labels).tolist() == [12, 10]
-    assert "skipped 1 unreadable image(s) of 23" in capsys.readouterr().err
+    assert "skipped 1 unreadable image(s) of 23" in caplog.text  # a warning of the library's logger
     assert examples.source["skipped"] == 1
     assert sources.load_image_dir(cfg).digest == examples.digest
     (root / "Uninfected" / "C1P0ThinF_IMG_0000_cell_0.png").unlink()

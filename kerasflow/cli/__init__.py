@@ -6,6 +6,7 @@ import argparse
 import errno
 import importlib.abc
 import importlib.util
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -101,9 +102,39 @@ def load_config(args: argparse.Namespace) -> Config:
     return config.load(args.config, args.overrides, args.presets)
 
 
+class _ToStderr(logging.Handler):
+    """The library's progress lines to whatever sys.stderr is now (a test's capture, a redirected
+    stream): a StreamHandler would keep the stream it was made with."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging's own rule: a handler never raises
+            self.handleError(record)
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return f"warning: {text}" if record.levelno == logging.WARNING else text
+
+
+def report_to_stderr() -> None:
+    """Show the library's progress (logger `kerasflow`, INFO) on stderr, once per process. Domain
+    modules log instead of printing, so a notebook that imports them decides what it sees."""
+    logger = logging.getLogger("kerasflow")
+    if not any(isinstance(h, _ToStderr) for h in logger.handlers):
+        handler = _ToStderr()
+        handler.setFormatter(_Format())
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # a root handler (a notebook's, MLflow's) would show each line twice
+
+
 def run(main: Callable[[], object]) -> int:
     """Run `main`; a UserError becomes `error: <message>` on stderr and exit code 2, no traceback."""
     quiet_tensorflow()
+    report_to_stderr()
     try:
         main()
     except UserError as exc:

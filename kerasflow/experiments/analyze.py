@@ -12,7 +12,7 @@ labelled by the most probable class (no threshold).
 
 from __future__ import annotations
 
-import sys
+import logging
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,8 @@ from kerasflow.track import store, tracking
 from kerasflow.train import rundir
 from kerasflow.train.evaluation import roc_points
 from kerasflow.train.plots import pyplot
+
+log = logging.getLogger(__name__)
 
 # Lazy imports: mlflow, pandas, sklearn, inside the functions that use them (seconds to load;
 # `--help`, the light host env and the other commands never pay for them).
@@ -159,5 +161,5 @@ def analyze(filter_string: str, *, store_dir: str = store.DEFAULT_STORE,
             shown = {k[len(PREFIX):]: round(v, 4) for k, v in results[run.info.run_id].items()
                      if k in (f"{PREFIX}threshold", f"{PREFIX}accuracy_score", f"{PREFIX}f1_score",
                               f"{PREFIX}roc_auc")}
-            print(f"{run.info.run_id} {run.info.run_name}: {shown}", file=sys.stderr)
+            log.info(f"{run.info.run_id} {run.info.run_name}: {shown}")
         return results

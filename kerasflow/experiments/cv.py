@@ -14,7 +14,7 @@ import csv
 import hashlib
 import io
 import json
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,8 @@ from kerasflow.errors import UserError
 from kerasflow.track import store, tracking
 from kerasflow.train import data, rundir
 from kerasflow.train.splits import check_counts, make_file, read
+
+log = logging.getLogger(__name__)
 
 # Lazy imports: mlflow, inside the functions that use them (seconds to load;
 # `--help`, the light host env and the other commands never pay for them).
@@ -109,9 +111,8 @@ def _run(cfg: Config, splits: dict[str, Any], *, n_outer: int, n_inner: int, uri
 
     state["run_id"] = parent.info.run_id
     save_state()
-    print(f"mlflow: cv run {parent.info.run_id} ({n_outer} outer x {n_inner} inner folds) at {uri}"
-          f"{' (resumed)' if resumed else ''}; after an interruption rerun with --set run_name={name}",
-          file=sys.stderr)
+    log.info(f"mlflow: cv run {parent.info.run_id} ({n_outer} outer x {n_inner} inner folds) at {uri}"
+             f"{' (resumed)' if resumed else ''}; after an interruption rerun with --set run_name={name}")
     table: list[dict[str, Any]] = []
     outer_means: list[dict[str, float]] = []
     with tracking.signals_as_interrupt(), tracking.run_status(parent.info.run_id):
@@ -131,7 +132,7 @@ def _run(cfg: Config, splits: dict[str, Any], *, n_outer: int, n_inner: int, uri
                         logged = client.get_run(run_id).data.metrics
                         row = {k: v for k, v in logged.items()
                                if k.startswith("test_") and k != "test_examples"}
-                        print(f"cv: fold {o}/{i} was finished before (run {run_id})", file=sys.stderr)
+                        log.info(f"cv: fold {o}/{i} was finished before (run {run_id})")
                     else:
                         nested = tracking.Nested(tags={LEVEL_TAG: "inner_fold", "outer_fold": str(o),
                                                        "inner_fold": str(i)}, log_model=False)
@@ -152,5 +153,5 @@ def _run(cfg: Config, splits: dict[str, Any], *, n_outer: int, n_inner: int, uri
         writer.writerows(table)
         mlflow.log_text(buffer.getvalue(), "cv_folds.csv")
     shown = {k: round(v, 4) for k, v in aggregate.items() if k.startswith(("test_accuracy", "test_auc"))}
-    print(f"cv: {parent.info.run_id} FINISHED; {shown}", file=sys.stderr)
+    log.info(f"cv: {parent.info.run_id} FINISHED; {shown}")
     return {"run_id": parent.info.run_id, "metrics": aggregate, "folds": table}

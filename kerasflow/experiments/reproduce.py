@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import subprocess
@@ -31,6 +32,8 @@ from kerasflow import config as config_mod
 from kerasflow.errors import UserError
 from kerasflow.track import envinfo, store, tracking
 from kerasflow.train import data, plots
+
+log = logging.getLogger(__name__)
 
 # Lazy imports: mlflow, inside the functions that use them (seconds to load;
 # `--help`, the light host env and the other commands never pay for them).
@@ -195,7 +198,7 @@ def train_copy(record: Record, *, store_dir: str, run_name: str, output_dir: Pat
             cmd = [sys.executable, str(tree / "train_mlflow.py"), "--config", str(record.config_path),
                    "--store", store_dir, "--experiment", record.experiment,
                    "--set", f"run_name={run_name}", "--set", f"output_dir={output_dir}"]
-            print(f"reproduce: training {run_name} from commit {record.commit[:12]}", file=sys.stderr)
+            log.info(f"reproduce: training {run_name} from commit {record.commit[:12]}")
             if subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0:
                 raise UserError("the reproduction's training failed: see its output above")
         finally:
@@ -258,7 +261,7 @@ def reproduce(run_id: str, *, store_dir: str, strict: bool = False, check_only: 
         record = read_record(client, run_id, Path(tmp))
         cfg = config_mod.load(record.config_path)
         rows = checks(record, cfg)
-        print(f"reproduce {run_id} (experiment '{record.experiment}'):\n{table(rows)}", file=sys.stderr)
+        log.info(f"reproduce {run_id} (experiment '{record.experiment}'):\n{table(rows)}")
         if not rows[0].same and "not in this checkout" in rows[0].detail:
             raise UserError(f"run {run_id}: {rows[0].detail}: {rows[0].meaning}")
         differs = [r for r in rows if not r.same]
@@ -285,7 +288,7 @@ def reproduce(run_id: str, *, store_dir: str, strict: bool = False, check_only: 
         client.log_artifact(new_id, str(_figure(client, run_id, new_id, Path(tmp) / "reproduce_curves.png")))
     weights = "same weights digest" if result.weights_same else "other weights"
     worst = f" (largest: {result.worst})" if result.worst else ""
-    print(f"verdict: {result.verdict}: {weights}; max |metric difference| {result.max_diff:.3g}{worst}, "
-          f"tolerance {tolerance:g}; new run {new_id} tagged {REPRODUCES_TAG}={run_id}")
+    log.info(f"verdict: {result.verdict}: {weights}; max |metric difference| {result.max_diff:.3g}{worst}, "
+             f"tolerance {tolerance:g}; new run {new_id} tagged {REPRODUCES_TAG}={run_id}")
     return result
 

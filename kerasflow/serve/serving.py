@@ -11,6 +11,7 @@ the model's metadata), or one probability per class otherwise. kerasflow predict
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from kerasflow.errors import UserError
 from kerasflow.track import registry, store, tracking
 from kerasflow.train.evaluation import class_probabilities, predicted_classes
 from kerasflow.train.sources import resize_uint8
+
+log = logging.getLogger(__name__)
 
 # Lazy imports: mlflow, tensorflow, inside the functions that use them (seconds to load;
 # `--help`, the light host env and the other commands never pay for them).
@@ -61,7 +64,7 @@ def serve(uri: str, port: int, store_dir: str, any_flavor: bool = False) -> int:
         env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri(store_dir),
                # uvicorn and mlflow must be found on PATH by the server it starts
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-        print(f"serving {uri} on http://127.0.0.1:{port}/invocations (Ctrl-C stops)", file=sys.stderr)
+        log.info(f"serving {uri} on http://127.0.0.1:{port}/invocations (Ctrl-C stops)")
         server = subprocess.Popen(serve_command(local, port), env=env)
         try:
             with tracking.signals_as_interrupt():  # SIGTERM/SIGHUP: stop the server, remove the copy

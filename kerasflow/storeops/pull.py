@@ -14,13 +14,13 @@ A legacy file store has no database: its folders are copied with rsync as they a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +29,8 @@ from kerasflow.errors import UserError
 from kerasflow.files import atomic_write
 from kerasflow.storeops import relocate
 from kerasflow.track import store
+
+log = logging.getLogger(__name__)
 
 # Run by the source's python3 (any version): find the store (`~` expanded there), refuse what is not
 # one, snapshot its database with the backup API into a private mkdtemp folder (mode 700), and print
@@ -135,7 +137,7 @@ def pull(source: str, dest: Path, ssh: str = "ssh", force: bool = False) -> relo
                             f"id>/meta.yaml){why}: give the store folder")
         backup = make_room(dest, source, force)
         if backup is not None:
-            print(f"kept the store that was at {dest} as {backup}", file=sys.stderr)
+            log.info(f"kept the store that was at {dest} as {backup}")
         dest.mkdir(parents=True, exist_ok=True)
         atomic_write(dest / MARKER, json.dumps({"source": source, "complete": False}))
         _copy(host, ssh, info, dest)

@@ -9,9 +9,9 @@ step and skips steps already logged, so a run resumed after a kill has no duplic
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,6 +28,8 @@ from kerasflow.config import Config
 from kerasflow.errors import Terminated, UserError
 from kerasflow.track import envinfo, store
 from kerasflow.train import models, rundir, training
+
+log = logging.getLogger(__name__)
 
 # Lazy imports: keras, mlflow, inside the functions that use them (seconds to load;
 # `--help`, the light host env and the other commands never pay for them).
@@ -306,8 +308,8 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
                            nested=in_parent, parent_run_id=parent, tags=dict(nested.tags) or None)
     run_id = run.info.run_id
     rundir.atomic_write(prep.run_dir / rundir.RUN_ID_FILE, run_id + "\n")
-    print(f"mlflow: run {run_id} in experiment '{experiment}' at {uri}"
-          f"{' (resumed)' if prep.resumed else ''}", file=sys.stderr)
+    log.info(f"mlflow: run {run_id} in experiment '{experiment}' at {uri}"
+             f"{' (resumed)' if prep.resumed else ''}")
     with run_status(run_id, nested.stopped), signals_as_interrupt():
         if not prep.resumed or not client.get_run(run_id).data.params:
             # the run's identity (data, model, train, speed): the whole config is the config.yaml artifact;
@@ -333,8 +335,8 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
             rundir.atomic_write(prep.run_dir / rundir.LOGGED_MODEL_FILE, json.dumps(model, indent=2))
         training.seal(prep)  # last: until here a rerun resumes this same MLflow run
     summary = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
-    print(f"test: {json.dumps(summary)}", file=sys.stderr)
+    log.info(f"test: {json.dumps(summary)}")
     registered = f" registered as {register} v{model['version']}" if register and model else ""
     logged = f"; model {model['model_uri']}{registered}" if model else ""
-    print(f"mlflow: run {run_id} FINISHED{logged}", file=sys.stderr)
+    log.info(f"mlflow: run {run_id} FINISHED{logged}")
     return result, run_id

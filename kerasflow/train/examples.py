@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,10 +57,6 @@ class Splits:
             h.update(np.asarray(part, np.int64).tobytes())
             h.update(b"|")
         return h.hexdigest()[:16]
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def aligned_empty(shape: tuple[int, ...], align: int = 64) -> np.ndarray:

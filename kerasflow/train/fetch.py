@@ -6,9 +6,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from kerasflow import config
 from kerasflow.errors import UserError
 from kerasflow.train.models import vgg16_base
+
+log = logging.getLogger(__name__)
 
 # Lazy imports: tensorflow_datasets, inside the functions that use them (seconds to load;
 # `--help`, the light host env and the other commands never pay for them).
@@ -19,7 +23,7 @@ def fetch_data(tfds_name: str, data_dir: str) -> None:
 
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     if builder.is_prepared():
-        print(f"{tfds_name} is already prepared in {data_dir}")
+        log.info(f"{tfds_name} is already prepared in {data_dir}")
         return
     try:
         builder.download_and_prepare()
@@ -30,10 +34,10 @@ def fetch_data(tfds_name: str, data_dir: str) -> None:
                 f"internet and copy {data_dir} here"
             ) from None
         raise
-    print(f"{tfds_name} prepared in {data_dir}")
+    log.info(f"{tfds_name} prepared in {data_dir}")
 
 
 def fetch_weights() -> None:
 
     vgg16_base(config.load().replace(model="vgg16", weights="imagenet", image_size=32))
-    print("VGG16 ImageNet weights are cached")
+    log.info("VGG16 ImageNet weights are cached")

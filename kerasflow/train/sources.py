@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +16,9 @@ from kerasflow.config import Config
 from kerasflow.errors import UserError
 from kerasflow.files import atomic_write
 from kerasflow.train.cache import Sink, lookup
-from kerasflow.train.examples import Examples, aligned_empty, warn
+from kerasflow.train.examples import Examples, aligned_empty
+
+log = logging.getLogger(__name__)
 
 # Lazy imports: tensorflow, tensorflow_datasets, inside the functions that use them (seconds to load).
 
@@ -152,7 +155,7 @@ def load_image_dir(cfg: Config) -> Examples:
             hashes = hashing.result()
         bad = [names[i] for i in np.flatnonzero(~ok)]
         if bad:
-            warn(f"skipped {len(bad)} unreadable image(s) of {len(files)}, e.g. {root / bad[0]}")
+            log.warning(f"skipped {len(bad)} unreadable image(s) of {len(files)}, e.g. {root / bad[0]}")
         decoded = [(names[i], int(labels[i]), hashes[i]) for i in np.flatnonzero(ok)]
         digest = content_digest(root, classes, decoded)
         source = {"source": "image_dir", "path": str(root.resolve()), "classes": classes,

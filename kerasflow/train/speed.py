@@ -7,13 +7,15 @@ policy or strategy set later would leave the model half in the old one.
 
 from __future__ import annotations
 
-import sys
+import logging
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kerasflow.config import Config
 from kerasflow.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # Lazy imports: keras, tensorflow, inside the functions that use them (seconds to load;
 # `--help`, the light host env and the other commands never pay for them).
@@ -67,9 +69,9 @@ def setup(cfg: Config) -> Placement:
                         "set distribute: none") from None
     placement = Placement(strategy, devices)
     kind = "GPU" if any("GPU" in d for d in devices) else "CPU device"
-    print(f"distribute: mirrored over {placement.replicas} {kind}{'s' if placement.replicas > 1 else ''}, "
-          f"global batch {global_batch(cfg, placement)}"
-          f"{' (one device: no speed-up)' if placement.replicas == 1 else ''}", file=sys.stderr)
+    log.info(f"distribute: mirrored over {placement.replicas} {kind}{'s' if placement.replicas > 1 else ''}, "
+             f"global batch {global_batch(cfg, placement)}"
+             f"{' (one device: no speed-up)' if placement.replicas == 1 else ''}")
     return placement
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from kerasflow.errors import UserError
 from kerasflow.files import atomic_write
 from kerasflow.train import data
 from kerasflow.train.examples import Examples, Splits
+
+log = logging.getLogger(__name__)
 
 # Lazy imports: sklearn, inside the functions that use them (seconds to load;
 # `--help`, the light host env and the other commands never pay for them).
@@ -85,8 +87,8 @@ def make(cfg: Config, examples: Examples) -> dict[str, Any]:
     labels = np.asarray(examples.labels, np.int64)
     groups, unmatched = groups_of(names, cfg.group_pattern) if cfg.data_source == "image_dir" else (None, 0)
     if unmatched:
-        print(f"warning: {unmatched} of {len(names)} file names do not match group_pattern "
-              f"{cfg.group_pattern!r}; each is its own group", file=sys.stderr)
+        log.warning(f"{unmatched} of {len(names)} file names do not match group_pattern "
+                    f"{cfg.group_pattern!r}; each is its own group")
     outer = []
     for o, (rest, test) in enumerate(_kfold(labels, groups, cfg.n_outer_folds, cfg.seed, "outer folds")):
         rest_groups = None if groups is None else [groups[i] for i in rest]
@@ -122,9 +124,9 @@ def make_file(cfg: Config, path: Path) -> dict[str, Any]:
     write(splits, path)
     sizes = [len(o["test"]) for o in splits["outer"]]
     grouping = f", grouped into {len(set(splits['groups']))} groups" if splits["groups"] else ""
-    print(f"splits: {len(splits['examples'])} examples, {cfg.n_outer_folds} outer folds (test sizes "
-          f"{sizes}) x {cfg.n_inner_folds} inner, stratified{grouping}; digest {splits['digest']} -> {path}",
-          file=sys.stderr)
+    log.info(f"splits: {len(splits['examples'])} examples, {cfg.n_outer_folds} outer folds (test sizes "
+             f"{sizes}) x {cfg.n_inner_folds} inner, stratified{grouping}; digest {splits['digest']} "
+             f"-> {path}")
     return splits
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from kerasflow.config import Config
 from kerasflow.train import data, evaluation, models, pipeline, plots, rundir, speed
 from kerasflow.train import splits as splits_file
 from kerasflow.train.examples import Examples, Splits
+
+log = logging.getLogger(__name__)
 
 # Lazy imports: keras, tensorflow and kerasflow.train.callbacks (which imports tensorflow), inside the
 # functions that use them (seconds to load; `--help` and the other commands never pay for them).
@@ -106,7 +109,7 @@ def prepare(cfg: Config) -> Prepared:
     run_dir = rundir.plan(cfg)  # validates the output folder; writes nothing yet
     cfg = cfg.replace(run_name=run_dir.name)  # the name resolved once: from here on prep.cfg holds it
     data.check_available(cfg)
-    print(describe_devices(), file=sys.stderr)
+    log.info(describe_devices())
     seed_everything(cfg)
     placement = speed.setup(cfg)
     with placement.scope():  # the variables live on every replica
@@ -119,12 +122,10 @@ def prepare(cfg: Config) -> Prepared:
         splits, splits_file_digest = chosen.splits, chosen.digest
     else:
         splits = data.split(examples, cfg)
-    print(
-        f"data: {len(examples)} images of {examples.images.shape[1]}px, classes "
-        f"{examples.class_names}, train/val/test {len(splits.train)}/{len(splits.val)}/"
-        f"{len(splits.test)} ({time.perf_counter() - t0:.1f} s to load)",
-        file=sys.stderr,
-    )
+    log.info(
+             f"data: {len(examples)} images of {examples.images.shape[1]}px, classes "
+             f"{examples.class_names}, train/val/test {len(splits.train)}/{len(splits.val)}/"
+             f"{len(splits.test)} ({time.perf_counter() - t0:.1f} s to load)")
     resumed = rundir.create(run_dir, cfg)
     import tensorflow as tf
 
@@ -240,11 +241,11 @@ def seal(prep: Prepared) -> Path:
 def train(cfg: Config, verbose: int | str = "auto") -> Result:
     """Train one run end to end and return what it produced (run folder, model, history, metrics)."""
     prep = prepare(cfg)
-    print(f"run folder: {prep.run_dir}{' (resuming)' if prep.resumed else ''}", file=sys.stderr)
+    log.info(f"run folder: {prep.run_dir}{' (resuming)' if prep.resumed else ''}")
     result = Result(prep, fit(prep, verbose=verbose), evaluate(prep))
     write_outputs(result)
     seal(prep)
     summary = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
-    print(f"test: {json.dumps(summary)}", file=sys.stderr)
-    print(f"outputs: {prep.run_dir}", file=sys.stderr)
+    log.info(f"test: {json.dumps(summary)}")
+    log.info(f"outputs: {prep.run_dir}")
     return result

@@ -16,8 +16,8 @@ is retried once.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,8 @@ from kerasflow.experiments.tune.study import LEVEL_TAG, counted, default_storage
 from kerasflow.experiments.tune.workers import until_every_trial_ends, work_here
 from kerasflow.track import store, tracking
 from kerasflow.train import data, rundir
+
+log = logging.getLogger(__name__)
 
 # Lazy imports: mlflow, optuna, inside the functions that use them (seconds to load;
 # `--help`, the light host env and the other commands never pay for them).
@@ -100,16 +102,15 @@ def _join(cfg: Config, *, study_name: str, storage_url: str, uri: str, workers: 
     args = {"study_name": study_name, "storage_url": storage_url, "parent_run_id": parent_id, "uri": uri,
             "experiment": client.get_experiment(client.get_run(parent_id).info.experiment_id).name,
             "grace": grace}
-    print(f"search: joining study '{study_name}' (search run {parent_id}) with {workers} worker(s)",
-          file=sys.stderr)
+    log.info(f"search: joining study '{study_name}' (search run {parent_id}) with {workers} worker(s)")
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "config.yaml"
         cfg_path.write_text(config_mod.dump(cfg))
         ran = work_here(cfg, range(first, first + workers), cfg_path, args, gpus, verbose)
     if launched:
         client.log_metric(launched, "trials_run_here", ran)
-    print(f"search: the queue of study '{study_name}' is empty; the leading machine retrains the best "
-          "trial", file=sys.stderr)
+    log.info(f"search: the queue of study '{study_name}' is empty; the leading machine retrains the best "
+             "trial")
     return {"run_id": parent_id, "joined": True}
 
 def _parent_run(study: optuna.Study, experiment_id: str, study_name: str, launched: str | None
@@ -142,8 +143,8 @@ def _tune(cfg: Config, study: optuna.Study, *, trials: int, workers: int, study_
     launched, exp_id, experiment = tracking.launched_or_named(client, uri, experiment)
     parent = _parent_run(study, exp_id, study_name, launched)
     parent_id = parent.info.run_id
-    print(f"mlflow: search run {parent_id}; study '{study_name}' in {urlauth.redact(storage_url)} has "
-          f"{counted(study)} of {trials} trials", file=sys.stderr)
+    log.info(f"mlflow: search run {parent_id}; study '{study_name}' in {urlauth.redact(storage_url)} has "
+             f"{counted(study)} of {trials} trials")
     with (tracking.signals_as_interrupt(), tracking.run_status(parent_id),
           tempfile.TemporaryDirectory() as tmp):
         tracking.log_params_merged(client, parent_id, {
@@ -174,15 +175,14 @@ def _tune(cfg: Config, study: optuna.Study, *, trials: int, workers: int, study_
         final_dir = Path(cfg.output_dir) / final_cfg.run_name
         final_id = rundir.finished_run_id(final_dir)
         if final_id:  # a rerun of a done study
-            print(f"search: the best trial is still {best.number}, retrained in run {final_id}",
-                  file=sys.stderr)
+            log.info(f"search: the best trial is still {best.number}, retrained in run {final_id}")
         else:
             nested = tracking.Nested(tags={LEVEL_TAG: "final", "optuna.study": study_name,
                                            "optuna.best_trial": str(best.number)})
             _, final_id = tracking.tracked_run(final_cfg, uri=uri, experiment=experiment, nested=nested,
                                                register=register, alias=alias, verbose=verbose)
         mlflow.set_tag("final_run_id", final_id)
-    print(f"search: best trial {best.number} {cfg.search_metric}={best.value:.4f} {best.params}; "
-          f"final run {final_id}", file=sys.stderr)
+    log.info(f"search: best trial {best.number} {cfg.search_metric}={best.value:.4f} {best.params}; "
+             f"final run {final_id}")
     return {"run_id": parent_id, "best_params": best.params, "best_value": best.value,
             "final_run_id": final_id, "trials": len(study.trials)}

@@ -4,6 +4,7 @@ workers are processes (`kerasflow tune-worker`); the lead waits for every trial,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from kerasflow.experiments.tune.study import (
     suggest,
 )
 from kerasflow.track import tracking
+
+log = logging.getLogger(__name__)
 
 # Lazy imports: mlflow, optuna, optuna_integration, inside the functions that use them (seconds to load;
 # `--help`, the light host env and the other commands never pay for them).
@@ -119,8 +122,8 @@ def until_every_trial_ends(cfg: Config, study: optuna.Study, args: dict[str, Any
         if not running:
             return
         if not told:
-            print(f"search: waiting for {running} trial(s) still running on other workers (a dead one is "
-                  f"failed after --grace {args['grace']} s and retried here)", file=sys.stderr)
+            log.info(f"search: waiting for {running} trial(s) still running on other workers (a dead one is "
+                     f"failed after --grace {args['grace']} s and retried here)")
             told = True
         time.sleep(poll)
 
