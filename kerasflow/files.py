@@ -38,15 +38,17 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: str | bytes, mode: int | None = None) -> Path:
+def atomic_write(path: Path, data: str | bytes, mode: int | None = None, *, sync_folder: bool = True) -> Path:
     """Readers see the old file or the whole new one, also after a kill or a full disk.
 
     Temp file in the same folder, every byte written and fsynced, then renamed. The new file gets the
     permissions a plain open() would give (0666 minus the umask), so teammates on a shared server can
-    read a run; pass `mode` (0o600) for a file that holds a secret.
+    read a run; pass `mode` (0o600) for a file that holds a secret. `sync_folder=False` skips the
+    folder's fsync after the rename, for a rewrite of thousands of files that a rerun can finish
+    (relocation): a crash then leaves the old file, never a torn one.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)  # raises on a short write
@@ -57,5 +59,19 @@ def atomic_write(path: Path, data: str | bytes, mode: int | None = None) -> Path
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_file(path.parent)
+    if sync_folder:
+        fsync_file(path.parent)
     return path
+
+
+TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
+
+
+def leftover_temps(path: Path) -> list[Path]:
+    """atomic_write's temp files for `path` that a killed writer left behind (never renamed)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f"{TEMP_PREFIX}{glob_escape(path.name)}.*{TEMP_SUFFIX}"))
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)

@@ -28,6 +28,7 @@ from helpers import (
     wait_http,
 )
 
+from kerasflow import files
 from kerasflow.track import store
 
 PY = sys.executable
@@ -332,7 +333,7 @@ def test_relocation_on_a_full_disk_changes_nothing_and_says_so(tmp_path):
     for p in rewritten:  # each file is the old one or the whole new one, never a truncated one
         assert yaml.safe_load(after[p])["artifact_uri" if "artifact_uri" in str(after[p]) else
                                         "artifact_location"].startswith(str(moved))
-    assert not [p for p in moved.rglob("*") if p.name.endswith(".relocate-tmp")]
+    assert not [t for meta in moved.rglob("meta.yaml") for t in files.leftover_temps(meta)]
     rerun = py("-m", "kerasflow", "relocate", str(moved))
     assert rerun.returncode == 0, rerun.stderr
     from kerasflow.storeops import relocate

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from helpers import ROOT, fake_ssh, free_port, require_tool
 
+from kerasflow import files
 from kerasflow.errors import UserError
 from kerasflow.storeops import relocate
 from kerasflow.track import store
@@ -194,7 +195,7 @@ def test_sigkill_at_random_moments_during_a_2000_run_relocation(tmp_path):
         result = subprocess.run([*cmd, str(moved)], capture_output=True, text=True, cwd=ROOT)
         assert result.returncode == 0, result.stderr
         assert relocate.check(moved)[1] == []
-        assert not list(moved.rglob(f"*{relocate.TMP_SUFFIX}"))
+        assert not [t for meta in moved.rglob("meta.yaml") for t in files.leftover_temps(meta)]
     assert interrupted >= 10, f"only {interrupted} of {attempts} kills landed mid-relocation"
     c = client("file", moved)
     runs = c.search_runs([info["experiment"]], max_results=3000)

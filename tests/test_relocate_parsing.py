@@ -73,3 +73,25 @@ def test_rewritten_line_reads_back_as_the_same_string(value: str) -> None:
     text = "run_id: abc\nartifact_uri: /old/place\n  folded tail\nstatus: 3\n"
     out = metayaml.replace_line(text, "artifact_uri", value)
     assert yaml.safe_load(out) == {"run_id": "abc", "artifact_uri": value, "status": 3}
+
+
+def test_a_rerun_removes_the_temp_files_a_killed_relocation_left(tmp_path) -> None:
+    """A kill between atomic_write's temp file and its rename leaves `.meta.yaml.*.tmp` beside the file;
+    the next relocation deletes exactly those and rewrites the file itself."""
+    from kerasflow import files
+    from kerasflow.storeops import relocate
+
+    old, root = "/old/place/mlruns", tmp_path / "mlruns"
+    run = root / "1" / "0123456789abcdef"
+    run.mkdir(parents=True)
+    (root / "1" / "meta.yaml").write_text(f"artifact_location: file://{old}/1\nexperiment_id: '1'\nname: x\n")
+    (run / "meta.yaml").write_text(f"artifact_uri: file://{old}/1/0123456789abcdef/artifacts\nrun_id: r\n")
+    stale = run / ".meta.yaml.k1ll3d.tmp"
+    stale.write_text("artifact_uri: file:///half")
+    unrelated = run / ".other.yaml.x.tmp"
+    unrelated.write_text("not ours")
+    assert files.leftover_temps(run / "meta.yaml") == [stale]
+    relocate.relocate_files(root, None, root, dry_run=False)
+    assert not stale.exists() and unrelated.exists()
+    assert f"file://{root}/1/0123456789abcdef/artifacts" in (run / "meta.yaml").read_text()
+    assert files.leftover_temps(run / "meta.yaml") == []

@@ -33,11 +33,9 @@ import yaml
 from tqdm import tqdm
 
 from kerasflow.errors import UserError
-from kerasflow.files import can_write
+from kerasflow.files import atomic_write, can_write, leftover_temps
 from kerasflow.storeops import metayaml
 from kerasflow.track import store as store_layout  # `store` is every function's parameter here
-
-TMP_SUFFIX = ".relocate-tmp"
 
 
 @dataclass
@@ -231,28 +229,13 @@ def _read_meta(path: Path, keys: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     return text, {k: data[k] for k in keys if isinstance(data.get(k), str)}
 
 
-def _atomic_replace(path: Path, text: str) -> None:
-    """Temp file, every byte written (a full disk raises) and fsynced, then renamed over the original:
-    after a crash each file is the old one or the whole new one, and a rerun finishes the job."""
-    tmp = f"{path}{TMP_SUFFIX}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fdatasync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_all(plan: list[tuple[Path, str]]) -> None:
     """Write the planned files; creating and syncing files is kernel time, so a few threads overlap it."""
 
     bar = _progress(plan, "writing")  # a tqdm bar on a terminal, else the plan itself
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
-            for _ in pool.map(lambda item: _atomic_replace(*item), plan):
+            for _ in pool.map(lambda item: atomic_write(*item, sync_folder=False), plan):
                 if bar is not plan:
                     bar.update(1)
     finally:
@@ -264,9 +247,8 @@ def relocate_files(root: Path, old: str | None, new: Path, dry_run: bool) -> Rep
     report = Report("file", dry_run=dry_run)
     files = _meta_files(root)
     for _, path in files:  # a temp file left by a killed earlier run: its rename never happened
-        stale = f"{path}{TMP_SUFFIX}"
-        if not dry_run and os.path.lexists(stale):
-            os.unlink(stale)
+        for stale in [] if dry_run else leftover_temps(path):
+            stale.unlink(missing_ok=True)
     parsed = [(kind, path, *_read_meta(path, FILE_KEYS[kind])) for kind, path in _progress(files, "reading")]
     report.old, report.new = _resolve_prefixes([v for *_, values in parsed for v in values.values()],
                                                old, new)
