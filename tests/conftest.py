@@ -8,6 +8,19 @@ from pathlib import Path
 
 import pytest
 from helpers import PG_PASSWORD, TINY, pgcluster, require_tool
+from helpers.engine import (  # noqa: F401  (the engine tests' session fixtures)
+    build_env,
+    checkout,
+    cleanup_containers,
+    engine,
+    foreground_run,
+    image,
+    package_cache,
+    run_env,
+    user,
+    weights,
+    workdir,
+)
 from helpers.stand_ins import sandbox  # noqa: F401  (a fixture: the scripts against a stand-in docker)
 
 # TensorFlow's C++ start-up lines stay out of the tests' output (KERASFLOW_VERBOSE tests set their own).
@@ -47,3 +60,20 @@ def postgres():
     with pgcluster.throwaway_cluster(PG_PASSWORD) as cluster:
         yield {"url": cluster.createdb("mlflow"), "port": cluster.port, "createdb": cluster.createdb}
 
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`make test TEST_JOBS=N` (--dist loadfile): a file to a worker, and all tests/test_engine_*.py to ONE
+    worker, since they share the session's user, checkout and image. (xdist_group would say this, but
+    does not group under pytest 9: pytest-xdist#1386.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class EngineFilesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return "engine" if Path(scope).name.startswith("test_engine_") else scope
+
+    return EngineFilesTogether(config, log)

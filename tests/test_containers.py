@@ -1,7 +1,7 @@
 """The container layer where no engine is needed, and the one thing the engine here cannot do: a GPU.
 
 The flows themselves (image build, run_script.bash, `make run`, the devcontainer, the notebook) run on a
-real Docker engine in tests/test_engine.py. Here:
+real Docker engine in tests/test_engine_*.py. Here:
 - GPU detection of run_script.bash against a stand-in `docker`/`nvidia-smi` that report an NVIDIA runtime
   and GPUs (no GPU exists on these machines): the stand-in is kept for exactly that;
 - the driver's argument errors, MLproject's docker command, hadolint, .dockerignore, the devcontainer

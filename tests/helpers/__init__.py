@@ -44,6 +44,16 @@ def run_script(script: str, *args: str, env: dict[str, str] | None = None,
                           cwd=ROOT, env=full_env, timeout=timeout)
 
 
+PY = sys.executable
+
+
+def py(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+       cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """`python ARGS` in its own process (this interpreter), in the checkout unless told."""
+    return subprocess.run([PY, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
 def kerasflow(command: str, *args: str, env: dict[str, str] | None = None,
               timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run `python -m kerasflow COMMAND ARGS` (= `kerasflow COMMAND`) as a user would, in its own process."""

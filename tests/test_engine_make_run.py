@@ -1,0 +1,278 @@
+"""`make run` (project_driver.bash) on a real engine, foreground and detached in real tmux: the host
+server, `mlflow run`, the run FINISHED with metrics, artifacts and a model that loads on the host by alias;
+a team server with a login; one store in both orders; a second run refused; a killed container or a
+hangup ends the run, never RUNNING; every MLproject entry point. Fixtures: tests/helpers/engine.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import time
+import uuid
+
+import pytest
+from helpers import TINY, assert_user_error, free_port, require_tool, wait_http
+from helpers.engine import (
+    VENV,
+    client,
+    docker,
+    foreign_files,
+    make_run,
+    runs_named,
+    tiny_p,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
+
+
+# --- make run ----------------------------------------------------------------------------------------
+def test_make_run_trains_in_the_container_and_the_model_loads_on_the_host(
+    foreground_run, image, user, checkout, run_env
+):
+    import mlflow
+
+    result = foreground_run
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "Changing param values is not allowed" not in result.stdout + result.stderr
+    assert (checkout / "logs" / "fg.status").read_text().strip() == "0"
+    [run] = [r for r in runs_named(run_env) if r.data.params.get("register_model") == "kfdemo"]
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.project.entryPoint"] == "main"
+    # the user's own image ran, not the one kerasflow:latest named before (another user's)
+    assert run.data.tags["mlflow.docker.image.id"] == image["id"]
+    assert docker("image", "inspect", "--format", "{{.Id}}", "kerasflow:latest").stdout.strip() == image["id"]
+    c = client(run_env)
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "val_accuracy")] == [0, 1]
+    assert "test_accuracy" in run.data.metrics
+    # MLflow's own params (shell-quoted command-line text) and ours agree: one value per key
+    assert run.data.params["augment"] == "false" and run.data.params["splits_file"] == "''"
+    assert "n_outer_folds" not in run.data.params  # main takes no folds keys, and logs only its identity
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "metrics.json", "curves.png", "history.json"} <= artifacts, artifacts
+    # the training ran as the user: what it wrote in the checkout is theirs
+    assert not foreign_files(checkout, user.uid)
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{run_env['PORT']}")
+    try:
+        model = mlflow.keras.load_model("models:/kfdemo@candidate")
+        import numpy as np
+
+        assert model.predict(np.zeros((2, 32, 32, 3), np.uint8), verbose=0).shape[0] == 2
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_make_run_logs_into_a_team_server_with_a_login_and_never_shows_the_password(
+    image, user, checkout, workdir
+):
+    """MLFLOW_TRACKING_URI=http://user:pass@host is used (not replaced by a local server), and the
+    password reaches the container through a 0600 env file, never a command line, a log or a param."""
+    password = "Team-pass-" + uuid.uuid4().hex[:8]
+    port = free_port()
+    team = workdir / "team-store"
+    server = user.popen(
+        ["python", "-m", "kerasflow", "server", str(team), "--port", str(port), "--auth"],
+        cwd=checkout, env={"MLFLOW_AUTH_ADMIN_PASSWORD": password},
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=server)
+        env = {"GPU": "off", "MLFLOW_TRACKING_URI": f"http://admin:{password}@127.0.0.1:{port}"}
+        result = user.run(["make", "run", f"VENV={VENV}",
+                           f"ARGS={shlex.join(['--foreground', '--name', 'team', *tiny_p(epochs=1)])}"],
+                          cwd=checkout, env=env)
+        log = (checkout / "logs" / "team.log").read_text()
+        assert result.returncode == 0, log[-4000:]
+        assert "using the MLflow server from MLFLOW_TRACKING_URI" in log
+        assert password not in log + result.stdout + result.stderr
+        import mlflow
+
+        c = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = "admin", password
+        try:
+            [run] = c.search_runs([c.get_experiment_by_name("kerasflow").experiment_id])
+            assert run.info.status == "FINISHED"
+            assert password not in json.dumps({**run.data.params, **run.data.tags})
+        finally:
+            del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_one_store_in_both_orders_and_every_model_loads(image, user, checkout, run_env):
+    """make track then make run into the same experiment, and the other way round: before, the first
+    order lost `make run`'s model (its experiment's host-path location was not in the container), the
+    second died in make track ('the tracking URI must be a valid http or https URI')."""
+
+    sets = [x for t in [*TINY, "epochs=1"] for x in ("--set", t)]
+
+    def track(experiment: str, name: str) -> None:
+        args = shlex.join(["--experiment", experiment, *sets, "--set", f"run_name={name}"])
+        result = user.run(["make", "track", f"VENV={VENV}", f"ARGS={args}"], cwd=checkout, env={"GPU": "off"})
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    def run(experiment: str, name: str) -> None:
+        args = ["--foreground", "--name", name, "--experiment", experiment, *tiny_p(epochs=1)]
+        result = make_run(user, checkout, run_env, args)
+        assert result.returncode == 0, (checkout / "logs" / f"{name}.log").read_text()[-3000:]
+
+    track("track-first", "tf-embedded")
+    run("track-first", "tf-run")
+    run("run-first", "rf-run")
+    track("run-first", "rf-embedded")
+    c = client(run_env)
+    models = {}
+    for experiment in ("track-first", "run-first"):
+        for r in c.search_runs([c.get_experiment_by_name(experiment).experiment_id]):
+            assert r.info.status == "FINISHED"
+            models[f"{experiment}/{r.info.run_id[:8]}"] = f"models:/{r.outputs.model_outputs[0].model_id}"
+    assert len(models) == 4
+    # as the user, as a user would: MLflow writes `registered_model_meta` beside a model it loads from
+    # a local path, so a root test process would leave root-owned files in the user's store
+    server = f"http://127.0.0.1:{run_env['PORT']}"
+    for where in (server, str(checkout / "store")):  # through the server (UI, notebook), then directly
+        loaded = user.run(["python", "-c", LOAD_MODELS, where, *models.values()], cwd=checkout)
+        assert loaded.returncode == 0 and loaded.stdout.strip() == "4 loaded", loaded.stderr[-3000:]
+
+
+LOAD_MODELS = """
+import contextlib, sys, mlflow, numpy as np
+from kerasflow.track import store
+where = sys.argv[1]
+if where.startswith("http"):
+    mlflow.set_tracking_uri(where)
+with contextlib.nullcontext() if where.startswith("http") else store.open_store(where, create=False):
+    for uri in sys.argv[2:]:
+        model = mlflow.keras.load_model(uri)
+        assert model.predict(np.zeros((2, 32, 32, 3), np.uint8), verbose=0).shape[0] == 2
+print(len(sys.argv[2:]), "loaded")
+"""
+
+
+def test_a_real_param_conflict_is_one_line(image, user, checkout, run_env):
+    """A run id whose logged epochs differ from the config's: refused in one line, the run not RUNNING."""
+    c = client(run_env)
+    exp = c.get_experiment_by_name("kerasflow") or c.get_experiment(c.create_experiment("kerasflow"))
+    exp_id = getattr(exp, "experiment_id", None) or exp
+    run = c.create_run(exp_id)
+    c.log_param(run.info.run_id, "epochs", "7")
+    result = user.run(
+        ["python", "train_mlflow.py", *[x for t in TINY for x in ("--set", t)], "--set", "epochs=1"],
+        cwd=checkout,
+        env={"MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{run_env['PORT']}"},
+    )
+    assert_user_error(result, "already has param epochs='7'", "epochs=1", "new run")
+    assert c.get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_detached_make_run_refuses_a_second_and_a_killed_container_fails_the_run(
+    image, user, checkout, run_env
+):
+    require_tool("tmux")
+    env = {**run_env, "SSH_CONNECTION": "127.0.0.1 5555 127.0.0.1 22"}
+    args = ["--name", "det", *tiny_p(epochs=200, synthetic_examples=2000)]
+    t0 = time.monotonic()
+    started = make_run(user, checkout, env, args)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert time.monotonic() - t0 < 60 and "tmux attach -t" in started.stdout
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        running = docker("ps", "-q", "--filter", "name=^kerasflow-det$").stdout.strip()
+        log = (checkout / "logs" / "det.log").read_text() if (checkout / "logs" / "det.log").exists() else ""
+        if running and "Epoch 2/" in log:
+            break
+        assert not (checkout / "logs" / "det.status").exists(), log[-3000:]
+        time.sleep(1)
+    assert running, "the training container never ran"
+    # the same slot (on CPU: the same run name) is refused; another name on CPU runs at the same time
+    second = make_run(user, checkout, {**run_env}, ["--foreground", "--name", "det", *tiny_p()])
+    assert_user_error(second, "a run is already in progress on cpu-det", "det (pid", "tmux attach")
+    other = make_run(user, checkout, {**run_env}, ["--foreground", "--name", "beside", *tiny_p(epochs=1)])
+    assert other.returncode == 0, (checkout / "logs" / "beside.log").read_text()[-3000:]
+    assert docker("ps", "-q", "--filter", "name=^kerasflow-det$").stdout.strip(), "det was disturbed"
+    assert docker("kill", "kerasflow-det").returncode == 0
+    status = checkout / "logs" / "det.status"
+    while not status.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert status.read_text().strip() not in ("", "0")
+    [run] = [r for r in runs_named(run_env) if r.info.run_name and r.data.params.get("epochs") == "200"]
+    assert run.info.status in ("FAILED", "KILLED")
+
+
+def test_a_hangup_stops_the_container_and_ends_the_run(image, user, checkout, run_env):
+    """SIGHUP to the whole foreground group (an SSH session dropping without tmux): `mlflow run` used to
+    die, leaving the run RUNNING and the container training on."""
+    args = ["--foreground", "--name", "hup", *tiny_p(epochs=200, synthetic_examples=2000)]
+    proc = user.popen(["make", "run", f"VENV={VENV}", f"ARGS={shlex.join(args)}"], cwd=checkout,
+                      env=run_env, new_session=True)
+    log = checkout / "logs" / "hup.log"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        running = docker("ps", "-q", "--filter", "name=^kerasflow-hup$").stdout.strip()
+        if running and log.exists() and "Epoch 2/" in log.read_text():
+            break
+        assert proc.poll() is None, proc.stdout.read()[-3000:] + proc.stderr.read()[-2000:]
+        time.sleep(1)
+    assert running, "the training container never ran"
+    os.killpg(proc.pid, signal.SIGHUP)
+    status = checkout / "logs" / "hup.status"
+    while not status.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert status.exists(), log.read_text()[-3000:]
+    assert status.read_text().strip() not in ("", "0")
+    assert docker("ps", "-aq", "--filter", "name=^kerasflow-hup$").stdout.strip() == ""
+    [run] = [r for r in runs_named(run_env) if r.data.params.get("synthetic_examples") == "2000"
+             and r.data.params.get("epochs") == "200" and r.info.start_time > 0
+             and r.info.run_id in log.read_text()]
+    assert run.info.status in ("FAILED", "KILLED")
+    assert "driver: SIGHUP: stopping container kerasflow-hup" in log.read_text()
+    proc.wait(timeout=60)
+
+
+# --- every MLproject entry point through make run -----------------------------------------------------
+
+
+def test_every_entry_point_runs_through_make_run(image, user, checkout, run_env):
+    small = tiny_p(n_outer_folds=2, n_inner_folds=2)
+    steps = [
+        # splits takes the data and folds sections only (no model or training keys)
+        (
+            "splits",
+            [
+                "-e",
+                "splits",
+                "-P",
+                "data_source=synthetic",
+                "-P",
+                "synthetic_examples=200",
+                "-P",
+                "n_outer_folds=2",
+                "-P",
+                "n_inner_folds=2",
+                "-P",
+                "out=outputs/engine-splits.json",
+            ],
+        ),
+        ("cv", ["-e", "cv", *small, "-P", "n_outer=1", "-P", "n_inner=1"]),  # splits made when none given
+        ("tune", ["-e", "tune", *tiny_p(), "-P", "trials=2", "-P", "study=engine"]),
+        ("analyze", ["-e", "analyze", "-P", "filter=tags.kerasflow.level = 'final'"]),
+    ]
+    for name, args in steps:
+        result = make_run(user, checkout, run_env, ["--foreground", "--name", f"ep-{name}", *args])
+        assert result.returncode == 0, f"{name}: " + result.stdout[-4000:] + result.stderr[-2000:]
+        assert (checkout / "logs" / f"ep-{name}.status").read_text().strip() == "0"
+    assert (checkout / "outputs" / "engine-splits.json").is_file()
+    assert (checkout / "outputs" / "splits.json").is_file()  # the cv entry point wrote its folds
+    by_entry: dict[str, list] = {}
+    for run in runs_named(run_env):
+        by_entry.setdefault(run.data.tags.get("mlflow.project.entryPoint", ""), []).append(run)
+    for entry in ("splits", "cv", "tune", "analyze"):
+        assert by_entry.get(entry) and all(r.info.status == "FINISHED" for r in by_entry[entry]), entry
+    levels = {r.data.tags.get("kerasflow.level") for r in runs_named(run_env)}
+    assert {"cv", "outer_fold", "inner_fold", "search", "trial", "final"} <= levels, levels
+    analyzed = runs_named(run_env, filter_string="tags.kerasflow.level = 'final'")
+    assert analyzed and all(
+        "analysis_threshold" in r.data.metrics or any(k.startswith("analysis_") for k in r.data.metrics)
+        for r in analyzed
+    )
+    assert not foreign_files(checkout, user.uid)

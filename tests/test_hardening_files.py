@@ -1,0 +1,144 @@
+"""Hardening of files a run writes: the data cache through interrupts, torn metadata and SIGKILLs, the
+umask, the logged diff and the image keeping secret files out. Each test here failed on the code before
+its fix."""
+
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+from helpers import (
+    PY,
+    ROOT,
+    TINY,
+    py,
+    set_args,
+)
+
+# --- the data cache and a run's files -------------------------------------------------------------
+
+
+def test_memmap_cache_survives_interrupts_and_torn_metadata(tmp_path, monkeypatch):
+    """The cache wrote its JSON after the .u8 file and not atomically: a torn JSON killed every later run;
+    an interrupted fill left its multi-GB temp file behind."""
+    from helpers import write_png_tree
+
+    from kerasflow import config
+    from kerasflow.train import sources
+
+    tree = write_png_tree(tmp_path / "images", {"Parasitized": 12, "Uninfected": 12})
+    cfg = config.load(None, [*TINY, "data_source=image_dir", f"image_dir={tree}", "cache_ram_mb=0",
+                             f"cache_dir={tmp_path / 'cache'}"])
+    real = sources.content_digest
+    monkeypatch.setattr(sources, "content_digest", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        sources.load_image_dir(cfg)
+    assert list((tmp_path / "cache").iterdir()) == []  # no temp file, nothing published
+    monkeypatch.setattr(sources, "content_digest", real)
+    first = sources.load_image_dir(cfg)
+    published = sorted(p.suffix for p in (tmp_path / "cache").iterdir())
+    assert published == [".json", ".u8"]
+    meta = next((tmp_path / "cache").glob("*.json"))
+    meta.write_text(meta.read_text()[:20])  # torn by a kill of an older version
+    again = sources.load_image_dir(cfg)
+    assert again.digest == first.digest and (again.images == first.images).all()
+    json.loads(meta.read_text())  # rebuilt whole
+
+
+def test_run_outputs_follow_the_umask(tmp_path):
+    """config.yaml, history.json and metrics.json were 0600 (mkstemp) while the PNGs were 0644."""
+    out = tmp_path / "outputs"
+    shrunk = set_args([*TINY, f"output_dir={out}", f"cache_dir={tmp_path / 'c'}", "run_name=shared"])
+    result = subprocess.run([PY, "train.py", *shrunk], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            preexec_fn=lambda: os.umask(0o002))
+    assert result.returncode == 0, result.stderr[-3000:]
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (out / "shared").iterdir() if p.is_file()}
+    assert {"config.yaml", "history.json", "metrics.json", "model.keras"} <= modes.keys()
+    assert set(modes.values()) == {0o664}, modes
+
+
+# --- secrets --------------------------------------------------------------------------------------
+
+
+def test_logged_diff_leaves_out_secret_files_caps_its_size_and_says_so(tmp_path):
+    from kerasflow.track import envinfo
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    files = {"config.yaml": "epochs: 1\n", ".env": "TOKEN=a\n", "deploy.pem": "-----\n", "api_key.txt": "k\n",
+             "zbig.txt": "x\n"}
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    subprocess.run([*git[:3], "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    (repo / "config.yaml").write_text("epochs: 2\n")
+    (repo / ".env").write_text("TOKEN=the-real-secret\n")
+    (repo / "deploy.pem").write_text("PRIVATE\n")
+    (repo / "api_key.txt").write_text("sk-live\n")
+    (repo / "zbig.txt").write_text("y" * 80 + "\n" * 1 + ("z" * 99 + "\n") * 12000)
+    (repo / "notes.txt").write_text("untracked\n")
+    state = envinfo.git_state(repo)
+    assert "+epochs: 2" in state["diff"]
+    assert not [s for s in ("the-real-secret", "PRIVATE", "sk-live") if s in state["diff"]]
+    assert sorted(state["skipped"]) == [".env", "api_key.txt", "deploy.pem"]
+    assert state["capped"] > envinfo.MAX_DIFF_BYTES >= len(state["diff"].encode())
+    assert state["untracked"] == ["notes.txt"]
+
+
+def test_dockerignore_keeps_the_same_secret_files_out_of_the_image():
+    from kerasflow.track import envinfo
+
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert all(f"**/{pattern}" in ignored for pattern in envinfo.SECRET_NAMES)
+    # ... and none of the project's own files looks like one (kerasflow/secrets.py once fell out of the
+    # image and out of every logged diff)
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert tracked and not [f for f in tracked if envinfo.looks_secret(f)]
+
+
+LOAD = """
+import sys
+from kerasflow import config
+from kerasflow.train import data
+examples = data.load_examples(config.load(None, sys.argv[1:]))
+print(examples.digest, int(examples.images.astype("int64").sum()), len(examples))
+"""
+
+
+@pytest.mark.heavy  # stress of the cache's atomic fill
+@pytest.mark.slow
+def test_sigkill_at_seeded_moments_while_the_cache_is_built(tmp_path):
+    """A kill between the .u8 and its JSON left a cache entry that killed every later run."""
+    import random
+    import shutil
+
+    from helpers import write_png_tree
+
+    tree = write_png_tree(tmp_path / "images", {"Parasitized": 150, "Uninfected": 150}, size=64)
+    cache = tmp_path / "cache"
+    args = [*TINY, "data_source=image_dir", f"image_dir={tree}", "cache_ram_mb=0", f"cache_dir={cache}",
+            "image_size=64"]
+    t0 = time.monotonic()
+    reference = py("-c", LOAD, *args)
+    full = time.monotonic() - t0
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    rng = random.Random(13)
+    for moment in sorted(rng.uniform(0.3 * full, full) for _ in range(3)):
+        shutil.rmtree(cache)
+        proc = subprocess.Popen([PY, "-c", LOAD, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(moment)
+        proc.kill()
+        proc.wait()
+        for u8 in cache.glob("*.u8"):  # a published entry always has its whole metadata beside it
+            json.loads(u8.with_suffix(".json").read_text())
+        again = py("-c", LOAD, *args)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert again.stdout == reference.stdout
+        assert not list(cache.glob("*.tmp*")), "a killed fill's temp file was left behind"
