@@ -64,8 +64,10 @@ if [ -z "${KF_ENV_FILE:-}" ] && [ -n "${MLFLOW_TRACKING_URI:-}${MLFLOW_TRACKING_
   export MLFLOW_TRACKING_URI KF_ENV_FILE
 fi
 if [ -n "${KF_ENV_FILE:-}" ]; then
-  while IFS='=' read -r key value; do
-    export "$key=$value"
+  # each line is NAME=VALUE, the value taken whole: `IFS='=' read key value` dropped a single trailing
+  # '=' (base64 padding in a password)
+  while IFS= read -r line || [ -n "$line" ]; do
+    if [ -n "$line" ]; then export "${line%%=*}=${line#*=}"; fi
   done < "$KF_ENV_FILE"
 fi
 

@@ -57,7 +57,6 @@ def tracking_uri_from_env() -> str:
 
 def basic_auth_header() -> dict[str, str]:
     """The Authorization header MLflow's client would send, for our own /health check."""
-
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
     if user is None or password is None:
@@ -70,8 +69,6 @@ def write_env_file(path: str) -> str:
     """For `mlflow run` in docker: the tracking credentials (and the study URL) into a 0600 env file
     (docker --env-file), because MLflow puts every `-e NAME=VALUE` it passes on the docker command line
     it prints and logs. Returns the tracking URI without credentials; an empty file when there are none."""
-
-
     clean = tracking_uri_from_env()
     # and the Optuna study's database URL (tune workers in containers; it may hold a password)
     lines = [f"{name}={os.environ[name]}" for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",

@@ -66,8 +66,11 @@ def test_make_run_logs_into_a_team_server_with_a_login_and_never_shows_the_passw
     image, user, checkout, workdir
 ):
     """MLFLOW_TRACKING_URI=http://user:pass@host is used (not replaced by a local server), and the
-    password reaches the container through a 0600 env file, never a command line, a log or a param."""
-    password = "Team-pass-" + uuid.uuid4().hex[:8]
+    password reaches the container through a 0600 env file, never a command line, a log or a param,
+    every character kept (a single trailing '=' was dropped by the driver's env-file loop: 401)."""
+    from urllib.parse import quote
+
+    password = f"Team pass #\"q'{uuid.uuid4().hex[:8]}="
     port = free_port()
     team = workdir / "team-store"
     server = user.popen(
@@ -76,7 +79,8 @@ def test_make_run_logs_into_a_team_server_with_a_login_and_never_shows_the_passw
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=server)
-        env = {"GPU": "off", "MLFLOW_TRACKING_URI": f"http://admin:{password}@127.0.0.1:{port}"}
+        login = f"admin:{quote(password, safe='')}"
+        env = {"GPU": "off", "MLFLOW_TRACKING_URI": f"http://{login}@127.0.0.1:{port}"}
         result = user.run(["make", "run", f"VENV={VENV}",
                            f"ARGS={shlex.join(['--foreground', '--name', 'team', *tiny_p(epochs=1)])}"],
                           cwd=checkout, env=env)
@@ -84,6 +88,7 @@ def test_make_run_logs_into_a_team_server_with_a_login_and_never_shows_the_passw
         assert result.returncode == 0, log[-4000:]
         assert "using the MLflow server from MLFLOW_TRACKING_URI" in log
         assert password not in log + result.stdout + result.stderr
+        assert quote(password, safe="") not in log + result.stdout + result.stderr
         import mlflow
 
         c = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
