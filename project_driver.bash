@@ -177,10 +177,14 @@ launch() {
     check_shell_safe DATA "$data"
     run_args+=(-A "volume=$data:/data:ro")
   fi
-  echo "mlflow run . -e $entry --experiment-name $experiment ${run_args[*]} ${params[*]}"
+  # MLflow puts the experiment's id and local artifact path in its `bash -c` line unquoted: they come
+  # from the server (any member of a team server makes experiments), so they are checked, and the run
+  # is started by id (kerasflow/track/shell_line.py)
+  experiment_id="$(MLFLOW_TRACKING_URI="$server_url" "$PYTHON" -m kerasflow experiment-id "$experiment")"
+  echo "mlflow run . -e $entry --experiment-id $experiment_id ($experiment) ${run_args[*]} ${params[*]}"
   trap '' HUP TERM INT
   MLFLOW_TRACKING_URI="$server_url" exec "$MLFLOW" run "$KF_ROOT" -e "$entry" \
-    --experiment-name "$experiment" "${run_args[@]}" "${params[@]}"
+    --experiment-id "$experiment_id" "${run_args[@]}" "${params[@]}"
 }
 
 # shellcheck disable=SC2329  # invoked by the traps below

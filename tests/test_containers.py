@@ -344,3 +344,46 @@ def test_the_pinned_cuda_wheels_are_exactly_what_tensorflow_and_cuda_needs(tmp_p
     }
     nvidia = {k: v for k, v in resolved.items() if k.startswith("nvidia-")}
     assert nvidia == {k.lower(): v for k, v in pins.items()}
+
+
+# --- what a tracking server puts into mlflow run's shell line ------------------------------------------
+
+
+def test_an_experiment_whose_location_would_run_in_mlflow_runs_shell_line_is_refused(tmp_path):
+    """MLflow mounts a local artifact location unquoted in its `bash -c` docker line: `$(...)`, backticks
+    and %-escaped ones are refused in one line (exit 2) before anything runs; safe, remote and proxied
+    locations pass; a missing experiment is created as `mlflow run` would."""
+    from urllib.parse import quote
+
+    import mlflow
+
+    from kerasflow.errors import UserError
+    from kerasflow.track import shell_line, store
+
+    uri = store.sqlite_uri(tmp_path / "mlflow.db")
+    store.init_sqlite(uri)
+    client = mlflow.MlflowClient(uri)
+    marker = tmp_path / "executed"
+    client.create_experiment("subshell", artifact_location=f"{tmp_path}/a$(touch {marker})")
+    client.create_experiment("backticks", artifact_location=f"file://{tmp_path}/b`touch {marker}`")
+    client.create_experiment("escaped", artifact_location="file://" + quote(f"{tmp_path}/c$(touch {marker})"))
+    safe = client.create_experiment("safe", artifact_location=f"file://{tmp_path}/plain-path_1.0")
+    proxied = client.create_experiment("proxied", artifact_location="mlflow-artifacts:/not mounted")
+    for name in ("subshell", "backticks", "escaped"):
+        with pytest.raises(UserError, match="would put unquoted in its shell line"):
+            shell_line.experiment_for_docker(client, name)
+    assert shell_line.experiment_for_docker(client, "safe") == safe
+    assert shell_line.experiment_for_docker(client, "proxied") == proxied
+    made = shell_line.experiment_for_docker(client, "new")
+    assert client.get_experiment(made).name == "new"
+    client.delete_experiment(safe)
+    with pytest.raises(UserError, match="is deleted"):
+        shell_line.experiment_for_docker(client, "safe")
+    result = subprocess.run([sys.executable, "-m", "kerasflow", "experiment-id", "subshell"],
+                            capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    assert_user_error(result, "experiment 'subshell' stores artifacts at", "Use another --experiment")
+    assert not marker.exists()
+    # the driver's own check (the checkout, DATA) allows exactly what this one does
+    lib = (ROOT / "docker" / "lib.bash").read_text()
+    assert f'[[ "$2" =~ {shell_line.SHELL_SAFE} ]]' in lib

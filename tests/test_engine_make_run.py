@@ -170,6 +170,28 @@ def test_a_real_param_conflict_is_one_line(image, user, checkout, run_env):
     assert c.get_run(run.info.run_id).info.status == "FAILED"
 
 
+@pytest.mark.usefixtures("foreground_run", "image")
+def test_an_experiment_location_holding_a_command_is_refused_and_nothing_runs(
+    user, checkout, workdir, run_env
+):
+    """Any member of a server can make an experiment whose artifact location holds `$(...)`; MLflow puts
+    that location unquoted in the `bash -c` line that starts the container, so before the check the
+    next `make run` into it executed the command on the box. Now: one line naming the value, no run,
+    no container, nothing executed. (After foreground_run: this session's server is up.)"""
+    c = client(run_env)
+    marker = workdir / "executed-by-mlflow-run"
+    c.create_experiment("evil", artifact_location=f"{workdir}/evil$(touch {marker})")
+    result = make_run(user, checkout, run_env,
+                      ["--foreground", "--name", "inject", "--experiment", "evil", *tiny_p(epochs=1)])
+    log = (checkout / "logs" / "inject.log").read_text()
+    assert result.returncode == 2, log[-3000:]
+    assert "experiment 'evil' stores artifacts at" in log and "Use another --experiment" in log, log[-3000:]
+    assert "Traceback" not in log
+    assert not marker.exists()
+    assert c.search_runs([c.get_experiment_by_name("evil").experiment_id]) == []
+    assert docker("container", "inspect", "kerasflow-inject").returncode != 0
+
+
 def test_detached_make_run_refuses_a_second_and_a_killed_container_fails_the_run(
     image, user, checkout, run_env
 ):

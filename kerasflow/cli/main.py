@@ -41,6 +41,7 @@ INTERNAL = {
     "tune-worker": "one worker process of tune",
     "env-file": "make run: tracking credentials into a 0600 env file for docker",
     "health": "make run: does the MLflow server at URL answer /health (--wait for it)",
+    "experiment-id": "make run: the experiment's id once its artifact location is safe in a shell line",
 }
 
 
