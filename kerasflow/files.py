@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -75,3 +78,35 @@ def leftover_temps(path: Path) -> list[Path]:
 
 def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+_HELD: set[str] = set()  # lock files this process holds: a nested `exclusive` on one of them passes
+
+
+@contextmanager
+def exclusive(lock_file: Path, waiting: Callable[[], None] | None = None) -> Iterator[bool]:
+    """flock(lock_file) for the block: the kernel frees it when the holder dies, however it dies.
+    Reentrant in one process (a pull holds its store's lock while it relocates it). `waiting` is called
+    once when another process holds it. Yields False, unlocked, when the lock file cannot be created (a
+    read-only folder, where the operation itself will say what is wrong)."""
+    key = str(Path(lock_file).absolute())
+    if key in _HELD:
+        yield True
+        return
+    try:
+        handle = open(lock_file, "a")
+    except OSError:
+        yield False
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        _HELD.add(key)
+        try:
+            yield True
+        finally:
+            _HELD.discard(key)

@@ -312,3 +312,35 @@ def test_files_where_folders_belong_and_prefixes_that_would_rewrite_everything(t
         assert_user_error(py("-m", "kerasflow", "relocate", str(root), "--from", prefix), "--from",
                           "not '/'")
     assert "/old/store/0" in (root / "0" / "meta.yaml").read_text()
+
+
+def test_two_relocations_of_one_store_at_once_both_succeed(tmp_path):
+    """Two `kerasflow relocate` (or two `make ui`, which relocate first) of one store at once: before the
+    store's operation lock, one deleted the other's temp files as leftovers of a killed run, and both
+    died with a traceback, leaving runs with old paths. Now the second waits and finds nothing to do."""
+    from kerasflow import files
+    from kerasflow.storeops import relocate
+
+    old, root, runs = "/old/place/mlruns", tmp_path / "mlruns", 3000
+    (root / "1").mkdir(parents=True)
+    (root / "1" / "meta.yaml").write_text(f"artifact_location: file://{old}/1\nexperiment_id: '1'\nname: x\n")
+    for i in range(runs):
+        run = root / "1" / f"{i:032x}"
+        run.mkdir()
+        (run / "meta.yaml").write_text(f"artifact_uri: file://{old}/1/{i:032x}/artifacts\nrun_id: '{i}'\n")
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen([PY, "-m", "kerasflow", "relocate", str(root)], cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    first = start()
+    experiment = root / "1" / "meta.yaml"  # the first file of the plan
+    deadline = time.monotonic() + 120
+    while first.poll() is None and time.monotonic() < deadline and str(root) not in experiment.read_text():
+        time.sleep(0.005)  # the second starts while the first is writing
+    procs = [first, start()]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for proc, (_, err) in zip(procs, outs, strict=True):
+        assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
+    values = [v for _, v in relocate.stored_locations(root)]
+    assert len(values) == runs + 1 and all(v.startswith(f"file://{root}/1") for v in values), values[:3]
+    assert not [t for meta in root.rglob("meta.yaml") for t in files.leftover_temps(meta)]

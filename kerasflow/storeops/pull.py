@@ -135,19 +135,21 @@ def pull(source: str, dest: Path, ssh: str = "ssh", force: bool = False) -> relo
             why = f": {info['error']}" if info.get("error") else ""
             raise UserError(f"{source} is not an MLflow store (no {store.DB_FILE}, no <experiment "
                             f"id>/meta.yaml){why}: give the store folder")
-        backup = make_room(dest, source, force)
-        if backup is not None:
-            log.info(f"kept the store that was at {dest} as {backup}")
-        dest.mkdir(parents=True, exist_ok=True)
-        atomic_write(dest / MARKER, json.dumps({"source": source, "complete": False}))
-        _copy(host, ssh, info, dest)
+        dest.absolute().parent.mkdir(parents=True, exist_ok=True)
+        with store.operation_lock(dest):  # a second pull (or a relocation, `make ui`) into dest waits
+            backup = make_room(dest, source, force)
+            if backup is not None:
+                log.info(f"kept the store that was at {dest} as {backup}")
+            dest.mkdir(parents=True, exist_ok=True)
+            atomic_write(dest / MARKER, json.dumps({"source": source, "complete": False}))
+            _copy(host, ssh, info, dest)
+            report = relocate.relocate(dest)
+            atomic_write(dest / MARKER, json.dumps({"source": source, "complete": True}))
     finally:
         if host and info.get("tmp"):
             subprocess.run([*ssh_cmd, "rm", "-rf", "--", shlex.quote(info["tmp"])], capture_output=True)
         elif info.get("tmp"):
             shutil.rmtree(info["tmp"], ignore_errors=True)
-    report = relocate.relocate(dest)
-    atomic_write(dest / MARKER, json.dumps({"source": source, "complete": True}))
     return report
 
 

@@ -342,10 +342,12 @@ def _progress(items: list[Any], what: str) -> Any:
 
 
 def relocate(store: Path, old: str | None = None, to: Path | None = None, dry_run: bool = False) -> Report:
-    """Rewrite the store's artifact locations from `old` (detected) to `to` (the store's folder)."""
-    kind, path = store_layout.kind(store)
-    root = path.parent if kind == "sqlite" else path
-    new = (to or root).absolute()
-    if kind == "sqlite":
-        return relocate_sqlite(path, old, new, dry_run)
-    return relocate_files(root, old, new, dry_run)
+    """Rewrite the store's artifact locations from `old` (detected) to `to` (the store's folder), under
+    the store's operation lock."""
+    with store_layout.operation_lock(store):
+        kind, path = store_layout.kind(store)
+        root = path.parent if kind == "sqlite" else path
+        new = (to or root).absolute()
+        if kind == "sqlite":
+            return relocate_sqlite(path, old, new, dry_run)
+        return relocate_files(root, old, new, dry_run)

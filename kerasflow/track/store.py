@@ -14,8 +14,10 @@ every artifact, so copying the folder moves everything:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib.util
+import logging
 import os
 import re
 import sqlite3
@@ -30,7 +32,9 @@ from typing import Any
 
 from kerasflow import urlauth
 from kerasflow.errors import UserError
-from kerasflow.files import can_write, fsync_file
+from kerasflow.files import can_write, exclusive, fsync_file
+
+log = logging.getLogger(__name__)
 
 # Lazy imports: mlflow, inside the functions that use them (seconds to load;
 # `--help`, the light host env and the other commands never pay for them).
@@ -346,3 +350,15 @@ def locate(store: Path) -> tuple[str, Path]:
     if not store.exists() or (store.is_dir() and not any(store.iterdir())):
         return "sqlite", store / DB_FILE
     return kind(store)
+
+
+def operation_lock(store: Path) -> contextlib.AbstractContextManager[bool]:
+    """Whole-store operations one at a time: relocation (also the one `make ui` does first) and a pull
+    into the store. Two at once crashed both (one deleted the other's temp files) and left runs with old
+    paths; now the second waits, then finds nothing to do. The lock file sits beside the store folder
+    (`.NAME.kerasflow-lock`), so it exists before a pull creates the store and stays when a pull moves
+    an old store aside."""
+    folder = (store.parent if store.is_file() else store).absolute()
+    lock_file = folder.parent / f".{folder.name}.kerasflow-lock"
+    return exclusive(lock_file, waiting=lambda: log.info(
+        f"waiting for another relocation or pull of {folder} to finish (lock: {lock_file})"))
