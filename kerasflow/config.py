@@ -7,6 +7,7 @@ key) in sync. Loading is strict because a silently ignored typo in a hyperparame
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 import shlex
@@ -250,7 +251,9 @@ def _choices(where: str, spec: dict[str, Any]) -> list[Any]:
 
 
 def _range_ends(where: str, key: str, spec: dict[str, Any], typ: type) -> list[Any]:
-    """[low, high] of a numeric range, checked: typed, non-empty, log-scaled only above 0."""
+    """[low, high] of a numeric range, checked as Optuna will check it at the first trial: typed,
+    non-empty, `log` a boolean and only above 0, `step` a positive number inside the range and never
+    with `log` (an int range takes log only with step 1)."""
     if typ not in (int, float) or "low" not in spec or "high" not in spec:
         raise UserError(f"{where} needs low and high (numbers; a {typ.__name__} key takes choices)")
     low, high = spec["low"], spec["high"]
@@ -262,14 +265,37 @@ def _range_ends(where: str, key: str, spec: dict[str, Any], typ: type) -> list[A
                             f"{high!r}") from None
     if not low < high:
         raise UserError(f"{where} has an empty range (low {low} >= high {high}): make low < high")
-    if spec.get("log") and low <= 0:
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise UserError(f"{where}: log must be true or false, got {type(log).__name__}")
+    if log and low <= 0:
         raise UserError(f"{where} is log-scaled, so low must be > 0 (got {low})")
+    if "step" in spec:
+        _check_step(where, spec["step"], typ, (low, high), log=log)
     return [low, high]
 
 
+def _check_step(where: str, step: Any, typ: type, ends: tuple[Any, Any], *, log: bool) -> None:
+    fits = isinstance(step, int) if typ is int else isinstance(step, (int, float))
+    if isinstance(step, bool) or not fits or step <= 0:
+        raise UserError(f"{where}: step must be a positive {typ.__name__}, got {step!r}")
+    if log and not (typ is int and step == 1):
+        raise UserError(f"{where} has both log: true and step {step}, which Optuna refuses: drop one")
+    low, high = ends
+    if step > high - low:
+        raise UserError(f"{where}: step {step} is larger than the range {low}..{high}: only low would "
+                        "ever be tried; use a smaller step")
+
+
+MAX_COMBINATIONS = 4096  # of the space's extremes checked together; beyond it, every pair of keys
+
+
 def _check_search_space(cfg: Config) -> None:
-    """Every range must be non-empty and every value it can produce a valid value of its key."""
+    """Every range must be non-empty, every value it can produce a valid value of its key, and every
+    combination of the space's extremes a valid config (the smallest image_size with the most cnn_blocks):
+    a search must not stop at trial 7 on something the config could have said when it loaded."""
     hints = get_type_hints(Config)
+    extremes: dict[str, list[Any]] = {}
     for key, spec in cfg.search_space.items():
         where = f"search_space key '{key}'"
         if key not in SEARCHABLE:
@@ -286,6 +312,30 @@ def _check_search_space(cfg: Config) -> None:
                                                    if f.name == key).metadata))
             except UserError as exc:
                 raise UserError(f"{where}: {exc}") from None
+        extremes[key] = list(dict.fromkeys(candidates))
+    _check_combinations(cfg, extremes)
+
+
+def _check_combinations(cfg: Config, extremes: dict[str, list[Any]]) -> None:
+    """The rules between keys (_check_together), over every combination of the space's extremes (the
+    ends of each range, each choice), or over every pair of keys when there are too many."""
+    keys_ = list(extremes)
+    total = 1
+    for values in extremes.values():
+        total *= len(values)
+    if total <= MAX_COMBINATIONS:
+        groups = [keys_]
+    else:
+        groups = [list(pair) for pair in itertools.combinations(keys_, 2)] or [keys_]
+    for group in groups:
+        for combo in itertools.product(*(extremes[k] for k in group)):
+            changes = dict(zip(group, combo, strict=True))
+            try:
+                _check_together(dataclasses.replace(cfg, **changes, search_space={}))
+            except UserError as exc:
+                shown = ", ".join(f"{k}={v}" for k, v in changes.items())
+                raise UserError(f"search_space can try {shown} together, and then: {exc} (narrow the "
+                                "search space)") from None
 
 
 def from_dict(raw: dict[str, Any], source: str = "the config") -> Config:
@@ -315,6 +365,34 @@ def from_dict(raw: dict[str, Any], source: str = "the config") -> Config:
     return cfg
 
 
+MAX_YAML_BYTES = 1 << 20  # a config, a preset or a logged config.yaml from a store: far below this
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors' aliases: a config never needs them, and 500 bytes of nested aliases (a
+    "billion laughs" in a config pulled from a store) expand to gigabytes wherever the value is copied."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"YAML aliases (*name) are not allowed in a config (line {mark.line + 1})")
+        return super().compose_node(parent, index)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """Parse a config's YAML, bounded: at most MAX_YAML_BYTES and no aliases; one line when it is not."""
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError(f"{source} is {len(text)} bytes, over the {MAX_YAML_BYTES}-byte limit of a config: "
+                        "is it really a config file?")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader without aliases
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        why = "" if mark else f" ({exc})"
+        raise UserError(f"{source} is not valid YAML{where}{why}: fix the syntax") from None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse one `key=value` override; the value is YAML so `epochs=3` is an int, `augment=false` a bool."""
 
@@ -325,8 +403,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if key not in keys():
         raise UserError(f"unknown config key '{key}' in --set: valid keys are listed in config.yaml")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
+        parsed = read_yaml(value, f"--set {key}") if value.strip() else ""
+    except UserError:  # not YAML (a regex like ^([^_]+)_): the text itself
         parsed = value
     if get_type_hints(Config)[key] is str and not isinstance(parsed, str):
         parsed = value  # `run_name=2024` means the string, not a number
@@ -343,10 +421,7 @@ def read_preset(name: str) -> dict[str, Any]:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml"))) or "none"
         raise UserError(f"preset {name!r} does not exist ({path}): use one of {known}, or a YAML file's path")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        raise UserError(f"preset {path} is not valid YAML: fix its syntax") from None
+    values = read_yaml(path.read_text(), f"preset {path}") or {}
     if not isinstance(values, dict):
         raise UserError(f"preset {path} must be a mapping of key: value lines")
     unknown = sorted(set(values) - set(keys()))
@@ -361,17 +436,16 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None,
 
     path = Path(path) if path else DEFAULT_CONFIG
     try:
+        size = path.stat().st_size  # checked before reading: a config.yaml from a store may be anything
+        if size > MAX_YAML_BYTES:
+            raise UserError(f"config file {path} is {size} bytes, over the {MAX_YAML_BYTES}-byte limit of a "
+                            "config: is it really a config file?")
         text = path.read_text()
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist: pass an existing file with --config") from None
     except OSError as exc:
         raise UserError(f"cannot read config file {path} ({exc.strerror}): check its permissions") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"config file {path} is not valid YAML{where}: fix the syntax") from None
+    raw = read_yaml(text, f"config file {path}")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

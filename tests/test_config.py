@@ -188,3 +188,47 @@ def test_params_logged_by_mlflow_run_are_compared_by_meaning():
     assert not config.same_param("augment", "true", False)
     assert not config.same_param("group_pattern", "'^(x)_'", "^([^_]+)_")
     assert config.same_param("study", "search", "search")  # not a config key: compared as text
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [  # each loaded before, then failed at a trial (a traceback from Optuna or Keras) or never failed
+        ("{learning_rate: {low: 0.0001, high: 0.01, log: true, step: 0.001}}",
+         "has both log: true and step 0.001, which Optuna refuses"),
+        ("{dropout: {low: 0.0, high: 0.5, log: yes-please}}", "log must be true or false, got str"),
+        ("{dropout: {low: 0.0, high: 0.5, step: 0}}", "step must be a positive float, got 0"),
+        ("{dense_units: {low: 32, high: 256, step: 0.5}}", "step must be a positive int, got 0.5"),
+        ("{dropout: {low: 0.1, high: 0.2, step: 0.5}}", "step 0.5 is larger than the range"),
+        ("{cnn_blocks: {choices: [2, 5]}}",
+         "search_space can try cnn_blocks=5 together, and then: image_size 16 is too small for 5 cnn "
+         "blocks"),
+        ("{image_size: {low: 8, high: 64}, cnn_blocks: {low: 1, high: 4}}",
+         "search_space can try image_size=8, cnn_blocks=4 together"),
+    ],
+)
+def test_a_search_space_is_checked_as_a_whole_when_the_config_loads(space, message):
+    with pytest.raises(UserError) as info:
+        config.load(None, ["model=cnn", "image_size=16", "cnn_blocks=2", f"search_space={space}"])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_yaml_aliases_and_oversized_configs_are_refused_before_they_expand(tmp_path):
+    """553 bytes of nested aliases under `log:` took 22 s and 2.3 GB when the config was copied (and
+    `make reproduce` reads configs from stores); now a config holds no alias and at most 1 MiB."""
+    import itertools
+    import time
+
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"{cur}: &{cur} [{', '.join([f'*{prev}'] * 9)}]" for prev, cur in itertools.pairwise("abcdefgh")]
+    text = config.DEFAULT_CONFIG.read_text().replace(
+        "search_space:\n", "search_space:\n  dropout: {low: 0.0, high: 0.5, log: *h}\n", 1)
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(bomb) + "\n" + text)
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=r"is not valid YAML .*aliases \(\*name\) are not allowed"):
+        config.load(path)
+    assert time.monotonic() - t0 < 5
+    big = tmp_path / "big.yaml"
+    big.write_text(config.DEFAULT_CONFIG.read_text() + "#" * (2 << 20))
+    with pytest.raises(UserError, match="over the 1048576-byte limit of a config"):
+        config.load(big)
