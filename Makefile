@@ -45,7 +45,7 @@ STUDY ?= search
 N_OUTER ?= 0
 N_INNER ?= 0
 # The offline demo (presets/demo.yaml): synthetic cell images and the small CNN, seconds an epoch on a CPU.
-DEMO_SET := --preset demo --set run_name=demo-$(shell date +%Y%m%d-%H%M%S)
+DEMO_SET := --preset demo --set run_name=demo-{time}  # {time}: an automatic name, never another run's
 
 .PHONY: help env host-env lock lock-host team-server train demo data weights test lint bench \
         bench-pipeline bench-tracking bench-relocate bench-stores bench-speed bench-bigdata clean test-fast \

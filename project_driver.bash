@@ -47,11 +47,19 @@ while [ "$#" -gt 0 ]; do
     *) die "unknown argument '$1': see ./project_driver.bash --help" ;;
   esac
 done
-name="${name:-$entry-$(date +%Y%m%d-%H%M%S)}"
-[[ "$name" =~ ^[A-Za-z0-9._-]+$ ]] || die "--name '$name' may only hold letters, digits, '.', '_' and '-'"
+[ -z "$name" ] || [[ "$name" =~ ^[A-Za-z0-9._-]+$ ]] || die "--name '$name' may only hold letters, digits, '.', '_' and '-'"
 logs="$(realpath -m -- "${LOGS:-$KF_ROOT/logs}")"
-session="${KF_TMUX_SESSION:-kerasflow}-$name"  # one tmux session per run
 mkdir -p "$logs"
+if [ -z "$name" ]; then
+  # An automatic name (ENTRY-TIME, then -2, -3...) is claimed by creating its log exclusively (noclobber):
+  # two `make run` started in the same second are two runs, with their own log, tmux session and container.
+  base="$entry-$(date +%Y%m%d-%H%M%S)" n=1 name="$base"
+  until (set -o noclobber; : > "$logs/$name.log") 2> /dev/null; do
+    n=$((n + 1)) name="$base-$n"
+  done
+  trap '[ -s "$logs/$name.log" ] || rm -f "$logs/$name.log"' EXIT  # a run that never started leaves no log
+fi
+session="${KF_TMUX_SESSION:-kerasflow}-$name"  # one tmux session per run
 
 # Tracking credentials (http://user:pass@host, or MLFLOW_TRACKING_USERNAME/PASSWORD) never go on a
 # command line: MLflow prints and logs the `docker run -e NAME=VALUE ...` it builds, and tmux's command
@@ -114,6 +122,7 @@ if [ "$mode" = detach ] || { [ "$mode" = auto ] && [ -n "${SSH_CONNECTION:-}" ] 
   cmd+=("$KF_ROOT/project_driver.bash" -e "$entry" --experiment "$experiment" --name "$name" --foreground
         "${params[@]}")
   tmux new-session -d -s "$session" -c "$KF_ROOT" "$(printf '%q ' "${cmd[@]}")"
+  trap - EXIT  # the claimed log is the detached run's now
   echo "started '$name' in tmux session '$session' (detached)"
   echo "  follow:  tail -f $logs/$name.log"
   echo "  attach:  tmux attach -t $session     (detach again: Ctrl-b d)"

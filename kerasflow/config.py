@@ -195,9 +195,19 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+# An automatic run name: empty, or holding {time} (`make demo`: demo-{time}). The clock fills it in and
+# the name is claimed exclusively (-2, -3, ... when taken), so it is never another run's; a run is
+# resumed only by the name the user gave it (kerasflow/train/rundir.py, claim).
+AUTO_NAME = "{time}"
+
+
+def automatic_name(name: str) -> bool:
+    return not name or AUTO_NAME in name
+
+
 def _check_together(cfg: Config) -> None:
     if cfg.run_name:
-        check_name(cfg.run_name, "run_name")
+        check_name(cfg.run_name.replace(AUTO_NAME, "20260101-000000"), "run_name")
     if cfg.model == "vgg16" and cfg.image_size < 32:
         raise UserError(
             f"image_size {cfg.image_size} is too small for vgg16 (needs >= 32): "

@@ -80,6 +80,11 @@ def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
+def create_new(path: Path) -> None:
+    """Create `path` empty, or raise FileExistsError: the exclusive create that claims a name."""
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+
+
 _HELD: set[str] = set()  # lock files this process holds: a nested `exclusive` on one of them passes
 
 

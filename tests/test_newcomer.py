@@ -42,6 +42,29 @@ def test_a_detached_run_without_its_dataset_fails_in_the_foreground_before_build
     assert_user_error(driver(sandbox, "--detach", "-P", "epochs=many"), "epochs")
 
 
+def test_two_make_runs_started_in_one_second_get_two_names(sandbox):
+    """Before: both took ENTRY-TIME, so the second found the first's tmux session (or slot, log and
+    container name) and was refused. Now the automatic name is claimed by creating its log exclusively.
+    (A stand-in tmux records the sessions; the real detached flow runs in test_engine_make_run.)"""
+    tmux = sandbox["bin"] / "tmux"
+    tmux.unlink(missing_ok=True)
+    tmux.write_text('#!/bin/sh\n[ "$1" = new-session ] && echo "$4" >> "$FAKE_DOCKER_DIR/sessions"; '
+                    '[ "$1" != has-session ]\n')
+    tmux.chmod(0o755)
+    venv_bin = Path(sys.executable).parent
+    env = {**sandbox["env"], "KERASFLOW_PYTHON": str(venv_bin / "python"), "KF_PREFLIGHT_DONE": "1"}
+    procs = [subprocess.Popen([str(sandbox["repo"] / "project_driver.bash"), "--detach"], cwd=sandbox["repo"],
+                              env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    names = sorted(re.search(r"started '([^']+)'", out).group(1) for out, _ in outs)
+    assert names[0] != names[1], names  # main-TIME and main-TIME-2 (or two seconds' names)
+    sessions = (sandbox["state"] / "sessions").read_text().split()
+    assert len(set(sessions)) == 2
+    assert sorted(p.stem for p in Path(sandbox["env"]["LOGS"]).glob("*.log")) == names
+
+
 def test_no_engine_or_no_gpu_runtime_fails_before_detaching(sandbox):
     down = driver(sandbox, "--detach", "-P", "data_source=synthetic", FAKE_DOCKER_DAEMON="down")
     assert_user_error(down, "the Docker daemon is not reachable", "systemctl start docker")

@@ -206,6 +206,30 @@ def test_sigkill_then_rerun_continues_the_same_run_without_duplicate_epochs(tmp_
         assert sorted(m.step for m in c.get_metric_history(after.info.run_id, metric)) == list(range(6))
 
 
+def test_four_trainings_started_in_one_second_without_a_name_are_four_runs(tmp_path):
+    """Before: the automatic name was checked before the data load and created after it, and a folder
+    with a config.yaml was taken as a resume: one MLflow run with A's params, both test metrics, two
+    logged models, A's model.keras replaced by B's (or B refused: "pick another run_name"). Now each
+    claims its own folder at once; `run_name=demo-{time}` (make demo) is automatic the same way."""
+    cmd = _tiny_cmd(tmp_path, "demo-{time}")
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    folders = sorted((tmp_path / "out").iterdir())
+    assert len(folders) == 4 and all(f.name.startswith("demo-") for f in folders), folders
+    run_ids = {(f / "mlflow_run_id").read_text().strip() for f in folders if (f / "model.keras").is_file()}
+    assert len(run_ids) == 4
+    runs = _runs_by_name(tmp_path / "store")
+    assert sorted(runs) == [f.name for f in folders]
+    c = client_for(tmp_path / "store")
+    for run in runs.values():
+        assert run.info.status == "FINISHED" and run.info.run_id in run_ids
+        assert len(c.get_metric_history(run.info.run_id, "test_accuracy")) == 1
+    assert len({json.loads((f / "mlflow_model.json").read_text())["model_id"] for f in folders}) == 4
+
+
 def test_a_live_run_is_never_taken_over_and_a_killed_one_is(tmp_path):
     """The lock of the training process tells a live run (refused) from one a kill left RUNNING."""
     from kerasflow.train import rundir

@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ import numpy as np
 from kerasflow import config as config_mod
 from kerasflow.config import Config
 from kerasflow.errors import UserError
+from kerasflow.files import create_new
 from kerasflow.track import store, tracking
 from kerasflow.train import data, rundir
 from kerasflow.train.splits import check_counts, make_file, read
@@ -76,6 +76,9 @@ def cross_validate(cfg: Config, *, n_outer: int | None = None, n_inner: int | No
                     verbose=verbose)
 
 
+STATE_SUFFIX = ".cv.json"
+
+
 def _run(cfg: Config, splits: dict[str, Any], *, n_outer: int, n_inner: int, uri: str,  # noqa: PLR0913
          experiment: str, verbose: int | str) -> dict[str, Any]:
     import mlflow
@@ -83,12 +86,16 @@ def _run(cfg: Config, splits: dict[str, Any], *, n_outer: int, n_inner: int, uri
 
     client = mlflow.MlflowClient()
     launched, exp_id, experiment = tracking.launched_or_named(client, uri, experiment)
-    name = cfg.run_name or time.strftime("cv-%Y%m%d-%H%M%S")
     # Rerunning with the same run_name resumes: the same cv and outer-fold runs, finished folds skipped.
-    state_path = Path(cfg.output_dir) / f"{name}.cv.json"
+    # An automatic name is claimed by creating its state file (two cvs in one second are two cvs).
+    out = Path(cfg.output_dir)
+    automatic = config_mod.automatic_name(cfg.run_name)
+    name = (rundir.claim(out, cfg.run_name or f"cv-{config_mod.AUTO_NAME}", create=create_new,
+                         path_of=lambda n: out / f"{n}{STATE_SUFFIX}") if automatic else cfg.run_name)
+    state_path = out / f"{name}{STATE_SUFFIX}"
     config_digest = hashlib.sha256(config_mod.dump(cfg.replace(run_name=name)).encode()).hexdigest()[:16]
     state: dict[str, Any] = {"run_id": None, "outer": {}, "config_digest": config_digest}
-    if state_path.is_file() and not launched:
+    if state_path.is_file() and not launched and not automatic:
         state = json.loads(state_path.read_text())
         if state["config_digest"] != config_digest:
             raise UserError(f"cv '{name}' was started with another config ({state_path}): resume it with "

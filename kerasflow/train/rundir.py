@@ -11,11 +11,14 @@ Layout of `<output_dir>/<run_name>/` (every file name is a constant below; no ot
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import itertools
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,8 +62,30 @@ def _writable_ancestor(path: Path) -> Path:
 
 
 
+def claim(folder: Path, template: str, create: Callable[[Path], object] = os.mkdir,
+          path_of: Callable[[str], Path] | None = None) -> str:
+    """An automatic name (config.AUTO_NAME replaced by the clock; then -2, -3, ... when taken), claimed
+    by creating its path exclusively (`create` raises FileExistsError for a taken one). Two processes
+    started in the same second get two names: checking first and creating later made them one run."""
+    base = (template or config_mod.AUTO_NAME).replace(config_mod.AUTO_NAME, time.strftime("%Y%m%d-%H%M%S"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        name = base if n == 1 else f"{base}-{n}"
+        try:
+            create(path_of(name) if path_of else folder / name)
+        except FileExistsError:
+            continue
+        return name
+    raise AssertionError("unreachable")
+
+
+# run folders this process claimed for an automatic name, still empty -> the folders the claim created
+_claimed: dict[Path, list[Path]] = {}
+
+
 def plan(cfg: Config) -> Path:
-    """Decide the run folder and check it can be used, writing nothing."""
+    """Decide the run folder and check it can be used. A user's run_name writes nothing yet (it may be
+    a resume); an automatic one is claimed now, before the slow load (`release` undoes the claim)."""
     out = Path(cfg.output_dir)
     existing = _writable_ancestor(out)
     if not existing.is_dir():
@@ -70,16 +95,32 @@ def plan(cfg: Config) -> Path:
             f"output_dir {out} is not writable ({existing} denies writing): choose another with "
             "--set output_dir=PATH"
         )
-    name = cfg.run_name or time.strftime("%Y%m%d-%H%M%S")
-    run_dir = out / name
-    if not cfg.run_name:
-        suffix = 1
-        while run_dir.exists():
-            suffix += 1
-            run_dir = out / f"{name}-{suffix}"
+    if config_mod.automatic_name(cfg.run_name):
+        created = [p for p in (out, *out.parents) if not p.exists()]
+        run_dir = out / claim(out, cfg.run_name)
+        hold(run_dir)
+        _claimed[run_dir.resolve()] = [run_dir, *created]
+        return run_dir
+    run_dir = out / cfg.run_name
     if run_dir.exists():
         check_resumable(run_dir, cfg)
     return run_dir
+
+
+def release(run_dir: Path) -> None:
+    """Undo `plan`'s claim of an automatic name when the run fails before it starts (a missing dataset,
+    bad weights): no empty folder is left behind. A folder the run has written into stays."""
+    key = run_dir.resolve()
+    if key not in _claimed or (run_dir / CONFIG_FILE).exists():
+        return
+    created = _claimed.pop(key)
+    fd = _held.pop(key, None)
+    (run_dir / LOCK_FILE).unlink(missing_ok=True)
+    if fd is not None:
+        os.close(fd)
+    for folder in created:  # the run folder, then the output folders the claim made (if still empty)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _lock(run_dir: Path) -> int:
@@ -141,6 +182,7 @@ def create(run_dir: Path, cfg: Config) -> bool:
     """Create the folder and save the resolved config; True when this continues an earlier start."""
     run_dir.mkdir(parents=True, exist_ok=True)
     hold(run_dir)
+    _claimed.pop(run_dir.resolve(), None)
     if (run_dir / CONFIG_FILE).is_file():
         return True
     # the saved config names the run by its folder, whatever name cfg carried

@@ -106,8 +106,15 @@ def describe_devices() -> str:
 
 def prepare(cfg: Config) -> Prepared:
     """Check everything a user can get wrong, then load data and build the model, then create the folder."""
-    run_dir = rundir.plan(cfg)  # validates the output folder; writes nothing yet
-    cfg = cfg.replace(run_name=run_dir.name)  # the name resolved once: from here on prep.cfg holds it
+    run_dir = rundir.plan(cfg)  # validates the output folder; claims an automatic name
+    try:
+        return _prepare(cfg.replace(run_name=run_dir.name), run_dir)  # the name resolved once
+    except BaseException:
+        rundir.release(run_dir)  # an automatic name's empty folder goes; nothing half-made stays
+        raise
+
+
+def _prepare(cfg: Config, run_dir: Path) -> Prepared:
     data.check_available(cfg)
     log.info(describe_devices())
     seed_everything(cfg)
