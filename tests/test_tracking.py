@@ -230,6 +230,54 @@ def test_four_trainings_started_in_one_second_without_a_name_are_four_runs(tmp_p
     assert len({json.loads((f / "mlflow_model.json").read_text())["model_id"] for f in folders}) == 4
 
 
+KILL_AT = """
+import os, signal, sys
+import mlflow
+from kerasflow.cli import track
+from kerasflow.track import tracking
+
+def kill_after(owner, name):
+    real = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+    setattr(owner, name, wrapper)
+
+owner, name = {"results": (tracking, "_log_results"), "registered": (mlflow, "register_model"),
+               "model": (tracking, "log_model")}[sys.argv[1]]
+kill_after(owner, name)
+sys.exit(track.main(sys.argv[2:]))
+"""
+
+
+def test_sigkill_after_each_step_past_fit_then_rerun_logs_and_registers_once(tmp_path):
+    """SIGKILL right after the test metrics, after the model's registration, after the model (and its
+    alias) are logged; each time the same command again. Before: the rerun registered the run's model
+    again (versions 1 and 2 of one run) and logged every test metric twice. Now: one version, one
+    logged model, one value per test metric, the run FINISHED."""
+    cmd = [*_tiny_cmd(tmp_path, "chaos"), "--register", "chaos"]
+    args = cmd[2:]  # after `python train_mlflow.py`
+    for point in ("results", "registered", "model"):
+        killed = subprocess.run([sys.executable, "-c", KILL_AT, point, *args], cwd=ROOT, capture_output=True,
+                                text=True, timeout=600)
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-3000:])
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = _runs_by_name(tmp_path / "store")["chaos"]
+    assert run.info.status == "FINISHED"
+    c = client_for(tmp_path / "store")
+    versions = c.search_model_versions("name = 'chaos'")
+    assert [v.run_id for v in versions] == [run.info.run_id], versions
+    assert c.get_model_version_by_alias("chaos", "candidate").version == versions[0].version
+    for metric in ("test_accuracy", "test_loss"):
+        assert len(c.get_metric_history(run.info.run_id, metric)) == 1, metric
+    assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "val_accuracy")) == [0, 1]
+    from mlflow.entities import LoggedModelStatus
+
+    models = c.search_logged_models([run.info.experiment_id], f"source_run_id = '{run.info.run_id}'")
+    assert [m.status for m in models].count(LoggedModelStatus.READY) == 1, models
+
+
 def test_a_live_run_is_never_taken_over_and_a_killed_one_is(tmp_path):
     """The lock of the training process tells a live run (refused) from one a kill left RUNNING."""
     from kerasflow.train import rundir

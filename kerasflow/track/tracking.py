@@ -208,20 +208,40 @@ def log_model(prep: training.Prepared, register: str, alias: str) -> dict[str, A
     import mlflow
     from mlflow.models import infer_signature
 
-    sample = np.asarray(prep.examples.images[prep.splits.test[:4]])
-    signature = infer_signature(sample, prep.model.predict(sample, verbose=0))
-    info = mlflow.keras.log_model(
-        prep.model, name="model", signature=signature, pip_requirements=_requirements(),
-        metadata={"class_names": prep.examples.class_names, "image_size": prep.cfg.image_size},
-    )
-    out: dict[str, Any] = {"model_uri": info.model_uri, "model_id": info.model_id}
+    client = mlflow.MlflowClient()
+    run = mlflow.active_run()
+    assert run is not None  # noqa: S101 - called inside tracked_run's run
+    logged = _logged_model(client, run.info.experiment_id, run.info.run_id)
+    if logged is None:
+        sample = np.asarray(prep.examples.images[prep.splits.test[:4]])
+        signature = infer_signature(sample, prep.model.predict(sample, verbose=0))
+        info = mlflow.keras.log_model(
+            prep.model, name="model", signature=signature, pip_requirements=_requirements(),
+            metadata={"class_names": prep.examples.class_names, "image_size": prep.cfg.image_size},
+        )
+        logged = (info.model_uri, info.model_id)
+    out: dict[str, Any] = {"model_uri": logged[0], "model_id": logged[1]}
     if register:
-        version = mlflow.register_model(info.model_uri, register)
-        client = mlflow.MlflowClient()
+        versions = client.search_model_versions(f"name = '{register}' AND run_id = '{run.info.run_id}'")
+        version = versions[0] if versions else mlflow.register_model(logged[0], register)
         if alias:
             client.set_registered_model_alias(register, alias, version.version)
         out.update(registered_model=register, version=version.version, alias=alias)
     return out
+
+
+def _logged_model(client: mlflow.MlflowClient, experiment_id: str, run_id: str) -> tuple[str, str] | None:
+    """(uri, id) of the model this run logged before a kill, so its rerun neither logs nor registers a
+    second one; a model whose logging the kill interrupted (not READY) is marked FAILED and logged anew."""
+    from mlflow.entities import LoggedModelStatus
+
+    found = client.search_logged_models(experiment_ids=[experiment_id],
+                                        filter_string=f"source_run_id = '{run_id}' AND name = 'model'")
+    for model in found:
+        if model.status == LoggedModelStatus.READY:
+            return model.model_uri, model.model_id
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+    return None
 
 
 def _log_environment(run_id: str, client: mlflow.MlflowClient) -> None:
@@ -250,7 +270,10 @@ def _log_results(result: training.Result, files: dict[str, Path]) -> None:
 
     prep = result.prep
     metrics = {f"test_{k}": float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    mlflow.log_metrics(metrics)
+    run = mlflow.active_run()
+    assert run is not None  # noqa: S101 - called inside tracked_run's run
+    logged = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics  # a rerun after a kill: once
+    mlflow.log_metrics({k: v for k, v in metrics.items() if k not in logged})
     for key, path in files.items():
         if key != "model":
             mlflow.log_artifact(str(path))
