@@ -86,3 +86,45 @@ def test_runs_without_records_and_unknown_ids_are_one_line(tmp_path):
     assert_user_error(reproduce(tmp_path, foreign), "lacks kerasflow's records", "config.yaml")
     assert_user_error(reproduce(tmp_path, "0" * 32), "no run", "make runs")
     assert_user_error(reproduce(tmp_path / "nowhere", "0" * 32), "no MLflow store")
+
+
+def test_a_logged_diff_from_the_store_runs_only_with_apply_diff(tmp_path):
+    """A store can carry any code as a run's git_diff.patch (a pulled store, a team server anyone writes
+    to). Before, `make reproduce` applied and ran it with no preview. Now the table names what it
+    touches, nothing runs without --apply-diff, and with it the diff is applied and run."""
+    import difflib
+
+    from kerasflow import config
+    from kerasflow.track import envinfo, store, tracking
+
+    marker = tmp_path / "ran-the-stores-code"
+    base = subprocess.run(["git", "show", "HEAD:train_mlflow.py"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.splitlines(keepends=True)
+    planted = [f"import pathlib; pathlib.Path({str(marker)!r}).touch(); raise SystemExit(3)\n", *base]
+    patch = "diff --git a/train_mlflow.py b/train_mlflow.py\n" + "".join(
+        difflib.unified_diff(base, planted, "a/train_mlflow.py", "b/train_mlflow.py"))
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    files = tmp_path / "record"
+    (files / "environment").mkdir(parents=True)
+    (files / "config.yaml").write_text(config.dump(config.load(None, [*TINY, "run_name=foreign"])))
+    (files / "environment" / tracking.INSTALLED_FILE).write_text(envinfo.installed())
+    (files / "environment" / "git_diff.patch").write_text(patch)
+    with store.open_store(tmp_path / "store") as uri:
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        run_id = client.create_run(tracking.experiment_id(client, uri, "kerasflow"), tags={
+            "git_commit": commit, "git_dirty": "true", "data_digest": "0" * 16,
+            tracking.WEIGHTS_TAG: "0" * 16}).info.run_id
+        client.log_artifacts(run_id, str(files))
+    refused = reproduce(tmp_path, run_id)
+    assert_user_error(refused, "plus uncommitted changes, logged as a diff", "touching 1 file(s): "
+                      "train_mlflow.py", "--apply-diff", "Nothing was run")
+    assert "NOT applied" in refused.stderr  # the table's code row
+    assert not marker.exists()
+    c = client_for(tmp_path / "store")
+    assert len(c.search_runs([c.get_run(run_id).info.experiment_id])) == 1
+    consented = reproduce(tmp_path, run_id, "--apply-diff")
+    assert_user_error(consented, "the reproduction's training failed")
+    assert marker.exists()  # the user said yes: the diff was applied and its code ran

@@ -7,6 +7,9 @@
 2. Check before training, one row each: code (the commit exists; the logged diff is complete), packages
    (installed here vs then), data (the digest recomputed from the source now), hardware (CPU/GPU names).
    `--strict` refuses to train on any mismatch; `--check` stops after the table.
+   A logged diff is code that came with the store (a pulled store, a team server anyone writes to):
+   it is applied and run only with `--apply-diff`; without it the table names the files it touches and
+   its size, and nothing is trained.
 3. Train exactly that config in a temporary git worktree at the logged commit with the logged diff
    applied (so the code is the run's, whatever this checkout holds), into a new run of the same
    experiment tagged kerasflow.reproduces=<id>, with a fresh run_name and run folder.
@@ -17,6 +20,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -91,7 +95,7 @@ def read_record(client: mlflow.MlflowClient, run_id: str, into: Path) -> Record:
         raise UserError(f"no run {run_id!r} in this store: check the id (`make runs` lists runs) and "
                         "STORE / MLFLOW_TRACKING_URI") from None
     tags = run.data.tags
-    config_path = _artifact(run_id, "config.yaml", into)
+    config_path = _artifact(run_id, "config.yaml", into)  # parsed bounded: config.read_yaml
     installed = _artifact(run_id, f"environment/{tracking.INSTALLED_FILE}", into)
     diff = _artifact(run_id, "environment/git_diff.patch", into)
     wanted = {"config.yaml": config_path, "environment/installed.txt": installed,
@@ -106,6 +110,9 @@ def read_record(client: mlflow.MlflowClient, run_id: str, into: Path) -> Record:
                         "re-created")
     incomplete = [f"{k} {tags[k]}" for k in ("kerasflow.diff_skipped", "kerasflow.diff_capped")
                   if tags.get(k) not in (None, "none", "no")]
+    if diff is not None and diff.stat().st_size > envinfo.MAX_DIFF_BYTES:  # read bounded: from a store
+        raise UserError(f"run {run_id}'s logged diff is {diff.stat().st_size} bytes, over the "
+                        f"{envinfo.MAX_DIFF_BYTES} a run logs: kerasflow did not log it, so it is not used")
     return Record(
         run_id=run_id, experiment=client.get_experiment(run.info.experiment_id).name,
         config_path=config_path, commit=tags["git_commit"], diff=diff.read_text() if diff else "",
@@ -128,10 +135,21 @@ def _git(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
 
 
-def _code_check(record: Record) -> Check:
+def diff_summary(diff: str) -> str:
+    """What a logged diff would change, to read before consenting: its size and the files it touches."""
+    files = list(dict.fromkeys(line.split(" b/", 1)[-1] for line in diff.splitlines()
+                               if line.startswith("diff --git ")))
+    shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+    return f"{len(diff.encode())} bytes touching {len(files)} file(s): {shown or 'none named'}"
+
+
+def _code_check(record: Record, apply_diff: bool) -> Check:
     if _git("cat-file", "-e", f"{record.commit}^{{commit}}").returncode != 0:
         return Check("code", False, f"commit {record.commit[:12]} is not in this checkout",
                      "the run's code cannot be rebuilt: `git fetch` the branch it was made on")
+    if record.diff and not apply_diff:
+        return Check("code", False, f"commit {record.commit[:12]} + a logged diff, NOT applied "
+                     f"({diff_summary(record.diff)})", "it came with the store: read it, then --apply-diff")
     if record.diff_incomplete:
         return Check("code", False, f"commit {record.commit[:12]}, but the logged diff is incomplete "
                      f"({record.diff_incomplete})", "changes left out of the diff are not in the copy")
@@ -166,9 +184,10 @@ def _hardware_check(record: Record) -> Check:
                  "" if same else "other hardware: kernels differ, expect small differences")
 
 
-def checks(record: Record, cfg: config_mod.Config) -> list[Check]:
+def checks(record: Record, cfg: config_mod.Config, apply_diff: bool = False) -> list[Check]:
     """The four comparisons, run before any training."""
-    return [_code_check(record), _packages_check(record), _data_check(record, cfg), _hardware_check(record)]
+    return [_code_check(record, apply_diff), _packages_check(record), _data_check(record, cfg),
+            _hardware_check(record)]
 
 
 def table(rows: list[Check]) -> str:
@@ -211,6 +230,15 @@ class Comparison:
     max_diff: float
     worst: str
     verdict: str
+    tolerance: float = 0.0
+    new_run_id: str = ""
+
+    def line(self, run_id: str) -> str:
+        """The verdict as the command prints it."""
+        weights = "same weights digest" if self.weights_same else "other weights"
+        worst = f" (largest: {self.worst})" if self.worst else ""
+        return (f"verdict: {self.verdict}: {weights}; max |metric difference| {self.max_diff:.3g}{worst}, "
+                f"tolerance {self.tolerance:g}; new run {self.new_run_id} tagged {REPRODUCES_TAG}={run_id}")
 
 
 def compare(client: mlflow.MlflowClient, old: str, new: str, tolerance: float) -> Comparison:
@@ -250,7 +278,8 @@ def _figure(client: mlflow.MlflowClient, old: str, new: str, path: Path) -> Path
 
 
 def reproduce(run_id: str, *, store_dir: str, strict: bool = False, check_only: bool = False,  # noqa: PLR0913
-              tolerance: float = 1e-6, output_dir: str = "outputs/reproduce") -> Comparison | None:
+              tolerance: float = 1e-6, output_dir: str = "outputs/reproduce",
+              apply_diff: bool = False) -> Comparison | None:
     """The whole loop; returns None when it stopped after the checks (`check_only`)."""
     import mlflow
 
@@ -260,7 +289,7 @@ def reproduce(run_id: str, *, store_dir: str, strict: bool = False, check_only: 
         client = mlflow.MlflowClient()
         record = read_record(client, run_id, Path(tmp))
         cfg = config_mod.load(record.config_path)
-        rows = checks(record, cfg)
+        rows = checks(record, cfg, apply_diff)
         log.info(f"reproduce {run_id} (experiment '{record.experiment}'):\n{table(rows)}")
         if not rows[0].same and "not in this checkout" in rows[0].detail:
             raise UserError(f"run {run_id}: {rows[0].detail}: {rows[0].meaning}")
@@ -269,6 +298,13 @@ def reproduce(run_id: str, *, store_dir: str, strict: bool = False, check_only: 
             raise UserError(f"--strict: {differs[0].what} differs ({differs[0].detail}); nothing was trained")
         if check_only:
             return None
+        if record.diff and not apply_diff:
+            raise UserError(
+                f"run {run_id} ran commit {record.commit[:12]} plus uncommitted changes, logged as a diff "
+                f"({diff_summary(record.diff)}); it came with the store, so it is code from another "
+                f"machine: read it (mlflow artifacts download -r {run_id} -a environment/git_diff.patch), "
+                "then rerun with --apply-diff. Nothing was run: without the diff the run's code cannot "
+                "be reproduced")
         name = f"reproduce-{run_id[:8]}-{time.strftime('%Y%m%d-%H%M%S')}"
         train_copy(record, store_dir=str(Path(store_dir).absolute()), run_name=name,
                    output_dir=Path(output_dir).absolute())
@@ -286,9 +322,5 @@ def reproduce(run_id: str, *, store_dir: str, strict: bool = False, check_only: 
             client.set_tags(launched, {REPRODUCES_TAG: run_id, VERDICT_TAG: result.verdict,
                                        "kerasflow.reproduction": new_id})
         client.log_artifact(new_id, str(_figure(client, run_id, new_id, Path(tmp) / "reproduce_curves.png")))
-    weights = "same weights digest" if result.weights_same else "other weights"
-    worst = f" (largest: {result.worst})" if result.worst else ""
-    log.info(f"verdict: {result.verdict}: {weights}; max |metric difference| {result.max_diff:.3g}{worst}, "
-             f"tolerance {tolerance:g}; new run {new_id} tagged {REPRODUCES_TAG}={run_id}")
-    return result
+    return dataclasses.replace(result, tolerance=tolerance, new_run_id=new_id)
 
