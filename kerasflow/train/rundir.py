@@ -3,7 +3,7 @@
 Layout of `<output_dir>/<run_name>/` (every file name is a constant below; no other module spells one):
     config.yaml            resolved config (written first; its presence marks a started run)
     history.jsonl          one row per finished epoch (kept across restarts)
-    .state/                BackupAndRestore checkpoints; removed when the run finishes
+    .state/                checkpoints (callbacks.AtomicBackupAndRestore); removed when the run finishes
     history.json metrics.json test_predictions.csv curves.png confusion_matrix.png roc.png
     mlflow_run_id mlflow_model.json   (tracked runs: the MLflow run, the logged model)
     model.keras            written last: its presence marks a finished run
@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -218,8 +219,17 @@ def atomic_save_model(model: keras.Model, path: Path) -> Path:
 
 
 def atomic_save_weights(model: keras.Model, path: Path) -> Path:
+    """Weights written whole or not at all. h5py writes them in a scratch folder in memory first: a
+    full disk under h5py's own writes is a RuntimeError, and the half-closed file it leaves crashes
+    the interpreter at exit (SIGSEGV); the copy into the run folder is plain Python I/O, where a full
+    disk is an OSError (one line, exit 2)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _atomic_keras(path, model.save_weights)
+    scratch = Path("/dev/shm")  # noqa: S108 - memory-backed where it exists; the system temp dir if not
+    with tempfile.TemporaryDirectory(prefix="kerasflow-weights-",
+                                     dir=scratch if scratch.is_dir() and can_write(scratch) else None) as tmp:
+        staged = Path(tmp) / path.name
+        model.save_weights(str(staged))
+        return atomic_write(path, staged.read_bytes())
 
 
 def read_history_rows(run_dir: Path) -> list[dict[str, Any]]:

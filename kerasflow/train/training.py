@@ -142,16 +142,14 @@ def _prepare(cfg: Config, run_dir: Path) -> Prepared:
 
 
 def _callbacks(prep: Prepared, phase: str, extra: list[keras.callbacks.Callback]) -> list[Any]:
-    import keras
 
-    from kerasflow.train.callbacks import EpochKeyedRandomness, HistoryLog
+    from kerasflow.train.callbacks import AtomicBackupAndRestore, EpochKeyedRandomness, HistoryLog
 
     return [
         EpochKeyedRandomness(prep.epoch_var, prep.cfg.seed),
         # before the backup: a kill between the two re-runs an epoch whose row HistoryLog then replaces
         HistoryLog(prep.run_dir / rundir.HISTORY_LOG),
-        keras.callbacks.BackupAndRestore(str(rundir.state_dir(prep.run_dir) / phase),
-                                         double_checkpoint=True),
+        AtomicBackupAndRestore(str(rundir.state_dir(prep.run_dir) / phase)),
         *extra,
     ]
 
