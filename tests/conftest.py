@@ -4,6 +4,7 @@ the stand-in docker sandbox. What they use lives in tests/helpers/."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,12 @@ from helpers.stand_ins import sandbox  # noqa: F401  (a fixture: the scripts aga
 
 # TensorFlow's C++ start-up lines stay out of the tests' output (KERASFLOW_VERBOSE tests set their own).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# `make test ARGS=...` exports its command-line variables to every make below it (MAKEFLAGS): the make
-# commands the tests run must see only what the test gives them.
-for _name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
-    os.environ.pop(_name, None)
+# `make test ARGS=...` exports its command-line variables to every command below it, as variables
+# (ARGS=...) and in MAKEFLAGS for sub-makes: the make commands the tests run must see only what the test
+# gives them (a stray ARGS reached `make data` in a sandbox).
+_cmdline = os.environ.get("MAKEFLAGS", "").partition("-- ")[2]  # NAME=VALUE words, spaces escaped by \\
+for _word in [*re.split(r"(?<!\\) ", _cmdline), "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"]:
+    os.environ.pop(_word.split("=", 1)[0], None)
 
 
 @pytest.fixture(autouse=True)
