@@ -260,6 +260,8 @@ def test_a_hangup_stops_the_container_and_ends_the_run(image, user, checkout, ru
 
 
 def test_every_entry_point_runs_through_make_run(image, user, checkout, run_env):
+    """splits, cv (main: the other tests; tune: test_engine_team's workers run `-e tune` through make
+    run, and test_experiments the lead's retrain), then analyze over the cv's fold runs."""
     small = tiny_p(n_outer_folds=2, n_inner_folds=2)
     steps = [
         # splits takes the data and folds sections only (no model or training keys)
@@ -281,8 +283,7 @@ def test_every_entry_point_runs_through_make_run(image, user, checkout, run_env)
             ],
         ),
         ("cv", ["-e", "cv", *small, "-P", "n_outer=1", "-P", "n_inner=1"]),  # splits made when none given
-        ("tune", ["-e", "tune", *tiny_p(), "-P", "trials=2", "-P", "study=engine"]),
-        ("analyze", ["-e", "analyze", "-P", "filter=tags.kerasflow.level = 'final'"]),
+        ("analyze", ["-e", "analyze", "-P", "filter=tags.kerasflow.level = 'inner_fold'"]),
     ]
     for name, args in steps:
         result = make_run(user, checkout, run_env, ["--foreground", "--name", f"ep-{name}", *args])
@@ -293,11 +294,11 @@ def test_every_entry_point_runs_through_make_run(image, user, checkout, run_env)
     by_entry: dict[str, list] = {}
     for run in runs_named(run_env):
         by_entry.setdefault(run.data.tags.get("mlflow.project.entryPoint", ""), []).append(run)
-    for entry in ("splits", "cv", "tune", "analyze"):
+    for entry in ("splits", "cv", "analyze"):
         assert by_entry.get(entry) and all(r.info.status == "FINISHED" for r in by_entry[entry]), entry
     levels = {r.data.tags.get("kerasflow.level") for r in runs_named(run_env)}
-    assert {"cv", "outer_fold", "inner_fold", "search", "trial", "final"} <= levels, levels
-    analyzed = runs_named(run_env, filter_string="tags.kerasflow.level = 'final'")
+    assert {"cv", "outer_fold", "inner_fold"} <= levels, levels
+    analyzed = runs_named(run_env, filter_string="tags.kerasflow.level = 'inner_fold'")
     assert analyzed and all(
         "analysis_threshold" in r.data.metrics or any(k.startswith("analysis_") for k in r.data.metrics)
         for r in analyzed

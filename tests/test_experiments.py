@@ -128,26 +128,35 @@ def test_training_takes_a_fold_and_logs_the_splits_digest(tmp_path):
 # --- cross-validation -------------------------------------------------------------------------------
 
 
-def test_two_by_two_cv_makes_the_nested_run_tree_with_aggregates(tmp_path):
-    out = make_splits(tmp_path, "n_outer_folds=3", "n_inner_folds=3")
-    result = run(
-        "cv",
-        *set_args(overrides(tmp_path, f"splits_file={out}", "run_name=cv")),
-        "--n-outer",
-        "2",
-        "--n-inner",
-        "2",
-        "--store",
-        str(tmp_path / "store"),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = runs_of(tmp_path / "store")
+@pytest.fixture(scope="module")
+def cv_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One cv trained once for the cv tests below, as `make cv` runs it (no splits file: it writes the
+    folds): 1 outer x 2 inner folds, then the same command with --n-outer 2 (after a kill, or to add
+    folds), which resumes it into the whole 2 x 2 tree."""
+    tmp = tmp_path_factory.mktemp("cv")
+    args = [*set_args(overrides(tmp, "n_outer_folds=2", "n_inner_folds=2", "run_name=cvr")),
+            "--store", str(tmp / "store"), "--n-inner", "2"]
+    first = run("cv", *args, "--n-outer", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    written = tmp / "outputs" / "splits.json"
+    leaves = {r.info.run_id for r in runs_of(tmp / "store", "tags.kerasflow.level = 'inner_fold'")}
+    info = {"tmp": tmp, "first": first, "written": written, "mtime": written.stat().st_mtime_ns,
+            "leaves": leaves}
+    second = run("cv", *args, "--n-outer", "2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    return {**info, "second": second}
+
+
+def test_a_cv_makes_the_nested_run_tree_with_aggregates(cv_runs):
+    store_dir = cv_runs["tmp"] / "store"
+    runs = runs_of(store_dir)
     by_level: dict[str, list] = {}
     for r in runs:
         by_level.setdefault(r.data.tags.get("kerasflow.level"), []).append(r)
     assert {k: len(v) for k, v in by_level.items()} == {"cv": 1, "outer_fold": 2, "inner_fold": 4}
     assert all(r.info.status == "FINISHED" for r in runs)
     cv = by_level["cv"][0]
+    assert cv.data.tags["cv.n_outer"] == "2"
     for outer in by_level["outer_fold"]:
         assert outer.data.tags["mlflow.parentRunId"] == cv.info.run_id
         children = [
@@ -163,39 +172,30 @@ def test_two_by_two_cv_makes_the_nested_run_tree_with_aggregates(tmp_path):
     assert cv.data.metrics["test_accuracy_mean"] == pytest.approx(np.mean(outer_acc))
     assert cv.data.metrics["test_accuracy_std"] == pytest.approx(np.std(outer_acc))
     assert "test_auc_mean" in cv.data.metrics and "test_loss_std" in cv.data.metrics
-    table = client_for(tmp_path / "store").download_artifacts(cv.info.run_id, "cv_folds.csv", str(tmp_path))
+    table = client_for(store_dir).download_artifacts(cv.info.run_id, "cv_folds.csv", str(cv_runs["tmp"]))
     assert len(Path(table).read_text().splitlines()) == 5
 
 
-def test_a_cv_rerun_with_its_name_resumes_and_skips_finished_folds(tmp_path):
-    out = make_splits(tmp_path, "n_outer_folds=2", "n_inner_folds=2")
-    args = [
-        *set_args(overrides(tmp_path, f"splits_file={out}", "run_name=cvr")),
-        "--store",
-        str(tmp_path / "store"),
-        "--n-inner",
-        "1",
-    ]
-    first = run("cv", *args, "--n-outer", "1")
-    assert first.returncode == 0, first.stderr[-3000:]
-    [leaf] = runs_of(tmp_path / "store", "tags.kerasflow.level = 'inner_fold'")
-    second = run("cv", *args, "--n-outer", "2")  # e.g. after a kill, or to add folds
-    assert second.returncode == 0, second.stderr[-3000:]
+def test_a_cv_rerun_with_its_name_resumes_and_skips_finished_folds(cv_runs):
+    second, tmp = cv_runs["second"], cv_runs["tmp"]
     assert "(resumed)" in second.stderr and "fold 0/0 was finished before" in second.stderr
-    leaves = runs_of(tmp_path / "store", "tags.kerasflow.level = 'inner_fold'")
-    assert len(leaves) == 2 and leaf.info.run_id in {r.info.run_id for r in leaves}  # not trained again
-    [cv] = runs_of(tmp_path / "store", "tags.kerasflow.level = 'cv'")
-    outers = runs_of(tmp_path / "store", "tags.kerasflow.level = 'outer_fold'")
-    assert len(outers) == 2 and cv.info.status == "FINISHED" and cv.data.tags["cv.n_outer"] == "2"
-    assert cv.data.metrics["test_accuracy_mean"] == pytest.approx(
-        np.mean([o.data.metrics["test_accuracy"] for o in outers])
-    )
-    changed = [
-        *set_args(overrides(tmp_path, f"splits_file={out}", "run_name=cvr", "epochs=3")),
-        "--store",
-        str(tmp_path / "store"),
-    ]
+    leaves = {r.info.run_id for r in runs_of(tmp / "store", "tags.kerasflow.level = 'inner_fold'")}
+    assert cv_runs["leaves"] < leaves  # the first command's folds were not trained again
+    changed = [*set_args(overrides(tmp, "n_outer_folds=2", "n_inner_folds=2", "run_name=cvr", "epochs=3")),
+               "--store", str(tmp / "store")]
     assert_user_error(run("cv", *changed), "cv 'cvr' was started with another config")
+
+
+def test_cv_without_a_splits_file_writes_the_folds_once_and_reuses_them(cv_runs):
+    """As `make cv` does (and the cv entry point of `make run ARGS='-e cv'`, whose splits_file is '')."""
+    written = cv_runs["written"]
+    assert f"-> {written}" in cv_runs["first"].stderr
+    splits = folds.read(written)
+    assert len(splits["outer"]) == 2 and len(splits["outer"][0]["inner"]) == 2
+    second = cv_runs["second"]
+    assert written.stat().st_mtime_ns == cv_runs["mtime"] and "splits:" not in second.stderr  # reused
+    with pytest.raises(UserError, match="does not exist"):
+        folds.read(cv_runs["tmp"] / "missing.json")
 
 
 # --- search -----------------------------------------------------------------------------------------
@@ -412,24 +412,6 @@ def test_analysis_with_a_filter_matching_no_run(searched):
         ),
         "bad --filter",
     )
-
-
-def test_cv_without_a_splits_file_writes_the_folds_once_and_reuses_them(tmp_path):
-    """As `make cv` does (and the cv entry point of `make run ARGS='-e cv'`, whose splits_file is '')."""
-    args = [*set_args(overrides(tmp_path, "n_outer_folds=2", "n_inner_folds=2")),
-            "--store", str(tmp_path / "store"), "--n-outer", "1", "--n-inner", "1"]
-    first = run("cv", *args)
-    assert first.returncode == 0, first.stderr[-3000:]
-    written = tmp_path / "outputs" / "splits.json"
-    assert f"-> {written}" in first.stderr
-    splits = folds.read(written)
-    assert len(splits["outer"]) == 2 and len(splits["outer"][0]["inner"]) == 2
-    mtime = written.stat().st_mtime_ns
-    second = run("cv", *args)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert written.stat().st_mtime_ns == mtime and "splits:" not in second.stderr  # reused, not rewritten
-    with pytest.raises(UserError, match="does not exist"):
-        folds.read(tmp_path / "missing.json")
 
 
 def test_unusable_study_storage_and_unknown_positive_class(searched, tmp_path):

@@ -187,25 +187,6 @@ def test_sigterm_and_sighup_mark_the_run_killed(tmp_path, sig):
     assert _runs_by_name(tmp_path / "store")["term"].info.status == "KILLED"
 
 
-def test_sigkill_then_rerun_continues_the_same_run_without_duplicate_epochs(tmp_path):
-    cmd = _tiny_cmd(tmp_path, "resume", "synthetic_examples=600", epochs=6)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_epochs(tmp_path / "out" / "resume", proc, 2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = _runs_by_name(tmp_path / "store")["resume"]
-    assert before.info.status == "RUNNING"  # what SIGKILL leaves; the rerun closes it
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = _runs_by_name(tmp_path / "store")
-    assert len(runs) == 1
-    after = runs["resume"]
-    assert after.info.run_id == before.info.run_id and after.info.status == "FINISHED"
-    c = client_for(tmp_path / "store")
-    for metric in ("loss", "val_loss", "accuracy"):
-        assert sorted(m.step for m in c.get_metric_history(after.info.run_id, metric)) == list(range(6))
-
-
 def test_four_trainings_started_in_one_second_without_a_name_are_four_runs(tmp_path):
     """Before: the automatic name was checked before the data load and created after it, and a folder
     with a config.yaml was taken as a resume: one MLflow run with A's params, both test metrics, two
@@ -250,28 +231,37 @@ sys.exit(track.main(sys.argv[2:]))
 """
 
 
-def test_sigkill_after_each_step_past_fit_then_rerun_logs_and_registers_once(tmp_path):
-    """SIGKILL right after the test metrics, after the model's registration, after the model (and its
-    alias) are logged; each time the same command again. Before: the rerun registered the run's model
-    again (versions 1 and 2 of one run) and logged every test metric twice. Now: one version, one
-    logged model, one value per test metric, the run FINISHED."""
-    cmd = [*_tiny_cmd(tmp_path, "chaos"), "--register", "chaos"]
+def test_sigkill_at_each_step_then_rerun_continues_one_run_and_registers_once(tmp_path):
+    """SIGKILL after 2 of 6 epochs (the run stays RUNNING, as a kill leaves it), then right after the test
+    metrics, after the model's registration, after the model (and its alias) are logged; each time the
+    same command again. The rerun continues the same MLflow run without duplicate epochs. Before, a
+    rerun past fit registered the run's model again (versions 1 and 2 of one run) and logged every test
+    metric twice. Now: one run, one version, one logged model, one value per metric and step."""
+    cmd = [*_tiny_cmd(tmp_path, "chaos", "synthetic_examples=600", epochs=6), "--register", "chaos"]
     args = cmd[2:]  # after `python train_mlflow.py`
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_epochs(tmp_path / "out" / "chaos", proc, 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _runs_by_name(tmp_path / "store")["chaos"]
+    assert before.info.status == "RUNNING"  # what SIGKILL leaves; the rerun closes it
     for point in ("results", "registered", "model"):
         killed = subprocess.run([sys.executable, "-c", KILL_AT, point, *args], cwd=ROOT, capture_output=True,
                                 text=True, timeout=600)
         assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-3000:])
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    run = _runs_by_name(tmp_path / "store")["chaos"]
-    assert run.info.status == "FINISHED"
+    runs = _runs_by_name(tmp_path / "store")
+    run = runs["chaos"]
+    assert len(runs) == 1 and run.info.run_id == before.info.run_id and run.info.status == "FINISHED"
     c = client_for(tmp_path / "store")
+    for metric in ("loss", "val_loss", "accuracy"):
+        assert sorted(m.step for m in c.get_metric_history(run.info.run_id, metric)) == list(range(6))
     versions = c.search_model_versions("name = 'chaos'")
     assert [v.run_id for v in versions] == [run.info.run_id], versions
     assert c.get_model_version_by_alias("chaos", "candidate").version == versions[0].version
     for metric in ("test_accuracy", "test_loss"):
         assert len(c.get_metric_history(run.info.run_id, metric)) == 1, metric
-    assert sorted(m.step for m in c.get_metric_history(run.info.run_id, "val_accuracy")) == [0, 1]
     from mlflow.entities import LoggedModelStatus
 
     models = c.search_logged_models([run.info.experiment_id], f"source_run_id = '{run.info.run_id}'")
