@@ -156,7 +156,7 @@ ensure_server() {
   note "starting an MLflow server at $server_url over $STORE (log: $logs/mlflow-server.log, pid: $logs/mlflow-server.pid)"
   nohup "$PYTHON" -m kerasflow server "$STORE" --port "$PORT" > "$logs/mlflow-server.log" 2>&1 &
   echo "$!" > "$logs/mlflow-server.pid"
-  if answers "$server_url" --wait 60 --pid "$(cat "$logs/mlflow-server.pid")"; then
+  if answers "$server_url" --wait 180 --pid "$(cat "$logs/mlflow-server.pid")"; then
     "$PYTHON" -m kerasflow proxy-artifacts "$STORE" "$experiment"
     return 0
   fi

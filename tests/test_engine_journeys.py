@@ -245,7 +245,7 @@ def test_quickstart_b_a_detached_make_run_seen_through_a_forwarded_port(box_jour
                                 background(user, clone, env))
     try:
         forwarded = f"http://localhost:{env['FORWARD_PORT']}"
-        wait_http(f"{forwarded}/health", timeout=60)
+        wait_http(f"{forwarded}/health")
         with urllib.request.urlopen(f"{forwarded}/", timeout=30) as page:  # the UI's page itself
             assert page.status == 200 and b"MLflow" in page.read()
         import mlflow
@@ -276,7 +276,7 @@ def test_quickstart_c_a_laptop_pulls_the_box_store_and_opens_the_ui_on_another_p
                                 background(user, clone, env))
     try:
         ui = f"http://localhost:{env['UI_PORT']}"
-        wait_http(f"{ui}/health", timeout=180, proc=procs[0])
+        wait_http(f"{ui}/health", proc=procs[0])
         import mlflow
 
         c = mlflow.MlflowClient(ui)

@@ -78,7 +78,7 @@ def test_make_run_logs_into_a_team_server_with_a_login_and_never_shows_the_passw
         cwd=checkout, env={"MLFLOW_AUTH_ADMIN_PASSWORD": password},
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=server)
+        wait_http(f"http://127.0.0.1:{port}/health", proc=server)
         login = f"admin:{quote(password, safe='')}"
         env = {"GPU": "off", "MLFLOW_TRACKING_URI": f"http://{login}@127.0.0.1:{port}"}
         result = user.run(["make", "run", f"VENV={VENV}",

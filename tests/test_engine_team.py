@@ -60,7 +60,7 @@ def test_the_team_servers_compose_file_and_small_image_against_postgresql(engine
         capture_output=True, text=True, env={**os.environ, "PGPASSWORD": PG_PASSWORD})
     try:
         assert started.returncode == 0, started.stderr
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=180)
+        wait_http(f"http://127.0.0.1:{port}/health")
         client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
         run = client.create_run(client.create_experiment(f"team-{name}"))
         client.log_metric(run.info.run_id, "m", 1.0)

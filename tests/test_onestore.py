@@ -70,7 +70,7 @@ def test_embedded_and_server_runs_in_both_orders_and_every_model_loads_both_ways
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                    start_new_session=True)
         try:
-            wait_http(f"http://127.0.0.1:{serve_port}/ping", timeout=120, proc=serving)
+            wait_http(f"http://127.0.0.1:{serve_port}/ping", proc=serving)
         finally:
             os.killpg(serving.pid, signal.SIGTERM)
             serving.wait(timeout=60)

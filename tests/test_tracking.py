@@ -96,7 +96,7 @@ def test_served_model_answers_a_real_http_post(tracked):
          "--store", str(tmp / "store")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, start_new_session=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/ping", timeout=120, proc=server)
+        wait_http(f"http://127.0.0.1:{port}/ping", proc=server)
         from PIL import Image
 
         paths = []
@@ -298,7 +298,7 @@ def test_a_tracking_server_gets_a_full_run_with_proxied_artifacts(tmp_path):
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{uri}/health", timeout=120, proc=server)
+        wait_http(f"{uri}/health", proc=server)
         result = subprocess.run([*_tiny_cmd(tmp_path, "remote"), "--register", "remote-model"], cwd=ROOT,
                                 capture_output=True, text=True,
                                 env={**os.environ, "MLFLOW_TRACKING_URI": uri})

@@ -74,7 +74,7 @@ def free_port() -> int:
 PG_PASSWORD = "pg-" + os.urandom(6).hex()
 
 
-def wait_http(url: str, timeout: float = 180, proc: subprocess.Popen | None = None) -> None:
+def wait_http(url: str, timeout: float = 600, proc: subprocess.Popen | None = None) -> None:
     """Until `url` answers; fails at once when the server process `proc` has exited (with its stderr)."""
     import urllib.request
 
