@@ -430,3 +430,31 @@ def test_mlproject_mirrors_the_config_and_its_command_trains(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "mlp" / "model.keras").is_file()
     assert json.loads((tmp_path / "out" / "mlp" / "mlflow_model.json").read_text())["model_uri"]
+
+
+def test_a_dataset_logged_by_two_runs_at_once_is_retried_not_fatal(monkeypatch):
+    """Two tune workers' trials starting together on one server: MLflow's store looked the dataset up,
+    then inserted it, and the second insert failed (UNIQUE constraint, seen in the container tune
+    workers test); the run died. Now the log is retried and links the row the other inserted."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from kerasflow.track import tracking
+
+    calls: list[str] = []
+
+    def racing(dataset, context):
+        calls.append(context)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: "
+                                  "datasets.experiment_id, datasets.name, datasets.digest")
+
+    monkeypatch.setattr(mlflow, "log_input", racing)
+    tracking._log_input(object(), "training")
+    assert calls == ["training", "training"]
+    def failing(dataset, context):
+        raise MlflowException("other")
+
+    monkeypatch.setattr(mlflow, "log_input", failing)
+    with pytest.raises(MlflowException, match="other"):
+        tracking._log_input(object(), "training")

@@ -189,7 +189,26 @@ def log_inputs(prep: training.Prepared) -> None:
             features, targets=ex.labels[idx], source=source, name=f"{ex.source['source']}-{context}",
             digest=f"{ex.digest}-{prep.splits.digest()}-{context}"[:36],
         )
-        mlflow.log_input(dataset, context=context)
+        _log_input(dataset, context)
+
+
+def _log_input(dataset: Any, context: str) -> None:
+    """mlflow.log_input, retried when another process inserted the same dataset at the same moment:
+    MLflow's store looks the dataset up, then inserts it, so two trials (or CV folds) starting at once
+    on one server failed with "UNIQUE constraint failed" (sqlite) or "duplicate key" (PostgreSQL). The
+    retry finds the other's row and links this run to it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException as exc:
+            raced = "UNIQUE constraint failed" in str(exc) or "duplicate key value" in str(exc)
+            if not raced or attempt == 2:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _requirements() -> list[str]:
