@@ -177,11 +177,10 @@ env: $(STAMP) ## create .venv from the pinned lock (requirements.txt)
 
 host-env: $(HOST_STAMP) ## the light env for run/ui/pull/server (MLflow, no TF; Python >= 3.10)
 
-# TEST_JOBS=N runs the tests in N pytest-xdist workers, a test file to a worker (--dist loadfile: the
-# engine tests share one user, checkout and image). Off by default: on 2 cores, two workers slowed server
-# start-ups past the tests' waits (a basic-auth MLflow server took 130 s instead of 20), so CI runs
-# one process, in file order (docs/architecture.md, "Test time").
-TEST_JOBS ?= 0
+# The tests run in TEST_JOBS pytest-xdist workers (0: one process), a test file to a worker and every
+# tests/test_engine_*.py on one (they share a user, checkout and image): on 2 cores, 30 minutes instead
+# of 44 (docs/architecture.md, "Test time").
+TEST_JOBS ?= 2
 XDIST = $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
 
 test: $(STAMP) ## the suite CI runs: real Docker engine, image, journeys (offline, CPU)

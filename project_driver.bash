@@ -192,7 +192,10 @@ launch() {
   experiment_id="$(MLFLOW_TRACKING_URI="$server_url" "$PYTHON" -m kerasflow experiment-id "$experiment")"
   echo "mlflow run . -e $entry --experiment-id $experiment_id ($experiment) ${run_args[*]} ${params[*]}"
   trap '' HUP TERM INT
-  MLFLOW_TRACKING_URI="$server_url" exec "$MLFLOW" run "$KF_ROOT" -e "$entry" \
+  # its own session: a hangup or Ctrl-C reaches this driver's traps, never the `docker run` client,
+  # whose signal proxy would pass it on to the training even when SIGHUP is ignored (`nohup make run`:
+  # Go re-enables an ignored signal it is asked to catch); the traps stop the container themselves
+  MLFLOW_TRACKING_URI="$server_url" exec setsid "$MLFLOW" run "$KF_ROOT" -e "$entry" \
     --experiment-id "$experiment_id" "${run_args[@]}" "${params[@]}"
 }
 

@@ -233,8 +233,14 @@ def test_a_hangup_stops_the_container_and_ends_the_run(image, user, checkout, ru
     """SIGHUP to the whole foreground group (an SSH session dropping without tmux): `mlflow run` used to
     die, leaving the run RUNNING and the container training on."""
     args = ["--foreground", "--name", "hup", *tiny_p(epochs=200, synthetic_examples=2000)]
-    proc = user.popen(["make", "run", f"VENV={VENV}", f"ARGS={shlex.join(args)}"], cwd=checkout,
-                      env=run_env, new_session=True)
+    # started with SIGHUP at its default even when the tests run under nohup (bash cannot trap a signal
+    # ignored at its start)
+    ignored = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        proc = user.popen(["make", "run", f"VENV={VENV}", f"ARGS={shlex.join(args)}"], cwd=checkout,
+                          env=run_env, new_session=True)
+    finally:
+        signal.signal(signal.SIGHUP, ignored)
     log = checkout / "logs" / "hup.log"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
