@@ -116,12 +116,17 @@ def test_tune_workers_in_containers_join_a_study_on_postgresql(user, checkout, w
 
         study = optuna.load_study(study_name="eng", storage=study_url.replace("postgresql://",
                                                                               "postgresql+psycopg2://"))
-        assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 6
+        # every trial ran to an end; the median pruner may stop some (which ones depends on which worker
+        # finished first), and those end KILLED in MLflow
+        states = [t.state.name for t in study.trials]
+        assert len(states) == 6 and set(states) <= {"COMPLETE", "PRUNED"}, states
+        assert states.count("COMPLETE") >= 2, states  # the pruner's 2 startup trials
         c = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
         runs = c.search_runs([c.get_experiment_by_name("kerasflow").experiment_id])
         [search] = [r for r in runs if r.data.tags.get("kerasflow.level") == "search"]
         trials = [r for r in runs if r.data.tags.get("kerasflow.level") == "trial"]
         assert sorted(int(r.data.tags["optuna.trial"]) for r in trials) == list(range(6))
+        assert all(r.info.status in ("FINISHED", "KILLED") for r in trials), [r.info.status for r in trials]
         assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {search.info.run_id}
         workers = [r for r in runs if r.data.tags.get("kerasflow.level") == "worker"]
         assert len(workers) == 2 and all(w.info.status == "FINISHED" for w in workers)
