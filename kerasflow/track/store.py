@@ -15,7 +15,6 @@ every artifact, so copying the folder moves everything:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import logging
 import os
@@ -242,8 +241,7 @@ def init_sqlite(uri: str) -> None:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.parent / f".{db.name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+    with exclusive(db.parent / f".{db.name}.lock"):  # freed when the process dies, however it dies
         if db.exists():
             return  # another process made it while this one waited
         tmp = db.with_name(f".{db.name}.new-{os.getpid()}")

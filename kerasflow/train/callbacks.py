@@ -96,7 +96,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         try:
             rundir.atomic_save_weights(self.model, folder / "latest.weights.h5")
             atomic_write(folder / "training_metadata.json",
-                                json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+                         json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
             link = self._root / f".{self.CURRENT}.new"
             link.unlink(missing_ok=True)
             link.symlink_to(folder.name)
