@@ -458,3 +458,80 @@ def test_a_dataset_logged_by_two_runs_at_once_is_retried_not_fatal(monkeypatch):
     monkeypatch.setattr(mlflow, "log_input", failing)
     with pytest.raises(MlflowException, match="other"):
         tracking._log_input(object(), "training")
+
+
+def _mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """A real tracking server on `port` over a sqlite store in `folder` (its own process group)."""
+    folder.mkdir(exist_ok=True)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+         f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/health", proc=server)
+    return server
+
+
+def _kill(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+
+
+def test_a_tracking_server_that_dies_mid_run_costs_no_training(tmp_path):
+    """Before: every epoch's log_batch was synchronous, so with the server gone the epoch loop stalled
+    in MLflow's HTTP retries (~4 min a call), then tracebacks. Now, two runs, the server killed after
+    epoch 1 of each: the epochs go on (history.jsonl grows while it is down), one warning line. `outage`
+    waits for the server, which comes back on the same port, and ends FINISHED with every epoch's
+    metrics. `away` waits 3 s only (KERASFLOW_TRACKING_WAIT): one line naming its run folder and the
+    rerun that logs it; that rerun, once the server is back, finishes the same run without training."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    server = _mlflow_server(tmp_path / "server", port)
+    away_cmd = _tiny_cmd(tmp_path, "away", "synthetic_examples=600", epochs=5)
+    try:
+        err = (tmp_path / "outage.err").open("w")
+        outage = subprocess.Popen(_tiny_cmd(tmp_path, "outage", "synthetic_examples=600", epochs=10), cwd=ROOT,
+                                  env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        away = subprocess.Popen(away_cmd, cwd=ROOT, env={**env, "KERASFLOW_TRACKING_WAIT": "3"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _wait_for_epochs(tmp_path / "out" / "outage", outage, 1)
+        _wait_for_epochs(tmp_path / "out" / "away", away, 1)
+        _kill(server)
+        killed = time.monotonic()
+        _wait_for_epochs(tmp_path / "out" / "outage", outage, 10)  # stalled here before
+        while "unreachable" not in (tmp_path / "outage.err").read_text() and outage.poll() is None:
+            time.sleep(0.2)
+        assert time.monotonic() - killed < 60, "no warning within 60 s of the server going away"
+        assert outage.poll() is None, (tmp_path / "outage.err").read_text()[-3000:]  # waits for the server
+        _, stderr = away.communicate(timeout=300)
+        assert_user_error(subprocess.CompletedProcess(away_cmd, away.returncode, "", stderr),
+                          "did not come back", str(tmp_path / "out" / "away"), "run_name=away")
+        assert not (tmp_path / "out" / "away" / "model.keras").exists()
+
+        server = _mlflow_server(tmp_path / "server", port)
+        assert outage.wait(timeout=300) == 0, (tmp_path / "outage.err").read_text()[-3000:]
+        stderr = (tmp_path / "outage.err").read_text()
+        assert "Traceback" not in stderr
+        assert [line for line in stderr.splitlines() if "unreachable" in line][0].startswith("warning: ")
+        again = subprocess.run(away_cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "Epoch" not in again.stdout + again.stderr  # not trained again
+
+        c = mlflow_client(uri)
+        runs = {r.info.run_name: r for r in c.search_runs([c.get_experiment_by_name("kerasflow").experiment_id])}
+        assert sorted(runs) == ["away", "outage"]
+        for name, epochs in (("outage", 10), ("away", 5)):
+            assert runs[name].info.status == "FINISHED", name
+            for metric in ("loss", "val_loss", "accuracy", "test_accuracy"):
+                steps = sorted(m.step for m in c.get_metric_history(runs[name].info.run_id, metric))
+                assert steps == ([0] if metric.startswith("test_") else list(range(epochs))), (name, metric)
+    finally:
+        _kill(server)
+
+
+def mlflow_client(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)

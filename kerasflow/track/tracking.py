@@ -2,8 +2,9 @@
 
 Why not `mlflow.keras.autolog` for the metrics: with a fine-tuning phase the second `fit` logs other
 `epochs`/learning-rate params, MLflow refuses to change a param, and autolog then silently drops every
-metric of that phase (seen with MLflow 3.17.2). `EpochMetricsLogger` logs each epoch at its absolute
-step and skips steps already logged, so a run resumed after a kill has no duplicated epochs.
+metric of that phase (seen with MLflow 3.17.2). `track.sync` sends each epoch at its absolute step from
+the run folder's history, in the background, and skips steps already logged: a run resumed after a kill
+has no duplicated epochs, and a tracking server that goes away mid-run does not stop the training.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from kerasflow import config
 from kerasflow.config import Config
 from kerasflow.errors import Terminated, UserError
-from kerasflow.track import envinfo, store
+from kerasflow.track import envinfo, store, sync
 from kerasflow.train import models, rundir, training
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 # `--help`, the light host env and the other commands never pay for them).
 
 if TYPE_CHECKING:
-    import keras
     import mlflow
 
 
@@ -81,10 +81,18 @@ def run_status(run_id: str, stopped: tuple[type[BaseException], ...] = ()) -> It
         raise
     finally:
         active = mlflow.active_run()
-        if active is not None and active.info.run_id == run_id:
-            mlflow.end_run(status)
-        else:
-            mlflow.MlflowClient().set_terminated(run_id, status)
+        try:
+            if active is not None and active.info.run_id == run_id:
+                mlflow.end_run(status)
+            else:
+                mlflow.MlflowClient().set_terminated(run_id, status)
+        except Exception as exc:
+            if not sync.unreachable(exc):
+                raise
+            # the error that ended the run says what to do; this one must not replace it (end_run
+            # took the run off the active stack before it failed)
+            log.warning(f"run {run_id} could not be marked {status} (tracking server unreachable): it shows "
+                        "RUNNING there until the same command, rerun with its run_name, ends it")
 
 
 @contextmanager
@@ -99,28 +107,6 @@ def signals_as_interrupt() -> Iterator[None]:
     finally:
         for sig, before in previous.items():
             signal.signal(sig, before)
-
-
-def epoch_logger(client: mlflow.MlflowClient, run_id: str) -> keras.callbacks.Callback:
-    import keras
-
-    class EpochMetricsLogger(keras.callbacks.Callback):
-        """Per-epoch metrics at step = epoch; epochs already in the run (before a kill) are skipped."""
-
-        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-            self.logged = {m.step for m in client.get_metric_history(run_id, "loss")}
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            if epoch in self.logged:
-                return
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            metrics = [Metric(k, float(v), now, epoch) for k, v in (logs or {}).items()]
-            client.log_batch(run_id, metrics=metrics, synchronous=True)
-            self.logged.add(epoch)
-
-    return EpochMetricsLogger()
 
 
 def experiment_id(client: mlflow.MlflowClient, uri: str, name: str) -> str:
@@ -332,7 +318,7 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
     import mlflow
 
     nested = nested or Nested()
-
+    sync.bound_http()  # no MLflow call of ours waits minutes on a server that is away
     client = mlflow.MlflowClient()
     # set by `mlflow run`: log into the run it made, unless this run sits under a parent (the cv/tune
     # parent in this process, or one of another process) that consumed it already
@@ -365,16 +351,30 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
             mlflow.log_artifact(str(prep.run_dir / rundir.CONFIG_FILE))
             log_inputs(prep)
             _log_environment(run_id, client)
-        history = training.fit(prep, extra_callbacks=[epoch_logger(client, run_id), *nested.callbacks],
-                               verbose=verbose)
+        sender = sync.EpochSender(client, run_id, prep.run_dir, uri).start()
+        try:
+            history = training.fit(prep, extra_callbacks=[sync.epoch_callback(sender), *nested.callbacks],
+                                   verbose=verbose)
+        finally:
+            sender.stop()
         result = training.Result(prep, history, training.evaluate(prep))
         files = training.write_outputs(result)
-        _log_results(result, files)
-        mlflow.set_tag(WEIGHTS_TAG, models.weights_digest(prep.model))
-        model: dict[str, Any] = {}
-        if nested.log_model:
+
+        def finish() -> dict[str, Any]:
+            """Everything the run logs after training; idempotent, so it is simply run again when the
+            server was away."""
+            sync.send_history(client, run_id, prep.run_dir)  # what the background sends missed
+            _log_results(result, files)
+            mlflow.set_tag(WEIGHTS_TAG, models.weights_digest(prep.model))
+            if not nested.log_model:
+                return {}
             model = log_model(prep, register, alias)
             rundir.atomic_write(prep.run_dir / rundir.LOGGED_MODEL_FILE, json.dumps(model, indent=2))
+            return model
+
+        model = sync.while_away(finish, uri, on_give_up=lambda: (
+            f"the trained run is kept in {prep.run_dir}; when the server is back, run the same command "
+            f"with run_name={prep.run_dir.name}: it ends MLflow run {run_id} without training again"))
         training.seal(prep)  # last: until here a rerun resumes this same MLflow run
     summary = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
     log.info(f"test: {json.dumps(summary)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ class HistoryLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         rows = [row for row in rundir.read_history_rows(self.path.parent) if row["epoch"] < epoch]
-        rows.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
+        rows.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()},
+                     rundir.HISTORY_TIME: int(time.time() * 1000)})
         rundir.write_history_rows(self.path.parent, rows)
 
 

@@ -2,7 +2,7 @@
 
 Layout of `<output_dir>/<run_name>/` (every file name is a constant below; no other module spells one):
     config.yaml            resolved config (written first; its presence marks a started run)
-    history.jsonl          one row per finished epoch (kept across restarts)
+    history.jsonl          one row per finished epoch, with its end time (kept across restarts)
     .state/                checkpoints (callbacks.AtomicBackupAndRestore); removed when the run finishes
     history.json metrics.json test_predictions.csv curves.png confusion_matrix.png roc.png
     mlflow_run_id mlflow_model.json   (tracked runs: the MLflow run, the logged model)
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import keras
 
 HISTORY_LOG = "history.jsonl"
+HISTORY_TIME = "time_ms"  # a history.jsonl row's end time (ms since the epoch): the MLflow metrics' timestamp
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
@@ -246,5 +247,5 @@ def write_history_rows(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 def read_history(run_dir: Path) -> dict[str, list[float]]:
     """Epoch rows turned into Keras-History-style columns (plus an `epoch` column)."""
     rows = read_history_rows(run_dir)
-    keys = sorted({k for row in rows for k in row}, key=lambda k: (k != "epoch", k))
+    keys = sorted({k for row in rows for k in row if k != HISTORY_TIME}, key=lambda k: (k != "epoch", k))
     return {k: [row.get(k, float("nan")) for row in rows] for k in keys}
