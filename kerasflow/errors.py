@@ -5,6 +5,13 @@ Scripts print its message as a single line and exit 2; anything else is a bug an
 
 from __future__ import annotations
 
+import errno
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a full disk, `ulimit -f`, a quota
+# the same, as a database reports it through MLflow (sqlite; PostgreSQL's "could not extend file")
+FULL_TEXTS = ("database or disk is full", "No space left on device", "Disk quota exceeded",
+              "could not extend file")
+
 
 class UserError(Exception):
     """A problem in the user's input or environment, with the fix in its message."""
@@ -23,3 +30,11 @@ class Terminated(KeyboardInterrupt):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+def disk_full(exc: BaseException) -> str:
+    """What says `exc` is a full disk (or quota, or file-size limit), raised directly or wrapped by
+    MLflow ("No space left on device", "database or disk is full", ...); "" when it is not one."""
+    if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+        return exc.strerror or "disk full"
+    return next((text for text in FULL_TEXTS if text in str(exc)), "")

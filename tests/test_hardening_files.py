@@ -15,6 +15,8 @@ from helpers import (
     PY,
     ROOT,
     TINY,
+    assert_user_error,
+    client_for,
     py,
     require_tool,
     set_args,
@@ -194,3 +196,66 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_rerun_resumes(tmp_p
     history = json.loads((keep / "out" / "full" / "history.json").read_text())
     assert history["epoch"] == list(range(6))  # every epoch once: none lost, none run twice
     assert (keep / "out" / "full" / "model.keras").is_file()
+
+
+FILL_STORE_AFTER_EPOCHS = """
+set -u
+mount -t tmpfs -o size=8m tmpfs "$DISK"
+run() { "$PY" train_mlflow.py --store "$DISK/store" "${SETS[@]}" 2>> "$KEEP/stderr.$1"; }
+run first & pid=$!
+until [ "$(cat "$KEEP/out/full/history.jsonl" 2> /dev/null | wc -l)" -ge 2 ]; do
+  kill -0 "$pid" 2> /dev/null || break
+  sleep 0.005
+done
+avail="$(df -B1 --output=avail "$DISK" | tail -n 1)"
+fallocate -l "$avail" "$DISK/filler" || true
+status=0; wait "$pid" || status=$?
+echo "$status" > "$KEEP/status.first"
+rm "$DISK/filler"
+status=0; "$PY" -m kerasflow runs --store "$DISK/store" > "$KEEP/runs.out" 2> "$KEEP/stderr.runs" || status=$?
+echo "$status" > "$KEEP/status.runs"
+status=0; run rerun || status=$?
+echo "$status" > "$KEEP/status.rerun"
+cp -r "$DISK/store" "$KEEP/store"
+"""
+
+
+@pytest.mark.slow
+def test_a_full_store_mid_run_is_one_line_and_the_run_is_not_left_running(tmp_path):
+    """Before: a store that filled up mid-run ended the run in a traceback (MLflow's "database or disk
+    is full"), and its MLflow run stayed RUNNING for good, since ending it needed a write too. Now the
+    training goes on (the epochs are in the run folder), the end is one line naming the run folder and
+    the rerun, the next command that opens the store (here `kerasflow runs`) marks the run FAILED (its
+    process is gone), and the rerun ends that same run FINISHED with every epoch once. The store is an
+    8 MB tmpfs in a mount namespace of the test's own, filled after epoch 2; the run folder is elsewhere."""
+    if os.geteuid() != 0:
+        pytest.skip("a private tmpfs needs root (CI runs as root)")
+    require_tool("unshare")
+    disk, keep = tmp_path / "disk", tmp_path / "keep"
+    disk.mkdir()
+    keep.mkdir()
+    sets = [*TINY, "synthetic_examples=600", "epochs=5", f"output_dir={keep / 'out'}", "run_name=full",
+            f"cache_dir={tmp_path / 'cache'}"]
+    env = {**os.environ, "DISK": str(disk), "KEEP": str(keep), "PY": PY}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    script = "SETS=(" + " ".join(f"'{a}'" for a in set_args(sets)) + ")\n" + FILL_STORE_AFTER_EPOCHS
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = (keep / "stderr.first").read_text()
+    assert_user_error(subprocess.CompletedProcess([], int((keep / "status.first").read_text()), "", first),
+                      "store is full", str(keep / "out" / "full"), "run_name=full")
+    history = json.loads((keep / "out" / "full" / "history.json").read_text())
+    assert history["epoch"] == list(range(5))  # training went on, every epoch once
+    runs = (keep / "stderr.runs").read_text()
+    assert (keep / "status.runs").read_text().strip() == "0", runs[-3000:]
+    assert "run 'full'" in runs and "marked FAILED" in runs, runs[-3000:]
+    assert "FAILED" in (keep / "runs.out").read_text()
+    rerun = (keep / "stderr.rerun").read_text()
+    assert (keep / "status.rerun").read_text().strip() == "0", rerun[-3000:]
+    c = client_for(keep / "store")
+    [run] = c.search_runs([c.get_experiment_by_name("kerasflow").experiment_id])
+    assert run.info.status == "FINISHED"
+    for metric in ("loss", "val_accuracy", "test_accuracy"):
+        steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, metric))
+        assert steps == ([0] if metric.startswith("test_") else list(range(5))), (metric, steps)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib.abc
 import importlib.util
 import logging
@@ -15,7 +14,7 @@ from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from kerasflow.errors import Terminated, UserError
+from kerasflow.errors import Terminated, UserError, disk_full
 
 if TYPE_CHECKING:
     from kerasflow.config import Config
@@ -146,17 +145,16 @@ def run(main: Callable[[], object]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except OSError as exc:
-        if exc.errno not in FULL:
+    except Exception as exc:
+        reason = disk_full(exc)
+        if not reason:
             raise
-        where = f" writing {exc.filename}" if exc.filename else ""
-        print(f"error: no space left{where} ({exc.strerror}): free disk space (or raise the file-size/quota "
+        filename = getattr(exc, "filename", None)
+        where = f" writing {filename}" if filename else ""
+        print(f"error: no space left{where} ({reason}): free disk space (or raise the file-size/quota "
               "limit) and run the command again; files are written whole or not at all", file=sys.stderr)
         return 2
     return 0
-
-
-FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # a full disk, `ulimit -f`, a quota
 
 
 def ssh_hint(port: int) -> str:

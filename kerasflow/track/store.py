@@ -32,6 +32,7 @@ from typing import Any
 from kerasflow import urlauth
 from kerasflow.errors import UserError
 from kerasflow.files import can_write, exclusive, fsync_file
+from kerasflow.track import orphans
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,20 @@ def open_store(store_dir: str | Path = DEFAULT_STORE, *, create: bool = True) ->
         raise UserError(f"no MLflow store at {Path(store_dir)} (no {DB_FILE}): check STORE=/--store; runs "
                         "are written there by `make track` or `make run`")
     with activated(uri):
+        _close_orphans()
         yield uri
+
+
+def _close_orphans() -> None:
+    """Runs a gone process of this machine left RUNNING end FAILED (track.orphans); a store this command
+    cannot write to (a pulled, read-only one) keeps them as they are."""
+    import mlflow
+
+    try:
+        orphans.close(mlflow.MlflowClient())
+    except Exception as exc:  # noqa: BLE001 - reading or listing must not fail for this
+        log.warning(f"runs left RUNNING by gone processes could not be marked FAILED "
+                    f"({str(exc).splitlines()[0][:150]})")
 
 
 def proxied_artifacts_in_the_store() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kerasflow import ports, urlauth
-from kerasflow.errors import UserError
+from kerasflow.errors import UserError, disk_full
 from kerasflow.train import rundir
 
 if TYPE_CHECKING:
@@ -41,10 +41,13 @@ WARN_AFTER_S = 30  # a send in flight this long is reported, even before its ret
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
 
 
-def bound_http() -> None:
-    """Bound every MLflow HTTP call this process makes (see HTTP_BOUNDS); the user's own values win."""
+def bound_calls() -> None:
+    """Bound every MLflow HTTP call this process makes (see HTTP_BOUNDS; the user's own values win).
+    And MLflow's database store logs each SQL error with its traceback before raising it: the raised
+    error is what we handle (a full store: one line) or show whole, so that log is only noise."""
     for name, value in HTTP_BOUNDS.items():
         os.environ.setdefault(name, value)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -138,8 +141,7 @@ class EpochSender:
                 self._stop.wait(5)
             else:
                 if self.away_since is not None:
-                    log.info(f"the tracking server at {self._shown()} answers again: the epochs it missed "
-                             "were sent")
+                    log.info(f"{self._what()} answers again: the epochs it missed were sent")
                 self.away_since = None
                 self.warned = False
             finally:
@@ -155,9 +157,15 @@ class EpochSender:
         if self.warned:
             return
         self.warned = True
-        what = "unreachable" if unreachable(exc) else f"failing ({str(exc).splitlines()[0][:200]})"
-        log.warning(f"the tracking server at {self._shown()} is {what}: training goes on; its epochs are "
-                    f"kept in {self.run_dir / rundir.HISTORY_LOG} and sent when it is back")
+        full = disk_full(exc)
+        what = ("unreachable" if unreachable(exc) else f"full ({full})" if full
+                else f"failing ({str(exc).strip().splitlines()[-1][:200]})")
+        log.warning(f"{self._what()} is {what}: training goes on; its epochs are kept in "
+                    f"{self.run_dir / rundir.HISTORY_LOG} and sent when it is back")
+
+    def _what(self) -> str:
+        kind = "tracking server" if self.uri.startswith(("http://", "https://")) else "MLflow store"
+        return f"the {kind} at {self._shown()}"
 
     def _shown(self) -> str:
         return urlauth.redact(self.uri)

@@ -26,8 +26,8 @@ import numpy as np
 
 from kerasflow import config
 from kerasflow.config import Config
-from kerasflow.errors import Terminated, UserError
-from kerasflow.track import envinfo, store, sync
+from kerasflow.errors import Terminated, UserError, disk_full
+from kerasflow.track import envinfo, orphans, store, sync
 from kerasflow.train import models, rundir, training
 
 log = logging.getLogger(__name__)
@@ -87,12 +87,13 @@ def run_status(run_id: str, stopped: tuple[type[BaseException], ...] = ()) -> It
             else:
                 mlflow.MlflowClient().set_terminated(run_id, status)
         except Exception as exc:
-            if not sync.unreachable(exc):
+            if not (sync.unreachable(exc) or disk_full(exc)):
                 raise
             # the error that ended the run says what to do; this one must not replace it (end_run
             # took the run off the active stack before it failed)
-            log.warning(f"run {run_id} could not be marked {status} (tracking server unreachable): it shows "
-                        "RUNNING there until the same command, rerun with its run_name, ends it")
+            why = "its store is full" if disk_full(exc) else "the tracking server is unreachable"
+            log.warning(f"run {run_id} could not be marked {status} ({why}): it shows RUNNING until the next "
+                        "command that opens the store marks it FAILED, or its rerun (same run_name) ends it")
 
 
 @contextmanager
@@ -318,7 +319,7 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
     import mlflow
 
     nested = nested or Nested()
-    sync.bound_http()  # no MLflow call of ours waits minutes on a server that is away
+    sync.bound_calls()  # no MLflow call of ours waits minutes on a server that is away
     client = mlflow.MlflowClient()
     # set by `mlflow run`: log into the run it made, unless this run sits under a parent (the cv/tune
     # parent in this process, or one of another process) that consumed it already
@@ -335,6 +336,7 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
                            run_name=prep.cfg.run_name, log_system_metrics=system_metrics or None,
                            nested=in_parent, parent_run_id=parent, tags=dict(nested.tags) or None)
     run_id = run.info.run_id
+    mlflow.set_tags(orphans.tags(prep.run_dir))  # a kill leaves it RUNNING: the next command closes it
     rundir.atomic_write(prep.run_dir / rundir.RUN_ID_FILE, run_id + "\n")
     log.info(f"mlflow: run {run_id} in experiment '{experiment}' at {uri}"
              f"{' (resumed)' if prep.resumed else ''}")
@@ -372,9 +374,15 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
             rundir.atomic_write(prep.run_dir / rundir.LOGGED_MODEL_FILE, json.dumps(model, indent=2))
             return model
 
-        model = sync.while_away(finish, uri, on_give_up=lambda: (
-            f"the trained run is kept in {prep.run_dir}; when the server is back, run the same command "
-            f"with run_name={prep.run_dir.name}: it ends MLflow run {run_id} without training again"))
+        later = (f"the trained run is kept in {prep.run_dir}; when {{}}, run the same command with "
+                 f"run_name={prep.run_dir.name}: it ends MLflow run {run_id} without training again")
+        try:
+            model = sync.while_away(finish, uri, on_give_up=lambda: later.format("the server is back"))
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            raise UserError(f"the MLflow store is full ({disk_full(exc)}): "
+                            + later.format("you have freed disk space under it")) from None
         training.seal(prep)  # last: until here a rerun resumes this same MLflow run
     summary = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
     log.info(f"test: {json.dumps(summary)}")

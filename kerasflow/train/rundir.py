@@ -152,6 +152,24 @@ def hold(run_dir: Path) -> None:
         _held[run_dir.resolve()] = fd
 
 
+def process_gone(run_dir: Path) -> bool:
+    """Whether the process that trained into `run_dir` has ended (killed or not): its lock, held from
+    before its MLflow run exists until the process exits, is free. A folder that is gone counts too."""
+    if run_dir.resolve() in _held:
+        return False
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return not run_dir.exists()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def check_resumable(run_dir: Path, cfg: Config) -> None:
     if (run_dir / LOCK_FILE).exists() and run_dir.resolve() not in _held:
         os.close(_lock(run_dir))  # refuse now, before the slow load, when a live process trains here

@@ -1,0 +1,55 @@
+"""Runs of ours left RUNNING by a process that is gone (SIGKILL, a crash, a store that was full when the
+run tried to end) are closed as FAILED by the next command that opens their store.
+
+A run is ours to close only when this machine trained it: `tracked_run` tags it with the host and its
+run folder, and the folder's lock (kerasflow.train.rundir) tells a live process from a dead one exactly,
+since it is held from before the MLflow run exists until the process exits. Runs without those tags are
+left alone: CV and search parents (they end with their children's process), a run `mlflow run` is still
+starting, runs of other machines.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kerasflow.train import rundir
+
+if TYPE_CHECKING:
+    import mlflow
+
+log = logging.getLogger(__name__)
+
+HOST_TAG = "kerasflow.host"
+RUN_DIR_TAG = "kerasflow.run_dir"
+CLOSED_TAG = "kerasflow.closed_as_orphan"  # when and why a run was marked FAILED for its process
+
+
+def tags(run_dir: Path) -> dict[str, str]:
+    """What `close` needs to know about a run: where it trains, and on which machine."""
+    return {HOST_TAG: socket.gethostname(), RUN_DIR_TAG: str(run_dir.resolve())}
+
+
+def close(client: mlflow.MlflowClient) -> list[str]:
+    """Mark FAILED every RUNNING run of this host whose training process is gone; returns their names."""
+    host = socket.gethostname()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    closed: list[str] = []
+    for start in range(0, len(experiments), 100):
+        runs = client.search_runs(experiments[start:start + 100],
+                                  f"attributes.status = 'RUNNING' AND tags.`{HOST_TAG}` = '{host}'")
+        for run in runs:
+            folder = run.data.tags.get(RUN_DIR_TAG)
+            if not folder or not rundir.process_gone(Path(folder)):
+                continue
+            client.set_tag(run.info.run_id, CLOSED_TAG,
+                           f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}: its process on {host} is gone")
+            client.set_terminated(run.info.run_id, "FAILED")
+            name = run.info.run_name or run.info.run_id
+            closed.append(name)
+            log.warning(f"run '{name}' ({run.info.run_id}) was left RUNNING by a process that is gone: "
+                        f"marked FAILED; its folder {folder} resumes it (same command, run_name={name})")
+    return closed
