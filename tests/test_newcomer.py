@@ -197,6 +197,18 @@ def test_every_picture_and_page_the_docs_reference_exists():
     assert pictures >= 4 and pages >= 10
 
 
+def test_every_test_the_docs_name_as_proof_exists():
+    """docs/troubleshooting.md's "What survives what" names, for each invariant, the test that proves it:
+    a renamed or deleted test would leave the table claiming a proof that is gone."""
+    named = 0
+    for doc in DOCS:
+        for file, test in re.findall(r"`(test_\w+\.py)::(test_\w+)`", doc.read_text()):
+            assert re.search(rf"^(async )?def {test}\(", (ROOT / "tests" / file).read_text(), re.M), \
+                f"{doc.name} names {file}::{test}, which does not exist"
+            named += 1
+    assert named >= 20
+
+
 def test_the_readme_is_a_newcomers_page():
     """About 150-200 lines: what it is, prerequisites, the two commands, three quickstarts, the targets
     by group, links; the rest lives in docs/ (it was 711 lines)."""
