@@ -68,7 +68,7 @@ def test_run_outputs_follow_the_umask(tmp_path):
 
 
 def test_logged_diff_leaves_out_secret_files_caps_its_size_and_says_so(tmp_path):
-    from kerasflow.track import envinfo
+    from kerasflow.train import envinfo
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -95,7 +95,7 @@ def test_logged_diff_leaves_out_secret_files_caps_its_size_and_says_so(tmp_path)
 
 
 def test_dockerignore_keeps_the_same_secret_files_out_of_the_image():
-    from kerasflow.track import envinfo
+    from kerasflow.train import envinfo
 
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert all(f"**/{pattern}" in ignored for pattern in envinfo.SECRET_NAMES)

@@ -54,7 +54,8 @@ def test_two_make_runs_started_in_one_second_get_two_names(sandbox):
     venv_bin = Path(sys.executable).parent
     # GPU=off: one slot per run name, so the two are not refused by the one-run-per-GPU lock (which one
     # of two same-second runs on one GPU gets the slot is a race; CI saw either)
-    env = {**sandbox["env"], "KERASFLOW_PYTHON": str(venv_bin / "python"), "KF_PREFLIGHT_DONE": "1", "GPU": "off"}
+    env = {**sandbox["env"], "KERASFLOW_PYTHON": str(venv_bin / "python"), "KF_PREFLIGHT_DONE": "1",
+           "GPU": "off"}
     procs = [subprocess.Popen([str(sandbox["repo"] / "project_driver.bash"), "--detach"], cwd=sandbox["repo"],
                               env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for _ in range(2)]

@@ -95,7 +95,8 @@ def test_a_logged_diff_from_the_store_runs_only_with_apply_diff(tmp_path):
     import difflib
 
     from kerasflow import config
-    from kerasflow.track import envinfo, store, tracking
+    from kerasflow.track import store, tracking
+    from kerasflow.train import envinfo
 
     marker = tmp_path / "ran-the-stores-code"
     base = subprocess.run(["git", "show", "HEAD:train_mlflow.py"], cwd=ROOT, capture_output=True, text=True,
@@ -108,7 +109,7 @@ def test_a_logged_diff_from_the_store_runs_only_with_apply_diff(tmp_path):
     files = tmp_path / "record"
     (files / "environment").mkdir(parents=True)
     (files / "config.yaml").write_text(config.dump(config.load(None, [*TINY, "run_name=foreign"])))
-    (files / "environment" / tracking.INSTALLED_FILE).write_text(envinfo.installed())
+    (files / "environment" / envinfo.INSTALLED_FILE).write_text(envinfo.installed())
     (files / "environment" / "git_diff.patch").write_text(patch)
     with store.open_store(tmp_path / "store") as uri:
         import mlflow

@@ -73,6 +73,10 @@ def test_one_run_with_params_metrics_artifacts_inputs_and_environment(tracked):
         assert tags.get(key), key
     assert tags["data_digest"] == prep.examples.digest
     assert len(tags["git_commit"]) == 40
+    # recorded in the run folder when the run started (a run folder can be logged later from it)
+    record = prep.run_dir / "environment"
+    assert json.loads((record / "tags.json").read_text())["git_commit"] == tags["git_commit"]
+    assert {"requirements.txt", "installed.txt", "hardware.json"} <= {p.name for p in record.iterdir()}
 
 
 def test_registered_model_loads_by_alias_and_predicts_like_the_trained_one(tracked):
@@ -286,39 +290,6 @@ def test_a_live_run_is_never_taken_over_and_a_killed_one_is(tmp_path):
     rundir.hold(tmp_path / "out" / "live")  # the kernel dropped the killed process's lock: free to resume
 
 
-def test_a_tracking_server_gets_a_full_run_with_proxied_artifacts(tmp_path):
-    port = free_port()
-    server_store = tmp_path / "server"
-    server_store.mkdir()
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    server = subprocess.Popen(
-        [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{server_store / 'mlflow.db'}",
-         "--artifacts-destination", str(server_store / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{uri}/health", proc=server)
-        result = subprocess.run([*_tiny_cmd(tmp_path, "remote"), "--register", "remote-model"], cwd=ROOT,
-                                capture_output=True, text=True,
-                                env={**os.environ, "MLFLOW_TRACKING_URI": uri})
-        assert result.returncode == 0, result.stderr[-3000:]
-        import mlflow
-
-        mlflow.set_tracking_uri(uri)
-        c = mlflow.MlflowClient()
-        run = c.search_runs([c.get_experiment_by_name("kerasflow").experiment_id])[0]
-        assert run.info.status == "FINISHED"
-        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
-        assert {"curves.png", "config.yaml"} <= {a.path for a in c.list_artifacts(run.info.run_id)}
-        assert list((server_store / "artifacts").rglob("curves.png"))  # stored by the server
-        version = c.get_model_version_by_alias("remote-model", "candidate")
-        assert str(version.version) == "1"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-
-
 # --- bad input: exit 2, one line, no traceback, no RUNNING run left ----------------------------------
 
 def test_unreachable_tracking_server_fails_fast(tmp_path):
@@ -483,8 +454,9 @@ def test_a_tracking_server_that_dies_mid_run_costs_no_training(tmp_path):
     in MLflow's HTTP retries (~4 min a call), then tracebacks. Now, two runs, the server killed after
     epoch 1 of each: the epochs go on (history.jsonl grows while it is down), one warning line. `outage`
     waits for the server, which comes back on the same port, and ends FINISHED with every epoch's
-    metrics. `away` waits 3 s only (KERASFLOW_TRACKING_WAIT): one line naming its run folder and the
-    rerun that logs it; that rerun, once the server is back, finishes the same run without training."""
+    metrics, its artifacts stored by the server (proxied) and its model registered. `away` waits 3 s
+    only (KERASFLOW_TRACKING_WAIT): one line naming its run folder and the rerun that logs it; that
+    rerun, once the server is back, finishes the same run without training."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
@@ -492,8 +464,10 @@ def test_a_tracking_server_that_dies_mid_run_costs_no_training(tmp_path):
     away_cmd = _tiny_cmd(tmp_path, "away", "synthetic_examples=600", epochs=5)
     try:
         err = (tmp_path / "outage.err").open("w")
-        outage = subprocess.Popen(_tiny_cmd(tmp_path, "outage", "synthetic_examples=600", epochs=10), cwd=ROOT,
-                                  env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        outage_cmd = [*_tiny_cmd(tmp_path, "outage", "synthetic_examples=600", epochs=10),
+                      "--register", "remote-model"]
+        outage = subprocess.Popen(outage_cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                  text=True)
         away = subprocess.Popen(away_cmd, cwd=ROOT, env={**env, "KERASFLOW_TRACKING_WAIT": "3"},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         _wait_for_epochs(tmp_path / "out" / "outage", outage, 1)
@@ -514,19 +488,26 @@ def test_a_tracking_server_that_dies_mid_run_costs_no_training(tmp_path):
         assert outage.wait(timeout=300) == 0, (tmp_path / "outage.err").read_text()[-3000:]
         stderr = (tmp_path / "outage.err").read_text()
         assert "Traceback" not in stderr
-        assert [line for line in stderr.splitlines() if "unreachable" in line][0].startswith("warning: ")
+        assert next(line for line in stderr.splitlines() if "unreachable" in line).startswith("warning: ")
         again = subprocess.run(away_cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stderr[-3000:]
         assert "Epoch" not in again.stdout + again.stderr  # not trained again
 
         c = mlflow_client(uri)
-        runs = {r.info.run_name: r for r in c.search_runs([c.get_experiment_by_name("kerasflow").experiment_id])}
+        experiment = c.get_experiment_by_name("kerasflow").experiment_id
+        runs = {r.info.run_name: r for r in c.search_runs([experiment])}
         assert sorted(runs) == ["away", "outage"]
         for name, epochs in (("outage", 10), ("away", 5)):
             assert runs[name].info.status == "FINISHED", name
             for metric in ("loss", "val_loss", "accuracy", "test_accuracy"):
                 steps = sorted(m.step for m in c.get_metric_history(runs[name].info.run_id, metric))
                 assert steps == ([0] if metric.startswith("test_") else list(range(epochs))), (name, metric)
+        # a full run through a server: artifacts proxied into the server's folder, the model registered
+        outage_id = runs["outage"].info.run_id
+        assert runs["outage"].info.artifact_uri.startswith("mlflow-artifacts:/")
+        assert {"curves.png", "config.yaml"} <= {a.path for a in c.list_artifacts(outage_id)}
+        assert list((tmp_path / "server" / "artifacts").rglob("curves.png"))
+        assert c.get_model_version_by_alias("remote-model", "candidate").run_id == outage_id
     finally:
         _kill(server)
 

@@ -29,7 +29,11 @@ def test_demo_learns_and_writes_every_output(tmp_path):
     run = tmp_path / "demo"
     names = {p.name for p in run.iterdir()}
     assert names == {"config.yaml", "history.json", "metrics.json", "curves.png", "confusion_matrix.png",
-                     "roc.png", "model.keras", "test_predictions.csv", ".lock"}
+                     "roc.png", "model.keras", "test_predictions.csv", ".lock", "environment"}
+    # what it ran on, recorded at train time (untracked_files.txt / git_diff.patch when there are any)
+    assert {"tags.json", "requirements.txt", "installed.txt", "hardware.json"} <= {
+        p.name for p in (run / "environment").iterdir()}
+    assert json.loads((run / "environment" / "hardware.json").read_text())["tensorflow"]
     rows = (run / "test_predictions.csv").read_text().splitlines()
     assert rows[0] == "example,label,prob_parasitized,prob_uninfected"
     assert len(rows) == 1 + len(prep.splits.test)

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 
 from kerasflow import config as config_mod
 from kerasflow.errors import UserError
-from kerasflow.track import envinfo, store, tracking
-from kerasflow.train import data, plots
+from kerasflow.track import store, tracking
+from kerasflow.train import data, envinfo, plots
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ def read_record(client: mlflow.MlflowClient, run_id: str, into: Path) -> Record:
                         "STORE / MLFLOW_TRACKING_URI") from None
     tags = run.data.tags
     config_path = _artifact(run_id, "config.yaml", into)  # parsed bounded: config.read_yaml
-    installed = _artifact(run_id, f"environment/{tracking.INSTALLED_FILE}", into)
-    diff = _artifact(run_id, "environment/git_diff.patch", into)
+    installed = _artifact(run_id, f"{envinfo.ENV_DIR}/{envinfo.INSTALLED_FILE}", into)
+    diff = _artifact(run_id, f"{envinfo.ENV_DIR}/{envinfo.DIFF_FILE}", into)
     wanted = {"config.yaml": config_path, "environment/installed.txt": installed,
               "tag git_commit": tags.get("git_commit"), "tag data_digest": tags.get("data_digest"),
               f"tag {tracking.WEIGHTS_TAG}": tags.get(tracking.WEIGHTS_TAG)}

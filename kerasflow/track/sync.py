@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Lazy imports: keras, mlflow, inside the functions that use them (seconds to load).
+
 T = TypeVar("T")
 
 # MLflow's HTTP settings for our own process, unless the user set them: a call to a server that is
@@ -52,12 +54,11 @@ def bound_calls() -> None:
 
 def unreachable(exc: BaseException) -> bool:
     """Whether `exc` says the tracking server could not be reached (as opposed to refusing a request)."""
-    import requests
-
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
-                        TimeoutError)):
+    if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
-    text = str(exc)
+    if isinstance(exc, OSError) and type(exc).__module__.startswith(("requests", "urllib3")):
+        return type(exc).__name__ != "HTTPError"  # requests' errors are OSErrors; a status is an answer
+    text = str(exc)  # MLflow wraps them: "API request to URL failed with exception ..."
     return "failed with exception" in text or "Max retries exceeded" in text
 
 

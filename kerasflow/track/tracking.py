@@ -27,8 +27,8 @@ import numpy as np
 from kerasflow import config
 from kerasflow.config import Config
 from kerasflow.errors import Terminated, UserError, disk_full
-from kerasflow.track import envinfo, orphans, store, sync
-from kerasflow.train import models, rundir, training
+from kerasflow.track import orphans, store, sync
+from kerasflow.train import envinfo, models, rundir, training
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 LEVEL_TAG = "kerasflow.level"  # where a run sits in an experiment: cv, outer_fold, inner_fold, search, ...
 DEFAULT_EXPERIMENT = store.DEFAULT_EXPERIMENT
 WEIGHTS_TAG = "kerasflow.weights_digest"  # sha256 of the trained weight arrays (make reproduce compares it)
-INSTALLED_FILE = "installed.txt"  # environment/installed.txt: name==version of the running environment
 
 
 def log_params_merged(client: mlflow.MlflowClient, run_id: str, params: dict[str, Any]) -> None:
@@ -250,25 +249,13 @@ def _logged_model(client: mlflow.MlflowClient, experiment_id: str, run_id: str) 
     return None
 
 
-def _log_environment(run_id: str, client: mlflow.MlflowClient) -> None:
+def _log_environment(run_dir: Path) -> None:
+    """The run folder's record of its environment (train.envinfo.record) as tags and artifacts."""
     import mlflow
 
-    git = envinfo.git_state()
-    mlflow.set_tags(envinfo.tags(git))
-    mlflow.log_artifact(str(envinfo.LOCK), artifact_path="environment")
-    with tempfile.TemporaryDirectory() as tmp:
-        if git["dirty"] and git["diff"]:
-            (Path(tmp) / "git_diff.patch").write_text(git["diff"])
-            mlflow.log_artifact(str(Path(tmp) / "git_diff.patch"), artifact_path="environment")
-        if git["untracked"]:  # names only: their content may be anything (data, keys)
-            (Path(tmp) / "untracked_files.txt").write_text("".join(f"{u}\n" for u in git["untracked"]))
-            mlflow.log_artifact(str(Path(tmp) / "untracked_files.txt"), artifact_path="environment")
-        (Path(tmp) / INSTALLED_FILE).write_text(envinfo.installed())
-        mlflow.log_artifact(str(Path(tmp) / INSTALLED_FILE), artifact_path="environment")
-        gpus = envinfo.gpus()
-        (Path(tmp) / "hardware.json").write_text(json.dumps({"gpus": gpus, **envinfo.tensorflow_build()},
-                                                            indent=2))
-        mlflow.log_artifact(str(Path(tmp) / "hardware.json"), artifact_path="environment")
+    folder = envinfo.record(run_dir)  # a folder from before the record existed gets one now
+    mlflow.set_tags(json.loads((folder / envinfo.TAGS_FILE).read_text()))
+    mlflow.log_artifacts(str(folder), artifact_path=envinfo.ENV_DIR)
 
 
 def _log_results(result: training.Result, files: dict[str, Path]) -> None:
@@ -352,7 +339,7 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
                 mlflow.set_tags({"splits_file_digest": prep.splits_file_digest})
             mlflow.log_artifact(str(prep.run_dir / rundir.CONFIG_FILE))
             log_inputs(prep)
-            _log_environment(run_id, client)
+            _log_environment(prep.run_dir)
         sender = sync.EpochSender(client, run_id, prep.run_dir, uri).start()
         try:
             history = training.fit(prep, extra_callbacks=[sync.epoch_callback(sender), *nested.callbacks],

@@ -2,6 +2,7 @@
 
 Layout of `<output_dir>/<run_name>/` (every file name is a constant below; no other module spells one):
     config.yaml            resolved config (written first; its presence marks a started run)
+    environment/           what the run ran on: code, packages, hardware (train/envinfo.py `record`)
     history.jsonl          one row per finished epoch, with its end time (kept across restarts)
     .state/                checkpoints (callbacks.AtomicBackupAndRestore); removed when the run finishes
     history.json metrics.json test_predictions.csv curves.png confusion_matrix.png roc.png

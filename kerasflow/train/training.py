@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kerasflow.config import Config
-from kerasflow.train import data, evaluation, models, pipeline, plots, rundir, speed
+from kerasflow.train import data, envinfo, evaluation, models, pipeline, plots, rundir, speed
 from kerasflow.train import splits as splits_file
 from kerasflow.train.examples import Examples, Splits
 
@@ -134,6 +134,7 @@ def _prepare(cfg: Config, run_dir: Path) -> Prepared:
              f"{examples.class_names}, train/val/test {len(splits.train)}/{len(splits.val)}/"
              f"{len(splits.test)} ({time.perf_counter() - t0:.1f} s to load)")
     resumed = rundir.create(run_dir, cfg)
+    envinfo.record(run_dir)  # code, packages, hardware: in the folder, whether tracked now, later or never
     import tensorflow as tf
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")

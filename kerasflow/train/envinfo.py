@@ -1,10 +1,13 @@
 """What a run ran on: code commit, dependency lock, TF/CUDA build, GPUs, container, host.
 
-Recorded with every tracked run so a result can be traced to the exact code and environment.
+Recorded into the run folder when the run starts (`record`: `environment/`), so a result can be traced
+to the exact code and environment, and the run folder alone can be logged into a store later; a
+tracked run logs that folder as its `environment/` artifacts and tags.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
@@ -14,11 +17,21 @@ from importlib.metadata import distributions
 from pathlib import Path
 from typing import Any
 
+from kerasflow.files import atomic_write
+
 # Lazy imports: keras, tensorflow, inside the functions that use them (seconds to load;
 # `--help`, the light host env and the other commands never pay for them).
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements.txt"
+
+# the run folder's environment/ (also the MLflow artifact folder of that name)
+ENV_DIR = "environment"
+TAGS_FILE = "tags.json"  # the run's tags (commit, dirty, host, GPUs, TF build, ...)
+INSTALLED_FILE = "installed.txt"  # name==version of the running environment
+DIFF_FILE = "git_diff.patch"  # the uncommitted diff (secret-looking files left out, capped)
+UNTRACKED_FILE = "untracked_files.txt"  # names only: their content may be anything (data, keys)
+HARDWARE_FILE = "hardware.json"  # GPUs and the TF/CUDA build
 
 
 def _run(args: list[str], cwd: Path = ROOT) -> str | None:
@@ -129,3 +142,22 @@ def tags(git: dict[str, Any] | None = None) -> dict[str, str]:
     }
     out.update(tensorflow_build())
     return out
+
+
+def record(run_dir: Path) -> Path:
+    """Write what this run runs on into `run_dir/environment/` (once: a resumed run keeps the record
+    of its start). Returns the folder."""
+    folder = run_dir / ENV_DIR
+    if (folder / TAGS_FILE).is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    git = git_state()
+    atomic_write(folder / LOCK.name, LOCK.read_bytes())
+    if git["dirty"] and git["diff"]:
+        atomic_write(folder / DIFF_FILE, git["diff"])
+    if git["untracked"]:
+        atomic_write(folder / UNTRACKED_FILE, "".join(f"{u}\n" for u in git["untracked"]))
+    atomic_write(folder / INSTALLED_FILE, installed())
+    atomic_write(folder / HARDWARE_FILE, json.dumps({"gpus": gpus(), **tensorflow_build()}, indent=2))
+    atomic_write(folder / TAGS_FILE, json.dumps(tags(git), indent=2))  # last: marks the record whole
+    return folder
