@@ -49,7 +49,7 @@ DEMO_SET := --preset demo --set run_name=demo-{time}  # {time}: an automatic nam
 
 .PHONY: help env host-env lock lock-host team-server train demo data weights test lint bench \
         bench-pipeline bench-tracking bench-relocate bench-stores bench-speed bench-bigdata clean test-fast \
-        test-all test-gpu-image track track-demo server serve predict runs reproduce promote versions ui pull relocate migrate \
+        test-all test-gpu-image track track-demo server serve predict runs reproduce promote versions ui pull push relocate migrate \
         mlproject splits cv tune analyze image shell run pictures
 
 ##@ Everyday
@@ -137,6 +137,10 @@ predict: $(STAMP) ## classify images with the served model: MODEL=... IMAGES='a.
 pull: $(RUN_STAMP) ## copy a store in use and fix its paths: FROM=user@server:path/store
 	@test -n "$(FROM)" || { echo "error: give the source: make pull FROM=user@server:path/to/store"; exit 2; }
 	$(RUN_VENV)/bin/python -m kerasflow pull "$(FROM)" "$(STORE)"
+
+push: $(RUN_STAMP) ## merge this store's runs into another: TO=http://host:port or TO=DIR
+	@test -n "$(TO)" || { echo "error: give the destination: make push TO=http://host:port (or TO=path/to/store)"; exit 2; }
+	$(RUN_VENV)/bin/python -m kerasflow push --store "$(STORE)" --to "$(TO)" $(ARGS)
 
 relocate: $(RUN_STAMP) ## rewrite a moved store's artifact paths: make relocate STORE=...
 	$(RUN_VENV)/bin/python -m kerasflow relocate "$(STORE)"

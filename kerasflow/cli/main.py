@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "predict": "classify images with a served model",
     "ui": "MLflow UI over a (copied) store, fixing its paths first",
     "pull": "consistent copy of a store in use, then relocation",
+    "push": "merge this store's runs into another store or a server (TO=...)",
     "relocate": "rewrite a moved store's artifact paths",
     "migrate": "legacy mlruns/ file store onto sqlite",
     "splits": "write the nested CV folds to a splits file",

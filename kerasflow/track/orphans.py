@@ -5,7 +5,7 @@ A run is ours to close only when this machine trained it: `tracked_run` tags it 
 run folder, and the folder's lock (kerasflow.train.rundir) tells a live process from a dead one exactly,
 since it is held from before the MLflow run exists until the process exits. Runs without those tags are
 left alone: CV and search parents (they end with their children's process), a run `mlflow run` is still
-starting, runs of other machines.
+starting, runs of other machines, and copies merged from another store (their source decides).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 HOST_TAG = "kerasflow.host"
 RUN_DIR_TAG = "kerasflow.run_dir"
 CLOSED_TAG = "kerasflow.closed_as_orphan"  # when and why a run was marked FAILED for its process
+SOURCE_TAG = "kerasflow.source_run_id"  # on a copy merged from another store (storeops.merge): never ours
 
 
 def tags(run_dir: Path) -> dict[str, str]:
@@ -43,7 +44,7 @@ def close(client: mlflow.MlflowClient) -> list[str]:
                                   f"attributes.status = 'RUNNING' AND tags.`{HOST_TAG}` = '{host}'")
         for run in runs:
             folder = run.data.tags.get(RUN_DIR_TAG)
-            if not folder or not rundir.process_gone(Path(folder)):
+            if not folder or SOURCE_TAG in run.data.tags or not rundir.process_gone(Path(folder)):
                 continue
             client.set_tag(run.info.run_id, CLOSED_TAG,
                            f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}: its process on {host} is gone")

@@ -1,0 +1,36 @@
+"""Merge this store's runs into another store: a team server, a teammate's store folder, a backup.
+
+    kerasflow push --to http://server:5000 [--store DIR] [--experiment NAME] [--filter F]
+    (`make push TO=...`)
+
+Copies what the destination lacks and updates what grew (new runs, metric steps, params, tags,
+artifacts, a status that changed); a second push of the same runs copies nothing. Runs keep their
+experiment (by name), nesting, history and artifacts; each copy is tagged with its source run id.
+See docs/stores.md.
+"""
+
+from __future__ import annotations
+
+import time
+
+from kerasflow import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__, config_flags=False)
+    cli.store_flags(p, experiment=False)
+    p.add_argument("--to", required=True, metavar="DEST",
+                   help="destination: a store folder, or a server URL (http[s]://[user:password@]host:port)")
+    p.add_argument("--experiment", action="append", default=None, metavar="NAME",
+                   help="only this experiment (repeatable; default: every experiment)")
+    p.add_argument("--filter", default="", help="only runs matching this MLflow search filter")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        from kerasflow.storeops import merge
+
+        t0 = time.perf_counter()
+        report = merge.push(args.store, args.to, experiments=args.experiment, filter_string=args.filter)
+        print(f"push: {report.summary()} in {time.perf_counter() - t0:.1f} s")
+
+    return cli.run(go)

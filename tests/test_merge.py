@@ -1,0 +1,186 @@
+"""`kerasflow push`: the runs of one store merged into another, with real MLflow on sqlite stores.
+
+The source store is written by MLflow's own client: a CV-like hierarchy (parent, two children), a run
+still RUNNING, params, tags, metric histories with steps and timestamps, a dataset input, artifacts in
+folders, and a second experiment. The destination holds a run of its own, which must survive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import ROOT, assert_user_error
+
+from kerasflow.track import orphans
+
+
+def _client(folder: Path):
+    import mlflow
+
+    from kerasflow.track import store
+
+    uri = store.sqlite_uri(folder / store.DB_FILE)
+    store.init_sqlite(uri)
+    return mlflow.MlflowClient(tracking_uri=uri), uri
+
+
+def _experiment(client, uri: str, name: str) -> str:
+    from kerasflow.track import store
+
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(
+        name, artifact_location=store.artifact_root(uri, name))
+
+
+def _run(client, exp: str, name: str, tmp: Path, *, parent: str | None = None, steps: int = 5,  # noqa: PLR0913
+         running: bool = False) -> str:
+    import mlflow
+    import numpy as np
+    from mlflow.entities import Metric, Param, RunTag
+
+    tags = {"mlflow.parentRunId": parent} if parent else {}
+    run_id = client.create_run(exp, run_name=name, tags={"kerasflow.level": "fold" if parent else "cv",
+                                                          **tags}).info.run_id
+    client.log_batch(run_id, params=[Param("lr", "0.01"), Param("name", name)],
+                     tags=[RunTag("git_commit", "abc123")],
+                     metrics=[Metric(k, 0.1 * s + len(name), 1_700_000_000_000 + 1000 * s, s)
+                              for k in ("loss", "val_accuracy") for s in range(steps)])
+    (tmp / name).mkdir(exist_ok=True)
+    (tmp / name / "curves.png").write_bytes(os.urandom(2048))
+    (tmp / name / "notes.txt").write_text(f"notes of {name}\n")
+    client.log_artifact(run_id, str(tmp / name / "curves.png"))
+    client.log_artifact(run_id, str(tmp / name / "notes.txt"), "environment")
+    dataset = mlflow.data.from_numpy(np.zeros((4, 2)), name=f"{name}-data", digest=f"d-{name}")
+    client.log_inputs(run_id, datasets=[mlflow.entities.DatasetInput(dataset._to_mlflow_entity(), [])])
+    if not running:
+        client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def _push(source: Path, dest: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "kerasflow", "push", "--store", str(source), "--to", dest, *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _files(client, run_id: str, path: str | None = None) -> dict[str, str]:
+    out = {}
+    for entry in client.list_artifacts(run_id, path):
+        if entry.is_dir:
+            out |= _files(client, run_id, entry.path)
+        else:
+            local = client.download_artifacts(run_id, entry.path)
+            out[entry.path] = hashlib.sha256(Path(local).read_bytes()).hexdigest()
+    return out
+
+
+def _same(src, dst, run_id: str, copy) -> None:
+    """Every copied field of one run, compared value by value and byte by byte."""
+    run = src.get_run(run_id)
+    assert copy.info.run_name == run.info.run_name
+    assert copy.info.status == run.info.status and copy.info.start_time == run.info.start_time
+    assert copy.info.end_time == run.info.end_time
+    assert copy.data.params == run.data.params
+    own = {"mlflow.parentRunId", orphans.SOURCE_TAG, "kerasflow.source_store", "kerasflow.copy_of_running"}
+    assert {k: v for k, v in copy.data.tags.items() if k not in own} == \
+        {k: v for k, v in run.data.tags.items() if k not in own}
+    def history(client, rid: str, key: str) -> list[tuple[int, int, float]]:
+        return sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(rid, key))
+
+    for key in run.data.metrics:
+        assert history(dst, copy.info.run_id, key) == history(src, run_id, key), key
+    assert [d.dataset.digest for d in copy.inputs.dataset_inputs] == \
+        [d.dataset.digest for d in run.inputs.dataset_inputs]
+    assert _files(dst, copy.info.run_id) == _files(src, run_id)
+
+
+def test_push_merges_runs_once_and_updates_what_grew(tmp_path):
+    """Before: a store moved only whole (pull); runs of a laptop or a box could not join another store.
+    Now: copied whole and nested, a second push copies nothing, a run that grew (more epochs, finished)
+    is updated, the destination's own run stays, and a RUNNING copy is never closed as an orphan."""
+    src, src_uri = _client(tmp_path / "laptop")
+    exp = _experiment(src, src_uri, "kerasflow")
+    cv = _run(src, exp, "cv", tmp_path)
+    folds = [_run(src, exp, f"fold{i}", tmp_path, parent=cv) for i in range(2)]
+    live = _run(src, exp, "live", tmp_path, steps=2, running=True)
+    # still training here: its run folder's lock is held (by flock(1) standing in for the trainer)
+    folder = tmp_path / "live-run"
+    folder.mkdir()
+    trainer = subprocess.Popen(["flock", str(folder / ".lock"), "sleep", "600"])
+    for key, value in orphans.tags(folder).items():
+        src.set_tag(live, key, value)
+    other = _run(src, _experiment(src, src_uri, "other"), "solo", tmp_path)
+    dst, dst_uri = _client(tmp_path / "team")
+    mine = _run(dst, _experiment(dst, dst_uri, "kerasflow"), "mine", tmp_path / "team")
+
+    first = _push(tmp_path / "laptop", str(tmp_path / "team"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "push: 5 runs copied, 0 updated, 0 unchanged" in first.stdout, first.stdout
+    copies = {r.data.tags[orphans.SOURCE_TAG]: r for r in dst.search_runs(
+        [dst.get_experiment_by_name(n).experiment_id for n in ("kerasflow", "other")])
+        if orphans.SOURCE_TAG in r.data.tags}
+    assert set(copies) == {cv, *folds, live, other}
+    for run_id, copy in copies.items():
+        _same(src, dst, run_id, copy)
+    assert {copies[f].data.tags["mlflow.parentRunId"] for f in folds} == {copies[cv].info.run_id}
+    assert copies[live].info.status == "RUNNING"
+    assert copies[live].data.tags["kerasflow.copy_of_running"] == "true"
+    assert dst.get_run(mine).info.status == "FINISHED"  # the destination's own run is untouched
+
+    second = _push(tmp_path / "laptop", str(tmp_path / "team"))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "push: 0 runs copied, 0 updated, 5 unchanged (0 metric values, 0 artifact files)" in second.stdout
+
+    trainer.kill()  # the trainer is gone: its own store may close its run; the copy is not ours
+    trainer.wait()
+    assert orphans.close(dst) == []
+    assert dst.get_run(copies[live].info.run_id).info.status == "RUNNING"
+
+    # the live run grows: more epochs, a new file, then it finishes
+    from mlflow.entities import Metric
+
+    src.log_batch(live, metrics=[Metric("loss", 0.01 * s, 1_700_000_100_000 + s, s) for s in range(2, 6)])
+    src.log_text(live, "late", "late.txt")
+    src.set_terminated(live, "FINISHED")
+    third = _push(tmp_path / "laptop", str(tmp_path / "team"))
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "push: 0 runs copied, 1 updated, 4 unchanged (4 metric values, 1 artifact files)" in third.stdout
+    copy = dst.get_run(copies[live].info.run_id)
+    _same(src, dst, live, copy)
+    assert copy.data.tags["kerasflow.copy_of_running"] == "false"
+    assert len(dst.search_runs([dst.get_experiment_by_name("kerasflow").experiment_id])) == 5  # 4 + mine
+
+
+def test_push_filters_keep_parents_and_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
+    src, src_uri = _client(tmp_path / "box")
+    exp = _experiment(src, src_uri, "kerasflow")
+    cv = _run(src, exp, "cv", tmp_path)
+    fold = _run(src, exp, "fold-best", tmp_path, parent=cv)
+    _run(src, exp, "weak", tmp_path)
+    _run(src, _experiment(src, src_uri, "other"), "solo", tmp_path)
+    done = _push(tmp_path / "box", str(tmp_path / "dest"), "--experiment", "kerasflow",
+                 "--filter", "attributes.run_name = 'fold-best'")
+    assert done.returncode == 0, done.stderr[-3000:]
+    dst, _ = _client(tmp_path / "dest")
+    runs = dst.search_runs([dst.get_experiment_by_name("kerasflow").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["cv", "fold-best"]  # the fold keeps its parent
+    assert dst.get_experiment_by_name("other") is None
+    assert {r.data.tags[orphans.SOURCE_TAG] for r in runs} == {cv, fold}
+
+    from kerasflow.cli import push
+
+    def in_process(source: Path, dest: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        code = push.main(["--store", str(source), "--to", str(dest), *args])
+        return subprocess.CompletedProcess([], code, *capsys.readouterr())
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert_user_error(in_process(tmp_path / "box", tmp_path / "box"), "is the source store")
+    assert_user_error(in_process(tmp_path / "box", tmp_path / "dest", "--experiment", "nope"),
+                      "no experiment 'nope'")
+    assert_user_error(in_process(tmp_path / "box", tmp_path / "dest", "--filter", "metrics.x >>> 1"),
+                      "bad filter")
+    assert_user_error(in_process(tmp_path / "nothing", tmp_path / "dest"), "no MLflow store")
