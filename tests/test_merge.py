@@ -61,6 +61,23 @@ def _run(client, exp: str, name: str, tmp: Path, *, parent: str | None = None, s
     return run_id
 
 
+def _log_model(uri: str, exp: str, run_name: str, factor: float, register: str, alias: str) -> str:  # noqa: PLR0913
+    """A run with a logged pyfunc model, registered with an alias; returns the run id."""
+    import mlflow
+
+    from kerasflow.track import store
+
+    class Scale(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input * factor
+
+    with store.activated(uri), mlflow.start_run(experiment_id=exp, run_name=run_name) as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=Scale(), pip_requirements=[])
+        version = mlflow.register_model(info.model_uri, register)
+        mlflow.MlflowClient().set_registered_model_alias(register, alias, version.version)
+    return run.info.run_id
+
+
 def _push(source: Path, dest: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     cmd = [sys.executable, "-m", "kerasflow", "push", "--store", str(source), "--to", dest, *args]
@@ -114,16 +131,21 @@ def test_push_merges_runs_once_and_updates_what_grew(tmp_path):
     for key, value in orphans.tags(folder).items():
         src.set_tag(live, key, value)
     other = _run(src, _experiment(src, src_uri, "other"), "solo", tmp_path)
+    trained = _log_model(src_uri, exp, "trained", 2.0, "cells", "champion")
+    src.set_registered_model_alias("cells", "candidate", "1")
     dst, dst_uri = _client(tmp_path / "team")
-    mine = _run(dst, _experiment(dst, dst_uri, "kerasflow"), "mine", tmp_path / "team")
+    dst_exp = _experiment(dst, dst_uri, "kerasflow")
+    mine = _run(dst, dst_exp, "mine", tmp_path / "team")
+    _log_model(dst_uri, dst_exp, "theirs", 3.0, "cells", "champion")  # the team's own champion
 
     first = _push(tmp_path / "laptop", str(tmp_path / "team"))
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "push: 5 runs copied, 0 updated, 0 unchanged" in first.stdout, first.stdout
+    assert "push: 6 runs copied, 0 updated, 0 unchanged" in first.stdout, first.stdout
+    assert "1 models, 1 model versions" in first.stdout and "elsewhere: cells@champion" in first.stdout
     copies = {r.data.tags[orphans.SOURCE_TAG]: r for r in dst.search_runs(
         [dst.get_experiment_by_name(n).experiment_id for n in ("kerasflow", "other")])
         if orphans.SOURCE_TAG in r.data.tags}
-    assert set(copies) == {cv, *folds, live, other}
+    assert set(copies) == {cv, *folds, live, other, trained}
     for run_id, copy in copies.items():
         _same(src, dst, run_id, copy)
     assert {copies[f].data.tags["mlflow.parentRunId"] for f in folds} == {copies[cv].info.run_id}
@@ -131,9 +153,24 @@ def test_push_merges_runs_once_and_updates_what_grew(tmp_path):
     assert copies[live].data.tags["kerasflow.copy_of_running"] == "true"
     assert dst.get_run(mine).info.status == "FINISHED"  # the destination's own run is untouched
 
+    # the model: loadable by alias in the destination, predicting as at the source; the team's own
+    # champion was not moved (reported above), the source's candidate points at the copy
+    import mlflow
+    import numpy as np
+
+    from kerasflow.track import store
+
+    with store.activated(dst_uri):
+        candidate = dst.get_model_version_by_alias("cells", "candidate")
+        assert candidate.run_id == copies[trained].info.run_id and str(candidate.version) == "2"
+        assert str(dst.get_model_version_by_alias("cells", "champion").version) == "1"
+        x = np.arange(4.0).reshape(2, 2)
+        assert (mlflow.pyfunc.load_model("models:/cells@candidate").predict(x) == x * 2).all()
+
     second = _push(tmp_path / "laptop", str(tmp_path / "team"))
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "push: 0 runs copied, 0 updated, 5 unchanged (0 metric values, 0 artifact files)" in second.stdout
+    assert ("push: 0 runs copied, 0 updated, 6 unchanged (0 metric values, 0 artifact files), 0 models, "
+            "0 model versions") in second.stdout
 
     trainer.kill()  # the trainer is gone: its own store may close its run; the copy is not ours
     trainer.wait()
@@ -148,11 +185,11 @@ def test_push_merges_runs_once_and_updates_what_grew(tmp_path):
     src.set_terminated(live, "FINISHED")
     third = _push(tmp_path / "laptop", str(tmp_path / "team"))
     assert third.returncode == 0, third.stderr[-3000:]
-    assert "push: 0 runs copied, 1 updated, 4 unchanged (4 metric values, 1 artifact files)" in third.stdout
+    assert "push: 0 runs copied, 1 updated, 5 unchanged (4 metric values, 1 artifact files)" in third.stdout
     copy = dst.get_run(copies[live].info.run_id)
     _same(src, dst, live, copy)
     assert copy.data.tags["kerasflow.copy_of_running"] == "false"
-    assert len(dst.search_runs([dst.get_experiment_by_name("kerasflow").experiment_id])) == 5  # 4 + mine
+    assert len(dst.search_runs([dst_exp])) == 7  # 5 copies + mine + theirs
 
 
 def test_push_filters_keep_parents_and_bad_input_is_one_line(tmp_path, capsys, monkeypatch):

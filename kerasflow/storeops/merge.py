@@ -10,8 +10,10 @@ new runs, new metric steps, new params and tags, new or changed artifact files, 
 A run still RUNNING at the source is tagged as such on the copy, so nothing on the destination closes it
 as an orphan (track.orphans skips copies). Deleted runs and experiments are not copied.
 
-Not copied in this version: MLflow 3 logged models (kept outside the run's artifacts) and the model
-registry; a run's copied artifacts include everything else it logged.
+MLflow 3 logged models (kept outside the run's artifacts) are copied with their params, tags, metrics
+and files, linked to the copied run (`MODEL_SOURCE_TAG`); registered models get their versions (numbered
+by the destination, matched by `VERSION_SOURCE_TAG`) and aliases. An alias that already points at
+another version in the destination is kept there, and reported: a push never silently moves it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ SOURCE_TAG = orphans.SOURCE_TAG  # the source run's id, on every copy
 SOURCE_STORE_TAG = "kerasflow.source_store"  # where the copy came from (shown, not used to match)
 COPY_OF_RUNNING_TAG = "kerasflow.copy_of_running"  # "true" while the source run was RUNNING
 PARENT_TAG = "mlflow.parentRunId"
+MODEL_SOURCE_TAG = "kerasflow.source_model_id"  # on a copied logged model
+VERSION_SOURCE_TAG = "kerasflow.source_version"  # on a copied model version: the source's identity
 BATCH = 1000  # MLflow's limit of metrics (and of params + tags) in one log_batch
 PAGE = 1000
 
@@ -53,12 +57,18 @@ class Report:
     unchanged: int = 0
     metrics: int = 0  # metric values copied
     files: int = 0  # artifact files copied
+    models: int = 0  # logged models copied
+    versions: int = 0  # registered model versions copied
     experiments: list[str] = field(default_factory=list)  # created in the destination
+    kept_aliases: list[str] = field(default_factory=list)  # "name@alias": pointing elsewhere, not moved
 
     def summary(self) -> str:
         made = f"; experiments created: {', '.join(self.experiments)}" if self.experiments else ""
+        kept = (f"; aliases kept where the destination points them elsewhere: {', '.join(self.kept_aliases)}"
+                if self.kept_aliases else "")
         return (f"{self.created} runs copied, {self.updated} updated, {self.unchanged} unchanged "
-                f"({self.metrics} metric values, {self.files} artifact files){made}")
+                f"({self.metrics} metric values, {self.files} artifact files), {self.models} models, "
+                f"{self.versions} model versions{made}{kept}")
 
 
 def destination_uri(dest: str) -> str:
@@ -91,15 +101,19 @@ def push(source: str, dest: str, *, experiments: list[str] | None = None, filter
         dst = mlflow.MlflowClient(tracking_uri=dst_uri)
         with store.activated(dst_uri):  # artifact repositories resolve through the active store
             return merge(src, dst, dst_uri, experiments=experiments, filter_string=filter_string,
-                         label=urlauth.redact(src_uri))
+                         label=urlauth.redact(src_uri), src_uri=src_uri)
 
 
 def merge(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, dst_uri: str, *,  # noqa: PLR0913
-          experiments: list[str] | None = None, filter_string: str = "", label: str = "") -> Report:
-    """Copy or update every selected run of `src` in `dst` (see the module docstring)."""
+          experiments: list[str] | None = None, filter_string: str = "", label: str = "",
+          src_uri: str = "") -> Report:
+    """Copy or update every selected run of `src` in `dst`, then their logged models and registered
+    versions (see the module docstring)."""
     from mlflow.exceptions import MlflowException
 
     report = Report()
+    all_mapped: dict[str, str] = {}  # source run id -> its copy, every experiment
+    all_models: dict[str, str] = {}  # source logged model id -> its copy
     found = {e.name: e for e in src.search_experiments()}
     names = experiments or sorted(found)
     missing = [n for n in names if n not in found]
@@ -127,7 +141,138 @@ def merge(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, dst_uri: str, *,  
                 report.updated += 1
             else:
                 report.unchanged += 1
+        all_mapped |= mapped
+        selected = {r.info.run_id for r in runs}
+        all_models |= _models(src, dst, found[name].experiment_id, dst_exp, selected, mapped, report,
+                              src_uri=src_uri, whole=not filter_string)
+    _registry(src, dst, all_mapped, all_models, report)
     return report
+
+
+def _models(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, src_exp: str, dst_exp: str,  # noqa: PLR0913
+            selected: set[str], mapped: dict[str, str], report: Report, *, src_uri: str,
+            whole: bool) -> dict[str, str]:
+    """Copy the experiment's READY logged models of the selected runs (all of them, with `whole`, also
+    those without a run); returns source model id -> copy id."""
+    from mlflow.entities import LoggedModelStatus, Metric
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    copies = {m.tags.get(MODEL_SOURCE_TAG): m.model_id for m in _logged_models(dst, dst_exp)
+              if MODEL_SOURCE_TAG in m.tags}
+    out: dict[str, str] = {}
+    for model in _logged_models(src, src_exp):
+        run = model.source_run_id
+        if model.status != LoggedModelStatus.READY or (run not in selected if run else not whole):
+            continue
+        if model.model_id in copies:
+            out[model.model_id] = copies[model.model_id]
+            continue
+        created = dst.create_logged_model(dst_exp, name=model.name, source_run_id=mapped.get(run or ""),
+                                          tags={**model.tags, MODEL_SOURCE_TAG: model.model_id},
+                                          params=model.params or None, model_type=model.model_type)
+        with tempfile.TemporaryDirectory(prefix="kerasflow-push-model-") as tmp:
+            repo = get_artifact_repository(model.artifact_location, tracking_uri=src_uri or None)
+            repo.download_artifacts("", dst_path=tmp)
+            dst.log_model_artifacts(created.model_id, tmp)
+        metrics = [Metric(m.key, m.value, m.timestamp, m.step, model_id=created.model_id,
+                          dataset_name=m.dataset_name, dataset_digest=m.dataset_digest,
+                          run_id=mapped.get(m.run_id or ""))
+                   for m in model.metrics or []]
+        if metrics and created.source_run_id:
+            dst.log_batch(created.source_run_id, metrics=metrics)
+        dst.finalize_logged_model(created.model_id, LoggedModelStatus.READY)
+        out[model.model_id] = created.model_id
+        report.models += 1
+    return out
+
+
+def _logged_models(client: mlflow.MlflowClient, experiment_id: str) -> Iterator[Any]:
+    token = None
+    while True:
+        page = client.search_logged_models([experiment_id], max_results=100, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _registry(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, mapped: dict[str, str],
+              models: dict[str, str], report: Report) -> None:
+    """Versions of the copied runs and models, under the same registered names, and their aliases."""
+    from mlflow.exceptions import MlflowException
+
+    for registered in src.search_registered_models(max_results=1000):
+        name = registered.name
+        versions = [v for v in src.search_model_versions(f"name = '{_quoted(name)}'")
+                    if (v.run_id in mapped) or (_model_of(v) in models)]
+        if not versions:
+            continue
+        try:
+            dst.get_registered_model(name)
+        except MlflowException:
+            dst.create_registered_model(name, tags=registered.tags or None,
+                                        description=registered.description)
+        have = {v.tags.get(VERSION_SOURCE_TAG): v.version
+                for v in dst.search_model_versions(f"name = '{_quoted(name)}'")
+                if VERSION_SOURCE_TAG in v.tags}
+        copied: dict[str, str] = {}  # source version -> destination version
+        for version in sorted(versions, key=lambda v: int(v.version)):
+            identity = _model_of(version) or f"{version.run_id}:{version.source}"
+            if identity in have:
+                copied[str(version.version)] = str(have[identity])
+                continue
+            model_id = models.get(_model_of(version) or "")
+            source = f"models:/{model_id}" if model_id else _run_source(version.source, mapped)
+            if source is None:
+                log.warning(f"{name} v{version.version}: its source {version.source} was not copied: skipped")
+                continue
+            made = dst.create_model_version(name, source, run_id=mapped.get(version.run_id or ""),
+                                            tags={**version.tags, VERSION_SOURCE_TAG: identity},
+                                            description=version.description, model_id=model_id)
+            copied[str(version.version)] = str(made.version)
+            report.versions += 1
+        _aliases(dst, name, src.get_registered_model(name).aliases or {}, copied, report)
+
+
+def _aliases(dst: mlflow.MlflowClient, name: str, aliases: dict[str, str], copied: dict[str, str],
+             report: Report) -> None:
+    """Each source alias onto the copy of its version, unless the destination points it elsewhere."""
+    from mlflow.exceptions import MlflowException
+
+    for alias, number in aliases.items():
+        target = copied.get(str(number))
+        if target is None:
+            continue
+        try:
+            current = dst.get_model_version_by_alias(name, alias).version
+        except MlflowException:
+            current = None
+        if current is None:
+            dst.set_registered_model_alias(name, alias, target)
+        elif str(current) != str(target):
+            report.kept_aliases.append(f"{name}@{alias}")
+
+
+def _model_of(version: Any) -> str | None:
+    """The logged model a version was registered from (`models:/m-...`; the attribute is not always set)."""
+    model_id = getattr(version, "model_id", None)
+    if model_id:
+        return str(model_id)
+    source = version.source or ""
+    return source[len("models:/"):].split("/")[0] if source.startswith("models:/m-") else None
+
+
+def _quoted(name: str) -> str:
+    return name.replace("'", "\\'")
+
+
+def _run_source(source: str, mapped: dict[str, str]) -> str | None:
+    """`runs:/ID/path` of a copied run, pointed at its copy; anything else cannot be mapped."""
+    if source.startswith("runs:/"):
+        run_id, _, path = source[len("runs:/"):].partition("/")
+        if run_id in mapped:
+            return f"runs:/{mapped[run_id]}/{path}"
+    return None
 
 
 def _experiment(dst: mlflow.MlflowClient, dst_uri: str, name: str, report: Report) -> str:
