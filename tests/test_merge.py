@@ -95,6 +95,13 @@ def _files(client, run_id: str, path: str | None = None) -> dict[str, str]:
     return out
 
 
+def _fingerprint(client, run_id: str) -> tuple:
+    run = client.get_run(run_id)
+    histories = {k: sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, k))
+                 for k in run.data.metrics}
+    return run.info.run_name, run.info.status, run.data.params, histories, _files(client, run_id)
+
+
 def _same(src, dst, run_id: str, copy) -> None:
     """Every copied field of one run, compared value by value and byte by byte."""
     run = src.get_run(run_id)
@@ -221,3 +228,89 @@ def test_push_filters_keep_parents_and_bad_input_is_one_line(tmp_path, capsys, m
     assert_user_error(in_process(tmp_path / "box", tmp_path / "dest", "--filter", "metrics.x >>> 1"),
                       "bad filter")
     assert_user_error(in_process(tmp_path / "nothing", tmp_path / "dest"), "no MLflow store")
+
+
+def test_pulling_the_same_source_again_keeps_what_was_done_here(tmp_path):
+    """Before: pull a store, log a run in it, pull the same source again: exit 0, and the local run and
+    its experiment were gone, no backup (and an alias set here with `make promote`). Now the re-pull
+    merges what this store had into the new snapshot: the local run, its experiment and artifacts stay,
+    the source's new run arrives, a local alias the source does not have stays, and one the source
+    points elsewhere is the source's and reported."""
+    server, server_uri = _client(tmp_path / "server")
+    exp = _experiment(server, server_uri, "kerasflow")
+    first_run = _log_model(server_uri, exp, "first", 2.0, "cells", "champion")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+    def pull() -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "kerasflow", "pull", str(tmp_path / "server"), str(tmp_path / "store")]
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    assert pull().returncode == 0
+    local, local_uri = _client(tmp_path / "store")
+    mine = _run(local, _experiment(local, local_uri, "mine"), "laptop-run", tmp_path)
+    local.set_tag(first_run, "reviewed", "yes")  # done here to a pulled run
+    second = _log_model(local_uri, local.get_experiment_by_name("kerasflow").experiment_id, "local-model",
+                        5.0, "cells", "mine")  # a second version, with an alias of this store only
+    local.set_registered_model_alias("cells", "champion", "2")  # promoted here
+    newer = _run(server, exp, "newer", tmp_path)  # meanwhile on the server
+    before = _fingerprint(local, mine)
+
+    again = pull()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "elsewhere: cells@champion" in again.stderr  # the server's champion wins, and it is said
+    import mlflow
+
+    # another spelling of the same path: the client above keeps a connection to the replaced database
+    local = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/store/../store/mlflow.db")
+    names = {r.info.run_name: r for r in local.search_runs(
+        [e.experiment_id for e in local.search_experiments()])}
+    assert set(names) == {"first", "newer", "laptop-run", "local-model"}, set(names)
+    assert names["first"].info.run_id == first_run and names["newer"].info.run_id == newer
+    assert names["first"].data.tags["reviewed"] == "yes"
+    assert _fingerprint(local, names["laptop-run"].info.run_id) == before  # the local run, whole
+    assert names["local-model"].data.tags[orphans.SOURCE_TAG] == second
+    assert local.get_model_version_by_alias("cells", "mine").run_id == names["local-model"].info.run_id
+    assert str(local.get_model_version_by_alias("cells", "champion").version) == "1"
+    assert not list(tmp_path.glob(".store.pull-*"))  # nothing left beside the store
+
+
+def test_a_push_killed_at_seeded_moments_completes_on_rerun_without_duplicates(tmp_path):
+    """SIGKILL a push at three seeded moments of its run, rerun it each time: in the end every run,
+    history, file, model and version is there exactly once, as a push that was never killed makes it."""
+    import random
+    import time
+
+    src, src_uri = _client(tmp_path / "box")
+    exp = _experiment(src, src_uri, "kerasflow")
+    cv = _run(src, exp, "cv", tmp_path)
+    for i in range(3):
+        _run(src, exp, f"fold{i}", tmp_path, parent=cv, steps=20)
+    _log_model(src_uri, exp, "trained", 2.0, "cells", "champion")
+    t0 = time.monotonic()
+    reference = _push(tmp_path / "box", str(tmp_path / "reference"))
+    full = time.monotonic() - t0
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "kerasflow", "push", "--store", str(tmp_path / "box"), "--to",
+           str(tmp_path / "killed")]
+    for moment in sorted(random.Random(7).uniform(0.4 * full, 0.95 * full) for _ in range(3)):
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(moment)
+        proc.kill()
+        proc.wait()
+    done = _push(tmp_path / "box", str(tmp_path / "killed"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    ref, _ = _client(tmp_path / "reference")
+    killed, _ = _client(tmp_path / "killed")
+
+    def contents(client) -> tuple:
+        runs = client.search_runs([client.get_experiment_by_name("kerasflow").experiment_id])
+        by_source = {}
+        for run in runs:
+            source = run.data.tags[orphans.SOURCE_TAG]
+            assert source not in by_source, f"run {source} copied twice"
+            by_source[source] = _fingerprint(client, run.info.run_id)
+        versions = [v.tags["kerasflow.source_version"] for v in client.search_model_versions("name = 'cells'")]
+        return by_source, sorted(versions), dict(client.get_registered_model("cells").aliases)
+
+    assert contents(killed) == contents(ref)

@@ -128,7 +128,10 @@ def merge(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, dst_uri: str, *,  
             raise UserError(f"bad filter {filter_string!r} ({str(exc).splitlines()[0][:150]}): see MLflow's "
                             "search syntax, e.g. \"metrics.test_accuracy > 0.9\"") from None
         runs = _with_parents(src, runs)
-        copies = {r.data.tags[SOURCE_TAG]: r for r in _runs(dst, dst_exp, "") if SOURCE_TAG in r.data.tags}
+        # a copy carries its source's id; a run with the very same id (a store pulled before) is the run
+        present = list(_runs(dst, dst_exp, ""))
+        copies = {r.info.run_id: r for r in present} | {
+            r.data.tags[SOURCE_TAG]: r for r in present if SOURCE_TAG in r.data.tags}
         mapped = {source_id: copy.info.run_id for source_id, copy in copies.items()}
         for run in _parents_first(runs):
             copy = copies.get(run.info.run_id)
@@ -157,8 +160,16 @@ def _models(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, src_exp: str, ds
     from mlflow.entities import LoggedModelStatus, Metric
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    copies = {m.tags.get(MODEL_SOURCE_TAG): m.model_id for m in _logged_models(dst, dst_exp)
-              if MODEL_SOURCE_TAG in m.tags}
+    present = []
+    for model in _logged_models(dst, dst_exp):
+        if model.status == LoggedModelStatus.READY:
+            present.append(model)
+        elif MODEL_SOURCE_TAG in model.tags:  # a copy a killed push left half-made: made again below
+            dst.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            dst.set_logged_model_tags(model.model_id, {MODEL_SOURCE_TAG: "", "kerasflow.abandoned_copy_of":
+                                                       model.tags[MODEL_SOURCE_TAG]})
+    copies = {m.model_id: m.model_id for m in present} | {
+        m.tags[MODEL_SOURCE_TAG]: m.model_id for m in present if m.tags.get(MODEL_SOURCE_TAG)}
     out: dict[str, str] = {}
     for model in _logged_models(src, src_exp):
         run = model.source_run_id
@@ -212,12 +223,12 @@ def _registry(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, mapped: dict[s
         except MlflowException:
             dst.create_registered_model(name, tags=registered.tags or None,
                                         description=registered.description)
-        have = {v.tags.get(VERSION_SOURCE_TAG): v.version
-                for v in dst.search_model_versions(f"name = '{_quoted(name)}'")
-                if VERSION_SOURCE_TAG in v.tags}
+        present = dst.search_model_versions(f"name = '{_quoted(name)}'")
+        have = {_identity(v): v.version for v in present} | {
+            v.tags[VERSION_SOURCE_TAG]: v.version for v in present if VERSION_SOURCE_TAG in v.tags}
         copied: dict[str, str] = {}  # source version -> destination version
         for version in sorted(versions, key=lambda v: int(v.version)):
-            identity = _model_of(version) or f"{version.run_id}:{version.source}"
+            identity = _identity(version)
             if identity in have:
                 copied[str(version.version)] = str(have[identity])
                 continue
@@ -251,6 +262,11 @@ def _aliases(dst: mlflow.MlflowClient, name: str, aliases: dict[str, str], copie
             dst.set_registered_model_alias(name, alias, target)
         elif str(current) != str(target):
             report.kept_aliases.append(f"{name}@{alias}")
+
+
+def _identity(version: Any) -> str:
+    """What a version was registered from: its logged model, else its run and source path."""
+    return _model_of(version) or f"{version.run_id}:{version.source}"
 
 
 def _model_of(version: Any) -> str | None:
@@ -333,8 +349,6 @@ def _create(dst: mlflow.MlflowClient, experiment_id: str, run: Run, mapped: dict
         tags[PARENT_TAG] = mapped[parent]
     created = dst.create_run(experiment_id, start_time=run.info.start_time, tags=tags,
                              run_name=run.info.run_name)
-    if run.inputs and run.inputs.dataset_inputs:
-        dst.log_inputs(created.info.run_id, datasets=run.inputs.dataset_inputs)
     return created.info.run_id
 
 
@@ -344,10 +358,13 @@ def _update(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, run: Run, copy: 
     from mlflow.entities import Metric, Param, RunTag
 
     copy_id = copy.info.run_id
+    # the very same run (pulled before, in both stores): only what the destination lacks is added, since
+    # which side changed a value is unknown; its status is the destination's
+    same = copy_id == run.info.run_id
     params = [Param(k, v) for k, v in run.data.params.items() if k not in copy.data.params]
     own = (SOURCE_TAG, SOURCE_STORE_TAG, PARENT_TAG, COPY_OF_RUNNING_TAG)
     tags = [RunTag(k, v) for k, v in run.data.tags.items()
-            if k not in own and copy.data.tags.get(k) != v]
+            if k not in own and (k not in copy.data.tags if same else copy.data.tags.get(k) != v)]
     for i in range(0, max(len(params), len(tags)), BATCH // 2):
         dst.log_batch(copy_id, params=params[i:i + BATCH // 2], tags=tags[i:i + BATCH // 2])
     metrics: list[Any] = []
@@ -359,11 +376,15 @@ def _update(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, run: Run, copy: 
                     if (m.step, m.timestamp, repr(m.value)) not in have]
     for i in range(0, len(metrics), BATCH):
         dst.log_batch(copy_id, metrics=metrics[i:i + BATCH])
+    inputs = run.inputs.dataset_inputs if run.inputs else []
+    inputs = inputs if inputs and not (copy.inputs and copy.inputs.dataset_inputs) else []
+    if inputs:  # here, not when the run is created: what a killed push skipped is done on its rerun
+        dst.log_inputs(copy_id, datasets=inputs)
     report.metrics += len(metrics)
-    files = _copy_artifacts(src, dst, run.info.run_id, copy_id, fresh=created)
+    files = _copy_artifacts(src, dst, run.info.run_id, copy_id, fresh=created, missing_only=same)
     report.files += files
-    status_changed = _status(dst, run, copy)
-    return bool(params or tags or metrics or files or status_changed)
+    status_changed = False if same else _status(dst, run, copy)
+    return bool(params or tags or metrics or inputs or files or status_changed)
 
 
 def _status(dst: mlflow.MlflowClient, run: Run, copy: Run) -> bool:
@@ -388,11 +409,12 @@ def _files(client: mlflow.MlflowClient, run_id: str, path: str | None = None) ->
             yield entry.path, entry.file_size or 0
 
 
-def _copy_artifacts(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, run_id: str, copy_id: str, *,
-                    fresh: bool) -> int:
-    """Copy the files the copy lacks (or holds at another size); returns how many."""
+def _copy_artifacts(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, run_id: str, copy_id: str, *,  # noqa: PLR0913
+                    fresh: bool, missing_only: bool = False) -> int:
+    """Copy the files the copy lacks (or, unless `missing_only`, holds at another size); returns how many."""
     have = {} if fresh else dict(_files(dst, copy_id))
-    wanted = [(path, size) for path, size in _files(src, run_id) if have.get(path) != size]
+    wanted = [(path, size) for path, size in _files(src, run_id)
+              if path not in have or (not missing_only and have[path] != size)]
     with tempfile.TemporaryDirectory(prefix="kerasflow-push-") as tmp:
         for path, _ in wanted:
             local = src.download_artifacts(run_id, path, tmp)

@@ -27,10 +27,12 @@ from pathlib import Path
 
 from kerasflow.errors import UserError
 from kerasflow.files import atomic_write
-from kerasflow.storeops import relocate
+from kerasflow.storeops import merge, relocate
 from kerasflow.track import store
 
 log = logging.getLogger(__name__)
+
+# Lazy imports: mlflow, inside the functions that use them (seconds to load).
 
 # Run by the source's python3 (any version): find the store (`~` expanded there), refuse what is not
 # one, snapshot its database with the backup API into a private mkdtemp folder (mode 700), and print
@@ -137,6 +139,9 @@ def pull(source: str, dest: Path, ssh: str = "ssh", force: bool = False) -> relo
                             f"id>/meta.yaml){why}: give the store folder")
         dest.absolute().parent.mkdir(parents=True, exist_ok=True)
         with store.operation_lock(dest):  # a second pull (or a relocation, `make ui`) into dest waits
+            _recover(dest)
+            if _updates(dest, source):
+                return _pull_merged(host, ssh, info, source, dest)
             backup = make_room(dest, source, force)
             if backup is not None:
                 log.info(f"kept the store that was at {dest} as {backup}")
@@ -150,6 +155,58 @@ def pull(source: str, dest: Path, ssh: str = "ssh", force: bool = False) -> relo
             subprocess.run([*ssh_cmd, "rm", "-rf", "--", shlex.quote(info["tmp"])], capture_output=True)
         elif info.get("tmp"):
             shutil.rmtree(info["tmp"], ignore_errors=True)
+    return report
+
+
+def _aside(dest: Path, what: str) -> Path:
+    return dest.with_name(f".{dest.name}.pull-{what}")
+
+
+def _updates(dest: Path, source: str) -> bool:
+    """A complete earlier pull of the same source, with a database: the pull merges instead."""
+    try:
+        marker = json.loads((dest / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    complete = marker.get("source") == source and marker.get("complete") is True
+    return complete and (dest / store.DB_FILE).is_file()
+
+
+def _recover(dest: Path) -> None:
+    """Finish or undo what a killed merging pull left: its old store put back, or (once the new one is
+    in place) its relocation completed and the old one removed."""
+    old, new = _aside(dest, "old"), _aside(dest, "new")
+    if old.exists() and not dest.exists():
+        os.rename(old, dest)
+    elif old.exists():
+        relocate.relocate(dest)
+        atomic_write(dest / MARKER, json.dumps({**json.loads((dest / MARKER).read_text()), "complete": True}))
+        shutil.rmtree(old)
+    shutil.rmtree(new, ignore_errors=True)
+
+
+def _pull_merged(host: str | None, ssh: str, info: dict, source: str, dest: Path) -> relocate.Report:
+    """Pull the same source again without losing what was done here since: the new snapshot is made
+    beside the store, the local store is merged into it (runs logged here, tags and aliases set here;
+    storeops.merge), then it takes the store's place. Before, a re-pull replaced the store: local runs,
+    their experiment and aliases set with `make promote` were gone, with no backup."""
+    import mlflow
+
+    new, old = _aside(dest, "new"), _aside(dest, "old")
+    new.mkdir()
+    atomic_write(new / MARKER, json.dumps({"source": source, "complete": False}))
+    _copy(host, ssh, info, new)
+    relocate.relocate(new)
+    local_uri, new_uri = (store.sqlite_uri(folder / store.DB_FILE) for folder in (dest, new))
+    with store.activated(new_uri):
+        local, fresh = mlflow.MlflowClient(tracking_uri=local_uri), mlflow.MlflowClient(tracking_uri=new_uri)
+        kept = merge.merge(local, fresh, new_uri, label="this store before the pull", src_uri=local_uri)
+    log.info(f"kept what this store had that the source has not: {kept.summary()}")
+    os.rename(dest, old)  # a kill from here on is finished by the next pull (_recover)
+    os.rename(new, dest)
+    report = relocate.relocate(dest)
+    atomic_write(dest / MARKER, json.dumps({"source": source, "complete": True}))
+    shutil.rmtree(old)
     return report
 
 
