@@ -310,7 +310,8 @@ def test_a_push_killed_at_seeded_moments_completes_on_rerun_without_duplicates(t
             source = run.data.tags[orphans.SOURCE_TAG]
             assert source not in by_source, f"run {source} copied twice"
             by_source[source] = _fingerprint(client, run.info.run_id)
-        versions = [v.tags["kerasflow.source_version"] for v in client.search_model_versions("name = 'cells'")]
+        versions = client.search_model_versions("name = 'cells'")
+        versions = [v.tags["kerasflow.source_version"] for v in versions]
         return by_source, sorted(versions), dict(client.get_registered_model("cells").aliases)
 
     assert contents(killed) == contents(ref)
