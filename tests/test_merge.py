@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import ROOT, assert_user_error
+from helpers import ROOT, assert_user_error, free_port, kill_group, mlflow_server
 
 from kerasflow.track import orphans
 
@@ -315,3 +315,41 @@ def test_a_push_killed_at_seeded_moments_completes_on_rerun_without_duplicates(t
         return by_source, sorted(versions), dict(client.get_registered_model("cells").aliases)
 
     assert contents(killed) == contents(ref)
+
+
+def test_push_into_a_tracking_server(tmp_path):
+    """The team's case: a laptop's runs into a running server, artifacts and the model through it (the
+    server stores them: proxied artifacts), loadable by alias from the server; again: nothing copied."""
+    src, src_uri = _client(tmp_path / "laptop")
+    exp = _experiment(src, src_uri, "kerasflow")
+    cv = _run(src, exp, "cv", tmp_path)
+    fold = _run(src, exp, "fold0", tmp_path, parent=cv)
+    trained = _log_model(src_uri, exp, "trained", 2.0, "cells", "champion")
+    port = free_port()
+    server = mlflow_server(tmp_path / "server", port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        first = _push(tmp_path / "laptop", url)
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert "push: 3 runs copied" in first.stdout and "1 models, 1 model versions" in first.stdout
+        import mlflow
+        import numpy as np
+
+        from kerasflow.track import store
+
+        dst = mlflow.MlflowClient(tracking_uri=url)
+        copies = {r.data.tags[orphans.SOURCE_TAG]: r
+                  for r in dst.search_runs([dst.get_experiment_by_name("kerasflow").experiment_id])}
+        assert set(copies) == {cv, fold, trained}
+        for run_id, copy in copies.items():
+            _same(src, dst, run_id, copy)
+        assert copies[fold].data.tags["mlflow.parentRunId"] == copies[cv].info.run_id
+        assert list((tmp_path / "server" / "artifacts").rglob("curves.png"))  # stored by the server
+        with store.activated(url):
+            x = np.arange(4.0).reshape(2, 2)
+            assert (mlflow.pyfunc.load_model("models:/cells@champion").predict(x) == x * 2).all()
+        again = _push(tmp_path / "laptop", url)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "push: 0 runs copied, 0 updated, 3 unchanged" in again.stdout
+    finally:
+        kill_group(server)

@@ -14,7 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, TINY, assert_user_error, client_for, free_port, kerasflow, set_args, wait_http
+from helpers import (
+    ROOT,
+    TINY,
+    assert_user_error,
+    client_for,
+    free_port,
+    kerasflow,
+    kill_group,
+    mlflow_server,
+    set_args,
+    wait_http,
+)
 
 from kerasflow import config
 
@@ -431,24 +442,6 @@ def test_a_dataset_logged_by_two_runs_at_once_is_retried_not_fatal(monkeypatch):
         tracking._log_input(object(), "training")
 
 
-def _mlflow_server(folder: Path, port: int) -> subprocess.Popen:
-    """A real tracking server on `port` over a sqlite store in `folder` (its own process group)."""
-    folder.mkdir(exist_ok=True)
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-         f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_http(f"http://127.0.0.1:{port}/health", proc=server)
-    return server
-
-
-def _kill(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
-
-
 def test_a_tracking_server_that_dies_mid_run_costs_no_training(tmp_path):
     """Before: every epoch's log_batch was synchronous, so with the server gone the epoch loop stalled
     in MLflow's HTTP retries (~4 min a call), then tracebacks. Now, two runs, the server killed after
@@ -460,7 +453,7 @@ def test_a_tracking_server_that_dies_mid_run_costs_no_training(tmp_path):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    server = _mlflow_server(tmp_path / "server", port)
+    server = mlflow_server(tmp_path / "server", port)
     away_cmd = _tiny_cmd(tmp_path, "away", "synthetic_examples=600", epochs=5)
     try:
         err = (tmp_path / "outage.err").open("w")
@@ -472,7 +465,7 @@ def test_a_tracking_server_that_dies_mid_run_costs_no_training(tmp_path):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         _wait_for_epochs(tmp_path / "out" / "outage", outage, 1)
         _wait_for_epochs(tmp_path / "out" / "away", away, 1)
-        _kill(server)
+        kill_group(server)
         killed = time.monotonic()
         _wait_for_epochs(tmp_path / "out" / "outage", outage, 10)  # stalled here before
         while "unreachable" not in (tmp_path / "outage.err").read_text() and outage.poll() is None:
@@ -484,7 +477,7 @@ def test_a_tracking_server_that_dies_mid_run_costs_no_training(tmp_path):
                           "did not come back", str(tmp_path / "out" / "away"), "run_name=away")
         assert not (tmp_path / "out" / "away" / "model.keras").exists()
 
-        server = _mlflow_server(tmp_path / "server", port)
+        server = mlflow_server(tmp_path / "server", port)
         assert outage.wait(timeout=300) == 0, (tmp_path / "outage.err").read_text()[-3000:]
         stderr = (tmp_path / "outage.err").read_text()
         assert "Traceback" not in stderr
@@ -509,7 +502,7 @@ def test_a_tracking_server_that_dies_mid_run_costs_no_training(tmp_path):
         assert list((tmp_path / "server" / "artifacts").rglob("curves.png"))
         assert c.get_model_version_by_alias("remote-model", "candidate").run_id == outage_id
     finally:
-        _kill(server)
+        kill_group(server)
 
 
 def mlflow_client(uri: str):

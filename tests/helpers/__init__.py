@@ -149,3 +149,20 @@ def sigkill_after_epochs(proc: subprocess.Popen, run_dir: Path, epochs: int = 2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
 
+
+def mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """A real tracking server on `port` over a sqlite store in `folder` (its own process group)."""
+    folder.mkdir(exist_ok=True)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+         f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/health", proc=server)
+    return server
+
+
+def kill_group(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
