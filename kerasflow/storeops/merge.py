@@ -14,6 +14,12 @@ MLflow 3 logged models (kept outside the run's artifacts) are copied with their 
 and files, linked to the copied run (`MODEL_SOURCE_TAG`); registered models get their versions (numbered
 by the destination, matched by `VERSION_SOURCE_TAG`) and aliases. An alias that already points at
 another version in the destination is kept there, and reported: a push never silently moves it.
+
+Why not mlflow-export-import (the MLflow maintainers' tool; its last release, 1.2.0, dates from 2023):
+read in that wheel, `run/import_run.py` creates a new run on every import (a second import duplicates
+every run: not idempotent, nothing incremental), it goes through an export folder on disk, and nothing
+in it handles MLflow 3's logged models (`search_logged_models`, `models:/m-...` sources). Built here on
+MLflow's client API instead.
 """
 
 from __future__ import annotations
