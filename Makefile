@@ -49,7 +49,7 @@ DEMO_SET := --preset demo --set run_name=demo-{time}  # {time}: an automatic nam
 
 .PHONY: help env host-env lock lock-host team-server train demo data weights test lint bench \
         bench-pipeline bench-tracking bench-relocate bench-stores bench-speed bench-bigdata clean test-fast \
-        test-all test-gpu-image track track-demo server serve predict runs reproduce promote versions ui pull push relocate migrate \
+        test-all test-gpu-image track track-demo server serve predict runs reproduce promote versions ui pull push log-run relocate migrate \
         mlproject splits cv tune analyze image shell run pictures
 
 ##@ Everyday
@@ -87,6 +87,10 @@ train: $(STAMP) ## train with config.yaml (VGG16 on TFDS malaria: `make data` fi
 
 track: $(STAMP) ## train as one MLflow run into ./store (or MLFLOW_TRACKING_URI)
 	$(PY) -m kerasflow track --store $(STORE) $(ARGS)
+
+log-run: $(STAMP) ## log a finished run folder into the store afterwards: FOLDER=runs/NAME
+	@test -n "$(FOLDER)" || { echo "error: give the run folder: make log-run FOLDER=runs/NAME"; exit 2; }
+	$(PY) -m kerasflow log-run "$(FOLDER)" --store $(STORE) $(ARGS)
 
 track-demo: $(STAMP) ## the offline demo, tracked; its model registered as demo@candidate
 	$(PY) -m kerasflow track --store $(STORE) $(DEMO_SET) --register demo $(ARGS)

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # `--help`, the light host env and the other commands never pay for them).
 
 if TYPE_CHECKING:
+    import keras
     import mlflow
 
 
@@ -210,19 +211,25 @@ def _requirements() -> list[str]:
 
 def log_model(prep: training.Prepared, register: str, alias: str) -> dict[str, Any]:
     """The trained model as an MLflow model (keras flavor + signature), optionally registered."""
+    sample = np.asarray(prep.examples.images[prep.splits.test[:4]])
+    return _log_keras(prep.model, sample, prep.examples.class_names, prep.cfg.image_size, register, alias)
+
+
+def _log_keras(model: keras.Model, sample: np.ndarray, class_names: list[str], image_size: int,  # noqa: PLR0913
+               register: str, alias: str) -> dict[str, Any]:
+    """Log (once per run: a rerun finds it) and optionally register the active run's model."""
     import mlflow
     from mlflow.models import infer_signature
 
     client = mlflow.MlflowClient()
     run = mlflow.active_run()
-    assert run is not None  # noqa: S101 - called inside tracked_run's run
+    assert run is not None  # noqa: S101 - called inside a tracked run
     logged = _logged_model(client, run.info.experiment_id, run.info.run_id)
     if logged is None:
-        sample = np.asarray(prep.examples.images[prep.splits.test[:4]])
-        signature = infer_signature(sample, prep.model.predict(sample, verbose=0))
+        signature = infer_signature(sample, model.predict(sample, verbose=0))
         info = mlflow.keras.log_model(
-            prep.model, name="model", signature=signature, pip_requirements=_requirements(),
-            metadata={"class_names": prep.examples.class_names, "image_size": prep.cfg.image_size},
+            model, name="model", signature=signature, pip_requirements=_requirements(),
+            metadata={"class_names": class_names, "image_size": image_size},
         )
         logged = (info.model_uri, info.model_id)
     out: dict[str, Any] = {"model_uri": logged[0], "model_id": logged[1]}
@@ -247,6 +254,25 @@ def _logged_model(client: mlflow.MlflowClient, experiment_id: str, run_id: str) 
             return model.model_uri, model.model_id
         client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
     return None
+
+
+def _log_identity(client: mlflow.MlflowClient, run_id: str, run_dir: Path, entry: str) -> None:
+    """Params, data tags, config and environment of a run, all from its folder: the same whether the
+    run is tracked live or logged from the folder later (`log_folder`). Params: the run's identity
+    (data, model, train, speed; the whole config is the config.yaml artifact) and replicas, how many
+    devices `distribute` found (the global batch is batch_size x replicas)."""
+    import mlflow
+
+    cfg = config.load(run_dir / rundir.CONFIG_FILE)
+    lineage = json.loads((run_dir / envinfo.ENV_DIR / envinfo.LINEAGE_FILE).read_text())
+    log_params_merged(client, run_id, {**config.identity(cfg), "run_name": cfg.run_name,
+                                       "replicas": lineage["replicas"]})
+    tags = {k: str(lineage[k]) for k in ("data_digest", "split_digest", "data_source")}
+    if lineage.get("splits_file_digest"):
+        tags["splits_file_digest"] = lineage["splits_file_digest"]
+    mlflow.set_tags({**tags, "kerasflow.entry": entry})
+    mlflow.log_artifact(str(run_dir / rundir.CONFIG_FILE))
+    _log_environment(run_dir)
 
 
 def _log_environment(run_dir: Path) -> None:
@@ -329,17 +355,8 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
              f"{' (resumed)' if prep.resumed else ''}")
     with run_status(run_id, nested.stopped), signals_as_interrupt():
         if not prep.resumed or not client.get_run(run_id).data.params:
-            # the run's identity (data, model, train, speed): the whole config is the config.yaml artifact;
-            # replicas: how many devices `distribute` found (the global batch is batch_size x replicas)
-            log_params_merged(client, run_id, {**config.identity(prep.cfg), "run_name": prep.cfg.run_name,
-                                               "replicas": prep.placement.replicas})
-            mlflow.set_tags({"data_digest": prep.examples.digest, "split_digest": prep.splits.digest(),
-                             "data_source": cfg.data_source, "kerasflow.entry": "track"})
-            if prep.splits_file_digest:
-                mlflow.set_tags({"splits_file_digest": prep.splits_file_digest})
-            mlflow.log_artifact(str(prep.run_dir / rundir.CONFIG_FILE))
+            _log_identity(client, run_id, prep.run_dir, entry="track")
             log_inputs(prep)
-            _log_environment(prep.run_dir)
         sender = sync.EpochSender(client, run_id, prep.run_dir, uri).start()
         try:
             history = training.fit(prep, extra_callbacks=[sync.epoch_callback(sender), *nested.callbacks],
@@ -377,3 +394,80 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
     logged = f"; model {model['model_uri']}{registered}" if model else ""
     log.info(f"mlflow: run {run_id} FINISHED{logged}")
     return result, run_id
+
+
+AFTERWARDS_TAG = "kerasflow.logged_afterwards"  # "true" on a run `log_folder` made from a run folder
+RESULT_FILES = (rundir.HISTORY_FILE, rundir.METRICS_FILE, rundir.PREDICTIONS_FILE, rundir.CURVES_FILE,
+                rundir.CONFUSION_FILE, rundir.ROC_FILE)
+
+
+def log_folder(run_dir: Path, *, uri: str, experiment: str, register: str = "",
+               alias: str = "candidate") -> tuple[str, bool]:
+    """Log a finished run folder into the active store as one MLflow run, afterwards (trained by
+    `kerasflow train`, on an offline box, or while the tracking server was away); returns (run id,
+    whether it was logged now). Once per store: the folder's own run (mlflow_run_id) or one logged
+    from it before is completed, never a second made."""
+    import keras
+    import mlflow
+
+    run_dir = run_dir.resolve()
+    if not (run_dir / rundir.MODEL_FILE).is_file() or not (run_dir / rundir.METRICS_FILE).is_file():
+        raise UserError(f"{run_dir} is not a finished run folder (no {rundir.MODEL_FILE}): finish the run "
+                        "first (the same command with run_name=NAME resumes it)")
+    if not (run_dir / envinfo.ENV_DIR / envinfo.LINEAGE_FILE).is_file():
+        raise UserError(f"{run_dir} was trained before run folders recorded their data (environment/"
+                        f"{envinfo.LINEAGE_FILE}): it cannot be logged afterwards; train it again")
+    rundir.hold(run_dir)  # one process at a time; and the run it logs is not an orphan meanwhile
+    client = mlflow.MlflowClient()
+    run_id = _folder_run(client, run_dir, uri, experiment)
+    if run_id and client.get_run(run_id).info.status == "FINISHED":
+        return run_id, False
+    if run_id is None:  # made with the time its first epoch ended (the closest to its start on record)
+        rows = rundir.read_history_rows(run_dir)
+        started = rows[0].get(rundir.HISTORY_TIME) if rows else None
+        run_id = client.create_run(experiment_id(client, uri, experiment), start_time=started,
+                                   run_name=run_dir.name,
+                                   tags={AFTERWARDS_TAG: "true", **orphans.tags(run_dir)}).info.run_id
+    mlflow.start_run(run_id=run_id)
+    with run_status(run_id):
+        if not client.get_run(run_id).data.params:
+            _log_identity(client, run_id, run_dir, entry="log-run")
+        sync.send_history(client, run_id, run_dir)
+        results = json.loads((run_dir / rundir.METRICS_FILE).read_text())
+        logged = client.get_run(run_id).data.metrics
+        mlflow.log_metrics({f"test_{k}": float(v) for k, v in results.items()
+                            if isinstance(v, (int, float)) and f"test_{k}" not in logged})
+        for name in RESULT_FILES:
+            if (run_dir / name).is_file():
+                mlflow.log_artifact(str(run_dir / name))
+        model = keras.models.load_model(run_dir / rundir.MODEL_FILE)
+        mlflow.set_tag(WEIGHTS_TAG, models.weights_digest(model))
+        cfg = config.load(run_dir / rundir.CONFIG_FILE)
+        sample = np.zeros((4, cfg.image_size, cfg.image_size, 3), np.uint8)
+        _log_keras(model, sample, list(results.get("per_class", {})), cfg.image_size, register, alias)
+    if not (run_dir / rundir.RUN_ID_FILE).is_file():
+        rundir.atomic_write(run_dir / rundir.RUN_ID_FILE, run_id + "\n")
+    return run_id, True
+
+
+def _folder_run(client: mlflow.MlflowClient, run_dir: Path, uri: str, experiment: str) -> str | None:
+    """The run this store already has for the folder: its own (tracked live), or one logged from it."""
+    id_file = run_dir / rundir.RUN_ID_FILE
+    if id_file.is_file():
+        run_id = id_file.read_text().strip()
+        try:
+            client.get_run(run_id)
+            return run_id
+        except Exception:  # noqa: BLE001, S110 - another store's run: look for one logged from the folder
+            pass
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    mine = orphans.tags(run_dir)
+    runs = client.search_runs([found.experiment_id], " AND ".join(
+        f"tags.`{key}` = '{_quoted(mine[key])}'" for key in (orphans.RUN_DIR_TAG, orphans.HOST_TAG)))
+    return runs[0].info.run_id if runs else None
+
+
+def _quoted(value: str) -> str:
+    return value.replace("'", "\\'")

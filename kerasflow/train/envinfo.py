@@ -32,6 +32,7 @@ INSTALLED_FILE = "installed.txt"  # name==version of the running environment
 DIFF_FILE = "git_diff.patch"  # the uncommitted diff (secret-looking files left out, capped)
 UNTRACKED_FILE = "untracked_files.txt"  # names only: their content may be anything (data, keys)
 HARDWARE_FILE = "hardware.json"  # GPUs and the TF/CUDA build
+LINEAGE_FILE = "lineage.json"  # data and split digests, data source, replicas: what a tracked run tags
 
 
 def _run(args: list[str], cwd: Path = ROOT) -> str | None:
@@ -144,10 +145,13 @@ def tags(git: dict[str, Any] | None = None) -> dict[str, str]:
     return out
 
 
-def record(run_dir: Path) -> Path:
+def record(run_dir: Path, lineage: dict[str, Any] | None = None) -> Path:
     """Write what this run runs on into `run_dir/environment/` (once: a resumed run keeps the record
-    of its start). Returns the folder."""
+    of its start), and `lineage` (its data). Returns the folder."""
     folder = run_dir / ENV_DIR
+    if lineage is not None and not (folder / LINEAGE_FILE).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / LINEAGE_FILE, json.dumps(lineage, indent=2))
     if (folder / TAGS_FILE).is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)

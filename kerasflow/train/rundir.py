@@ -3,7 +3,7 @@
 Layout of `<output_dir>/<run_name>/` (every file name is a constant below; no other module spells one):
     config.yaml            resolved config (written first; its presence marks a started run)
     environment/           what the run ran on: code, packages, hardware (train/envinfo.py `record`)
-    history.jsonl          one row per finished epoch, with its end time (kept across restarts)
+    history.jsonl          one row per finished epoch, with its end time (kept across restarts and after)
     .state/                checkpoints (callbacks.AtomicBackupAndRestore); removed when the run finishes
     history.json metrics.json test_predictions.csv curves.png confusion_matrix.png roc.png
     mlflow_run_id mlflow_model.json   (tracked runs: the MLflow run, the logged model)
@@ -216,9 +216,9 @@ def state_dir(run_dir: Path) -> Path:
 
 
 def clear_state(run_dir: Path) -> None:
-
+    """Drop the checkpoints of a finished run; history.jsonl stays: its epoch times are what logging
+    the folder into a store later (`kerasflow log-run`) needs."""
     shutil.rmtree(state_dir(run_dir), ignore_errors=True)
-    (run_dir / HISTORY_LOG).unlink(missing_ok=True)
 
 
 def _atomic_keras(path: Path, save: Any) -> Path:

@@ -134,7 +134,10 @@ def _prepare(cfg: Config, run_dir: Path) -> Prepared:
              f"{examples.class_names}, train/val/test {len(splits.train)}/{len(splits.val)}/"
              f"{len(splits.test)} ({time.perf_counter() - t0:.1f} s to load)")
     resumed = rundir.create(run_dir, cfg)
-    envinfo.record(run_dir)  # code, packages, hardware: in the folder, whether tracked now, later or never
+    # code, packages, hardware and the data's digests: in the folder, whether tracked now, later or never
+    envinfo.record(run_dir, lineage={"data_digest": examples.digest, "split_digest": splits.digest(),
+                                     "splits_file_digest": splits_file_digest, "data_source": cfg.data_source,
+                                     "replicas": placement.replicas})
     import tensorflow as tf
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
