@@ -81,7 +81,7 @@ def _kill_inside_a_trial(proc: subprocess.Popen, out: Path) -> str:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
         for log in out.glob("shared-trial*/history.jsonl"):
-            if log.read_text().strip():
+            if log.read_text().strip() and not (log.parent / "model.keras").exists():  # one in progress
                 proc.kill()
                 proc.wait()
                 return log.parent.name

@@ -28,8 +28,9 @@ def test_demo_learns_and_writes_every_output(tmp_path):
     assert prep.metrics["accuracy"] >= 0.9 and prep.metrics["auc"] >= 0.95
     run = tmp_path / "demo"
     names = {p.name for p in run.iterdir()}
-    assert names == {"config.yaml", "history.json", "metrics.json", "curves.png", "confusion_matrix.png",
-                     "roc.png", "model.keras", "test_predictions.csv", ".lock", "environment"}
+    assert names == {"config.yaml", "history.json", "history.jsonl", "metrics.json", "curves.png",
+                     "confusion_matrix.png", "roc.png", "model.keras", "test_predictions.csv", ".lock",
+                     "environment"}
     # what it ran on, recorded at train time (untracked_files.txt / git_diff.patch when there are any)
     assert {"tags.json", "requirements.txt", "installed.txt", "hardware.json"} <= {
         p.name for p in (run / "environment").iterdir()}
