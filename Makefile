@@ -48,7 +48,7 @@ N_INNER ?= 0
 DEMO_SET := --preset demo --set run_name=demo-{time}  # {time}: an automatic name, never another run's
 
 .PHONY: help env host-env lock lock-host team-server train demo data weights test lint bench \
-        bench-pipeline bench-tracking bench-relocate bench-stores bench-speed bench-bigdata clean test-fast \
+        bench-pipeline bench-tracking bench-relocate bench-push bench-stores bench-speed bench-bigdata clean test-fast \
         test-all test-gpu-image track track-demo server serve predict runs reproduce promote versions ui pull push log-run relocate migrate \
         mlproject splits cv tune analyze image shell run pictures
 
@@ -229,7 +229,7 @@ lock-host: ## re-pin requirements-host.txt (with HOST_PYTHON, the oldest you sup
 	  .venv-lock/bin/pip freeze; } > requirements-host.txt
 	rm -rf .venv-lock
 
-bench: bench-pipeline bench-tracking bench-relocate bench-stores bench-speed bench-bigdata ## every benchmark
+bench: bench-pipeline bench-tracking bench-relocate bench-push bench-stores bench-speed bench-bigdata ## every benchmark
 
 bench-pipeline: $(STAMP) ## input pipeline vs a generator, `train.py --help` time (~2 min)
 	$(PY) bench/bench_pipeline.py $(ARGS)
@@ -239,6 +239,9 @@ bench-tracking: $(STAMP) ## MLflow tracking overhead and model-logging cost (~6 
 
 bench-relocate: $(STAMP) ## relocating 10,000-run stores, vs the sed one-liner (~3 min)
 	$(PY) bench/bench_relocate.py $(ARGS)
+
+bench-push: $(STAMP) ## pushing a 1,000-run store, then again with nothing new
+	$(PY) bench/bench_push.py $(ARGS)
 
 bench-stores: $(STAMP) ## concurrent writers: sqlite (embedded, server) vs PostgreSQL (~5 min)
 	$(PY) bench/bench_stores.py $(ARGS)
