@@ -24,13 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", action="append", default=None, metavar="NAME",
                    help="only this experiment (repeatable; default: every experiment)")
     p.add_argument("--filter", default="", help="only runs matching this MLflow search filter")
+    p.add_argument("--full", action="store_true",
+                   help="compare every history and file of runs already copied (default: a finished run "
+                        "whose status, params, tags and latest metrics match its copy is skipped)")
     args = p.parse_args(argv)
 
     def go() -> None:
         from kerasflow.storeops import merge
 
         t0 = time.perf_counter()
-        report = merge.push(args.store, args.to, experiments=args.experiment, filter_string=args.filter)
+        report = merge.push(args.store, args.to, experiments=args.experiment, filter_string=args.filter,
+                            full=args.full)
         print(f"push: {report.summary()} in {time.perf_counter() - t0:.1f} s")
 
     return cli.run(go)

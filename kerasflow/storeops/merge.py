@@ -92,7 +92,8 @@ def destination_uri(dest: str) -> str:
     return store.sqlite_uri(Path(dest) / store.DB_FILE)
 
 
-def push(source: str, dest: str, *, experiments: list[str] | None = None, filter_string: str = "") -> Report:
+def push(source: str, dest: str, *, experiments: list[str] | None = None, filter_string: str = "",
+         full: bool = False) -> Report:
     """Merge the runs of store `source` (a folder, or MLFLOW_TRACKING_URI) into `dest`."""
     import mlflow
 
@@ -107,12 +108,12 @@ def push(source: str, dest: str, *, experiments: list[str] | None = None, filter
         dst = mlflow.MlflowClient(tracking_uri=dst_uri)
         with store.activated(dst_uri):  # artifact repositories resolve through the active store
             return merge(src, dst, dst_uri, experiments=experiments, filter_string=filter_string,
-                         label=urlauth.redact(src_uri), src_uri=src_uri)
+                         label=urlauth.redact(src_uri), src_uri=src_uri, full=full)
 
 
 def merge(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, dst_uri: str, *,  # noqa: PLR0913
           experiments: list[str] | None = None, filter_string: str = "", label: str = "",
-          src_uri: str = "") -> Report:
+          src_uri: str = "", full: bool = False) -> Report:
     """Copy or update every selected run of `src` in `dst`, then their logged models and registered
     versions (see the module docstring)."""
     from mlflow.exceptions import MlflowException
@@ -146,6 +147,8 @@ def merge(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, dst_uri: str, *,  
                 mapped[run.info.run_id] = new_id
                 _update(src, dst, run, dst.get_run(new_id), report, created=True)
                 report.created += 1
+            elif not full and _unchanged(run, copy):
+                report.unchanged += 1
             elif _update(src, dst, run, copy, report, created=False):
                 report.updated += 1
             else:
@@ -307,6 +310,25 @@ def _experiment(dst: mlflow.MlflowClient, dst_uri: str, name: str, report: Repor
         raise UserError(f"experiment {name!r} is deleted in the destination: restore it there (mlflow "
                         "experiments restore) or leave it out with --experiment")
     return found.experiment_id
+
+
+def _unchanged(run: Run, copy: Run) -> bool:
+    """A finished run whose copy has its status, end time, params, tags and latest value of each metric
+    (step, timestamp, value) needs no history or file read (what makes a push with nothing new cheap):
+    a history that grew has a later step. Not seen here: a step inserted before the latest, or a file
+    added to a finished run and nothing else; `push --full` compares everything."""
+    if run.info.status == "RUNNING" or (run.info.status, run.info.end_time) != (copy.info.status,
+                                                                               copy.info.end_time):
+        return False
+    own = (SOURCE_TAG, SOURCE_STORE_TAG, PARENT_TAG, COPY_OF_RUNNING_TAG)
+    if run.data.params != copy.data.params or any(
+            copy.data.tags.get(k) != v for k, v in run.data.tags.items() if k not in own):
+        return False
+
+    def latest(r: Run) -> set[tuple[str, int, int, float]]:
+        return {(m.key, m.step, m.timestamp, m.value) for m in r.data._metric_objs}
+
+    return latest(run) == latest(copy)
 
 
 def _runs(client: mlflow.MlflowClient, experiment_id: str, filter_string: str) -> Iterator[Run]:
