@@ -167,6 +167,18 @@ cp -r "$DISK/out" "$KEEP/out"
 """
 
 
+def _in_a_private_tmpfs(script: str, sets: list[str], env: dict[str, str]) -> None:
+    """Run `script` (bash, with SETS=(the --set args)) in a mount namespace of the test's own, where it
+    mounts a small tmpfs on $DISK; $KEEP is outside it. Needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("a private tmpfs needs root (CI runs as root)")
+    require_tool("unshare")
+    script = "SETS=(" + " ".join(f"'{a}'" for a in set_args(sets)) + ")\n" + script
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_rerun_resumes(tmp_path):
     """Before: h5py's RuntimeError (errno 28) escaped Keras' OSError-only fallback: a traceback, exit 1,
@@ -174,19 +186,13 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_rerun_resumes(tmp_p
     Now a checkpoint is whole or absent (AtomicBackupAndRestore), the full disk is one line with exit
     2, and the rerun resumes from the last whole checkpoint. The disk is a 4 MB tmpfs in a mount
     namespace of the test's own, filled once the run has finished 2 epochs."""
-    if os.geteuid() != 0:
-        pytest.skip("a private tmpfs needs root (CI runs as root)")
-    require_tool("unshare")
     disk, keep = tmp_path / "disk", tmp_path / "keep"
     disk.mkdir()
     keep.mkdir()
     sets = [*TINY, "synthetic_examples=600", "epochs=6", f"output_dir={disk / 'out'}", "run_name=full",
             f"cache_dir={tmp_path / 'cache'}"]
     env = {**os.environ, "DISK": str(disk), "KEEP": str(keep), "PY": PY, "EPOCHS_BEFORE_FULL": "2"}
-    script = "SETS=(" + " ".join(f"'{a}'" for a in set_args(sets)) + ")\n" + FILL_AFTER_EPOCHS
-    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _in_a_private_tmpfs(FILL_AFTER_EPOCHS, sets, env)
     first = (keep / "stderr.first").read_text()
     assert (keep / "status.first").read_text().strip() == "2", first[-3000:]
     assert "error: no space left" in first and "Traceback" not in first, first[-3000:]
@@ -228,9 +234,6 @@ def test_a_full_store_mid_run_is_one_line_and_the_run_is_not_left_running(tmp_pa
     the rerun, the next command that opens the store (here `kerasflow runs`) marks the run FAILED (its
     process is gone), and the rerun ends that same run FINISHED with every epoch once. The store is an
     8 MB tmpfs in a mount namespace of the test's own, filled after epoch 2; the run folder is elsewhere."""
-    if os.geteuid() != 0:
-        pytest.skip("a private tmpfs needs root (CI runs as root)")
-    require_tool("unshare")
     disk, keep = tmp_path / "disk", tmp_path / "keep"
     disk.mkdir()
     keep.mkdir()
@@ -238,10 +241,7 @@ def test_a_full_store_mid_run_is_one_line_and_the_run_is_not_left_running(tmp_pa
             f"cache_dir={tmp_path / 'cache'}"]
     env = {**os.environ, "DISK": str(disk), "KEEP": str(keep), "PY": PY}
     env.pop("MLFLOW_TRACKING_URI", None)
-    script = "SETS=(" + " ".join(f"'{a}'" for a in set_args(sets)) + ")\n" + FILL_STORE_AFTER_EPOCHS
-    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _in_a_private_tmpfs(FILL_STORE_AFTER_EPOCHS, sets, env)
     first = (keep / "stderr.first").read_text()
     assert_user_error(subprocess.CompletedProcess([], int((keep / "status.first").read_text()), "", first),
                       "store is full", str(keep / "out" / "full"), "run_name=full")
