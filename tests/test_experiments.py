@@ -4,6 +4,7 @@ cross-validation, Optuna search (two worker processes, resume), analysis of pred
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -521,3 +522,62 @@ def test_joining_a_study_no_lead_started_is_one_line(tmp_path):
                  "--grace", "10", "--storage", storage, "--store", str(tmp_path / "store"))
     assert_user_error(result, "study 'nobody'", "has not been started within --grace 10 s",
                       "--role lead")
+
+
+# --- moving the runs --------------------------------------------------------------------------------
+
+
+def test_the_cv_and_search_stores_pushed_into_a_team_server_on_postgresql(cv_runs, searched, postgres,
+                                                                          tmp_path):
+    """Real runs of the tiny preset (the nested cv, the search with its trials, the retrained best
+    registered as tuned@candidate) pushed into our team server on PostgreSQL: every run equal field by
+    field, nesting kept, the Keras model loadable by alias from the server; a second push copies nothing."""
+    import mlflow
+    from helpers import PG_PASSWORD, free_port, kill_group, wait_http
+    from helpers.compare import copies_by_source, same_run
+
+    from kerasflow.track import store
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PGPASSWORD"] = PG_PASSWORD
+    server = subprocess.Popen([sys.executable, "-m", "kerasflow", "server", str(tmp_path / "team"), "--db",
+                               postgres["createdb"]("pushed"), "--port", str(port)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", proc=server)
+        sources = [cv_runs["tmp"] / "store", searched / "store"]
+        for source in sources:
+            pushed = subprocess.run([sys.executable, "-m", "kerasflow", "push", "--store", str(source),
+                                     "--to", url], cwd=ROOT, env=env, capture_output=True, text=True,
+                                    timeout=600)
+            assert pushed.returncode == 0, pushed.stderr[-3000:]
+        dst = mlflow.MlflowClient(tracking_uri=url)
+        copies = copies_by_source(dst)
+        for source in sources:
+            src = client_for(source)
+            runs = runs_of(source)
+            assert {r.info.run_id for r in runs} <= set(copies)
+            for run_ in runs:
+                copy = copies[run_.info.run_id]
+                same_run(src, dst, run_.info.run_id, copy)
+                parent = run_.data.tags.get("mlflow.parentRunId")
+                if parent:
+                    assert copy.data.tags["mlflow.parentRunId"] == copies[parent].info.run_id
+        [final] = runs_of(searched / "store", "tags.kerasflow.level = 'final'")
+        version = dst.get_model_version_by_alias("tuned", "candidate")
+        assert version.run_id == copies[final.info.run_id].info.run_id
+        x = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+        predictions = []
+        for uri in (store.sqlite_uri(searched / "store" / store.DB_FILE), url):  # the same weights in both
+            with store.activated(uri):
+                model = mlflow.keras.load_model("models:/tuned@candidate")
+                predictions.append(model.predict(x, verbose=0))
+        np.testing.assert_array_equal(*predictions)
+        again = subprocess.run([sys.executable, "-m", "kerasflow", "push", "--store", str(searched / "store"),
+                                "--to", url], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "push: 0 runs copied, 0 updated" in again.stdout and "0 model versions" in again.stdout
+    finally:
+        kill_group(server)

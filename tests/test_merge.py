@@ -7,13 +7,13 @@ folders, and a second experiment. The destination holds a run of its own, which 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from helpers import ROOT, assert_user_error, free_port, kill_group, mlflow_server
+from helpers import ROOT, assert_user_error, free_port, kill_group, wait_http
+from helpers.compare import copies_by_source, fingerprint, same_run
 
 from kerasflow.track import orphans
 
@@ -84,44 +84,6 @@ def _push(source: Path, dest: str, *args: str) -> subprocess.CompletedProcess[st
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-def _files(client, run_id: str, path: str | None = None) -> dict[str, str]:
-    out = {}
-    for entry in client.list_artifacts(run_id, path):
-        if entry.is_dir:
-            out |= _files(client, run_id, entry.path)
-        else:
-            local = client.download_artifacts(run_id, entry.path)
-            out[entry.path] = hashlib.sha256(Path(local).read_bytes()).hexdigest()
-    return out
-
-
-def _fingerprint(client, run_id: str) -> tuple:
-    run = client.get_run(run_id)
-    histories = {k: sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, k))
-                 for k in run.data.metrics}
-    return run.info.run_name, run.info.status, run.data.params, histories, _files(client, run_id)
-
-
-def _same(src, dst, run_id: str, copy) -> None:
-    """Every copied field of one run, compared value by value and byte by byte."""
-    run = src.get_run(run_id)
-    assert copy.info.run_name == run.info.run_name
-    assert copy.info.status == run.info.status and copy.info.start_time == run.info.start_time
-    assert copy.info.end_time == run.info.end_time
-    assert copy.data.params == run.data.params
-    own = {"mlflow.parentRunId", orphans.SOURCE_TAG, "kerasflow.source_store", "kerasflow.copy_of_running"}
-    assert {k: v for k, v in copy.data.tags.items() if k not in own} == \
-        {k: v for k, v in run.data.tags.items() if k not in own}
-    def history(client, rid: str, key: str) -> list[tuple[int, int, float]]:
-        return sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(rid, key))
-
-    for key in run.data.metrics:
-        assert history(dst, copy.info.run_id, key) == history(src, run_id, key), key
-    assert [d.dataset.digest for d in copy.inputs.dataset_inputs] == \
-        [d.dataset.digest for d in run.inputs.dataset_inputs]
-    assert _files(dst, copy.info.run_id) == _files(src, run_id)
-
-
 def test_push_merges_runs_once_and_updates_what_grew(tmp_path):
     """Before: a store moved only whole (pull); runs of a laptop or a box could not join another store.
     Now: copied whole and nested, a second push copies nothing, a run that grew (more epochs, finished)
@@ -154,7 +116,7 @@ def test_push_merges_runs_once_and_updates_what_grew(tmp_path):
         if orphans.SOURCE_TAG in r.data.tags}
     assert set(copies) == {cv, *folds, live, other, trained}
     for run_id, copy in copies.items():
-        _same(src, dst, run_id, copy)
+        same_run(src, dst, run_id, copy)
     assert {copies[f].data.tags["mlflow.parentRunId"] for f in folds} == {copies[cv].info.run_id}
     assert copies[live].info.status == "RUNNING"
     assert copies[live].data.tags["kerasflow.copy_of_running"] == "true"
@@ -194,7 +156,7 @@ def test_push_merges_runs_once_and_updates_what_grew(tmp_path):
     assert third.returncode == 0, third.stderr[-3000:]
     assert "push: 0 runs copied, 1 updated, 5 unchanged (4 metric values, 1 artifact files)" in third.stdout
     copy = dst.get_run(copies[live].info.run_id)
-    _same(src, dst, live, copy)
+    same_run(src, dst, live, copy)
     assert copy.data.tags["kerasflow.copy_of_running"] == "false"
     assert len(dst.search_runs([dst_exp])) == 7  # 5 copies + mine + theirs
 
@@ -215,6 +177,14 @@ def test_push_filters_keep_parents_and_bad_input_is_one_line(tmp_path, capsys, m
     assert dst.get_experiment_by_name("other") is None
     assert {r.data.tags[orphans.SOURCE_TAG] for r in runs} == {cv, fold}
 
+    old = src.create_run(exp, run_name="old", start_time=1_577_836_800_000).info.run_id  # 2020-01-01
+    src.set_terminated(old, "FINISHED", end_time=1_577_840_000_000)
+    recent = _push(tmp_path / "box", str(tmp_path / "recent"), "--since", "2024-01-01")
+    assert recent.returncode == 0, recent.stderr[-3000:]
+    got = {r.info.run_name for r in _client(tmp_path / "recent")[0].search_runs(
+        [_client(tmp_path / "recent")[0].get_experiment_by_name("kerasflow").experiment_id])}
+    assert got == {"cv", "fold-best", "weak"}  # not the run of 2020
+
     from kerasflow.cli import push
 
     def in_process(source: Path, dest: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -227,6 +197,8 @@ def test_push_filters_keep_parents_and_bad_input_is_one_line(tmp_path, capsys, m
                       "no experiment 'nope'")
     assert_user_error(in_process(tmp_path / "box", tmp_path / "dest", "--filter", "metrics.x >>> 1"),
                       "bad filter")
+    assert_user_error(in_process(tmp_path / "box", tmp_path / "dest", "--since", "last week"),
+                      "bad --since 'last week'", "(90m, 12h, 7d)")
     assert_user_error(in_process(tmp_path / "nothing", tmp_path / "dest"), "no MLflow store")
 
 
@@ -253,7 +225,7 @@ def test_pulling_the_same_source_again_keeps_what_was_done_here(tmp_path):
                         5.0, "cells", "mine")  # a second version, with an alias of this store only
     local.set_registered_model_alias("cells", "champion", "2")  # promoted here
     newer = _run(server, exp, "newer", tmp_path)  # meanwhile on the server
-    before = _fingerprint(local, mine)
+    before = fingerprint(local, mine)
 
     again = pull()
     assert again.returncode == 0, again.stderr[-3000:]
@@ -267,7 +239,7 @@ def test_pulling_the_same_source_again_keeps_what_was_done_here(tmp_path):
     assert set(names) == {"first", "newer", "laptop-run", "local-model"}, set(names)
     assert names["first"].info.run_id == first_run and names["newer"].info.run_id == newer
     assert names["first"].data.tags["reviewed"] == "yes"
-    assert _fingerprint(local, names["laptop-run"].info.run_id) == before  # the local run, whole
+    assert fingerprint(local, names["laptop-run"].info.run_id) == before  # the local run, whole
     assert names["local-model"].data.tags[orphans.SOURCE_TAG] == second
     assert local.get_model_version_by_alias("cells", "mine").run_id == names["local-model"].info.run_id
     assert str(local.get_model_version_by_alias("cells", "champion").version) == "1"
@@ -309,7 +281,7 @@ def test_a_push_killed_at_seeded_moments_completes_on_rerun_without_duplicates(t
         for run in runs:
             source = run.data.tags[orphans.SOURCE_TAG]
             assert source not in by_source, f"run {source} copied twice"
-            by_source[source] = _fingerprint(client, run.info.run_id)
+            by_source[source] = fingerprint(client, run.info.run_id)
         versions = client.search_model_versions("name = 'cells'")
         versions = [v.tags["kerasflow.source_version"] for v in versions]
         return by_source, sorted(versions), dict(client.get_registered_model("cells").aliases)
@@ -317,39 +289,50 @@ def test_a_push_killed_at_seeded_moments_completes_on_rerun_without_duplicates(t
     assert contents(killed) == contents(ref)
 
 
-def test_push_into_a_tracking_server(tmp_path):
-    """The team's case: a laptop's runs into a running server, artifacts and the model through it (the
-    server stores them: proxied artifacts), loadable by alias from the server; again: nothing copied."""
+def test_push_into_a_tracking_server_with_basic_auth(tmp_path, monkeypatch):
+    """The team's case: a laptop's runs into a running server (ours, with basic auth: the login in the
+    URL), artifacts and the model through it (the server stores them: proxied artifacts), loadable by
+    alias from the server; again: nothing copied; a wrong password is one line."""
     src, src_uri = _client(tmp_path / "laptop")
     exp = _experiment(src, src_uri, "kerasflow")
     cv = _run(src, exp, "cv", tmp_path)
     fold = _run(src, exp, "fold0", tmp_path, parent=cv)
     trained = _log_model(src_uri, exp, "trained", 2.0, "cells", "champion")
-    port = free_port()
-    server = mlflow_server(tmp_path / "server", port)
+    port, password = free_port(), "Adm1n-pass-for-tests"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    cmd = [sys.executable, "-m", "kerasflow", "server", str(tmp_path / "server"), "--port", str(port),
+           "--auth"]
+    server = subprocess.Popen(cmd, cwd=ROOT, env={**env, "MLFLOW_AUTH_ADMIN_PASSWORD": password},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    login = f"http://admin:{password}@127.0.0.1:{port}"
     try:
-        first = _push(tmp_path / "laptop", url)
+        wait_http(f"{url}/health", proc=server)
+        first = _push(tmp_path / "laptop", login)
         assert first.returncode == 0, first.stderr[-3000:]
         assert "push: 3 runs copied" in first.stdout and "1 models, 1 model versions" in first.stdout
+        assert password not in first.stdout + first.stderr
         import mlflow
         import numpy as np
 
         from kerasflow.track import store
 
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
         dst = mlflow.MlflowClient(tracking_uri=url)
-        copies = {r.data.tags[orphans.SOURCE_TAG]: r
-                  for r in dst.search_runs([dst.get_experiment_by_name("kerasflow").experiment_id])}
+        copies = copies_by_source(dst)
         assert set(copies) == {cv, fold, trained}
         for run_id, copy in copies.items():
-            _same(src, dst, run_id, copy)
+            same_run(src, dst, run_id, copy)
         assert copies[fold].data.tags["mlflow.parentRunId"] == copies[cv].info.run_id
         assert list((tmp_path / "server" / "artifacts").rglob("curves.png"))  # stored by the server
         with store.activated(url):
             x = np.arange(4.0).reshape(2, 2)
             assert (mlflow.pyfunc.load_model("models:/cells@champion").predict(x) == x * 2).all()
-        again = _push(tmp_path / "laptop", url)
+        again = _push(tmp_path / "laptop", login)
         assert again.returncode == 0, again.stderr[-3000:]
         assert "push: 0 runs copied, 0 updated, 3 unchanged" in again.stdout
+        wrong = _push(tmp_path / "laptop", login.replace(password, "wrong"))
+        assert_user_error(wrong, "refused the login")
     finally:
         kill_group(server)

@@ -92,10 +92,15 @@ def destination_uri(dest: str) -> str:
     return store.sqlite_uri(Path(dest) / store.DB_FILE)
 
 
-def push(source: str, dest: str, *, experiments: list[str] | None = None, filter_string: str = "",
-         full: bool = False) -> Report:
-    """Merge the runs of store `source` (a folder, or MLFLOW_TRACKING_URI) into `dest`."""
+def push(source: str, dest: str, *, experiments: list[str] | None = None, filter_string: str = "",  # noqa: PLR0913
+         since: int | None = None, full: bool = False) -> Report:
+    """Merge the runs of store `source` (a folder, or MLFLOW_TRACKING_URI) into `dest`; `since` (epoch
+    ms) keeps the runs started then or later."""
     import mlflow
+
+    if since is not None:
+        started = f"attributes.start_time >= {since}"
+        filter_string = f"{started} and {filter_string}" if filter_string.strip() else started
 
     with store.open_store(source, create=False) as src_uri:
         dst_uri = destination_uri(dest)
