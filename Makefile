@@ -88,8 +88,8 @@ train: $(STAMP) ## train with config.yaml (VGG16 on TFDS malaria: `make data` fi
 track: $(STAMP) ## train as one MLflow run into ./store (or MLFLOW_TRACKING_URI)
 	$(PY) -m kerasflow track --store $(STORE) $(ARGS)
 
-log-run: $(STAMP) ## log a finished run folder into the store afterwards: FOLDER=runs/NAME
-	@test -n "$(FOLDER)" || { echo "error: give the run folder: make log-run FOLDER=runs/NAME"; exit 2; }
+log-run: $(STAMP) ## log a finished run folder into the store afterwards: FOLDER=outputs/NAME
+	@test -n "$(FOLDER)" || { echo "error: give the run folder: make log-run FOLDER=outputs/NAME"; exit 2; }
 	$(PY) -m kerasflow log-run "$(FOLDER)" --store $(STORE) $(ARGS)
 
 track-demo: $(STAMP) ## the offline demo, tracked; its model registered as demo@candidate

@@ -82,11 +82,13 @@ def test_a_lock_installs_with_uv_and_falls_back_to_pip_in_one_line(tmp_path):
             capture_output=True,
             text=True,
             cwd=ROOT,
-            env={**os.environ, **extra},
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **extra},  # as in CI: nothing compiles later
             timeout=600,
         )
         assert result.returncode == 0, result.stderr[-2000:]
         assert used in result.stderr, result.stderr
+        # compiled at install (uv leaves .pyc out by default): without it every process compiled TF again
+        assert list(python.parent.parent.glob("lib/python3*/site-packages/__pycache__/six.*.pyc")), name
         if name == "untranslatable":
             assert (
                 "pip setting 'no-binary' has no uv equivalent here; installing with pip instead"

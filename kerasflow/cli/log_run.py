@@ -1,8 +1,8 @@
 """Log a finished run folder into a store, afterwards: a run trained by `kerasflow train`, on a box
 without a server, or while the tracking server was away.
 
-    kerasflow log-run runs/NAME [--store DIR] [--experiment NAME] [--register NAME]
-    (`make log-run FOLDER=runs/NAME`)
+    kerasflow log-run outputs/NAME [--store DIR] [--experiment NAME] [--register NAME]
+    (`make log-run FOLDER=outputs/NAME`)
 
 One MLflow run, as `kerasflow track` would have made it from the same training: params, data tags,
 config, the environment recorded when it trained, every epoch's metrics with their steps and times,
@@ -19,7 +19,7 @@ from kerasflow import cli
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("run_dir", type=Path, help="the run folder (output_dir/run_name, e.g. runs/NAME)")
+    p.add_argument("run_dir", type=Path, help="the run folder (output_dir/run_name, e.g. outputs/NAME)")
     cli.store_flags(p)
     p.add_argument("--register", default="", metavar="NAME",
                    help="register the model under this name (default: do not register)")

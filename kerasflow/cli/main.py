@@ -18,7 +18,7 @@ COMMANDS: dict[str, str] = {
     "weights": "cache the VGG16 ImageNet weights in ~/.keras/models (internet)",
     "server": "MLflow server over a store on 127.0.0.1 (--auth, --db postgresql://...)",
     "runs": "table of the best runs and their curves",
-    "log-run": "log a finished run folder into the store, afterwards (FOLDER=runs/NAME)",
+    "log-run": "log a finished run folder into the store, afterwards (FOLDER=outputs/NAME)",
     "reproduce": "re-create a tracked run from its record and compare",
     "promote": "point an alias at a registered model's best version by a metric",
     "versions": "a registered model's versions, aliases and test metrics",
