@@ -50,6 +50,7 @@ DEMO_SET := --preset demo --set run_name=demo-{time}  # {time}: an automatic nam
 .PHONY: help env host-env lock lock-host team-server train demo data weights test lint bench \
         bench-pipeline bench-tracking bench-relocate bench-push bench-stores bench-speed bench-bigdata clean test-fast \
         test-all test-gpu-image track track-demo server serve predict runs reproduce promote versions ui pull push log-run relocate migrate \
+        queue cancel \
         mlproject splits cv tune analyze image shell run pictures
 
 ##@ Everyday
@@ -97,6 +98,13 @@ track-demo: $(STAMP) ## the offline demo, tracked; its model registered as demo@
 
 run: $(RUN_STAMP) ## mlflow run in the image + tracking server; tmux over SSH: ARGS='-P epochs=3'
 	KERASFLOW_PYTHON="$(RUN_VENV)/bin/python" ./project_driver.bash $(ARGS)
+
+queue: $(RUN_STAMP) ## this machine's runs in line and running, every user's (ARGS=--watch)
+	$(RUN_VENV)/bin/python -m kerasflow queue $(ARGS)
+
+cancel: $(RUN_STAMP) ## take your run out of the line, or stop it (MLflow: KILLED): NAME=...
+	@test "$(origin NAME)" != file || { echo "error: give the run: make cancel NAME=<run name> (make queue lists them)"; exit 2; }
+	$(RUN_VENV)/bin/python -m kerasflow cancel "$(NAME)"
 
 ui: $(RUN_STAMP) ## the MLflow UI on 127.0.0.1:5000 (PORT=) over a (copied) store: STORE=...
 	KERASFLOW_PYTHON="$(RUN_VENV)/bin/python" ./run_mlflow_ui.bash "$(STORE)" --port $(PORT)

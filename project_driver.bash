@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # `make run`: train with `mlflow run` in the project image, tracked by an MLflow server on this host.
 #
-#   ./project_driver.bash [-e ENTRY] [--experiment NAME] [--name RUN] [--detach|--foreground] [-P k=v ...]
+#   ./project_driver.bash [-e ENTRY] [--experiment NAME] [--name RUN] [--detach|--foreground] [--no-wait]
+#                         [-P k=v ...]
 #
 #   -e ENTRY        the MLproject entry point: main (default), splits, cv, tune, analyze, reproduce
 #   --experiment    the MLflow experiment (default: kerasflow)
 #   --name RUN      the run's name: its tmux session, log and container (default: ENTRY-<time>)
 #   --detach        start in a detached tmux session (the default over SSH); --foreground: never
+#   --no-wait       refuse to start when the run's GPUs (or CPU slot) are busy, instead of waiting in line
 #   -P key=value    a parameter of the entry point (a config.yaml key, e.g. -P epochs=3), repeatable
-#   Environment: GPU=auto|on|off, GPUS=all|0|0,1, DATA=/host/dataset (mounted at /data, read-only),
-#   PORT (5000), STORE (./store), MLFLOW_TRACKING_URI (a team server; http://user:pass@host works).
+#   Environment: GPU=auto|on|off, GPUS=all|0|0,1, CPU_SLOTS=N (a line for CPU runs too), DATA=/host/dataset
+#   (mounted at /data, read-only), PORT (5000), STORE (./store), MLFLOW_TRACKING_URI (a team server;
+#   http://user:pass@host works), KERASFLOW_QUEUE_DIR (the machine's line, /tmp/kerasflow-queue).
 #
 # First, in the foreground (kerasflow/preflight.py): the engine answers, the NVIDIA runtime is there
 # when a GPU is asked for, the dataset the config needs is present, the server port is free or this
@@ -21,8 +24,10 @@
 # the first build takes minutes), with kerasflow:latest, the image MLproject names, pointed at it
 # until the run's container exists (an engine-wide lock: several users share one engine);
 # 3. `mlflow run . -e ENTRY -A network=host [-A gpus=...] [-A volume=DATA:/data:ro] -P ...`.
-# Detached, it logs to logs/<name>.log and writes the exit status to logs/<name>.status. One run per
-# GPU set at a time (on CPU: per run name); a second on the same slot is refused.
+# Detached, it logs to logs/<name>.log and writes the exit status to logs/<name>.status. Before step 1
+# the run waits for its devices in the machine's line, every user's (kerasflow/runqueue.py: one lock per
+# GPU; on CPU with CPU_SLOTS=N, N slots; `make queue` shows it, `make cancel NAME=...` leaves it);
+# detached, it waits inside its tmux session. A stopped run (make cancel, Ctrl-C, a hangup) ends KILLED.
 set -euo pipefail
 
 # shellcheck source=docker/lib.bash
@@ -33,7 +38,7 @@ STORE="$(realpath -m -- "${STORE:-$KF_ROOT/store}")"
 PYTHON="$(host_python "make run")"
 [[ "$PYTHON" == /* ]] || PYTHON="$PWD/$PYTHON"
 MLFLOW="$(dirname "$PYTHON")/mlflow"
-entry="main" experiment="kerasflow" name="" mode="auto"
+entry="main" experiment="kerasflow" name="" mode="auto" no_wait=()
 params=()
 while [ "$#" -gt 0 ]; do
   case "$1" in
@@ -42,6 +47,7 @@ while [ "$#" -gt 0 ]; do
     --name) name="${2:?}"; shift 2 ;;
     --detach) mode="detach"; shift ;;
     --foreground) mode="foreground"; shift ;;
+    --no-wait) no_wait=(--no-wait); shift ;;
     -P) params+=(-P "${2:?}"); shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument '$1': see ./project_driver.bash --help" ;;
@@ -79,27 +85,17 @@ if [ -n "${KF_ENV_FILE:-}" ]; then
   done < "$KF_ENV_FILE"
 fi
 
-# One run per GPU set (GPUS) at a time; on CPU (GPU=off), one per run name. The lock is flock(1)'s:
-# taken atomically, and released by the kernel when its holder dies, however it dies.
-if [ "${GPU:-auto}" = off ]; then
-  slot="cpu-$name"
-else
-  slot="gpus-$(tr ',' '_' <<< "${GPUS:-all}")"
-fi
-lock="$logs/driver-$slot.lock"
-take_lock() {
+# One driver per run name: a second `make run --name X` while X runs is refused (its log, status and
+# container are X's). The lock is flock(1)'s: taken atomically, released by the kernel when its holder
+# dies, however it dies; a driver that re-executes itself from the queue (KF_QUEUE_HELD) keeps it.
+lock="$logs/run-$name.lock"
+command -v flock > /dev/null || die "flock is not installed (util-linux): apt-get install util-linux"
+if [ -z "${KF_QUEUE_HELD:-}" ]; then
   exec {lock_fd}>> "$lock"
   if ! flock -n "$lock_fd"; then
-    local holder
-    holder="$(cat "$lock.run" 2> /dev/null || echo '?')"
-    die "a run is already in progress on $slot ($holder): wait for it, or attach with: tmux attach -t ${KF_TMUX_SESSION:-kerasflow}-${holder%% *}"
+    die "a run named '$name' is already in progress ($(cat "$lock.run" 2> /dev/null || echo '?')): choose another --name, or attach with: tmux attach -t $session"
   fi
-  if [ -s "$lock.run" ]; then
-    note "the run before on $slot ($(cat "$lock.run")) ended without releasing its slot: taking it over"
-  fi
-}
-command -v flock > /dev/null || die "flock is not installed (util-linux): apt-get install util-linux"
-take_lock
+fi
 
 # Everything that can fail in seconds is checked now, in the foreground, before anything is started,
 # built or detached (a detached run would fail in a log nobody reads, after building an 8 GB image).
@@ -113,27 +109,45 @@ if [ "$mode" = detach ] || { [ "$mode" = auto ] && [ -n "${SSH_CONNECTION:-}" ] 
   command -v tmux > /dev/null || die "tmux is not installed (needed to keep the run alive after you log out): apt-get install tmux, or pass --foreground"
   tmux has-session -t "=$session" 2> /dev/null && die "tmux session '$session' exists: tmux attach -t $session, or end it"
   # a tmux server that already runs would not pass this shell's environment on: pass it explicitly
-  exec {lock_fd}>&-  # the detached driver takes the slot itself
+  if [ "${#no_wait[@]}" -gt 0 ]; then  # refused now, in the foreground, not in a log nobody reads
+    "$PYTHON" -m kerasflow queue-wait --name "$name" --log /dev/null --status /dev/null --no-wait -- true
+  fi
+  exec {lock_fd}>&-  # the detached driver takes the name itself
   cmd=(env "PATH=$PATH" "PORT=$PORT" "STORE=$STORE" "KERASFLOW_PYTHON=$PYTHON" "LOGS=$logs" "GPU=${GPU:-auto}"
        "KF_TMUX_SESSION=${KF_TMUX_SESSION:-kerasflow}" KF_PREFLIGHT_DONE=1)
-  for var in HOME DOCKER_HOST MLFLOW_TRACKING_URI KF_ENV_FILE GPUS DATA "${BUILD_VARS[@]}"; do
+  for var in HOME USER DOCKER_HOST MLFLOW_TRACKING_URI KF_ENV_FILE GPUS CPU_SLOTS KERASFLOW_QUEUE_DIR DATA \
+    "${BUILD_VARS[@]}"; do
     [ -n "${!var:-}" ] && cmd+=("$var=${!var}")
   done
   cmd+=("$KF_ROOT/project_driver.bash" -e "$entry" --experiment "$experiment" --name "$name" --foreground
-        "${params[@]}")
+        "${no_wait[@]}" "${params[@]}")
   tmux new-session -d -s "$session" -c "$KF_ROOT" "$(printf '%q ' "${cmd[@]}")"
   trap - EXIT  # the claimed log is the detached run's now
   echo "started '$name' in tmux session '$session' (detached)"
   echo "  follow:  tail -f $logs/$name.log"
   echo "  attach:  tmux attach -t $session     (detach again: Ctrl-b d)"
   echo "  status:  cat $logs/$name.status      (the exit code, once it ends)"
+  echo "  queue:   make queue                      (its place in line; make cancel NAME=$name stops it)"
   exit 0
+fi
+
+# The machine's line (kerasflow/runqueue.py): wait for this run's devices, then this driver is executed
+# again holding their locks (inherited by `mlflow run`, released when the run ends, however it ends).
+if [ -z "${KF_QUEUE_HELD:-}" ]; then
+  export KF_QUEUE_HELD=1 KF_PREFLIGHT_DONE=1
+  tracking_url="${MLFLOW_TRACKING_URI:-http://127.0.0.1:$PORT}"
+  rm -f "$logs/$name.status"
+  exec "$PYTHON" -m kerasflow queue-wait --name "$name" --log "$logs/$name.log" --status "$logs/$name.status" \
+    --session "$session" --tracking "${tracking_url%/}" "${no_wait[@]}" -- \
+    "$KF_ROOT/project_driver.bash" -e "$entry" --experiment "$experiment" --name "$name" --foreground \
+    "${params[@]}"
 fi
 
 echo "$name (pid $$)" > "$lock.run"
 trap 'rm -f "$lock.run"; [ -z "${KF_ENV_FILE:-}" ] || rm -rf "$(dirname "$KF_ENV_FILE")"' EXIT
 log="$logs/$name.log"
 rm -f "$logs/$name.status"
+stopped=""  # the signal a user's stop came with: the MLflow run then ends KILLED, not FAILED
 
 answers() {  # kerasflow/ports.py: the one health probe
   "$PYTHON" -m kerasflow health "$@"
@@ -201,11 +215,12 @@ launch() {
 
 # shellcheck disable=SC2329  # invoked by the traps below
 stop_run() {
-  echo "driver: $1: stopping container kerasflow-$name (the MLflow run ends FAILED)" >> "$log"
+  stopped="$1"
+  echo "driver: $1: stopping container kerasflow-$name (the MLflow run ends KILLED)" >> "$log"
   docker stop --time 10 "kerasflow-$name" > /dev/null 2>&1 || true
 }
 
-: > "$log"  # tee appends (O_APPEND), so the traps' lines land in order; it shows the run on stderr
+[ -n "${KF_QUEUE_HELD:-}" ] || : > "$log"  # (from the queue: its waiting lines stay) tee appends (O_APPEND), so the traps' lines land in order; it shows the run on stderr
 launch > >(trap '' HUP TERM INT; exec tee --output-error=warn -a "$log" >&2) 2>&1 &
 child=$!
 trap 'stop_run SIGTERM' TERM
@@ -218,6 +233,10 @@ while :; do
   kill -0 "$child" 2> /dev/null || break  # a trap interrupted the wait: wait again for the real end
 done
 trap - TERM HUP INT
+if [ -n "$stopped" ] && [ "$status" != 0 ]; then  # `mlflow run` marked the run FAILED as the container ended
+  MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-http://127.0.0.1:$PORT}" "$PYTHON" -m kerasflow end-run \
+    --log "$log" --status KILLED 2>&1 | tee --output-error=warn -a "$log"
+fi
 set -e
 echo "$status" > "$logs/$name.status"
 echo "exit status $status ($logs/$name.status)" | tee --output-error=warn -a "$log"

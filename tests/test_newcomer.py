@@ -108,7 +108,7 @@ def test_the_drivers_help_is_whole():
                          timeout=30)
     assert out.returncode == 0
     text = out.stdout.strip()
-    assert text.endswith("a second on the same slot is refused.")
+    assert text.endswith("A stopped run (make cancel, Ctrl-C, a hangup) ends KILLED.")
     for word in ("-e ENTRY", "--experiment", "--name", "--detach", "-P key=value", "GPU=", "DATA=", "PORT"):
         assert word in text, word
     assert not any(line.startswith("#") or line.startswith("set -") for line in text.splitlines())

@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "versions": "a registered model's versions, aliases and test metrics",
     "serve": "serve a model over HTTP on 127.0.0.1",
     "predict": "classify images with a served model",
+    "queue": "this machine's runs in line and running, every user's (--watch)",
+    "cancel": "take your run out of the line, or stop it (its MLflow run ends KILLED)",
     "ui": "MLflow UI over a (copied) store, fixing its paths first",
     "pull": "consistent copy of a store in use, then relocation",
     "push": "merge this store's runs into another store or a server (TO=...)",
@@ -43,6 +45,8 @@ INTERNAL = {
     "tune-worker": "one worker process of tune",
     "env-file": "make run: tracking credentials into a 0600 env file for docker",
     "health": "make run: does the MLflow server at URL answer /health (--wait for it)",
+    "queue-wait": "make run: wait for the run's devices in this machine's line, then become the run",
+    "end-run": "make run: a run its user stopped ends KILLED (mlflow run marked it FAILED)",
     "experiment-id": "make run: the experiment's id once its artifact location is safe in a shell line",
 }
 

@@ -24,6 +24,7 @@ MLflow's client API instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -111,9 +112,25 @@ def push(source: str, dest: str, *, experiments: list[str] | None = None, filter
         store.init_sqlite(dst_uri)
         src = mlflow.MlflowClient(tracking_uri=src_uri)
         dst = mlflow.MlflowClient(tracking_uri=dst_uri)
-        with store.activated(dst_uri):  # artifact repositories resolve through the active store
+        # artifact repositories resolve through the active store; MLflow's client would print two
+        # "View run" lines (and fetch the run again) for each copy it ends on a server
+        with store.activated(dst_uri), _env("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"):
             return merge(src, dst, dst_uri, experiments=experiments, filter_string=filter_string,
                          label=urlauth.redact(src_uri), src_uri=src_uri, full=full)
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    """`name`=`value` in os.environ for a block (MLflow reads some settings only from there)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def merge(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, dst_uri: str, *,  # noqa: PLR0913

@@ -54,3 +54,13 @@ def close(client: mlflow.MlflowClient) -> list[str]:
             log.warning(f"run '{name}' ({run.info.run_id}) was left RUNNING by a process that is gone: "
                         f"marked FAILED; its folder {folder} resumes it (same command, run_name={name})")
     return closed
+
+
+def mark_stopped(client: mlflow.MlflowClient, run_id: str, status: str = "KILLED") -> bool:
+    """A run its user stopped (make cancel, Ctrl-C, a hangup) ends `status`: `mlflow run` marks FAILED
+    every run whose container exits non-zero. A run that FINISHED stays so; True when it was changed."""
+    run = client.get_run(run_id)
+    if run.info.status in ("FINISHED", status):
+        return False
+    client.set_terminated(run_id, status, end_time=run.info.end_time or None)
+    return True

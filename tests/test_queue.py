@@ -1,0 +1,186 @@
+"""The machine's line for `make run` (kerasflow/runqueue.py), with real processes, real flock(2) and two
+real UIDs: `kerasflow queue-wait` is what the driver execs to wait, `queue` and `cancel` what users run.
+The run itself is stood in for by a short shell command here; test_engine_make_run queues real
+`make run`s on the engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, assert_user_error
+
+from kerasflow import runqueue
+from kerasflow.errors import UserError
+
+OTHER_UID = 4242  # a second user of the box, with no passwd entry (as in a container)
+
+
+@pytest.fixture
+def box(monkeypatch: pytest.MonkeyPatch):
+    """A queue folder and a scratch folder every UID can reach (pytest's tmp_path is private to root)."""
+    top = Path(tempfile.mkdtemp(prefix="kf-queue-", dir="/tmp"))
+    top.chmod(0o755)
+    work = top / "work"
+    work.mkdir()
+    work.chmod(0o1777)
+    monkeypatch.setenv(runqueue.DIR_ENV, str(top / "line"))
+    yield top
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def _waiter(box: Path, name: str, run: str, *, uid: int | None = None,  # noqa: PLR0913
+            env: dict[str, str] | None = None, no_wait: bool = False) -> subprocess.Popen[str]:
+    """`make run`'s wait, then `run` (a shell line) in place of the driver."""
+    work = box / "work"
+    cmd = [sys.executable, "-m", "kerasflow", "queue-wait", "--name", name,
+           "--log", str(work / f"{name}.log"), "--status", str(work / f"{name}.status"),
+           *(["--no-wait"] if no_wait else []), "--", "bash", "-c", run]
+    if uid is not None:
+        cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *cmd]
+    full = {**os.environ, "GPU": "off", "CPU_SLOTS": "1", **(env or {})}
+    return subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _until(what, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _kerasflow(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kerasflow", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def _line() -> list[tuple[str, str, int]]:
+    found = runqueue.tickets(runqueue.folder())
+    return [(t.name, t.state, runqueue.place(t, found)) for t in found]
+
+
+def test_two_users_share_one_line_in_order_and_a_killed_or_cancelled_waiter_leaves_no_place(box):
+    """CPU_SLOTS=1: root's run holds the slot; another UID's run and two more of root's wait in the order
+    they came; `make queue` shows 1 running and places 1-3; `make cancel` of one takes it out; a waiter
+    SIGKILLed leaves no stale place; the others run one after the other, the other user's included."""
+    work = box / "work"
+    release = work / "release-first"
+    first = _waiter(box, "first",
+                    f"date +%s.%N > {work}/first.start; until [ -e {release} ]; do sleep 0.1; done")
+    _until(lambda: (work / "first.start").exists())
+    theirs = _waiter(box, "theirs", f"date +%s.%N > {work}/theirs.start; sleep 1", uid=OTHER_UID)
+    _until(lambda: len(_line()) == 2)
+    gone = _waiter(box, "gone", "echo never")
+    _until(lambda: len(_line()) == 3)
+    later = _waiter(box, "later", f"date +%s.%N > {work}/later.start")
+    _until(lambda: len(_line()) == 4)
+    assert _line() == [("first", "running", 0), ("theirs", "waiting", 1), ("gone", "waiting", 2),
+                       ("later", "waiting", 3)]
+
+    shown = _kerasflow("queue")
+    assert shown.returncode == 0, shown.stderr
+    rows = shown.stdout.splitlines()
+    assert rows[0].split() == ["NAME", "USER", "SLOT", "STATE", "PLACE", "ELAPSED", "EPOCH", "VAL", "METRIC",
+                               "LOG"]
+    assert rows[1].split()[:5] == ["first", "root", "cpu0", "running", "-"]
+    assert rows[2].split()[:5] == ["theirs", f"uid-{OTHER_UID}", "cpu", "(1", "of"]  # any of the 1 slot
+    assert [r.split()[0] for r in rows[1:]] == ["first", "theirs", "gone", "later"]
+
+    # another user's run is not theirs to cancel (root's may be: an admin); ours is, and the ones behind
+    # it move up
+    as_other = ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups"]
+    theirs_cancel = subprocess.run([*as_other, sys.executable, "-m", "kerasflow", "cancel", "later"],
+                                   cwd=ROOT, capture_output=True, text=True, env=os.environ, timeout=120)
+    assert_user_error(theirs_cancel, "no run named 'later' of yours", "(yours: theirs)", "make queue")
+    cancelled = _kerasflow("cancel", "later")
+    assert cancelled.returncode == 0 and "later left the line" in cancelled.stdout, cancelled.stderr
+    assert later.wait(timeout=30) == 143 and (work / "later.status").read_text().strip() == "143"
+    assert "left the line" in (work / "later.log").read_text()
+    gone.kill()  # SIGKILL: no handler runs, the kernel drops its ticket's lock
+    gone.wait(timeout=30)
+    _until(lambda: [n for n, _, _ in _line()] == ["first", "theirs"])
+
+    release.touch()
+    assert first.wait(timeout=60) == 0
+    assert theirs.wait(timeout=60) == 0, theirs.stderr.read()
+    assert float((work / "theirs.start").read_text()) > 0 and not (work / "later.start").exists()
+    assert "theirs starts on cpu0" in (work / "theirs.log").read_text()
+    _until(lambda: _line() == [])
+    assert _kerasflow("queue").stdout.strip() == "queue: no run is running or waiting on this machine"
+
+
+def test_gpus_lock_per_device_in_a_fixed_order_first_come_first_served(box, monkeypatch):
+    """A stand-in nvidia-smi lists 2 GPUs: GPUS=0 holds gpu0, so GPUS=all waits; GPUS=1, later, waits
+    behind it (gpu1 is free, but the earlier run wants it); GPUS=all then runs alone, then GPUS=1."""
+    fake = box / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\nprintf '0\\n1\\n'\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "GPU": "auto"}
+    work = box / "work"
+    gate = work / "gate"
+    stamp = "date +%s.%N > {work}/{name}.start; sleep {sleep}; date +%s.%N > {work}/{name}.end"
+    zero = _waiter(box, "zero", f"{stamp.format(work=work, name='zero', sleep=0)}; until [ -e {gate} ]; do "
+                   "sleep 0.1; done", env={**env, "GPUS": "0"})
+    _until(lambda: (work / "zero.start").exists())
+    every = _waiter(box, "every", stamp.format(work=work, name="every", sleep=1), env={**env, "GPUS": "all"})
+    _until(lambda: len(_line()) == 2)
+    one = _waiter(box, "one", stamp.format(work=work, name="one", sleep=0), env={**env, "GPUS": "1"})
+    _until(lambda: len(_line()) == 3)
+    time.sleep(3)  # gpu1 is free all along: "one" must still wait for "every", which came first
+    assert _line() == [("zero", "running", 0), ("every", "waiting", 1), ("one", "waiting", 2)]
+    busy = _waiter(box, "busy", "true", env={**env, "GPUS": "0"}, no_wait=True)
+    assert busy.wait(timeout=60) == 2
+    assert "gpu0 busy with zero (root, 0 min)" in busy.stderr.read()
+    gate.touch()
+    for proc in (zero, every, one):
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    times = {n: float((work / f"{n}.start").read_text()) for n in ("zero", "every", "one")}
+    assert times["zero"] < times["every"] < times["one"]
+    assert float((work / "every.end").read_text()) <= times["one"]
+    assert "every starts on gpu0, gpu1" in (work / "every.log").read_text()
+
+    monkeypatch.setenv("PATH", env["PATH"])
+    with pytest.raises(UserError, match=r"GPUS=3 names GPU 3, but nvidia-smi lists 0, 1"):
+        runqueue.wanted("auto", "3", "")
+    assert runqueue.wanted("auto", "1,0", "") == ("gpu", ["gpu0", "gpu1"])
+    assert runqueue.wanted("off", "all", "") == ("", [])  # a CPU run without CPU_SLOTS: no line
+    with pytest.raises(UserError, match="CPU_SLOTS=many is not a number"):
+        runqueue.wanted("off", "all", "many")
+
+
+def test_tickets_other_users_write_are_checked_never_trusted(box, monkeypatch):
+    """The folder is shared: a ticket nobody holds is stale, and a held one that is not our JSON
+    (oversized, wrong types, a name that is no name) is skipped, not shown or acted on."""
+    import fcntl
+
+    where = runqueue.folder()
+    assert where.stat().st_mode & 0o7777 == 0o1777
+    held = []
+    bodies = [b"{" * 10_000, {"name": "$(reboot)", "user": "x", "devices": ["cpu0"]},
+              {"name": "ok", "user": "x", "devices": ["../etc"]},
+              {"name": "fine", "user": "x", "devices": ["cpu0"]}]
+    for i, body in enumerate(bodies):
+        path = where / f"t-{i:020d}-0-{os.getpid()}"
+        path.write_bytes(body if isinstance(body, bytes) else json.dumps(body).encode())
+        fd = os.open(path, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.append(fd)
+    (where / f"t-{9:020d}-0-1").write_text(json.dumps({"name": "stale", "user": "x", "devices": ["cpu0"]}))
+    assert [t.name for t in runqueue.tickets(where)] == ["fine"]
+    for fd in held:
+        os.close(fd)
+    assert runqueue.tickets(where) == []
+    (where.parent / "plain").mkdir(mode=0o755)
+    os.chown(where.parent / "plain", OTHER_UID, OTHER_UID)
+    monkeypatch.setenv(runqueue.DIR_ENV, str(where.parent / "plain"))
+    with pytest.raises(UserError, match=f"belongs to uid {OTHER_UID} and is not shared"):
+        runqueue.folder()
