@@ -24,6 +24,7 @@ import errno
 import fcntl
 import json
 import os
+import pwd
 import re
 import shutil
 import stat
@@ -34,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kerasflow.errors import UserError
+
+# Lazy imports: mlflow, in `progress` only (seconds to load; the table without running runs needs none).
 
 DIR_ENV = "KERASFLOW_QUEUE_DIR"
 DEFAULT_DIR = "/tmp/kerasflow-queue"  # noqa: S108 - shared on purpose: every user of the box queues here
@@ -71,8 +74,6 @@ class Ticket:
 def user_name() -> str:
     """Who this is, for the table: the login name, or uid-N where none is known (a container user)."""
     with contextlib.suppress(KeyError, OSError):
-        import pwd
-
         return pwd.getpwuid(os.getuid()).pw_name
     return f"uid-{os.getuid()}"
 
@@ -173,6 +174,10 @@ def tickets(where: Path) -> list[Ticket]:
     found = []
     for path in sorted(where.glob("t-*")):
         if not _held(path):
+            match = TICKET_FILE.fullmatch(path.name)
+            if match and int(match[2]) == os.getuid():  # our own, of a run that ended: tidy it away
+                with contextlib.suppress(OSError):
+                    path.unlink()
             continue
         ticket = _read(path) or (time.sleep(0.05), _read(path))[1]
         if ticket is not None:

@@ -322,6 +322,7 @@ def run_env(workdir: Path) -> dict[str, str]:
         "PORT": str(free_port()),
         "KF_TMUX_SESSION": f"kf-engine-{uuid.uuid4().hex[:8]}",
         "TMUX_TMPDIR": str(workdir),
+        "KERASFLOW_QUEUE_DIR": str(workdir / "queue"),  # the machine's line, private to this session
     }
     yield env
     pid_file = workdir / "repo" / "logs" / "mlflow-server.pid"
