@@ -50,7 +50,7 @@ DEMO_SET := --preset demo --set run_name=demo-{time}  # {time}: an automatic nam
 .PHONY: help env host-env lock lock-host team-server train demo data weights test lint bench \
         bench-pipeline bench-tracking bench-relocate bench-push bench-stores bench-speed bench-bigdata clean test-fast \
         test-all test-gpu-image track track-demo server serve predict runs reproduce promote versions ui pull push log-run relocate migrate \
-        queue cancel \
+        queue cancel doctor \
         mlproject splits cv tune analyze image shell run pictures
 
 ##@ Everyday
@@ -98,6 +98,10 @@ track-demo: $(STAMP) ## the offline demo, tracked; its model registered as demo@
 
 run: $(RUN_STAMP) ## mlflow run in the image + tracking server; tmux over SSH: ARGS='-P epochs=3'
 	KERASFLOW_PYTHON="$(RUN_VENV)/bin/python" ./project_driver.bash $(ARGS)
+
+doctor: $(RUN_STAMP) ## check this box before a run: engine, GPUs, driver, disk, data, store, port
+	@source docker/lib.bash && "$(RUN_VENV)/bin/python" -m kerasflow doctor --image "$$(image_tag)" \
+	  --port $(PORT) --store "$(STORE)" --logs "$${LOGS:-logs}"
 
 queue: $(RUN_STAMP) ## this machine's runs in line and running, every user's (ARGS=--watch)
 	$(RUN_VENV)/bin/python -m kerasflow queue $(ARGS)

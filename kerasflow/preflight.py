@@ -10,9 +10,12 @@ host env (Python >= 3.10, MLflow only) runs them.
 from __future__ import annotations
 
 import dataclasses
+import os
+import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,3 +228,171 @@ def for_make_run(*, root: Path, entry: str, params: list[str], gpu: str,  # noqa
     checks.append(image(image_tag, present))
     return checks
 
+
+
+# --- make doctor: the whole box, one table ---------------------------------------------------------------
+
+WARN = "warn"
+# NVIDIA's "CUDA Toolkit and Corresponding Driver Versions" (CUDA release notes, table 3): the image's CUDA
+# 12 wheels run on any driver of CUDA 12's minor-version compatibility (12.0 GA); TF 2.21 is built with
+# CUDA 12.5.1, whose PTX a GPU newer than TF's compiled kernels (compute capability 9.0 and up: H100,
+# H200, B200) must JIT-compile, which needs a driver of at least that CUDA release.
+DRIVER_MIN = ((525, 60, 13), "525.60.13 (CUDA 12.0 GA, minor-version compatibility)")
+DRIVER_MIN_PTX = ((555, 42, 6),
+                  "555.42.06 (CUDA 12.5.1, TF 2.21's build: PTX JIT on compute capability >= 9.0)")
+IMAGE_GB = 8.1  # the GPU variant (BENCHMARKS.md, "Image builds")
+DATA_GB = 0.4  # TFDS malaria, prepared
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.strip().split(".") if x.isdigit())
+
+
+def _smi(*query: str) -> list[list[str]] | None:
+    """`nvidia-smi --query-...` as rows of fields, None without nvidia-smi or when it fails."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", *query, "--format=csv,noheader,nounits"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return [[f.strip() for f in line.split(",")] for line in out.stdout.splitlines() if line.strip()]
+
+
+def driver() -> Check:
+    """The NVIDIA driver against the minimum for the image's CUDA and each GPU's architecture."""
+    rows = _smi("--query-gpu=index,name,driver_version,compute_cap")
+    if rows is None:
+        return Check("driver", NOTE, "no NVIDIA driver (nvidia-smi): runs train on CPU; for a GPU install "
+                                     f"the driver (>= {DRIVER_MIN[1].split()[0]})")
+    if not rows:
+        return Check("driver", FAIL, "nvidia-smi lists no GPU: check `nvidia-smi`, the driver and the GPU")
+    got = rows[0][2]
+    newest = max((_version(r[3]) for r in rows if len(r) > 3), default=())
+    need = DRIVER_MIN_PTX if newest >= (9, 0) else DRIVER_MIN
+    names = ", ".join(f"{r[0]}: {r[1]} (cc {r[3]})" for r in rows if len(r) > 3)
+    if _version(got) < need[0]:
+        return Check("driver", FAIL, f"driver {got} is older than {need[1]} for {names}: upgrade the NVIDIA "
+                                     "driver")
+    return Check("driver", PASS, f"driver {got} >= {need[1].split()[0]} ({names})")
+
+
+def gpu_memory() -> Check:
+    """Free memory per GPU, and whose processes hold the rest (a run that starts beside them runs out)."""
+    gpus = _smi("--query-gpu=index,uuid,memory.used,memory.total")
+    if not gpus:
+        return Check("gpu-memory", PASS, "no GPU")
+    apps = _smi("--query-compute-apps=gpu_uuid,pid,used_memory") or []
+    parts, busy = [], False
+    for index, uuid, used, total in (g[:4] for g in gpus if len(g) >= 4):
+        holders = []
+        for app_uuid, pid, mem in (a[:3] for a in apps if len(a) >= 3):
+            if app_uuid == uuid:
+                holders.append(f"{_owner(pid)} pid {pid} {mem} MiB")
+        free = int(total) - int(used) if used.isdigit() and total.isdigit() else 0
+        busy |= bool(holders)
+        parts.append(f"GPU {index}: {free} of {total} MiB free" + (f" (held by {', '.join(holders)})"
+                                                                   if holders else ""))
+    return Check("gpu-memory", WARN if busy else PASS, "; ".join(parts) +
+                 ("; a run beside them may run out of memory: see `make queue`" if busy else ""))
+
+
+def _owner(pid: str) -> str:
+    try:
+        for line in Path(f"/proc/{int(pid)}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return pwd.getpwuid(int(line.split()[1])).pw_name
+    except (OSError, ValueError, KeyError):
+        pass
+    return "?"
+
+
+def disk(image_present_now: bool, data_dir: Path) -> Check:
+    """Room for the image (when it is not built yet) and the data."""
+    docker_root = _docker("info", "--format", "{{.DockerRootDir}}").stdout.strip() or "/var/lib/docker"
+    short = []
+    for what, where, need in (("the image", Path(docker_root), 0 if image_present_now else IMAGE_GB),
+                              ("the data", data_dir, DATA_GB)):
+        probe = where
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            free = shutil.disk_usage(probe).free / 1e9
+        except OSError:
+            continue
+        if free < need + 1:
+            short.append(f"{free:.1f} GB free at {probe} for {what} (needs {need:.1f} GB)")
+    if short:
+        return Check("disk", FAIL, "; ".join(short) + ": free disk space (docker system prune, old runs)")
+    return Check("disk", PASS, "room for the image and the data")
+
+
+def store_writable(store: Path) -> Check:
+    """The store folder (or where it will be made) takes a file."""
+    probe = store
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".kerasflow-doctor-") as f:
+            f.write(b"x" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return Check("store", FAIL, f"{probe} does not take a file ({exc.strerror or exc}): free space "
+                                    "there, fix its permissions, or use STORE=another folder")
+    return Check("store", PASS, f"{store} is writable")
+
+
+def tool(name: str, why: str, fix: str) -> Check:
+    if shutil.which(name):
+        return Check(name, PASS, f"{name} is installed")
+    return Check(name, FAIL, f"{name} is not installed ({why}): {fix}")
+
+
+def host_python() -> Check:
+    """A Python >= 3.10 for the light env (`make host-env`), or the full .venv."""
+    for candidate in ("python3.13", "python3.12", "python3.11", "python3.10", "python3"):
+        path = shutil.which(candidate)
+        if not path:
+            continue
+        out = subprocess.run([path, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=30)
+        if out.returncode == 0 and _version(out.stdout) >= (3, 10):
+            return Check("host-python", PASS, f"{path} is Python {out.stdout.strip()} (make host-env)")
+    return Check("host-python", FAIL, "no Python >= 3.10 on this host: install python3 (>= 3.10) for "
+                                      "make host-env")
+
+
+def for_doctor(*, root: Path, image_tag: str, uri: str, port: int, store: Path, logs: Path,  # noqa: PLR0913
+               data_mount: str) -> list[Check]:
+    """Every check of the box, in one list (`make doctor`); a check that needs the engine says so."""
+    checks = [engine()]
+    up = checks[0].status != FAIL
+    present = up and image_present(image_tag)
+    if up:
+        checks.append(gpu_runtime("auto"))
+        if checks[-1].status == PASS:
+            checks.append(gpus_in_image(image_tag, present))
+        checks.append(image(image_tag, present))
+    checks += [driver(), gpu_memory()]
+    cfg = run_config(root / "config.yaml", [])
+    checks.append(data(cfg, "main", root, data_mount))
+    data_dir, _ = _host_path(cfg.tfds_data_dir, root, data_mount)
+    checks.append(disk(present or not up, data_dir or root))
+    checks += [store_writable(store), tracking(uri, port, store, logs),
+               tool("tmux", "detached runs over SSH", "apt-get install tmux"),
+               tool("flock", "make run's locks", "apt-get install util-linux"), host_python()]
+    return checks
+
+
+def doctor_table(checks: list[Check]) -> tuple[str, int]:
+    """The table and the exit status: 0 all pass, 1 warnings (notes count), 2 a failure."""
+    width = max(len(c.name) for c in checks)
+    shown = {PASS: "PASS", NOTE: "WARN", WARN: "WARN", FAIL: "FAIL"}
+    lines = [f"{c.name:<{width}}  {shown[c.status]}  {c.line}" for c in checks]
+    statuses = {c.status for c in checks}
+    worst = 2 if FAIL in statuses else 1 if statuses & {NOTE, WARN} else 0
+    return "\n".join(lines), worst

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "versions": "a registered model's versions, aliases and test metrics",
     "serve": "serve a model over HTTP on 127.0.0.1",
     "predict": "classify images with a served model",
+    "doctor": "check this box before a run: engine, GPUs, driver, disk, data, store, port",
     "queue": "this machine's runs in line and running, every user's (--watch)",
     "cancel": "take your run out of the line, or stop it (its MLflow run ends KILLED)",
     "ui": "MLflow UI over a (copied) store, fixing its paths first",

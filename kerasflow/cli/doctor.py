@@ -1,0 +1,41 @@
+"""Check this box before a run: one table, each row PASS / WARN / FAIL with its fix (kerasflow/preflight.py).
+
+    kerasflow doctor --image TAG [--root .] [--port 5000] [--store store] [--logs logs]     (`make doctor`)
+
+Rows: the Docker engine and its version (and that you may use it), the NVIDIA runtime, `--gpus` in our
+image (once it is built), the image, the NVIDIA driver against the minimum for the image's CUDA and each
+GPU's architecture, free memory per GPU and who holds it, disk for the image and the data, the data the
+config needs, the store writable, the server port free or this store's own, tmux, flock, a host Python
+for the light env. Exit status: 0 all pass, 1 warnings, 2 a failure. `make run` runs the fast subset
+before it queues or detaches. GPU, DATA and MLFLOW_TRACKING_URI come from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kerasflow import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.parser(__doc__, config_flags=False)
+    p.add_argument("--root", type=Path, default=Path("."), help="the checkout")
+    p.add_argument("--image", required=True, help="the image tag make run uses (docker/lib.bash image_tag)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--store", type=Path, default=Path("store"))
+    p.add_argument("--logs", type=Path, default=Path("logs"))
+    args = p.parse_args(argv)
+    status = {"code": 0}
+
+    def go() -> None:
+        from kerasflow import preflight
+
+        checks = preflight.for_doctor(root=args.root.resolve(), image_tag=args.image,
+                                      uri=os.environ.get("MLFLOW_TRACKING_URI", ""), port=args.port,
+                                      store=args.store.resolve(), logs=args.logs.resolve(),
+                                      data_mount=os.environ.get("DATA", ""))
+        text, status["code"] = preflight.doctor_table(checks)
+        print(text)
+
+    return cli.run(go) or status["code"]
