@@ -116,7 +116,7 @@ if [ "$mode" = detach ] || { [ "$mode" = auto ] && [ -n "${SSH_CONNECTION:-}" ] 
   cmd=(env "PATH=$PATH" "PORT=$PORT" "STORE=$STORE" "KERASFLOW_PYTHON=$PYTHON" "LOGS=$logs" "GPU=${GPU:-auto}"
        "KF_TMUX_SESSION=${KF_TMUX_SESSION:-kerasflow}" KF_PREFLIGHT_DONE=1)
   for var in HOME USER DOCKER_HOST MLFLOW_TRACKING_URI KF_ENV_FILE GPUS CPU_SLOTS KERASFLOW_QUEUE_DIR DATA \
-    "${BUILD_VARS[@]}"; do
+    KERASFLOW_NOTIFY KERASFLOW_NOTIFY_START KERASFLOW_NOTIFY_TIMEOUT "${BUILD_VARS[@]}"; do
     [ -n "${!var:-}" ] && cmd+=("$var=${!var}")
   done
   cmd+=("$KF_ROOT/project_driver.bash" -e "$entry" --experiment "$experiment" --name "$name" --foreground
@@ -220,6 +220,9 @@ stop_run() {
   docker stop --time 10 "kerasflow-$name" > /dev/null 2>&1 || true
 }
 
+if [ -n "${KERASFLOW_NOTIFY_START:-}" ] && [ -n "${KERASFLOW_NOTIFY:-}" ]; then
+  "$PYTHON" -m kerasflow notify-run --started --name "$name" --log "$log" 2>&1 | tee --output-error=warn -a "$log" || true
+fi
 [ -n "${KF_QUEUE_HELD:-}" ] || : > "$log"  # (from the queue: its waiting lines stay) tee appends (O_APPEND), so the traps' lines land in order; it shows the run on stderr
 launch > >(trap '' HUP TERM INT; exec tee --output-error=warn -a "$log" >&2) 2>&1 &
 child=$!
@@ -236,6 +239,10 @@ trap - TERM HUP INT
 if [ -n "$stopped" ] && [ "$status" != 0 ]; then  # `mlflow run` marked the run FAILED as the container ended
   MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-http://127.0.0.1:$PORT}" "$PYTHON" -m kerasflow end-run \
     --log "$log" --status KILLED 2>&1 | tee --output-error=warn -a "$log"
+fi
+if [ -n "${KERASFLOW_NOTIFY:-}" ]; then  # one message per run (kerasflow/notify.py); never fails the run
+  MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-http://127.0.0.1:$PORT}" "$PYTHON" -m kerasflow notify-run \
+    --name "$name" --log "$log" --exit "$status" 2>&1 | tee --output-error=warn -a "$log" || true
 fi
 set -e
 echo "$status" > "$logs/$name.status"

@@ -279,7 +279,7 @@ def test_tests_import_helpers_never_conftest():
 
 
 HEAVY = {"tensorflow", "keras", "tensorflow_datasets", "mlflow", "optuna", "optuna_integration", "sklearn",
-         "matplotlib", "pandas", "sqlalchemy"}
+         "matplotlib", "pandas", "sqlalchemy", "apprise"}
 
 
 def test_lazy_imports_are_heavy_libraries_named_once_per_module():

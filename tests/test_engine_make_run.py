@@ -24,6 +24,7 @@ from helpers.engine import (
     runs_named,
     tiny_p,
 )
+from helpers.receiver import Receiver
 
 from kerasflow import runqueue
 
@@ -205,7 +206,9 @@ def test_detached_make_runs_wait_in_line_and_a_cancelled_run_ends_killed(image, 
     leaves no place; `make cancel` stops the running one, which ends KILLED (a user's stop, not FAILED);
     the others then run one after the other, FINISHED. The same name twice is refused."""
     require_tool("tmux")
-    env = {**run_env, "SSH_CONNECTION": "127.0.0.1 5555 127.0.0.1 22", "CPU_SLOTS": "1"}
+    told = Receiver()  # KERASFLOW_NOTIFY: one message per ended run, from the driver on the host
+    env = {**run_env, "SSH_CONNECTION": "127.0.0.1 5555 127.0.0.1 22", "CPU_SLOTS": "1",
+           "KERASFLOW_NOTIFY": told.url}
     logs = checkout / "logs"
     started = make_run(user, checkout, env, ["--name", "det", *tiny_p(epochs=200, synthetic_examples=2000)])
     assert started.returncode == 0, started.stdout + started.stderr
@@ -262,6 +265,12 @@ def test_detached_make_runs_wait_in_line_and_a_cancelled_run_ends_killed(image, 
     assert ran["next"].end_time <= ran["last"].start_time  # one after the other, in the order they came
     assert not (logs / "gone.status").exists() or (logs / "gone.status").read_text().strip() != "0"
     assert queue() == []
+    told.close()
+    titles = sorted(m["title"] for m in told.messages)
+    assert titles == ["kerasflow run det: KILLED", "kerasflow run last: FINISHED",
+                      "kerasflow run next: FINISHED"]
+    killed_message = next(m["message"] for m in told.messages if "det" in m["title"])
+    assert "last lines of the log:" in killed_message and "val_accuracy=" in killed_message
 
 
 def test_a_hangup_stops_the_container_and_ends_the_run(image, user, checkout, run_env):

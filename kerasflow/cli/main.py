@@ -47,6 +47,7 @@ INTERNAL = {
     "env-file": "make run: tracking credentials into a 0600 env file for docker",
     "health": "make run: does the MLflow server at URL answer /health (--wait for it)",
     "queue-wait": "make run: wait for the run's devices in this machine's line, then become the run",
+    "notify-run": "make run: one message to KERASFLOW_NOTIFY when the run starts or ends",
     "end-run": "make run: a run its user stopped ends KILLED (mlflow run marked it FAILED)",
     "experiment-id": "make run: the experiment's id once its artifact location is safe in a shell line",
 }

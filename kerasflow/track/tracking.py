@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kerasflow import config
+from kerasflow import config, notify
 from kerasflow.config import Config
 from kerasflow.errors import Terminated, UserError, disk_full
 from kerasflow.track import orphans, store, sync
@@ -64,9 +64,11 @@ def log_params_merged(client: mlflow.MlflowClient, run_id: str, params: dict[str
 
 
 @contextmanager
-def run_status(run_id: str, stopped: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+def run_status(run_id: str, stopped: tuple[type[BaseException], ...] = (),
+               announce: tuple[str, str] | None = None) -> Iterator[None]:
     """End the run FINISHED, FAILED on an error, KILLED on Ctrl-C/SIGTERM or on a `stopped` exception
-    (a pruned trial): never left RUNNING, whether it is this process's active run or not."""
+    (a pruned trial): never left RUNNING, whether it is this process's active run or not. `announce`
+    (what, name): a top-level run's end is sent to KERASFLOW_NOTIFY (kerasflow/notify.py)."""
     import mlflow
 
     status = "FAILED"
@@ -94,6 +96,23 @@ def run_status(run_id: str, stopped: tuple[type[BaseException], ...] = ()) -> It
             why = "its store is full" if disk_full(exc) else "the tracking server is unreachable"
             log.warning(f"run {run_id} could not be marked {status} ({why}): it shows RUNNING until the next "
                         "command that opens the store marks it FAILED, or its rerun (same run_name) ends it")
+        if announce and notify.wanted():
+            _announce(run_id, status, *announce)
+
+
+def _announce(run_id: str, status: str, what: str, name: str) -> None:
+    """One message about a run that ended (never raises: a notifier must not fail the run)."""
+    import mlflow
+
+    try:
+        client = mlflow.MlflowClient()
+        run = client.get_run(run_id)
+        link = notify.run_link(mlflow.get_tracking_uri(), run.info.experiment_id, run_id)
+        message = notify.of_run(run, name, status, link=link, what=what)
+    except Exception as exc:  # noqa: BLE001 - the store may be what failed; say what we know
+        log.debug(f"notify: run {run_id} not readable ({exc})")
+        message = notify.Message(name=name, status=status, what=what)
+    notify.send(message)
 
 
 @contextmanager
@@ -353,7 +372,12 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
     rundir.atomic_write(prep.run_dir / rundir.RUN_ID_FILE, run_id + "\n")
     log.info(f"mlflow: run {run_id} in experiment '{experiment}' at {uri}"
              f"{' (resumed)' if prep.resumed else ''}")
-    with run_status(run_id, nested.stopped), signals_as_interrupt():
+    # one message per run a user started (not per fold or trial, nor inside `make run`: its driver sends)
+    top = nested.parent_run_id is None and not in_parent and not launched
+    if top and notify.wanted(start=True):
+        notify.send(notify.Message(name=prep.cfg.run_name, status="STARTED"))
+    with run_status(run_id, nested.stopped, ("run", prep.cfg.run_name) if top else None), \
+            signals_as_interrupt():
         if not prep.resumed or not client.get_run(run_id).data.params:
             _log_identity(client, run_id, prep.run_dir, entry="track")
             log_inputs(prep)

@@ -145,7 +145,7 @@ def _tune(cfg: Config, study: optuna.Study, *, trials: int, workers: int, study_
     parent_id = parent.info.run_id
     log.info(f"mlflow: search run {parent_id}; study '{study_name}' in {urlauth.redact(storage_url)} has "
              f"{counted(study)} of {trials} trials")
-    with (tracking.signals_as_interrupt(), tracking.run_status(parent_id),
+    with (tracking.signals_as_interrupt(), tracking.run_status(parent_id, announce=("search", study_name)),
           tempfile.TemporaryDirectory() as tmp):
         tracking.log_params_merged(client, parent_id, {
             **{k: v for k, v in cfg.to_dict().items() if k != "search_space"},
