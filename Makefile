@@ -101,7 +101,7 @@ run: $(RUN_STAMP) ## mlflow run in the image + tracking server; tmux over SSH: A
 
 doctor: $(RUN_STAMP) ## check this box before a run: engine, GPUs, driver, disk, data, store, port
 	@source docker/lib.bash && "$(RUN_VENV)/bin/python" -m kerasflow doctor --image "$$(image_tag)" \
-	  --port $(PORT) --store "$(STORE)" --logs "$${LOGS:-logs}"
+	  --port $(PORT) --store "$(STORE)" --logs "$${LOGS:-logs}" $(ARGS)
 
 queue: $(RUN_STAMP) ## this machine's runs in line and running, every user's (ARGS=--watch)
 	$(RUN_VENV)/bin/python -m kerasflow queue $(ARGS)

@@ -73,8 +73,10 @@ class Message:
     @property
     def body(self) -> str:
         hours, rest = divmod(int(self.duration_s), 3600)
-        lines = [f"{self.what} {self.name} ended {self.status} after {hours}:{rest // 60:02d}:{rest % 60:02d}"
-                 if self.status != "STARTED" else f"{self.what} {self.name} started"]
+        took = f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+        lines = [f"{self.what} {self.name} started" if self.status == "STARTED"
+                 else f"{self.what} {self.name}: a test message" if self.status == "TEST"
+                 else f"{self.what} {self.name} ended {self.status} after {took}"]
         if self.metrics:
             lines.append("final: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(self.metrics.items())))
         if self.best:

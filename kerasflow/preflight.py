@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kerasflow import config, ports
+from kerasflow import config, notify, ports
 from kerasflow.errors import UserError
 from kerasflow.storeops import server
 
@@ -366,8 +366,22 @@ def host_python() -> Check:
                                       "make host-env")
 
 
+def notifier(send_test: bool) -> Check:
+    """KERASFLOW_NOTIFY's URLs are Apprise URLs; with `send_test`, a test message goes out now."""
+    targets = notify.urls()
+    if not targets:
+        return Check("notify", PASS, f"no notifier set ({notify.URLS_ENV}: Apprise URLs, docs/gpu-server.md)")
+    if not send_test:
+        return Check("notify", PASS, f"{len(targets)} notifier URL(s) in {notify.URLS_ENV}; `make doctor "
+                                     "ARGS=--notify-test` sends a test message")
+    if notify.send(notify.Message(name="doctor", status="TEST", what="check")):
+        return Check("notify", PASS, f"a test message went to {len(targets)} notifier URL(s)")
+    return Check("notify", FAIL, f"the test message was not sent (the warning above says why): fix "
+                                 f"{notify.URLS_ENV}")
+
+
 def for_doctor(*, root: Path, image_tag: str, uri: str, port: int, store: Path, logs: Path,  # noqa: PLR0913
-               data_mount: str) -> list[Check]:
+               data_mount: str, notify_test: bool = False) -> list[Check]:
     """Every check of the box, in one list (`make doctor`); a check that needs the engine says so."""
     checks = [engine()]
     up = checks[0].status != FAIL
@@ -384,7 +398,8 @@ def for_doctor(*, root: Path, image_tag: str, uri: str, port: int, store: Path, 
     checks.append(disk(present or not up, data_dir or root))
     checks += [store_writable(store), tracking(uri, port, store, logs),
                tool("tmux", "detached runs over SSH", "apt-get install tmux"),
-               tool("flock", "make run's locks", "apt-get install util-linux"), host_python()]
+               tool("flock", "make run's locks", "apt-get install util-linux"), host_python(),
+               notifier(notify_test)]
     return checks
 
 

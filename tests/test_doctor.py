@@ -55,7 +55,7 @@ def test_on_this_machine_the_rows_say_what_it_has_and_warnings_exit_1(synthetic_
                                    "makes this an error)")
     assert rows["image"][0] == "WARN" and "is not built yet" in rows["image"][1]
     assert rows["driver"][0] == "WARN" and "no NVIDIA driver" in rows["driver"][1]
-    for name in ("gpu-memory", "data", "disk", "store", "tracking", "tmux", "flock", "host-python"):
+    for name in ("gpu-memory", "data", "disk", "store", "tracking", "tmux", "flock", "host-python", "notify"):
         assert rows[name][0] == "PASS", (name, rows[name])
     assert code == 1
     code, rows = doctor(ROOT, tmp_path, "--port", str(free_port()))
@@ -136,3 +136,18 @@ esac
     assert memory.status == preflight.WARN
     assert memory.line.startswith(f"GPU 0: 113771 of 143771 MiB free (held by {me} pid {os.getpid()} "
                                   "29000 MiB)")
+
+
+def test_the_notifier_row_sends_a_test_message_on_request(synthetic_root, tmp_path):
+    from helpers.receiver import Receiver
+
+    told = Receiver()
+    try:
+        code, rows = doctor(synthetic_root, tmp_path, "--notify-test", "--port", str(free_port()),
+                            env={"KERASFLOW_NOTIFY": told.url})
+        assert rows["notify"] == ("PASS", "a test message went to 1 notifier URL(s)")
+        assert [m["title"] for m in told.messages] == ["kerasflow check doctor: TEST"]
+        code, rows = doctor(synthetic_root, tmp_path, "--notify-test", env={"KERASFLOW_NOTIFY": "nope://x"})
+        assert code == 2 and rows["notify"][0] == "FAIL" and "KERASFLOW_NOTIFY" in rows["notify"][1]
+    finally:
+        told.close()

@@ -6,8 +6,9 @@ Rows: the Docker engine and its version (and that you may use it), the NVIDIA ru
 image (once it is built), the image, the NVIDIA driver against the minimum for the image's CUDA and each
 GPU's architecture, free memory per GPU and who holds it, disk for the image and the data, the data the
 config needs, the store writable, the server port free or this store's own, tmux, flock, a host Python
-for the light env. Exit status: 0 all pass, 1 warnings, 2 a failure. `make run` runs the fast subset
-before it queues or detaches. GPU, DATA and MLFLOW_TRACKING_URI come from the environment.
+for the light env, the notifier (--notify-test sends a test message). Exit status: 0 all pass, 1
+warnings, 2 a failure. `make run` runs the fast subset before it queues or detaches. GPU, DATA and
+MLFLOW_TRACKING_URI come from the environment.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--store", type=Path, default=Path("store"))
     p.add_argument("--logs", type=Path, default=Path("logs"))
+    p.add_argument("--notify-test", action="store_true", help="send a test message to KERASFLOW_NOTIFY")
     args = p.parse_args(argv)
     status = {"code": 0}
 
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         checks = preflight.for_doctor(root=args.root.resolve(), image_tag=args.image,
                                       uri=os.environ.get("MLFLOW_TRACKING_URI", ""), port=args.port,
                                       store=args.store.resolve(), logs=args.logs.resolve(),
-                                      data_mount=os.environ.get("DATA", ""))
+                                      data_mount=os.environ.get("DATA", ""), notify_test=args.notify_test)
         text, status["code"] = preflight.doctor_table(checks)
         print(text)
 
