@@ -1,4 +1,5 @@
-"""Input-pipeline throughput vs a generator pipeline, `train.py --help` time, and one demo epoch.
+"""Input-pipeline throughput vs a generator pipeline, `train.py --help` time, one demo epoch, and the
+start-up cost of an environment without .pyc files (`--only bytecode`).
 
     make bench                      # or: .venv/bin/python bench/bench_pipeline.py --images 3000 --repeats 3
 
@@ -123,6 +124,26 @@ def bench_help(repeats: int = 5) -> dict:
             "import_tensorflow_s": round(statistics.median(imports), 3)}
 
 
+def bench_bytecode(repeats: int = 3) -> dict:
+    """`import mlflow, tensorflow, keras` with the environment's .pyc files (what `make env` now writes)
+    and without them (a pycache prefix pointing at an empty folder: Python compiles every module, as it
+    did in an environment uv installed where PYTHONDONTWRITEBYTECODE=1), interleaved, medians."""
+    code = "import mlflow, tensorflow, keras"
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    compiled, source = [], []
+    with tempfile.TemporaryDirectory() as empty:
+        for _ in range(repeats):
+            for into, extra in ((compiled, []), (source, ["-X", f"pycache_prefix={empty}"])):
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, *extra, "-c", code], check=True, capture_output=True, env=env)
+                into.append(time.perf_counter() - t0)
+    with_pyc, without = statistics.median(compiled), statistics.median(source)
+    return {"with_pyc_s": round(with_pyc, 2), "without_pyc_s": round(without, 2),
+            "ratio": round(without / with_pyc, 1),
+            "rounds": {"with_pyc": [round(x, 2) for x in compiled],
+                       "without_pyc": [round(x, 2) for x in source]}}
+
+
 def bench_demo_epoch() -> dict:
     import keras
 
@@ -158,7 +179,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=4, help="epochs of our pipeline per round (1 + steady)")
-    p.add_argument("--only", choices=["pipeline", "help", "demo"], action="append")
+    p.add_argument("--only", choices=["pipeline", "help", "demo", "bytecode"], action="append")
     args = p.parse_args()
     only = set(args.only or ["pipeline", "help", "demo"])
     result: dict = {"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -168,6 +189,8 @@ def main() -> None:
         result["pipeline"] = bench_pipelines(args.images, args.size, args.batch, args.repeats, args.epochs)
     if "demo" in only:
         result["demo"] = bench_demo_epoch()
+    if "bytecode" in only:
+        result["bytecode"] = bench_bytecode()
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline.json").write_text(json.dumps(result, indent=2))
