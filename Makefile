@@ -104,11 +104,11 @@ doctor: $(RUN_STAMP) ## check this box before a run: engine, GPUs, driver, disk,
 	  --port $(PORT) --store "$(STORE)" --logs "$${LOGS:-logs}" $(ARGS)
 
 queue: $(RUN_STAMP) ## this machine's runs in line and running, every user's (ARGS=--watch)
-	$(RUN_VENV)/bin/python -m kerasflow queue $(ARGS)
+	@$(RUN_VENV)/bin/python -m kerasflow queue $(ARGS)
 
 cancel: $(RUN_STAMP) ## take your run out of the line, or stop it (MLflow: KILLED): NAME=...
 	@test "$(origin NAME)" != file || { echo "error: give the run: make cancel NAME=<run name> (make queue lists them)"; exit 2; }
-	$(RUN_VENV)/bin/python -m kerasflow cancel "$(NAME)"
+	@$(RUN_VENV)/bin/python -m kerasflow cancel "$(NAME)"
 
 ui: $(RUN_STAMP) ## the MLflow UI on 127.0.0.1:5000 (PORT=) over a (copied) store: STORE=...
 	KERASFLOW_PYTHON="$(RUN_VENV)/bin/python" ./run_mlflow_ui.bash "$(STORE)" --port $(PORT)
