@@ -342,9 +342,9 @@ def rows(line: list[Ticket], progress: dict[str, tuple[str, str]] | None = None)
     for t in line:
         since = t.started if t.state == RUNNING else t.queued
         epoch, metric = progress.get(t.name, ("", ""))
-        out.append(Row(t.name, t.user, ",".join(t.devices) if t.pool == "gpu" or t.state == RUNNING
-                       else f"cpu (1 of {len(t.devices)})", t.state, place(t, line), now - since,
-                       epoch, metric, t.log))
+        one_of = t.pool == "cpu" and t.state == WAITING and len(t.devices) > 1  # any one of cpu0-N
+        slot = f"{t.devices[0]}-{len(t.devices) - 1}" if one_of else ",".join(t.devices)
+        out.append(Row(t.name, t.user, slot, t.state, place(t, line), now - since, epoch, metric, t.log))
     return sorted(out, key=lambda r: (r.state != RUNNING, r.place, -r.elapsed))
 
 
