@@ -168,7 +168,10 @@ ensure_server() {
     return 0
   fi
   note "starting an MLflow server at $server_url over $STORE (log: $logs/mlflow-server.log, pid: $logs/mlflow-server.pid)"
-  nohup "$PYTHON" -m kerasflow server "$STORE" --port "$PORT" > "$logs/mlflow-server.log" 2>&1 &
+  # its own session: it outlives this run, and the hangup a detached run's tmux pane sends its process
+  # group when the run ends made uvicorn restart its workers (seconds without a server, just when the
+  # next run in line starts); setsid does not fork here (a background job leads no group), so $! is it
+  nohup setsid "$PYTHON" -m kerasflow server "$STORE" --port "$PORT" > "$logs/mlflow-server.log" 2>&1 &
   echo "$!" > "$logs/mlflow-server.pid"
   if answers "$server_url" --wait 180 --pid "$(cat "$logs/mlflow-server.pid")"; then
     "$PYTHON" -m kerasflow proxy-artifacts "$STORE" "$experiment"

@@ -258,7 +258,9 @@ def test_detached_make_runs_wait_in_line_and_a_cancelled_run_ends_killed(image, 
         status = logs / f"{name}.status"
         while not status.exists() and time.monotonic() < deadline + 600:
             time.sleep(1)
-        assert status.read_text().strip() == "0", (logs / f"{name}.log").read_text()[-3000:]
+        server_log = logs / "mlflow-server.log"
+        assert status.read_text().strip() == "0", (logs / f"{name}.log").read_text()[-3000:] + (
+            server_log.read_text()[-3000:] if server_log.exists() else "")
     ran = {n: client(run_env).get_run(runqueue.run_id_in_log(str(logs / f"{n}.log"))).info
            for n in ("next", "last")}
     assert all(info.status == "FINISHED" for info in ran.values())
