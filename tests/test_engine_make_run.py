@@ -266,7 +266,7 @@ def test_detached_make_runs_wait_in_line_and_a_cancelled_run_ends_killed(image, 
     assert all(info.status == "FINISHED" for info in ran.values())
     assert ran["next"].end_time <= ran["last"].start_time  # one after the other, in the order they came
     assert not (logs / "gone.status").exists() or (logs / "gone.status").read_text().strip() != "0"
-    assert queue() == []
+    assert queue() == ["queue: no run is running or waiting on this machine".split()]
     told.close()
     titles = sorted(m["title"] for m in told.messages)
     assert titles == ["kerasflow run det: KILLED", "kerasflow run last: FINISHED",
