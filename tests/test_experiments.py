@@ -204,23 +204,33 @@ def test_cv_without_a_splits_file_writes_the_folds_once_and_reuses_them(cv_runs)
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3-trial search run by two worker processes on one sqlite study."""
+    """A 3-trial search run by two worker processes on one sqlite study, telling a loopback webhook
+    (KERASFLOW_NOTIFY) when it ends."""
+    from helpers.receiver import Receiver
+
     tmp = tmp_path_factory.mktemp("search")
-    result = run(
-        "tune",
-        *set_args(overrides(tmp, SPACE)),
-        "--trials",
-        "3",
-        "--workers",
-        "2",
-        "--study",
-        "two",
-        "--store",
-        str(tmp / "store"),
-        "--register",
-        "tuned",
-    )
+    told = Receiver()
+    os.environ["KERASFLOW_NOTIFY"] = told.url
+    try:
+        result = run(
+            "tune",
+            *set_args(overrides(tmp, SPACE)),
+            "--trials",
+            "3",
+            "--workers",
+            "2",
+            "--study",
+            "two",
+            "--store",
+            str(tmp / "store"),
+            "--register",
+            "tuned",
+        )
+    finally:
+        del os.environ["KERASFLOW_NOTIFY"]
+        told.close()
     assert result.returncode == 0, result.stderr[-4000:]
+    (tmp / "told.json").write_text(json.dumps(told.messages))
     return tmp
 
 
@@ -243,6 +253,10 @@ def test_two_workers_run_three_trials_then_retrain_the_best(searched):
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(study.best_value)
     version = client_for(store_dir).get_model_version_by_alias("tuned", "candidate")
     assert version.run_id == final.info.run_id
+    # one message for the whole search (not one per trial, nor for the retrain), with its best value
+    [told] = json.loads((searched / "told.json").read_text())
+    assert told["title"] == "kerasflow search two: FINISHED", told
+    assert f"best_val_accuracy={parent.data.metrics['best_val_accuracy']:.4g}" in told["message"]
     for trial in trials:  # each trial's value is its last val_accuracy
         state = next(t for t in study.trials if t.number == int(trial.data.tags["optuna.trial"]))
         if state.state == optuna.trial.TrialState.COMPLETE:
