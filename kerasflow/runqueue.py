@@ -303,7 +303,7 @@ def wait(me: Ticket, *, no_wait: bool = False, poll: float = 2.0,
             if spot != last:
                 say(f"queue: waiting for {', '.join(me.devices) if me.pool == 'gpu' else 'a CPU slot'}, "
                     f"place {spot} in line (now running: {holders(where, me.devices, line)}); "
-                    "`make queue` shows the line, `make cancel NAME` leaves it")
+                    f"`make queue` shows the line, `make cancel NAME={me.name}` leaves it")
                 last = spot
             time.sleep(poll)
     except BaseException:
