@@ -67,10 +67,17 @@ def _line() -> list[tuple[str, str, int]]:
     return [(t.name, t.state, runqueue.place(t, found)) for t in found]
 
 
+@pytest.mark.slow  # a second UID must reach this checkout: `make test`'s, not the quick loop's private clone
 def test_two_users_share_one_line_in_order_and_a_killed_or_cancelled_waiter_leaves_no_place(box):
     """CPU_SLOTS=1: root's run holds the slot; another UID's run and two more of root's wait in the order
     they came; `make queue` shows 1 running and places 1-3; `make cancel` of one takes it out; a waiter
     SIGKILLed leaves no stale place; the others run one after the other, the other user's included."""
+    if os.geteuid() != 0:
+        pytest.skip("a second UID needs root to start (CI runs as root)")
+    reach = subprocess.run(["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups",
+                            sys.executable, "-c", "import kerasflow"], cwd="/", capture_output=True,
+                           text=True, env=os.environ, timeout=120)
+    assert reach.returncode == 0, f"uid {OTHER_UID} cannot run this checkout's Python: {reach.stderr[-500:]}"
     work = box / "work"
     release = work / "release-first"
     first = _waiter(box, "first",
