@@ -27,8 +27,10 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -82,9 +84,14 @@ def folder() -> Path:
     """The machine-wide queue folder, created sticky and world-writable (as /tmp is) by its first user;
     one that another user could have planted otherwise is refused."""
     path = Path(os.environ.get(DIR_ENV) or DEFAULT_DIR)
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(parents=True)
-        path.chmod(0o1777)
+    if not path.exists():  # made whole (1777) under a temp name, then renamed: never seen half-made
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+        temp.chmod(0o1777)
+        try:
+            temp.rename(path)
+        except OSError:  # another user's first run made it meanwhile
+            temp.rmdir()
     info = path.lstat()
     if not stat.S_ISDIR(info.st_mode):
         raise UserError(f"the queue folder {path} is not a folder: remove it, or set {DIR_ENV}=another path")
@@ -179,7 +186,10 @@ def tickets(where: Path) -> list[Ticket]:
                 with contextlib.suppress(OSError):
                     path.unlink()
             continue
-        ticket = _read(path) or (time.sleep(0.05), _read(path))[1]
+        ticket = _read(path)
+        if ticket is None:  # caught mid-rewrite by its owner: once more
+            time.sleep(0.05)
+            ticket = _read(path)
         if ticket is not None:
             found.append(ticket)
     return found
@@ -408,7 +418,7 @@ def progress(line: list[Ticket]) -> dict[str, tuple[str, str]]:
 
 def _terminate(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, 15)
+        os.kill(pid, signal.SIGTERM)
 
 
 def cancel(name: str, timeout: float = 180) -> str:
