@@ -89,14 +89,15 @@ point_latest() {
 
 # `docker build` arguments taken from the environment, so a user behind a mirror (or a machine with no
 # registry) builds without editing files: BASE_IMAGE, TF_VARIANT, VGG16_WEIGHTS_URL, VGG16_WEIGHTS_MD5,
-# PIP_INDEX_URL, PIP_EXTRA_INDEX_URL (URLs only: a host path would not exist inside the build).
+# PIP_INDEX_URL, PIP_EXTRA_INDEX_URL (URLs only: a host path would not exist inside the build). The same
+# list as .devcontainer.json's build args, and passed the same way, empty when unset (the Dockerfile reads
+# empty as its default): the builder's cache key holds each value, so only then do `make run` and "Reopen
+# in Container" share the image's dependency layers instead of installing TensorFlow twice.
 BUILD_VARS=(BASE_IMAGE TF_VARIANT VGG16_WEIGHTS_URL VGG16_WEIGHTS_MD5 PIP_INDEX_URL PIP_EXTRA_INDEX_URL)
 build_args() {
   local name
   for name in "${BUILD_VARS[@]}"; do
-    if [ -n "${!name:-}" ]; then
-      printf '%s\n' --build-arg "$name=${!name}"
-    fi
+    printf '%s\n' --build-arg "$name=${!name:-}"
   done
   printf '%s\n' --build-arg "USER_UID=$(id -u)" --build-arg "USER_GID=$(id -g)"
   # An engine without the default bridge network (--bridge=none) builds on the host network.

@@ -179,6 +179,25 @@ def test_devcontainer_json_validates_against_the_official_schema():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_make_image_and_the_devcontainer_pass_the_same_build_args_the_same_way():
+    """The classic builder's cache key holds each build arg's value, and an empty one differs from an unset
+    one: VS Code passes every `${localEnv:X}` arg, empty when unset; so `make image` passes the same list
+    the same way, or "Reopen in Container" installs TensorFlow again beside `make run`'s image."""
+    import json5
+
+    wanted = json5.loads((ROOT / ".devcontainer.json").read_text())["build"]["args"]
+    assert wanted == {name: f"${{localEnv:{name}}}" for name in wanted}
+    env = {k: v for k, v in os.environ.items() if k not in wanted} | {"TF_VARIANT": "cpu"}
+    printed = subprocess.run(
+        ["bash", "-c", "source docker/lib.bash && build_args"], cwd=ROOT, env=env, capture_output=True,
+        text=True, check=True,
+    ).stdout.splitlines()
+    passed = [printed[i + 1] for i, word in enumerate(printed) if word == "--build-arg"]
+    assert [a for a in passed if not a.startswith("USER_")] == [
+        f"{name}={'cpu' if name == 'TF_VARIANT' else ''}" for name in wanted
+    ]
+
+
 def test_devcontainer_cli_reads_the_configuration():
     cli = require_tool("devcontainer")
     result = subprocess.run(

@@ -113,7 +113,7 @@ def container_journey(devcontainer, user: User, checkout: Path) -> dict[str, flo
 
 
 def test_quickstart_a_reopen_in_container_after_a_demo_on_the_host(devcontainer, container_journey, user,
-                                                                   checkout):
+                                                                   checkout, image):
     """The host's .venv is in the mounted checkout; in the container `make` used it (its python is the
     host's) before the image's env won. Both demos trained, the container's as the remote user."""
     assert devcontainer["up"]["outcome"] == "success"
@@ -123,6 +123,16 @@ def test_quickstart_a_reopen_in_container_after_a_demo_on_the_host(devcontainer,
     whoami = dc_exec(devcontainer, user, checkout, "bash", "-c", "id -un; id -u; make -n demo | head -n 1")
     assert whoami.stdout.split()[:2] == ["dev", str(user.uid)], whoami.stdout
     assert "/opt/venv/bin/python -m kerasflow train" in whoami.stdout
+    # "Reopen in Container" reused `make image`'s layers (docker/lib.bash build_args): all but the last
+    # three, which hold the user, the code and its link and differ by UID. (It installed TensorFlow
+    # again when the two passed their build args differently.)
+    container_image = docker("inspect", "--format", "{{.Image}}", devcontainer["up"]["containerId"],
+                             check=True).stdout.strip()
+    ours, theirs = (json.loads(docker("image", "inspect", "--format", "{{json .RootFS.Layers}}", i,
+                                      check=True).stdout) for i in (image["id"], container_image))
+    pairs = zip(ours, theirs, strict=False)
+    shared = next((n for n, (a, b) in enumerate(pairs) if a != b), min(len(ours), len(theirs)))
+    assert shared >= len(ours) - 3, f"the devcontainer shares {shared} of the image's {len(ours)} layers"
     import mlflow
 
     c = mlflow.MlflowClient(f"sqlite:///{checkout / 'store' / 'mlflow.db'}")
