@@ -64,6 +64,8 @@ def test_a_new_uid_or_weights_url_rebuilds_only_the_top_layers(image, checkout, 
         shared = len([a for a, b in zip(ours, theirs, strict=False) if a == b])
         sizes = docker("history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}", image["tag"]).stdout
         assert shared >= len(ours) - 3, (shared, len(ours), sizes)  # user, code, .pth layers differ
+        uid = docker("run", "--rm", "--network", "none", "kerasflow-test:uid4321", "id", "-u", "dev").stdout
+        assert uid.strip() == "4321", uid  # the new UID was really built, not the cache's old one
         print(f"rebuild for another UID: {seconds:.0f} s, {shared} of {len(ours)} layers shared")
     finally:
         docker("rmi", "kerasflow-test:uid4321")

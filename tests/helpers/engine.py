@@ -297,11 +297,22 @@ def cleanup_containers():
 
 
 def docker_build(checkout: Path, tag: str, build_args: dict[str, str]) -> tuple[float, str]:
-    """docker build of the checkout (classic builder, host network: no bridge here); (seconds, error)."""
-    args = [x for k, v in build_args.items() for x in ("--build-arg", f"{k}={v}")]
+    """docker build of the checkout with the build args `make image` passes (docker/lib.bash's
+    build_args: every one, empty when unset, since an empty arg and a missing one are different cache
+    keys), these values put in; (seconds, error)."""
+    env = {**os.environ, **build_args}
+    printed = subprocess.run(
+        ["bash", "-c", "source docker/lib.bash && build_args"], cwd=checkout, env=env, capture_output=True,
+        text=True, check=True,
+    ).stdout.splitlines()
+    pairs = list(zip(printed[::2], printed[1::2], strict=True))
+    # The caller's own UID/GID are left out: a test that wants another user sets its own.
+    args = [x for flag, value in pairs if not value.startswith("USER_") for x in (flag, value)]
+    users = [k for k in ("USER_UID", "USER_GID") if k in build_args]
+    args += [x for k in users for x in ("--build-arg", f"{k}={build_args[k]}")]
     t0 = time.monotonic()
     built = subprocess.run(
-        ["docker", "build", "-q", "--network", "host", "-f", "docker/Dockerfile", *args, "-t", tag, "."],
+        ["docker", "build", "-q", "-f", "docker/Dockerfile", *args, "-t", tag, "."],
         cwd=checkout,
         capture_output=True,
         text=True,
@@ -309,8 +320,6 @@ def docker_build(checkout: Path, tag: str, build_args: dict[str, str]) -> tuple[
         env={**os.environ, "DOCKER_BUILDKIT": "0"},
     )
     return time.monotonic() - t0, "" if built.returncode == 0 else built.stderr[-3000:]
-
-
 
 
 @pytest.fixture(scope="session")
