@@ -198,8 +198,8 @@ env: $(STAMP) ## create .venv from the pinned lock (requirements.txt)
 host-env: $(HOST_STAMP) ## the light env for run/ui/pull/server (MLflow, no TF; Python >= 3.10)
 
 # The tests run in TEST_JOBS pytest-xdist workers (0: one process), a test file to a worker and every
-# tests/test_engine_*.py on one (they share a user, checkout and image): on 2 cores, 30 minutes instead
-# of 44 (docs/architecture.md, "Test time").
+# tests/test_engine_*.py on one (they share a user, checkout and image); how long it takes is measured in
+# docs/architecture.md, "Test time".
 TEST_JOBS ?= 2
 XDIST = $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
 
