@@ -5,16 +5,24 @@ and `GPUS=all` both ran on GPU 0 and two users' checkouts never excluded each ot
 refused and people polled by hand. Now:
 
 - one machine-wide folder (KERASFLOW_QUEUE_DIR, default /tmp/kerasflow-queue, sticky and world-writable
-  like /tmp) holds a lock file per device (`gpu0`, `gpu1`, ... and, with CPU_SLOTS=N on a box without
-  GPUs, `cpu0` ... `cpu{N-1}`) and a ticket per run in line;
-- a ticket is a small JSON file whose owner holds flock(2) on it: it is live exactly while its process
-  lives (the kernel drops the lock however the process dies), so a killed waiter leaves no stale place;
+  like /tmp) holds a ticket per run in line or running: a small JSON file whose owner holds flock(2) on
+  it, so it is live exactly while its process lives (the kernel drops the lock however the process dies);
+- a device (`gpu0`, `gpu1`, ... and, with CPU_SLOTS=N on a box without GPUs, `cpu0` ... `cpu{N-1}`) is
+  held by binding an abstract unix socket named after the folder and the device: the kernel gives the
+  name to one process at a time, frees it when that process (and every child that inherited it) is gone,
+  and no other user can unlink, replace or plant it, as they could a lock file in a shared folder;
 - a run may start when none of its devices is wanted by an earlier live waiter and all are free (a CPU
-  run: one of the pool's slots); it takes its devices' locks in a fixed order (no two runs deadlock),
-  marks its ticket running and execs the driver, which inherits the locks until the run ends.
+  run: one of the pool's slots); it takes its devices in a fixed order (no two runs deadlock), marks
+  its ticket running and execs the driver, which inherits ticket and devices until the run ends.
 
-Data written by other users is untrusted: tickets are read bounded, parsed as JSON and checked, never
-executed. Standard library only (the light host env runs this).
+Another user of the box writes into the same folder, so a ticket is untrusted input (the threat model of
+docs/gpu-server.md): read bounded, only as a regular file, parsed as JSON and checked, never executed.
+What a ticket cannot say about itself comes from the kernel: its owner is the file's owner (not a name or
+a field), its place in line is when it was made (its ctime, which no user can set back), and the process
+`make cancel` signals is the one holding its lock (/proc/locks), checked to be the owner's and to be
+older than the ticket. `make queue` opens no path and no URL another user wrote, and prints every field
+cleaned of control characters and bounded. A malformed ticket is skipped with one warning, never a crash.
+Standard library only (the light host env runs this).
 """
 
 from __future__ import annotations
@@ -22,37 +30,50 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
+import logging
+import math
 import os
 import pwd
 import re
-import shutil
 import signal
+import socket
 import stat
-import subprocess
 import tempfile
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from kerasflow import box
 from kerasflow.errors import UserError
 
 # Lazy imports: mlflow, in `progress` only (seconds to load; the table without running runs needs none).
 
+log = logging.getLogger(__name__)
+
 DIR_ENV = "KERASFLOW_QUEUE_DIR"
 DEFAULT_DIR = "/tmp/kerasflow-queue"  # noqa: S108 - shared on purpose: every user of the box queues here
-TICKET_MAX = 4096  # bytes read of a ticket another user may have written
+TICKET_MAX = 4096  # bytes of a ticket another user may have written
+FIELD_MAX = 160  # characters of one field shown in `make queue`
 NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 DEVICE = re.compile(r"(gpu|cpu)[0-9]{1,4}")
+RUN_ID = re.compile(r"[0-9a-f]{32}")
 TICKET_FILE = re.compile(r"t-([0-9]{20})-([0-9]{1,10})-([0-9]{1,10})")
 WAITING, RUNNING = "waiting", "running"
+
+
+class Malformed(ValueError):
+    """A file in the queue folder that is not a ticket we can use (why, for the one warning)."""
 
 
 @dataclass
 class Ticket:
     """One run in line or running: what `make queue` shows. `devices` are those it needs (GPU runs) or
-    the pool it takes one of (CPU runs, `pool="cpu"`); once running, the ones it holds."""
+    the pool it takes one of (CPU runs, `pool="cpu"`); once running, the ones it holds. Of a ticket read
+    from the folder, `uid`, `user`, `since` and `order` come from the file (kernel), not from its text."""
 
     name: str
     user: str
@@ -62,22 +83,33 @@ class Ticket:
     log: str = ""
     session: str = ""
     tracking: str = ""
+    run_id: str = ""
     queued: float = 0.0
     started: float = 0.0
     pid: int = 0
     uid: int = 0
     path: Path | None = field(default=None, compare=False)
+    since: float = field(default=0.0, compare=False)
+    order: tuple[int, str] = field(default=(0, ""), compare=False)
 
     def record(self) -> str:
-        data = {k: v for k, v in asdict(self).items() if k != "path"}
+        data = {k: v for k, v in asdict(self).items() if k not in ("path", "since", "order")}
         return json.dumps(data, sort_keys=True) + "\n"
 
 
-def user_name() -> str:
-    """Who this is, for the table: the login name, or uid-N where none is known (a container user)."""
+def user_name(uid: int | None = None) -> str:
+    """A login name for the table: uid-N where none is known (a container user)."""
+    uid = os.getuid() if uid is None else uid
     with contextlib.suppress(KeyError, OSError):
-        return pwd.getpwuid(os.getuid()).pw_name
-    return f"uid-{os.getuid()}"
+        return pwd.getpwuid(uid).pw_name
+    return f"uid-{uid}"
+
+
+def clean(text: object, limit: int = FIELD_MAX) -> str:
+    """A field as it may be printed: control and format characters (escape sequences, bidi overrides)
+    become '?', and it is cut to `limit` characters."""
+    shown = "".join("?" if unicodedata.category(c)[0] in "CZ" and c != " " else c for c in str(text))
+    return shown if len(shown) <= limit else shown[:limit - 1] + "…"
 
 
 def folder() -> Path:
@@ -102,17 +134,8 @@ def folder() -> Path:
 
 
 def gpu_indexes() -> list[str]:
-    """The GPUs `nvidia-smi` lists (their indexes), or none on a box without."""
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    if out.returncode != 0:
-        return []
-    return [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()]
+    """The GPUs of this box (kerasflow/box.py), or none on a box without."""
+    return box.gpu_indexes()
 
 
 def wanted(gpu: str, gpus: str, cpu_slots: str) -> tuple[str, list[str]]:
@@ -136,93 +159,146 @@ def wanted(gpu: str, gpus: str, cpu_slots: str) -> tuple[str, list[str]]:
     return "cpu", [f"cpu{i}" for i in range(int(cpu_slots))]
 
 
-def _held(path: Path) -> bool:
-    """Someone holds flock on `path` (its owner process lives)."""
+def _open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """A read-only fd of `path` when it is a plain file (not a link, FIFO, socket or device: opening a
+    FIFO would hang, a link could point anywhere); Malformed otherwise."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return False
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        why = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise Malformed(why) from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise Malformed("not a regular file")
+    return fd, info
+
+
+def _held(fd: int) -> bool:
+    """Someone holds flock on the file behind `fd` (its owner process lives)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:
         return exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
-    finally:
-        os.close(fd)
+    fcntl.flock(fd, fcntl.LOCK_UN)
     return False
 
 
-def _read(path: Path) -> Ticket | None:
-    """A ticket file, checked: bounded, JSON, known fields of the right types, names that are names."""
-    match = TICKET_FILE.fullmatch(path.name)
-    if not match:
-        return None
+def _finite(value: str) -> float:
+    raise ValueError(f"{value} is not a number a ticket may hold")
+
+
+def _parse(fd: int, info: os.stat_result, path: Path) -> Ticket:
+    """The ticket in `fd`, checked: bounded, JSON, known fields of the right types, names that are names;
+    owner, times and order from the file itself."""
+    if info.st_size > TICKET_MAX:
+        raise Malformed(f"{info.st_size} bytes, more than a ticket's {TICKET_MAX}")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as f:
-            data = json.loads(f.read(TICKET_MAX))
-        ticket = Ticket(**{k: data[k] for k in Ticket.__dataclass_fields__ if k in data and k != "path"})
-    except (OSError, ValueError, TypeError):
-        return None
+        data = json.loads(os.read(fd, TICKET_MAX + 1), parse_constant=_finite)
+        if not isinstance(data, dict):
+            raise Malformed("not a JSON object")
+        known = {k: data[k] for k in Ticket.__dataclass_fields__ if k in data and k in _STORED}
+        ticket = Ticket(**known)
+    except (ValueError, TypeError) as exc:
+        raise Malformed(f"not a ticket ({str(exc)[:80]})") from exc
     strings = (ticket.name, ticket.user, ticket.pool, ticket.state, ticket.log, ticket.session,
-               ticket.tracking)
-    if (not all(isinstance(s, str) and len(s) <= 1024 for s in strings) or not NAME.fullmatch(ticket.name)
-            or not isinstance(ticket.devices, list) or len(ticket.devices) > 256
-            or not all(isinstance(d, str) and DEVICE.fullmatch(d) for d in ticket.devices)
-            or ticket.state not in (WAITING, RUNNING) or ticket.pool not in ("gpu", "cpu")
-            or not all(isinstance(x, int | float) for x in (ticket.queued, ticket.started))):
-        return None
-    ticket.pid, ticket.uid = int(match[3]), int(match[2])  # from the file name its owner made
-    ticket.path = path
+               ticket.tracking, ticket.run_id)
+    if not all(isinstance(s, str) and len(s) <= 1024 for s in strings):
+        raise Malformed("a field that is not a short string")
+    if not NAME.fullmatch(ticket.name):
+        raise Malformed("a name with characters a run name cannot have")
+    if (not isinstance(ticket.devices, list) or not 0 < len(ticket.devices) <= 256
+            or not all(isinstance(d, str) and DEVICE.fullmatch(d) for d in ticket.devices)):
+        raise Malformed("devices that are not gpuN / cpuN")
+    if ticket.state not in (WAITING, RUNNING) or ticket.pool not in ("gpu", "cpu"):
+        raise Malformed("an unknown state or pool")
+    if ticket.run_id and not RUN_ID.fullmatch(ticket.run_id):
+        raise Malformed("a run id that is not an MLflow run id")
+    if not all(isinstance(x, int | float) and math.isfinite(x) for x in (ticket.queued, ticket.started)):
+        raise Malformed("a time that is not a finite number")
+    ticket.uid, ticket.user, ticket.pid = info.st_uid, user_name(info.st_uid), 0
+    ticket.since, ticket.order, ticket.path = info.st_ctime, (info.st_ctime_ns, path.name), path
     return ticket
 
 
-def tickets(where: Path) -> list[Ticket]:
-    """The live tickets, first come first; a ticket being rewritten is read again once."""
+_STORED = {"name", "user", "devices", "pool", "state", "log", "session", "tracking", "run_id", "queued",
+           "started"}
+
+
+def _tidy(path: Path, info: os.stat_result) -> None:
+    """Our own ticket of a run that ended (nobody holds it): removed, so the folder does not grow."""
+    if info.st_uid == os.getuid():
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def tickets(where: Path, warn: Callable[[str], None] | None = None) -> list[Ticket]:
+    """The live tickets, first come first (by when each was made); a ticket caught mid-rewrite by its
+    owner is read again once; a file that is no ticket is skipped with one warning (`warn`)."""
+    warn = warn or (lambda text: log.warning(text))
     found = []
-    for path in sorted(where.glob("t-*")):
-        if not _held(path):
-            match = TICKET_FILE.fullmatch(path.name)
-            if match and int(match[2]) == os.getuid():  # our own, of a run that ended: tidy it away
-                with contextlib.suppress(OSError):
-                    path.unlink()
+    for path in where.iterdir():
+        if not TICKET_FILE.fullmatch(path.name):
             continue
-        ticket = _read(path)
-        if ticket is None:  # caught mid-rewrite by its owner: once more
-            time.sleep(0.05)
-            ticket = _read(path)
-        if ticket is not None:
-            found.append(ticket)
-    return found
+        for attempt in range(3):
+            try:
+                fd, info = _open_regular(path)
+            except Malformed as exc:
+                if isinstance(exc.__cause__, FileNotFoundError):  # ended while we looked
+                    break
+                with contextlib.suppress(OSError):
+                    owner = path.lstat().st_uid
+                    warn(f"queue: skipping {clean(path.name)} (uid {owner}): {exc}")
+                break
+            try:
+                if not _held(fd):
+                    _tidy(path, info)
+                    break
+                found.append(_parse(fd, info, path))
+                break
+            except Malformed as exc:
+                if attempt < 2:  # its owner truncates then writes: read again in a moment
+                    time.sleep(0.05)
+                    continue
+                warn(f"queue: skipping {clean(path.name)} (uid {info.st_uid}): {exc}")
+            finally:
+                os.close(fd)
+    return sorted(found, key=lambda t: t.order)
 
 
 def place(me: Ticket, line: list[Ticket]) -> int:
-    """1 + the live waiters before `me` that want any of its devices (0: it is running)."""
+    """1 + the live waiters before `me` (made earlier) that want any of its devices (0: it is running)."""
     if me.state == RUNNING:
         return 0
-    ahead = [t for t in line if t.state == WAITING and t.path and me.path and t.path.name < me.path.name
-             and set(t.devices) & set(me.devices)]
+    ahead = [t for t in line
+             if t.state == WAITING and t.order < me.order and set(t.devices) & set(me.devices)]
     return 1 + len(ahead)
 
 
-def _lock_path(where: Path, device: str) -> Path:
-    path = where / f"{device}.lock"
-    if not path.exists():
-        with contextlib.suppress(FileExistsError):
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            os.fchmod(fd, 0o644)  # readable by all: another user's flock needs only a read-only open
-            os.close(fd)
-    return path
+def _device_address(where: Path, device: str) -> str:
+    """The abstract socket name that stands for `device` in the line of `where` (one name per folder, so
+    a test's or a second team's folder is a line of its own)."""
+    key = hashlib.sha256(str(where.resolve()).encode()).hexdigest()[:24]
+    return f"\0kerasflow-queue-{key}-{device}"
+
+
+def _take(where: Path, device: str) -> int | None:
+    """The device, held by this process (and whatever inherits the fd) until it ends; None when busy."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(_device_address(where, device))
+    except OSError:
+        sock.close()
+        return None
+    return sock.detach()
 
 
 def _try_take(where: Path, devices: list[str]) -> list[int] | None:
-    """flock every device of `devices` without waiting, in sorted order; all or nothing."""
+    """Every device of `devices` without waiting, in sorted order; all or nothing."""
     fds: list[int] = []
     for device in sorted(devices, key=lambda d: (d[:3], int(d[3:]))):
-        fd = os.open(_lock_path(where, device), os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+        fd = _take(where, device)
+        if fd is None:
             for held in fds:
                 os.close(held)
             return None
@@ -231,7 +307,7 @@ def _try_take(where: Path, devices: list[str]) -> list[int] | None:
 
 
 def turn(where: Path, me: Ticket, line: list[Ticket]) -> list[int] | None:
-    """The device locks when it is `me`'s turn and they are free, else None."""
+    """The devices' handles when it is `me`'s turn and they are free, else None."""
     if place(me, line) != 1:
         return None
     if me.pool == "cpu":
@@ -247,7 +323,7 @@ def turn(where: Path, me: Ticket, line: list[Ticket]) -> list[int] | None:
 def holders(where: Path, devices: list[str], line: list[Ticket]) -> str:
     """Who runs on these devices, for a refusal or a waiting line: `det (ana, 12 min)`."""
     now = time.time()
-    busy = [f"{t.name} ({t.user}, {int((now - t.started) // 60)} min)" for t in line
+    busy = [f"{t.name} ({clean(t.user, 40)}, {int((now - t.since) // 60)} min)" for t in line
             if t.state == RUNNING and set(t.devices) & set(devices)]
     return ", ".join(busy) or "a run that is ending"
 
@@ -278,6 +354,12 @@ class Line:
         self.ticket.state, self.ticket.started = RUNNING, time.time()
         self._write()
 
+    def update(self, **values: str) -> None:
+        """Fields its owner learns later (the MLflow run id), written in place."""
+        for key, value in values.items():
+            setattr(self.ticket, key, value)
+        self._write()
+
     def leave(self) -> None:
         with contextlib.suppress(OSError):
             if self.ticket.path:
@@ -291,15 +373,25 @@ class Line:
 
 def wait(me: Ticket, *, no_wait: bool = False, poll: float = 2.0,
          say: Callable[[str], None] = print) -> tuple[Line, list[int]]:
-    """Stand in line until it is this run's turn; returns the ticket (now running) and the device locks,
-    both to be inherited by the run. `no_wait`: refuse instead of waiting (one line)."""
+    """Stand in line until it is this run's turn; returns the ticket (now running) and the device
+    handles, both to be inherited by the run. `no_wait`: refuse instead of waiting (one line)."""
     where = folder()
     ticket_line = Line(where, me)
     last = None
+    warned: set[str] = set()
+
+    def warn_once(text: str) -> None:
+        if text not in warned:
+            warned.add(text)
+            say(f"warning: {text}")
+
     try:
         while True:
-            line = tickets(where)
-            mine = next((t for t in line if t.path == me.path), me)
+            line = tickets(where, warn_once)
+            mine = next((t for t in line if t.path == me.path), None)
+            if mine is None:  # our own ticket always reads; a moment's doubt is a rewrite in flight
+                time.sleep(0.05)
+                continue
             fds = turn(where, mine, line)
             if fds is not None:
                 me.devices = mine.devices
@@ -321,9 +413,10 @@ def wait(me: Ticket, *, no_wait: bool = False, poll: float = 2.0,
         raise
 
 
-def find(name: str) -> Ticket | None:
-    """The live ticket of the run named `name` of this user (root: of anyone)."""
-    for ticket in tickets(folder()):
+def find(name: str, line: list[Ticket] | None = None) -> Ticket | None:
+    """The live ticket of the run named `name` that this user owns (root: anyone's)."""
+    line = tickets(folder()) if line is None else line
+    for ticket in line:
         if ticket.name == name and (ticket.uid == os.getuid() or os.getuid() == 0):
             return ticket
     return None
@@ -345,16 +438,16 @@ class Row:
 
 
 def rows(line: list[Ticket], progress: dict[str, tuple[str, str]] | None = None) -> list[Row]:
-    """The table: running first (by start), then waiting by place."""
+    """The table: running first (by start), then waiting by place; every field cleaned."""
     now = time.time()
     progress = progress or {}
     out = []
     for t in line:
-        since = t.started if t.state == RUNNING else t.queued
-        epoch, metric = progress.get(t.name, ("", ""))
+        epoch, metric = progress.get(_key(t), ("", ""))
         one_of = t.pool == "cpu" and t.state == WAITING and len(t.devices) > 1  # any one of cpu0-N
         slot = f"{t.devices[0]}-{len(t.devices) - 1}" if one_of else ",".join(t.devices)
-        out.append(Row(t.name, t.user, slot, t.state, place(t, line), now - since, epoch, metric, t.log))
+        out.append(Row(t.name, clean(t.user, 40), clean(slot, 40), t.state, place(t, line), now - t.since,
+                       clean(epoch, 12), clean(metric, 40), clean(t.log)))
     return sorted(out, key=lambda r: (r.state != RUNNING, r.place, -r.elapsed))
 
 
@@ -381,20 +474,33 @@ LOG_HEAD = 1 << 20  # bytes of a run's log read to find its MLflow run id
 
 
 def run_id_in_log(log: str) -> str | None:
-    """The MLflow run id `mlflow run` names in the run's log (`=== Running command ... in run with ID`)."""
+    """The MLflow run id `mlflow run` names in the run's log (`=== Running command ... in run with ID`),
+    read only from a plain file this user owns (a ticket's log path is the ticket owner's word)."""
     try:
-        with open(log, "rb") as f:
-            match = RUN_ID_IN_LOG.search(f.read(LOG_HEAD))
-    except OSError:
+        fd, info = _open_regular(Path(log))
+    except Malformed:
         return None
+    try:
+        if info.st_uid != os.getuid():
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            match = RUN_ID_IN_LOG.search(f.read(LOG_HEAD))
+    finally:
+        os.close(fd)
     return match[1].decode() if match else None
 
 
+def _key(ticket: Ticket) -> str:
+    return ticket.path.name if ticket.path else ticket.name
+
+
 def progress(line: list[Ticket]) -> dict[str, tuple[str, str]]:
-    """Current epoch and last validation metric of each running run, read from its MLflow server (a short
-    timeout, no retries: a server that does not answer shows '-')."""
-    running = [(t, run_id_in_log(t.log)) for t in line
-               if t.state == RUNNING and t.tracking.startswith("http")]
+    """Current epoch and last validation metric of each of THIS user's running runs, read from its MLflow
+    server (a short timeout, no retries: a server that does not answer shows '-'). Another user's ticket
+    names paths and URLs we must not open as us (with our credentials): their progress is not shown."""
+    mine = [t for t in line if t.state == RUNNING and t.uid == os.getuid()
+            and t.tracking.startswith(("http://", "https://"))]
+    running = [(t, t.run_id or run_id_in_log(t.log)) for t in mine]
     running = [(t, rid) for t, rid in running if rid]
     if not running:
         return {}
@@ -412,32 +518,74 @@ def progress(line: list[Ticket]) -> dict[str, tuple[str, str]]:
             if key:
                 steps = client.get_metric_history(run_id, key)
                 epoch = max(m.step for m in steps) + 1 if steps else 0
-                out[ticket.name] = (str(epoch), f"{key}={metrics[key]:.4f}")
+                out[_key(ticket)] = (str(epoch), f"{key}={metrics[key]:.4f}")
     return out
 
 
-def _terminate(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+def lock_holder(path: Path) -> int | None:
+    """The pid holding flock on `path`, as the kernel keeps it (/proc/locks), not as any file says."""
+    try:
+        info = path.stat()
+        with open("/proc/locks", "rb") as f:
+            text = f.read(1 << 22).decode(errors="replace")
+    except OSError:
+        return None
+    want = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in text.splitlines():
+        fields = line.split()
+        if "->" not in fields and len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == want:
+            with contextlib.suppress(ValueError):
+                return int(fields[4])
+    return None
+
+
+def _process(pid: int) -> tuple[int, float] | None:
+    """(real uid, start time as epoch seconds) of a live process, from /proc."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+    uid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:")), -1)
+    return uid, boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def verified_pid(ticket: Ticket) -> int:
+    """The process that is this ticket's run: it holds the ticket's lock (the kernel says so), runs as
+    the ticket's owner and started before the ticket was made. Else one line, and nothing is signalled."""
+    pid = lock_holder(ticket.path) if ticket.path else None
+    proc = _process(pid) if pid and pid > 1 else None
+    if pid is None or proc is None:
+        raise UserError(f"run {ticket.name!r}: no live process holds its ticket (it is ending): see "
+                        "`make queue` in a moment")
+    uid, started = proc
+    if uid != ticket.uid or started > ticket.since + 1:
+        raise UserError(f"run {ticket.name!r}: the process holding its ticket (pid {pid}) is not the run "
+                        f"its owner (uid {ticket.uid}) started; nothing was signalled: see `make queue`")
+    return pid
 
 
 def cancel(name: str, timeout: float = 180) -> str:
     """A waiting run leaves the line; a running one is stopped (its driver's SIGTERM path: the container
     stops and the MLflow run ends KILLED). Returns what was done."""
-    ticket = find(name)
+    line = tickets(folder())
+    ticket = find(name, line)
     if ticket is None:
-        others = [t.name for t in tickets(folder()) if t.uid == os.getuid()]
+        others = [t.name for t in line if t.uid == os.getuid()]
         raise UserError(f"no run named {name!r} of yours is running or waiting on this machine"
                         f"{' (yours: ' + ', '.join(others) + ')' if others else ''}: see `make queue`")
     was = ticket.state
-    _terminate(ticket.pid)
+    pid = verified_pid(ticket)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while ticket.path and _held(ticket.path) and time.monotonic() < deadline:
+    while lock_holder(ticket.path) == pid and time.monotonic() < deadline:  # type: ignore[arg-type]
         time.sleep(0.3)
-    if ticket.path and _held(ticket.path):
-        raise UserError(f"run {name!r} (pid {ticket.pid}) did not stop within {timeout:.0f} s: look at "
-                        f"{ticket.log or 'its log'}")
+    if lock_holder(ticket.path) == pid:  # type: ignore[arg-type]
+        raise UserError(f"run {name!r} (pid {pid}) did not stop within {timeout:.0f} s: look at "
+                        f"{clean(ticket.log) or 'its log'}")
     if was == WAITING:
         return f"cancel: {name} left the line"
-    return f"cancel: {name} stopped (its MLflow run ends KILLED; log: {ticket.log})"
-
+    return f"cancel: {name} stopped (its MLflow run ends KILLED; log: {clean(ticket.log)})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -57,9 +58,9 @@ def _until(what, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def _kerasflow(*args: str) -> subprocess.CompletedProcess[str]:
+def _kerasflow(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "kerasflow", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
 
 
 def _line() -> list[tuple[str, str, int]]:
@@ -191,3 +192,177 @@ def test_tickets_other_users_write_are_checked_never_trusted(box, monkeypatch):
     monkeypatch.setenv(runqueue.DIR_ENV, str(where.parent / "plain"))
     with pytest.raises(UserError, match=f"belongs to uid {OTHER_UID} and is not shared"):
         runqueue.folder()
+
+
+# --- another user of the box turns the shared folder against you (issue: the shared GPU box) ------------
+# Each attack below worked on the queue before tickets were read as untrusted files: the owner came from
+# the file's name, the order from its name, the log path and server URL were opened as the reader.
+
+ATTACKER, VICTIM = 4242, 4243  # two more UIDs of the box, with no passwd entry (as in a container)
+
+PLANT = r"""
+import fcntl, json, os, sys
+where, specs = sys.argv[1], json.loads(sys.argv[2])
+held = []
+for spec in specs:
+    path = os.path.join(where, spec["file"])
+    if spec.get("kind") == "fifo":
+        os.mkfifo(path, 0o644)
+    elif spec.get("kind") == "symlink":
+        os.symlink(spec["target"], path)
+    else:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, spec["body"].encode())
+        held.append(fd)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def _as(uid: int, *cmd: str) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *cmd]
+
+
+def _plant(uid: int, where: Path, specs: list[dict]) -> subprocess.Popen[str]:
+    """Files another user puts in the queue folder, their tickets held live (flocked) until closed."""
+    proc = subprocess.Popen(_as(uid, sys.executable, "-c", PLANT, str(where), json.dumps(specs)),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    return proc
+
+
+def _ticket(name: str, **fields: object) -> str:
+    return json.dumps({"name": name, "user": "root", "devices": ["cpu0"], "pool": "cpu", "state": "waiting",
+                       **fields})
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("other UIDs need root to start (CI runs as root)")
+
+
+@pytest.mark.slow  # other UIDs must reach this checkout: `make test`'s, not the quick loop's private clone
+def test_a_planted_ticket_never_makes_cancel_signal_a_process_the_planter_picked(box):
+    """The attacker plants `t-<early>-<victim uid>-<pid of the victim's other process>` named like the
+    victim's run: before, the victim's `make cancel` SIGTERMed that process and the run kept waiting.
+    Now the ticket is the attacker's (its file's owner), so the victim's own run leaves the line and the
+    other process lives; root's cancel, which may stop anyone's run, signals only the process the kernel
+    says holds a ticket, of that ticket's owner."""
+    _need_root()
+    where = runqueue.folder()
+    work = box / "work"
+    precious = subprocess.Popen(_as(VICTIM, "sleep", "300"))
+    root_precious = subprocess.Popen(["sleep", "300"])
+    holder = _waiter(box, "holder", f"until [ -e {work}/go ]; do sleep 0.1; done")
+    _until(lambda: [t.state for t in runqueue.tickets(where)] == ["running"])
+    victim = _waiter(box, "victim", "echo never", uid=VICTIM)
+    _until(lambda: len(runqueue.tickets(where)) == 2)
+    planted = _plant(ATTACKER, where, [
+        {"file": f"t-{1:020d}-{VICTIM}-{precious.pid}", "body": _ticket("victim")},
+        {"file": f"t-{2:020d}-0-{root_precious.pid}", "body": _ticket("holder", state="running")},
+    ])
+    try:
+        cancel = subprocess.run(_as(VICTIM, sys.executable, "-m", "kerasflow", "cancel", "victim"), cwd=ROOT,
+                                capture_output=True, text=True, env=os.environ, timeout=120)
+        assert cancel.returncode == 0 and "victim left the line" in cancel.stdout, cancel.stderr
+        assert victim.wait(timeout=30) == 143
+        assert precious.poll() is None, "the victim's other process was signalled"
+        # root's own run first; the planted 'holder' is the attacker's, and its process is theirs
+        by_root = _kerasflow("cancel", "holder")
+        assert by_root.returncode == 0 and "holder stopped" in by_root.stdout, by_root.stderr
+        assert holder.wait(timeout=30) != 0 and root_precious.poll() is None
+    finally:
+        planted.kill()
+        for proc in (precious, root_precious, holder, victim):
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_make_queue_opens_no_path_or_url_another_user_wrote_and_prints_no_control_characters(box):
+    """A planted running ticket names a FIFO as its log (make queue hung), a log only we can read (its
+    run id went to their server), and their server as `tracking` (our MLFLOW_TRACKING_USERNAME/PASSWORD
+    went with it as Basic auth); its fields hold escape sequences (cleared the screen, set the window
+    title, forged rows) and claim to be root. Now: nothing is opened or connected, the row is shown
+    cleaned and under the file owner's uid."""
+    _need_root()
+    where = runqueue.folder()
+    fifo = box / "work" / "log.fifo"
+    os.mkfifo(fifo)
+    private = box / "private.log"
+    private.write_text("=== Running command in run with ID '0123456789abcdef0123456789abcdef' ===\n")
+    private.chmod(0o600)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.5)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    evil = "\x1b]0;pwned\x07\x1b[2J\x1b[Hfake  root  gpu0  running\n"
+    planted = _plant(ATTACKER, where, [
+        {"file": f"t-{1:020d}-0-1", "body": _ticket("fifo", state="running", log=str(fifo), tracking=url,
+                                                      user=evil, session=evil)},
+        {"file": f"t-{2:020d}-0-1", "body": _ticket("private", state="running", log=str(private),
+                                                      tracking=url)},
+        {"file": f"t-{3:020d}-0-1", "body": _ticket("shown", log=evil)},
+    ])
+    try:
+        login = {"MLFLOW_TRACKING_USERNAME": "me", "MLFLOW_TRACKING_PASSWORD": "s3cret"}
+        shown = _kerasflow("queue", env=login)
+        assert shown.returncode == 0, shown.stderr
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nobody connected to their URL
+        assert not any(c in shown.stdout for c in "\x1b\x07\r"), repr(shown.stdout)
+        rows = shown.stdout.splitlines()
+        assert len(rows) == 4, rows  # the header and three rows: no forged row
+        assert {r.split()[0] for r in rows[1:]} == {"fifo", "private", "shown"}
+        assert all(r.split()[1] == f"uid-{ATTACKER}" for r in rows[1:]), rows  # not "root"
+    finally:
+        planted.kill()
+        listener.close()
+
+
+@pytest.mark.slow
+def test_malformed_tickets_are_skipped_with_one_warning_and_a_forged_time_buys_no_place(box):
+    """Planted, held live: a ticket with "started": NaN (crashed make queue and every waiter), one over
+    the size limit, a FIFO and a symlink named as tickets, `cpu0.lock` as a FIFO and `gpu0.lock` as a
+    symlink (hung or crashed waiters), and a waiting ticket named with an early time, planted after our
+    waiter (it jumped the line). Now make queue shows our runs and one warning per bad file; our waiter
+    is first and runs."""
+    _need_root()
+    where = runqueue.folder()
+    work = box / "work"
+    first = _waiter(box, "first", f"until [ -e {work}/go ]; do sleep 0.1; done")
+    _until(lambda: [t.state for t in runqueue.tickets(where)] == ["running"])
+    ours = _waiter(box, "ours", f"touch {work}/ours.ran")
+    _until(lambda: len(runqueue.tickets(where)) == 2)
+    time.sleep(0.05)
+    planted = _plant(ATTACKER, where, [
+        {"file": f"t-{1:020d}-0-1", "body": '{"name": "nan", "user": "x", "devices": ["cpu0"], '
+                                            '"started": NaN, "state": "running", "pool": "cpu"}'},
+        {"file": f"t-{2:020d}-0-1", "body": _ticket("huge", log="x" * 5000)},
+        {"file": f"t-{3:020d}-0-1", "kind": "fifo"},
+        {"file": f"t-{4:020d}-0-1", "kind": "symlink", "target": "/etc/shadow"},
+        {"file": "cpu0.lock", "kind": "fifo"},
+        {"file": "gpu0.lock", "kind": "symlink", "target": "/etc/shadow"},
+        {"file": f"t-{5:020d}-0-1", "body": _ticket("jumper")},
+    ])
+    try:
+        shown = _kerasflow("queue")
+        assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+        warnings = [w for w in shown.stderr.splitlines() if w.startswith("warning: queue: skipping")]
+        assert len(warnings) == 4, shown.stderr
+        assert any("NaN is not a number" in w for w in warnings), warnings
+        assert any("bytes" in w for w in warnings), warnings
+        rows = {r.split()[0]: r.split() for r in shown.stdout.splitlines()[1:]}
+        assert set(rows) == {"first", "ours", "jumper"}, shown.stdout
+        assert rows["ours"][4] == "1" and rows["jumper"][4] == "2"  # made later: behind us, whatever its name
+        (work / "go").touch()
+        assert first.wait(timeout=60) == 0
+        assert ours.wait(timeout=60) == 0, ours.stderr.read()
+        assert (work / "ours.ran").exists()
+        assert "Traceback" not in ours.stderr.read()
+    finally:
+        planted.kill()
+        for proc in (first, ours):
+            proc.kill()
