@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kerasflow import config, notify, ports
+from kerasflow import box, config, notify, ports
 from kerasflow.errors import UserError
 from kerasflow.storeops import server
 
@@ -68,13 +68,10 @@ def gpu_runtime(mode: str) -> Check:
     if mode not in ("auto", "on"):
         return Check("gpu", FAIL, f"GPU={mode} is not one of auto, on, off: set GPU=auto, on or off")
     runtimes = _docker("info", "--format", "{{json .Runtimes}}").stdout
-    gpus = 0
-    if shutil.which("nvidia-smi"):
-        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
-        gpus = sum(line.startswith("GPU ") for line in listed.splitlines())
+    gpus = len(box.gpu_indexes())
     if "nvidia" in runtimes and gpus:
         return Check("gpu", PASS, f"NVIDIA runtime, {gpus} GPU(s)")
-    why = ("`nvidia-smi -L` lists no GPU" if "nvidia" in runtimes
+    why = ("nvidia-smi lists no GPU" if "nvidia" in runtimes
            else "no NVIDIA container runtime in `docker info`")
     if mode == "on":
         return Check("gpu", FAIL, f"GPU=on but {why}: install the NVIDIA driver and nvidia-container-toolkit "
@@ -248,23 +245,9 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.strip().split(".") if x.isdigit())
 
 
-def _smi(*query: str) -> list[list[str]] | None:
-    """`nvidia-smi --query-...` as rows of fields, None without nvidia-smi or when it fails."""
-    if not shutil.which("nvidia-smi"):
-        return None
-    try:
-        out = subprocess.run(["nvidia-smi", *query, "--format=csv,noheader,nounits"], capture_output=True,
-                             text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    return [[f.strip() for f in line.split(",")] for line in out.stdout.splitlines() if line.strip()]
-
-
 def driver() -> Check:
     """The NVIDIA driver against the minimum for the image's CUDA and each GPU's architecture."""
-    rows = _smi("--query-gpu=index,name,driver_version,compute_cap")
+    rows = box.gpu_rows("index", "name", "driver_version", "compute_cap")
     if rows is None:
         return Check("driver", NOTE, "no NVIDIA driver (nvidia-smi): runs train on CPU; for a GPU install "
                                      f"the driver (>= {DRIVER_MIN[1].split()[0]})")
@@ -282,10 +265,10 @@ def driver() -> Check:
 
 def gpu_memory() -> Check:
     """Free memory per GPU, and whose processes hold the rest (a run that starts beside them runs out)."""
-    gpus = _smi("--query-gpu=index,uuid,memory.used,memory.total")
+    gpus = box.gpu_rows("index", "uuid", "memory.used", "memory.total")
     if not gpus:
         return Check("gpu-memory", PASS, "no GPU")
-    apps = _smi("--query-compute-apps=gpu_uuid,pid,used_memory") or []
+    apps = box.smi("--query-compute-apps=gpu_uuid,pid,used_memory") or []
     parts, busy = [], False
     for index, uuid, used, total in (g[:4] for g in gpus if len(g) >= 4):
         holders = []

@@ -48,7 +48,12 @@ sys.exit(0)
 '''
 
 FAKE_NVIDIA_SMI = r"""#!/usr/bin/env bash
-for i in $(seq 1 "${FAKE_GPUS:-0}"); do echo "GPU $((i - 1)): NVIDIA H100 80GB HBM3 (UUID: GPU-fake-$i)"; done
+for i in $(seq 1 "${FAKE_GPUS:-0}"); do
+  case "${1:-}" in
+    --query-gpu=index) echo "$((i - 1))" ;;  # kerasflow/box.py's query
+    *) echo "GPU $((i - 1)): NVIDIA H100 80GB HBM3 (UUID: GPU-fake-$i)" ;;
+  esac
+done
 """
 
 

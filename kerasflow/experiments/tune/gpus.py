@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
+from kerasflow import box
 
 
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, without starting TensorFlow: CUDA_VISIBLE_DEVICES when set,
-    else what `nvidia-smi -L` lists (none without the tool)."""
+    else what nvidia-smi lists (kerasflow/box.py; none without the tool)."""
 
     if "CUDA_VISIBLE_DEVICES" in os.environ:
         return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return []
-    listed = subprocess.run([smi, "-L"], capture_output=True, text=True, check=False).stdout
-    return [str(i) for i, line in enumerate(line for line in listed.splitlines() if line.startswith("GPU "))]
+    return box.gpu_indexes()
+
 
 def gpu_env(worker: int, workers: int, gpus: list[str]) -> dict[str, str]:
     """Several workers on one GPU box: worker k gets GPU k mod n alone, so the first does not take
