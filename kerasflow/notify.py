@@ -7,18 +7,31 @@ it when its run ends, `make run`'s driver when the container is done (with the l
 log for a failure), `make tune` once per search with the best trial. A notifier that fails or hangs
 never fails a run nor delays it beyond KERASFLOW_NOTIFY_TIMEOUT seconds (default 5): one line says so.
 KERASFLOW_NOTIFY_START=1 also sends one when a run starts.
+
+The send runs in a child process of its own session, killed when the timeout passes: Apprise sends through
+a thread pool that Python joins at exit, so a webhook that answers one byte every few seconds kept a
+finished run's process (and, under `make run`, its GPU slot) alive long after `send` had given up on it.
+What leaves the box is redacted first: the password of every URL with a login (several in one word, or a
+line cut mid-URL), Basic/Bearer credentials, and the value of every variable whose name says token, key,
+secret or password.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import math
 import os
 import re
-import threading
+import signal
+import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kerasflow import urlauth
+from kerasflow.errors import UserError
 
 # Lazy imports: apprise, in `send` only (a run without KERASFLOW_NOTIFY never loads it).
 
@@ -28,9 +41,20 @@ URLS_ENV = "KERASFLOW_NOTIFY"
 START_ENV = "KERASFLOW_NOTIFY_START"
 TIMEOUT_ENV = "KERASFLOW_NOTIFY_TIMEOUT"
 TAIL_LINES = 20
-SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_AUTH_ADMIN_PASSWORD", "PGPASSWORD",
-              "AWS_SECRET_ACCESS_KEY", "KERASFLOW_STUDY_STORAGE")
-URL_WITH_LOGIN = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s/@]+:[^\s/@]*@[^\s]+", re.IGNORECASE)
+DEFAULT_TIMEOUT, MAX_TIMEOUT = 5.0, 600.0
+# variables whose value is a secret by their name (HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY,
+# PGPASSWORD, GITHUB_TOKEN, ...), and ours that carry a URL with a password or a notifier's tokens
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASS(WD)?($|_)|(^|_)(API_?)?KEY($|_)|APIKEY|CREDENTIAL|AUTH",
+                         re.IGNORECASE)
+SECRET_ENV = ("KERASFLOW_STUDY_STORAGE", URLS_ENV, "DATABASE_URL", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")
+NOT_SECRET = ("PWD", "OLDPWD", "XAUTHORITY", "SSH_AUTH_SOCK")
+# the password of a URL's login, with or without its scheme (a tail may start mid-URL): user:PASSWORD@
+URL_LOGIN = re.compile(r"(?P<who>(?:[a-z][a-z0-9+.-]*://)?[^\s/@:,;'\"<>=]*):(?P<pw>[^\s/@]*)@(?=[^\s@]*)",
+                       re.IGNORECASE)
+# Authorization headers, and `token=...` / `password: ...` as tools print them
+HEADER_AUTH = re.compile(r"\b(?P<kind>basic|bearer)(?P<sep>\s+)(?P<cred>[A-Za-z0-9+/._~-]{8,}=*)"
+                         r"|\b(?P<kind2>token|api[_-]?key|secret|password|passwd)(?P<sep2>\s*[=:]\s*)(?P<cred2>[^\s,;]+)",
+                         re.IGNORECASE)
 
 
 def urls() -> list[str]:
@@ -42,15 +66,69 @@ def wanted(start: bool = False) -> bool:
     return bool(urls()) and (not start or os.environ.get(START_ENV, "") in ("1", "true", "yes"))
 
 
+def _secrets() -> set[str]:
+    """Every value of this environment that must not leave the box, and the forms it takes in a log
+    (a URL's password alone, %-encoded or not; a login as Basic auth's base64)."""
+    found: set[str] = set()
+    for name, value in os.environ.items():
+        if not value or name in NOT_SECRET or not (SECRET_NAME.search(name) or name in SECRET_ENV):
+            continue
+        found.add(value)
+        for word in re.split(r"[\s,]+", value):
+            found.update(p for p in urlauth.split_credentials(word)[2:] if p)
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        found.add(base64.b64encode(f"{user}:{password}".encode()).decode().rstrip("="))
+    return {s for s in found if s.strip()}
+
+
 def redact(text: str) -> str:
-    """A log tail as it may leave the box: passwords of URLs and the values of secret variables hidden."""
-    text = URL_WITH_LOGIN.sub(lambda m: urlauth.redact(m[0]), text)
-    for name in SECRET_ENV:
-        value = os.environ.get(name, "")
-        for secret in {value, *urlauth.split_credentials(value)[2:]} - {"", None}:
-            if len(secret) >= 4:
-                text = text.replace(secret, "***")
+    """A log tail as it may leave the box: every URL's password, Basic/Bearer credentials, and the
+    values of secret variables hidden. A long secret is hidden wherever it stands; a short one (under 6
+    characters) where it stands as a word of its own, so that "pw" does not eat every "pwd"."""
+    text = URL_LOGIN.sub(lambda m: f"{m['who']}:***@", text)
+    text = HEADER_AUTH.sub(_hide_credential, text)
+    for secret in sorted(_secrets(), key=len, reverse=True):
+        if len(secret) >= 6:
+            text = text.replace(secret, "***")
+        else:
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
     return text
+
+
+def _hide_credential(m: re.Match[str]) -> str:
+    """`Basic <base64 of user:password>` (not the word "basic" before any long word), `Bearer <token>`,
+    `token=<value>`: the credential becomes ***."""
+    if m["kind"] and m["kind"].lower() == "basic":
+        try:
+            login = base64.b64decode(m["cred"] + "=" * (-len(m["cred"]) % 4), validate=True)
+        except ValueError:
+            return m[0]
+        if b":" not in login:
+            return m[0]
+    return f"{m['kind'] or m['kind2']}{m['sep'] or m['sep2']}***"
+
+
+def timeout() -> float:
+    """KERASFLOW_NOTIFY_TIMEOUT in seconds (default 5); a value that is not a number from 0 to 600 (inf,
+    nan, -1, "5s") is one line with the fix. Runs check it before they start (`check`)."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT:
+        raise UserError(f"{TIMEOUT_ENV}={raw} is not a number of seconds above 0 and at most "
+                        f"{MAX_TIMEOUT:g}: set e.g. {TIMEOUT_ENV}=5, or unset it")
+    return value
+
+
+def check() -> None:
+    """Before a run starts: a notifier setting that would fail at its end fails now, in one line."""
+    if urls():
+        timeout()
 
 
 @dataclass
@@ -89,42 +167,79 @@ class Message:
 
 
 def send(message: Message, targets: Iterable[str] | None = None) -> bool:
-    """Send to every URL in KERASFLOW_NOTIFY, waiting at most KERASFLOW_NOTIFY_TIMEOUT seconds; False (and
-    one warning line) when it failed or did not finish in time. Never raises."""
+    """Send to every URL in KERASFLOW_NOTIFY from a child process that is killed (with anything it
+    started) when KERASFLOW_NOTIFY_TIMEOUT passes; False (and one warning line) when it failed or did not
+    finish in time. Never raises, and never outlives the timeout by more than the kill."""
     targets = list(targets) if targets is not None else urls()
     if not targets:
         return True
     try:
-        timeout = float(os.environ.get(TIMEOUT_ENV, "5"))
-    except ValueError:
-        timeout = 5.0
-    result: dict[str, object] = {}
-
-    def deliver() -> None:
-        try:
-            import apprise
-
-            sender = apprise.Apprise()
-            for url in targets:
-                if not sender.add(url):
-                    result["error"] = f"not an Apprise URL: {urlauth.redact(url)}"
-                    return
-            result["ok"] = sender.notify(title=message.title, body=redact(message.body))
-        except Exception as exc:  # noqa: BLE001 - a notifier must never fail the run
-            result["error"] = f"{type(exc).__name__}: {exc}"
-
-    worker = threading.Thread(target=deliver, name="kerasflow-notify", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        log.warning(f"notify: the notifier did not answer within {timeout:g} s; the run goes on without it "
+        wait = timeout()
+    except UserError as exc:
+        log.warning(f"notify: {exc} (this message waits {DEFAULT_TIMEOUT:g} s)")
+        wait = DEFAULT_TIMEOUT
+    job = json.dumps({"targets": targets, "title": message.title, "body": redact(message.body)})
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "kerasflow.notify"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+                                 text=True)
+    except OSError as exc:
+        log.warning(f"notify: the message about {message.name} was not sent ({exc}); check {URLS_ENV}")
+        return False
+    try:
+        out, _ = child.communicate(job, timeout=wait)
+    except subprocess.TimeoutExpired:
+        _kill(child)
+        log.warning(f"notify: the notifier did not answer within {wait:g} s; the run goes on without it "
                     f"({URLS_ENV})")
         return False
-    if "error" in result or not result.get("ok"):
+    result = _last_json(out)
+    if not result.get("ok"):
         why = result.get("error") or "a notifier refused or failed"
         log.warning(f"notify: the message about {message.name} was not sent ({why}); check {URLS_ENV}")
         return False
     return True
+
+
+def _kill(child: subprocess.Popen[str]) -> None:
+    """The child and everything in its session, at once (SIGKILL: a thread pool ignores nothing else)."""
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        child.kill()
+    child.communicate()
+
+
+def _last_json(out: str) -> dict[str, object]:
+    for line in reversed(out.splitlines()):
+        try:
+            found = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(found, dict):
+            return found
+    return {}
+
+
+def _deliver() -> None:
+    """The child's side of `send`: the job on stdin, the outcome as one JSON line on stdout."""
+    result: dict[str, object] = {}
+    try:
+        job = json.loads(sys.stdin.read())
+        import apprise
+
+        logging.getLogger("apprise").setLevel(logging.CRITICAL)
+        sender = apprise.Apprise()
+        for url in job["targets"]:
+            if not sender.add(url):
+                result["error"] = f"not an Apprise URL: {urlauth.redact(url)}"
+                break
+        else:
+            result["ok"] = bool(sender.notify(title=job["title"], body=job["body"]))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which warns in one line
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    print(json.dumps(result), flush=True)
+    os._exit(0)  # no wait for Apprise's threads: the parent has the answer
 
 
 def of_run(run: object, name: str, status: str, *, link: str = "", tail: str = "",  # noqa: PLR0913
@@ -146,7 +261,8 @@ def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 
 
 def tail_of(path: str, lines: int = TAIL_LINES, limit: int = 1 << 16) -> str:
-    """The last lines of a log, reading at most `limit` bytes from its end."""
+    """The last whole lines of a log, reading at most `limit` bytes from its end (a line cut by that
+    limit is dropped: it could start inside a URL's password, where redaction cannot see the URL)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -155,4 +271,11 @@ def tail_of(path: str, lines: int = TAIL_LINES, limit: int = 1 << 16) -> str:
             text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    kept = text.splitlines()
+    if size > limit:
+        kept = kept[1:]
+    return "\n".join(kept[-lines:])
+
+
+if __name__ == "__main__":
+    _deliver()

@@ -222,6 +222,7 @@ def for_make_run(*, root: Path, entry: str, params: list[str], gpu: str,  # noqa
         checks.append(gpus_in_image(image_tag, present))
     checks.append(data(run_config(root / "config.yaml", params), entry, root, data_mount))
     checks.append(tracking(uri, port, store, logs))
+    checks.append(notifier(send_test=False))
     checks.append(image(image_tag, present))
     return checks
 
@@ -352,6 +353,10 @@ def host_python() -> Check:
 def notifier(send_test: bool) -> Check:
     """KERASFLOW_NOTIFY's URLs are Apprise URLs; with `send_test`, a test message goes out now."""
     targets = notify.urls()
+    try:
+        notify.check()
+    except UserError as exc:
+        return Check("notify", FAIL, str(exc))
     if not targets:
         return Check("notify", PASS, f"no notifier set ({notify.URLS_ENV}: Apprise URLs, docs/gpu-server.md)")
     if not send_test:

@@ -351,6 +351,7 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
     import mlflow
 
     nested = nested or Nested()
+    notify.check()  # a notifier setting that would fail at the run's end fails before it starts
     sync.bound_calls()  # no MLflow call of ours waits minutes on a server that is away
     client = mlflow.MlflowClient()
     # set by `mlflow run`: log into the run it made, unless this run sits under a parent (the cv/tune
