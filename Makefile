@@ -31,7 +31,9 @@ PY := $(VENV)/bin/python
 STAMP := $(if $(IN_IMAGE),,$(VENV)/.installed)
 ARGS ?=
 STORE ?= store
-PORT ?= 5000
+# empty: each store's server keeps its own port (first free from 5000, in STORE/server-port)
+PORT ?=
+PORT_ARG = $(if $(PORT),--port $(PORT))
 SERVE_PORT ?= 5001
 MODEL ?=
 NAME ?= kerasflow
@@ -49,7 +51,7 @@ DEMO_SET := --preset demo --set run_name=demo-{time}  # {time}: an automatic nam
 
 .PHONY: help env host-env lock lock-host team-server train demo data weights test lint bench \
         bench-pipeline bench-tracking bench-relocate bench-push bench-stores bench-speed bench-bigdata clean test-fast \
-        test-all test-gpu-image track track-demo server serve predict runs reproduce promote versions ui pull push log-run relocate migrate \
+        test-all test-gpu-image track track-demo server server-stop serve predict runs reproduce promote versions ui pull push log-run relocate migrate \
         queue cancel doctor \
         mlproject splits cv tune analyze image shell run pictures
 
@@ -101,7 +103,7 @@ run: $(RUN_STAMP) ## mlflow run in the image + tracking server; tmux over SSH: A
 
 doctor: $(RUN_STAMP) ## check this box before a run: engine, GPUs, driver, disk, data, store, port
 	@source docker/lib.bash && "$(RUN_VENV)/bin/python" -m kerasflow doctor --image "$$(image_tag)" \
-	  --port $(PORT) --store "$(STORE)" --logs "$${LOGS:-logs}" $(ARGS)
+	  $(PORT_ARG) --store "$(STORE)" --logs "$${LOGS:-logs}" $(ARGS)
 
 queue: $(RUN_STAMP) ## this machine's runs in line and running, every user's (ARGS=--watch)
 	@$(RUN_VENV)/bin/python -m kerasflow queue $(ARGS)
@@ -110,8 +112,8 @@ cancel: $(RUN_STAMP) ## take your run out of the line, or stop it (MLflow: KILLE
 	@test "$(origin NAME)" != file || { echo "error: give the run: make cancel NAME=<run name> (make queue lists them)"; exit 2; }
 	@$(RUN_VENV)/bin/python -m kerasflow cancel "$(NAME)"
 
-ui: $(RUN_STAMP) ## the MLflow UI on 127.0.0.1:5000 (PORT=) over a (copied) store: STORE=...
-	KERASFLOW_PYTHON="$(RUN_VENV)/bin/python" ./run_mlflow_ui.bash "$(STORE)" --port $(PORT)
+ui: $(RUN_STAMP) ## the MLflow UI over a (copied) store, on its own port: STORE=...
+	KERASFLOW_PYTHON="$(RUN_VENV)/bin/python" ./run_mlflow_ui.bash "$(STORE)" $(PORT_ARG)
 
 data: ## download TFDS malaria into data/tfds (internet; without .venv: in the image)
 	@if [ -n "$(IN_IMAGE)" ] || [ -x "$(PY)" ] || ! command -v docker > /dev/null 2>&1; then \
@@ -125,8 +127,11 @@ weights: $(STAMP) ## cache the VGG16 ImageNet weights in ~/.keras/models (intern
 	$(PY) -m kerasflow weights $(ARGS)
 
 ##@ Tracking and models
-server: $(RUN_STAMP) ## MLflow server on 127.0.0.1:5000 over ./store; AUTH=1, DB=postgresql://...
-	$(RUN_VENV)/bin/python -m kerasflow server "$(STORE)" --port $(PORT) $(if $(AUTH),--auth)
+server: $(RUN_STAMP) ## MLflow server over ./store on 127.0.0.1 (its own port; PORT=); AUTH=1, DB=...
+	$(RUN_VENV)/bin/python -m kerasflow server "$(STORE)" $(PORT_ARG) $(if $(AUTH),--auth)
+
+server-stop: $(RUN_STAMP) ## stop this store's MLflow server (the one make run / server / ui left running)
+	@$(RUN_VENV)/bin/python -m kerasflow server-stop "$(STORE)"
 
 runs: $(STAMP) ## table + curves of the best runs (outputs/best_runs.png): FILTER="..."
 	mkdir -p outputs && $(PY) -m kerasflow runs --store $(STORE) --filter "$(FILTER)" \

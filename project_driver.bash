@@ -11,7 +11,8 @@
 #   --no-wait       refuse to start when the run's GPUs (or CPU slot) are busy, instead of waiting in line
 #   -P key=value    a parameter of the entry point (a config.yaml key, e.g. -P epochs=3), repeatable
 #   Environment: GPU=auto|on|off, GPUS=all|0|0,1, CPU_SLOTS=N (a line for CPU runs too), DATA=/host/dataset
-#   (mounted at /data, read-only), PORT (5000), STORE (./store), MLFLOW_TRACKING_URI (a team server;
+#   (mounted at /data, read-only), PORT (default: the store's own, first free from 5000, kept in
+#   STORE/server-port), STORE (./store), MLFLOW_TRACKING_URI (a team server;
 #   http://user:pass@host works), KERASFLOW_QUEUE_DIR (the machine's line, /tmp/kerasflow-queue).
 #
 # First, in the foreground (kerasflow/preflight.py): the engine answers, the NVIDIA runtime is there
@@ -33,7 +34,15 @@ set -euo pipefail
 # shellcheck source=docker/lib.bash
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/docker/lib.bash"
 
-PORT="${PORT:-5000}"
+# A detached driver gets its environment from a 0600 file in a private folder (below), never from tmux's
+# command line: the tmux server keeps that argv for its life, and every user of the box reads it in `ps`.
+if [ -n "${KF_DETACHED_ENV:-}" ]; then
+  while IFS= read -r -d '' line; do export "${line%%=*}=${line#*=}"; done < "$KF_DETACHED_ENV"
+  rm -rf "$(dirname "$KF_DETACHED_ENV")"
+  unset KF_DETACHED_ENV
+fi
+
+PORT="${PORT:-}"
 STORE="$(realpath -m -- "${STORE:-$KF_ROOT/store}")"
 PYTHON="$(host_python "make run")"
 [[ "$PYTHON" == /* ]] || PYTHON="$PWD/$PYTHON"
@@ -101,8 +110,9 @@ fi
 # built or detached (a detached run would fail in a log nobody reads, after building an 8 GB image).
 if [ -z "${KF_PREFLIGHT_DONE:-}" ]; then
   check_shell_safe "the checkout" "$KF_ROOT"  # MLproject mounts it as ${PWD} in mlflow's bash -c line
-  "$PYTHON" -m kerasflow preflight --root "$KF_ROOT" --entry "$entry" --image "$(image_tag)" \
-    --port "$PORT" --store "$STORE" --logs "$logs" "${params[@]}"
+  PORT="$("$PYTHON" -m kerasflow preflight --root "$KF_ROOT" --entry "$entry" --image "$(image_tag)" \
+    ${PORT:+--port "$PORT"} --store "$STORE" --logs "$logs" "${params[@]}")"
+  export PORT  # the store's own port from here on (the driver runs again from the queue)
 fi
 
 if [ "$mode" = detach ] || { [ "$mode" = auto ] && [ -n "${SSH_CONNECTION:-}" ] && [ -z "${TMUX:-}" ]; }; then
@@ -113,17 +123,22 @@ if [ "$mode" = detach ] || { [ "$mode" = auto ] && [ -n "${SSH_CONNECTION:-}" ] 
     "$PYTHON" -m kerasflow queue-wait --name "$name" --log /dev/null --status /dev/null --no-wait -- true
   fi
   exec {lock_fd}>&-  # the detached driver takes the name itself
-  cmd=(env "PATH=$PATH" "PORT=$PORT" "STORE=$STORE" "KERASFLOW_PYTHON=$PYTHON" "LOGS=$logs" "GPU=${GPU:-auto}"
-       "KF_TMUX_SESSION=${KF_TMUX_SESSION:-kerasflow}" KF_PREFLIGHT_DONE=1)
-  for var in HOME USER DOCKER_HOST MLFLOW_TRACKING_URI KF_ENV_FILE GPUS CPU_SLOTS KERASFLOW_QUEUE_DIR DATA \
-    KERASFLOW_NOTIFY KERASFLOW_NOTIFY_START KERASFLOW_NOTIFY_TIMEOUT "${BUILD_VARS[@]}"; do
-    [ -n "${!var:-}" ] && cmd+=("$var=${!var}")
-  done
-  cmd+=("$KF_ROOT/project_driver.bash" -e "$entry" --experiment "$experiment" --name "$name" --foreground
-        "${no_wait[@]}" "${params[@]}")
+  envdir="$(mktemp -d)"  # 0700: the file below is read by the detached driver, then removed with it
+  GPU="${GPU:-auto}" KF_TMUX_SESSION="${KF_TMUX_SESSION:-kerasflow}" KF_PREFLIGHT_DONE=1 LOGS="$logs"
+  KERASFLOW_PYTHON="$PYTHON"
+  for var in PATH PORT STORE KERASFLOW_PYTHON LOGS GPU KF_TMUX_SESSION KF_PREFLIGHT_DONE HOME USER DOCKER_HOST \
+    MLFLOW_TRACKING_URI KF_ENV_FILE GPUS CPU_SLOTS KERASFLOW_QUEUE_DIR DATA KERASFLOW_NOTIFY \
+    KERASFLOW_NOTIFY_START KERASFLOW_NOTIFY_TIMEOUT "${BUILD_VARS[@]}"; do
+    if [ -n "${!var:-}" ]; then printf '%s=%s\0' "$var" "${!var}"; fi
+  done > "$envdir/env"
+  cmd=(env "KF_DETACHED_ENV=$envdir/env" "$KF_ROOT/project_driver.bash" -e "$entry" --experiment "$experiment"
+       --name "$name" --foreground "${no_wait[@]}" "${params[@]}")
   tmux new-session -d -s "$session" -c "$KF_ROOT" "$(printf '%q ' "${cmd[@]}")"
   trap - EXIT  # the claimed log is the detached run's now
   echo "started '$name' in tmux session '$session' (detached)"
+  if [ -z "${MLFLOW_TRACKING_URI:-}" ]; then
+    echo "  watch:   http://127.0.0.1:$PORT   (from a laptop: ssh -L $PORT:127.0.0.1:$PORT ${HOSTNAME:-HOST})"
+  fi
   echo "  follow:  tail -f $logs/$name.log"
   echo "  attach:  tmux attach -t $session     (detach again: Ctrl-b d)"
   echo "  status:  cat $logs/$name.status      (the exit code, once it ends)"
@@ -163,11 +178,11 @@ ensure_server() {
   fi
   server_url="http://127.0.0.1:$PORT"
   if answers "$server_url"; then
-    note "using this store's MLflow server at $server_url (pid $(cat "$logs/mlflow-server.pid"))"
+    note "using this store's MLflow server at $server_url (over SSH: ssh -L $PORT:127.0.0.1:$PORT ${HOSTNAME:-HOST})"
     "$PYTHON" -m kerasflow proxy-artifacts "$STORE" "$experiment"
     return 0
   fi
-  note "starting an MLflow server at $server_url over $STORE (log: $logs/mlflow-server.log, pid: $logs/mlflow-server.pid)"
+  note "starting an MLflow server at $server_url over $STORE (over SSH: ssh -L $PORT:127.0.0.1:$PORT ${HOSTNAME:-HOST}; log: $logs/mlflow-server.log; make server-stop stops it)"
   # its own session: it outlives this run, and the hangup a detached run's tmux pane sends its process
   # group when the run ends made uvicorn restart its workers (seconds without a server, just when the
   # next run in line starts); setsid does not fork here (a background job leads no group), so $! is it

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from kerasflow.errors import UserError
 
 HOST = "127.0.0.1"  # every server we start listens here only: reach it over `ssh -L`
+DEFAULT_PORT = 5000  # the first port a store's server tries; the store keeps the one it got
+PORT_RANGE = range(DEFAULT_PORT, DEFAULT_PORT + 100)  # where a store's server looks for a free port
 
 
 def port_free(port: int, host: str = HOST) -> bool:

@@ -13,13 +13,12 @@ import dataclasses
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kerasflow import box, config, notify, ports
+from kerasflow import box, config, notify, ports, urlauth
 from kerasflow.errors import UserError
 from kerasflow.storeops import server
 
@@ -149,32 +148,9 @@ def data(cfg: config.Config, entry: str, root: Path, data_mount: str) -> Check:
 
 
 
-def _listening(port: int) -> bool:
-
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def server_is_ours(pid_file: Path, store: Path, port: int) -> bool:
-    """The server on the port is this store's own: the pid in logs/mlflow-server.pid is alive and its
-    command line names this store's database and port (another user's `make ui` answers /health too)."""
-    try:
-        pid = int(pid_file.read_text().strip())
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return False
-
-    try:
-        cmd, _ = server.command(store, port)  # what `kerasflow server STORE --port PORT` runs
-    except UserError:
-        return False
-    backend = cmd[cmd.index("--backend-store-uri") + 1]
-    return backend.encode() in args and str(port).encode() in args
-
-
 def tracking(uri: str, port: int, store: Path, logs: Path) -> Check:
-    """A given server answers; else this store's port is free or holds this store's own server."""
+    """A given server answers; else this store's port holds this user's server of this store, or can
+    be bound (a socket bound but not listening, or a wedged server, is not free: it is tried by binding)."""
     if uri:
         if not uri.startswith(("http://", "https://")):
             return Check("tracking", FAIL, "MLFLOW_TRACKING_URI must be an http(s) server for make run (the "
@@ -185,16 +161,42 @@ def tracking(uri: str, port: int, store: Path, logs: Path) -> Check:
                                            "/health: start it, or fix/unset MLFLOW_TRACKING_URI")
         return Check("tracking", PASS, "the MLflow server from MLFLOW_TRACKING_URI answers")
     url = f"http://127.0.0.1:{port}"
-    if not _listening(port):
-        return Check("tracking", PASS, f"port {port} is free: the run starts this store's server there")
-    if not ports.answers(url):
-        return Check("tracking", FAIL, f"port {port} on 127.0.0.1 is busy with something that is not an "
-                                       "MLflow server: set PORT=another port")
-    if not server_is_ours(logs / "mlflow-server.pid", store, port):
+    tunnel = f"ssh -L {port}:127.0.0.1:{port} HOST"
+    mine = [r for r in server.serving(store) if r.port == port]
+    if mine:
+        if ports.answers(url):
+            return Check("tracking", PASS, f"this store's MLflow server answers on {url} (over SSH: "
+                                           f"{tunnel})")
+        return Check("tracking", FAIL, f"this store's MLflow server (pid {mine[0].pid}) on port {port} does "
+                                       "not answer /health: stop it with `make server-stop`, then run again")
+    if ports.port_free(port):
+        return Check("tracking", PASS, f"port {port} is free: the run starts this store's server there "
+                                       f"(over SSH: {tunnel})")
+    if ports.answers(url):
         return Check("tracking", FAIL, f"port {port} answers as an MLflow server that is not this store's "
-                                       f"own ({store}): set PORT=another port, or MLFLOW_TRACKING_URI={url} "
-                                       "to log there on purpose")
-    return Check("tracking", PASS, f"this store's MLflow server answers on {url}")
+                                       f"own ({store}): unset PORT (each store then gets a port of its own), "
+                                       f"set PORT=another port, or MLFLOW_TRACKING_URI={url} to log there on "
+                                       "purpose")
+    return Check("tracking", FAIL, f"port {port} on 127.0.0.1 is busy with something that is not an MLflow "
+                                   "server: unset PORT (each store then gets a port of its own), or set "
+                                   "PORT=another port")
+
+
+def servers() -> Check:
+    """The user's own MLflow servers on this box: each holds a port and memory until stopped."""
+    mine = server.running()
+    if not mine:
+        return Check("servers", PASS, "no MLflow server of yours is running")
+    listed = "; ".join(f"127.0.0.1:{r.port} {_backend_name(r.backend)} (pid {r.pid})" for r in mine)
+    return Check("servers", PASS, f"yours: {listed}; `make server-stop STORE=...` stops one")
+
+
+def _backend_name(backend: str) -> str:
+    """A server's store as a user names it: the folder of its sqlite database, else the URI without a
+    password."""
+    if backend.startswith("sqlite:///"):
+        return str(Path(backend.removeprefix("sqlite:///")).parent)
+    return urlauth.redact(backend)
 
 
 def run_config(config_file: Path, params: list[str]) -> config.Config:
@@ -384,7 +386,7 @@ def for_doctor(*, root: Path, image_tag: str, uri: str, port: int, store: Path, 
     checks.append(data(cfg, "main", root, data_mount))
     data_dir, _ = _host_path(cfg.tfds_data_dir, root, data_mount)
     checks.append(disk(present or not up, data_dir or root))
-    checks += [store_writable(store), tracking(uri, port, store, logs),
+    checks += [store_writable(store), tracking(uri, port, store, logs), servers(),
                tool("tmux", "detached runs over SSH", "apt-get install tmux"),
                tool("flock", "make run's locks", "apt-get install util-linux"), host_python(),
                notifier(notify_test)]

@@ -6,12 +6,14 @@ tests/helpers/engine.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import signal
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from helpers import TINY, assert_user_error, free_port, require_tool, wait_http
@@ -207,12 +209,15 @@ def test_detached_make_runs_wait_in_line_and_a_cancelled_run_ends_killed(image, 
     the others then run one after the other, FINISHED. The same name twice is refused."""
     require_tool("tmux")
     told = Receiver()  # KERASFLOW_NOTIFY: one message per ended run, from the driver on the host
+    # a notifier URL with a login: it reached tmux's command line, which every user reads in `ps`
+    secret = f"Notify-pw-{uuid.uuid4().hex[:8]}"
     env = {**run_env, "SSH_CONNECTION": "127.0.0.1 5555 127.0.0.1 22", "CPU_SLOTS": "1",
-           "KERASFLOW_NOTIFY": told.url}
+           "KERASFLOW_NOTIFY": told.url.replace("json://", f"json://hook:{secret}@")}
     logs = checkout / "logs"
     started = make_run(user, checkout, env, ["--name", "det", *tiny_p(epochs=200, synthetic_examples=2000)])
     assert started.returncode == 0, started.stdout + started.stderr
     assert "tmux attach -t" in started.stdout and "make queue" in started.stdout
+    assert f"ssh -L {run_env['PORT']}:127.0.0.1:{run_env['PORT']}" in started.stdout  # the exact tunnel
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         log = (logs / "det.log").read_text() if (logs / "det.log").exists() else ""
@@ -240,6 +245,7 @@ def test_detached_make_runs_wait_in_line_and_a_cancelled_run_ends_killed(image, 
     assert rows[0][6].isdigit() and int(rows[0][6]) >= 3 and rows[0][7].startswith("val_"), rows[0]
     assert rows[1][1] == user.name and rows[0][-1] == str(logs / "det.log")
     assert "waiting for a CPU slot, place 1 in line" in (logs / "next.log").read_text()
+    assert not [a for a in _command_lines() if secret.encode() in a], "a secret on a command line"
 
     killed = user.run(["tmux", "kill-session", "-t", f"{run_env['KF_TMUX_SESSION']}-gone"], cwd=checkout,
                       env=env, timeout=60)
@@ -273,6 +279,16 @@ def test_detached_make_runs_wait_in_line_and_a_cancelled_run_ends_killed(image, 
                       "kerasflow run next: FINISHED"]
     killed_message = next(m["message"] for m in told.messages if "det" in m["title"])
     assert "last lines of the log:" in killed_message and "val_accuracy=" in killed_message
+
+
+def _command_lines() -> list[bytes]:
+    """Every process's argv, as any user of the box reads it (`ps`)."""
+    found = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            found.append(path.read_bytes())
+    assert found
+    return found
 
 
 def test_a_hangup_stops_the_container_and_ends_the_run(image, user, checkout, run_env):

@@ -1,14 +1,14 @@
 """Check this box before a run: one table, each row PASS / WARN / FAIL with its fix (kerasflow/preflight.py).
 
-    kerasflow doctor --image TAG [--root .] [--port 5000] [--store store] [--logs logs]     (`make doctor`)
+    kerasflow doctor --image TAG [--root .] [--port N] [--store store] [--logs logs]     (`make doctor`)
 
 Rows: the Docker engine and its version (and that you may use it), the NVIDIA runtime, `--gpus` in our
 image (once it is built), the image, the NVIDIA driver against the minimum for the image's CUDA and each
 GPU's architecture, free memory per GPU and who holds it, disk for the image and the data, the data the
-config needs, the store writable, the server port free or this store's own, tmux, flock, a host Python
-for the light env, the notifier (--notify-test sends a test message). Exit status: 0 all pass, 1
-warnings, 2 a failure. `make run` runs the fast subset before it queues or detaches. GPU, DATA and
-MLFLOW_TRACKING_URI come from the environment.
+config needs, the store writable, the server port free or this store's own, your running MLflow servers,
+tmux, flock, a host Python for the light env, the notifier (--notify-test sends a test message). Exit
+status: 0 all pass, 1 warnings, 2 a failure. `make run` runs the fast subset before it queues or
+detaches. GPU, DATA and MLFLOW_TRACKING_URI come from the environment.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
     p.add_argument("--root", type=Path, default=Path("."), help="the checkout")
     p.add_argument("--image", required=True, help="the image tag make run uses (docker/lib.bash image_tag)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=None, help="default: the store's own (kerasflow server)")
     p.add_argument("--store", type=Path, default=Path("store"))
     p.add_argument("--logs", type=Path, default=Path("logs"))
     p.add_argument("--notify-test", action="store_true", help="send a test message to KERASFLOW_NOTIFY")
@@ -32,9 +32,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> None:
         from kerasflow import preflight
+        from kerasflow.storeops import server
 
+        port, _ = server.server_port(args.store.resolve(), args.port, keep=False)
         checks = preflight.for_doctor(root=args.root.resolve(), image_tag=args.image,
-                                      uri=os.environ.get("MLFLOW_TRACKING_URI", ""), port=args.port,
+                                      uri=os.environ.get("MLFLOW_TRACKING_URI", ""), port=port,
                                       store=args.store.resolve(), logs=args.logs.resolve(),
                                       data_mount=os.environ.get("DATA", ""), notify_test=args.notify_test)
         text, status["code"] = preflight.doctor_table(checks)

@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "data": "download TFDS malaria into tfds_data_dir (internet)",
     "weights": "cache the VGG16 ImageNet weights in ~/.keras/models (internet)",
     "server": "MLflow server over a store on 127.0.0.1 (--auth, --db postgresql://...)",
+    "server-stop": "stop this store's MLflow server (the one make run, make server or make ui left)",
     "runs": "table of the best runs and their curves",
     "log-run": "log a finished run folder into the store, afterwards (FOLDER=outputs/NAME)",
     "reproduce": "re-create a tracked run from its record and compare",

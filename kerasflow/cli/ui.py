@@ -19,19 +19,24 @@ def main(argv: list[str] | None = None) -> int:
 
     p = cli.parser(__doc__, config_flags=False)
     p.add_argument("store", nargs="?", default=store.DEFAULT_STORE, type=Path)
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=None,
+                   help="default: the port this store's server keeps (STORE/server-port), else the first "
+                        "free one from 5000")
     p.add_argument("--print-command", action="store_true", help="print the command instead of running it")
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow.storeops import ui
+        from kerasflow.storeops import server, ui
 
-        report, cmd, env = ui.ready(args.store, args.port)
+        port, note = server.server_port(args.store, args.port, keep=args.store.exists())
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        report, cmd, env = ui.ready(args.store, port)
         print(report.summary(), file=sys.stderr)
         if args.print_command:
             print(" ".join(cmd))
             return
-        print(f"MLflow UI: {cli.ssh_hint(args.port)}", file=sys.stderr)
+        print(f"MLflow UI: {cli.ssh_hint(port)}", file=sys.stderr)
         cli.exec_server(cmd, env)
 
     return cli.run(go)

@@ -9,16 +9,26 @@ the notebook's private server (kerasflow.experiments.explore) all serve a store 
 store's lock before MLflow sees it (MLflow's own first migration races when two processes start at once).
 A legacy file store needs MLFLOW_ALLOW_FILE_STORE=true since MLflow 3.13. `--auth` turns on MLflow's
 basic auth for a server others reach (users and passwords in STORE/auth, kept with the store).
+
+Several users on one box each run their store's server: without PORT, a store's server takes the first
+free port from 5000 on when it first starts and keeps it in STORE/server-port, so the second user's
+`make run` gets 5001 instead of failing on the first user's 5000, and every later start (make run, make
+server, make ui, make doctor) finds the same port, and the same tunnel. A user's servers are found by
+their processes (this user's, serving this store), never by a pid file: `make server-stop` stops them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets as random_secrets
+import signal
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from kerasflow import pglock, urlauth
+from kerasflow import pglock, ports, urlauth
 from kerasflow.errors import UserError
 from kerasflow.files import atomic_write
 from kerasflow.ports import HOST, check_port
@@ -158,3 +168,107 @@ def make_ready(store_path: Path, db: str = "") -> None:
         prepare_database(url, store_path / store.ARTIFACTS)
     else:
         prepare(store_path)
+
+
+PORT_FILE = store.PORT_FILE
+
+
+def backend_uri(store_path: Path) -> str:
+    """What `--backend-store-uri` a server of this store runs with (how its process is recognised)."""
+    cmd, _ = command(store_path, ports.DEFAULT_PORT)
+    return cmd[cmd.index("--backend-store-uri") + 1]
+
+
+@dataclass(frozen=True)
+class Running:
+    """A store server of this user's: its process, port and backend."""
+
+    pid: int
+    port: int
+    backend: str
+
+
+def running(uid: int | None = None) -> list[Running]:
+    """This user's MLflow servers, from /proc (their command lines, which `command` wrote): a pid file in
+    a folder is a claim, a process of ours is a fact."""
+    uid = os.getuid() if uid is None else uid
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if proc.stat().st_uid != uid:
+                continue
+            args = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        # `mlflow server ...`, as the kernel ran the script: its interpreter first, then the script
+        at = next((i for i, a in enumerate(args[:3]) if Path(a).name == "mlflow"), None)
+        if at is None or args[at + 1:at + 2] != ["server"] or "--port" not in args:
+            continue
+        with contextlib.suppress(ValueError, IndexError):
+            found.append(Running(int(proc.name), int(args[args.index("--port") + 1]),
+                                 args[args.index("--backend-store-uri") + 1]))
+    return sorted(found, key=lambda r: r.port)
+
+
+def serving(store_path: Path) -> list[Running]:
+    """This user's servers of this store."""
+    with contextlib.suppress(UserError):
+        uri = backend_uri(store_path)
+        return [r for r in running() if r.backend == uri]
+    return []
+
+
+def _kept_port(store_path: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        text = (store_path / PORT_FILE).read_text()[:16].strip()
+        port = int(text)
+        if 1024 <= port <= 65535:
+            return port
+    return None
+
+
+def server_port(store_path: Path, given: int | None = None, *, keep: bool = True) -> tuple[int, str]:
+    """The port of this store's server and a note when it changed: the one given (PORT, --port), else
+    the port this user's server of the store already listens on, else the one kept with the store while
+    it is free, else the first free one from 5000 (kept in STORE/server-port from then on)."""
+    if given is not None:
+        return given, ""
+    mine = serving(store_path)
+    if mine:
+        return mine[0].port, ""
+    kept = _kept_port(store_path)
+    if kept is not None and ports.port_free(kept):
+        return kept, ""
+    port = next((p for p in ports.PORT_RANGE if ports.port_free(p)), None) or ports.free_port()
+    if keep:  # a store one may only read keeps nothing, and gets the same choice next time
+        with contextlib.suppress(OSError):
+            store_path.mkdir(parents=True, exist_ok=True)
+            atomic_write(store_path / PORT_FILE, f"{port}\n")
+    note = f"port {kept} (kept with the store) is taken by another server: now {port}" if kept else ""
+    return port, note
+
+
+def stop(store_path: Path, timeout: float = 20) -> list[Running]:
+    """Stop this user's servers of this store (SIGTERM to the server and its workers, SIGKILL after
+    `timeout`); returns those it stopped."""
+    found = serving(store_path)
+    for server in found:
+        _signal(server.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(Path(f"/proc/{s.pid}").exists() for s in found):
+        time.sleep(0.2)
+    for server in found:
+        _signal(server.pid, signal.SIGKILL)
+    return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    """The server's own process group when it leads one (make run starts it with setsid: its workers
+    go too), else the server alone (a `make server` in a terminal shares the shell's group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)

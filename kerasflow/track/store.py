@@ -43,6 +43,7 @@ DEFAULT_STORE = "store"
 DEFAULT_EXPERIMENT = "kerasflow"
 DB_FILE = "mlflow.db"
 ARTIFACTS = "artifacts"
+PORT_FILE = "server-port"  # the port this store's server got when it first started (storeops/server.py)
 
 
 def tracking_uri(store: str | Path = DEFAULT_STORE) -> str:
@@ -358,8 +359,9 @@ def kind(store: Path) -> tuple[str, Path]:
 
 
 def locate(store: Path) -> tuple[str, Path]:
-    """`kind`, where a missing or empty folder is a new sqlite store (what a server creates there)."""
-    if not store.exists() or (store.is_dir() and not any(store.iterdir())):
+    """`kind`, where a missing or empty folder is a new sqlite store (what a server creates there); a
+    folder that holds only the port its server will use is still empty."""
+    if not store.exists() or (store.is_dir() and not any(p.name != PORT_FILE for p in store.iterdir())):
         return "sqlite", store / DB_FILE
     return kind(store)
 

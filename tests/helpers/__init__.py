@@ -47,6 +47,18 @@ def run_script(script: str, *args: str, env: dict[str, str] | None = None,
 PY = sys.executable
 
 
+def let_other_uids_run_the_venv() -> None:
+    """Another UID (a second user of the box) must reach this checkout's .venv and the interpreter it
+    links to (pyenv's lives under /root, 0700): search (x) permission on the folders on the way, nothing
+    more. Without it, that user's Python runs but cannot exec another (MLflow's server, a re-exec)."""
+    venv = ROOT / ".venv"
+    interpreter = (venv / "bin" / "python").resolve()
+    for folder in {*venv.parents, venv, *interpreter.parents}:
+        if folder.stat().st_mode & 0o001 == 0:
+            print(f"note: o+x on {folder} so that other UIDs reach {interpreter}")
+            folder.chmod(folder.stat().st_mode | 0o001)
+
+
 def py(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
        cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """`python ARGS` in its own process (this interpreter), in the checkout unless told."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, TINY, free_port, require_tool
+from helpers import ROOT, TINY, free_port, let_other_uids_run_the_venv, require_tool
 
 # `make test` runs a test file to an xdist worker (--dist loadfile): these tests share one user, checkout
 # and image (session fixtures), so they run one after another on one worker while the others take the
@@ -153,13 +153,7 @@ def user(engine) -> User:
     ).stdout.strip()
     subprocess.run(["usermod", "-aG", group, USER_NAME], check=True)
     entry = pwd.getpwnam(USER_NAME)
-    # the user must reach the project's .venv and the interpreter it links to (pyenv's lives under
-    # /root): search (x) permission on the folders on the way, nothing more
-    interpreter = (VENV / "bin" / "python").resolve()
-    for folder in {*VENV.parents, VENV, *interpreter.parents}:
-        if folder.stat().st_mode & 0o001 == 0:
-            print(f"note: o+x on {folder} so that {USER_NAME} reaches {interpreter}")
-            folder.chmod(folder.stat().st_mode | 0o001)
+    let_other_uids_run_the_venv()  # the project's .venv, and the interpreter it links to
     return User(USER_NAME, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), via_root=True)
 
 
