@@ -180,7 +180,8 @@ def send(message: Message, targets: Iterable[str] | None = None) -> bool:
         wait = DEFAULT_TIMEOUT
     job = json.dumps({"targets": targets, "title": message.title, "body": redact(message.body)})
     try:
-        child = subprocess.Popen([sys.executable, "-m", "kerasflow.notify"], stdin=subprocess.PIPE,
+        child = subprocess.Popen([sys.executable, "-c", "from kerasflow.notify import deliver; deliver()"],
+                                 stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
                                  text=True)
     except OSError as exc:
@@ -221,7 +222,7 @@ def _last_json(out: str) -> dict[str, object]:
     return {}
 
 
-def _deliver() -> None:
+def deliver() -> None:
     """The child's side of `send`: the job on stdin, the outcome as one JSON line on stdout."""
     result: dict[str, object] = {}
     try:
@@ -238,7 +239,7 @@ def _deliver() -> None:
             result["ok"] = bool(sender.notify(title=job["title"], body=job["body"]))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which warns in one line
         result["error"] = f"{type(exc).__name__}: {exc}"
-    print(json.dumps(result), flush=True)
+    os.write(1, (json.dumps(result) + "\n").encode())  # to the parent's pipe, not a user's terminal
     os._exit(0)  # no wait for Apprise's threads: the parent has the answer
 
 
@@ -276,6 +277,3 @@ def tail_of(path: str, lines: int = TAIL_LINES, limit: int = 1 << 16) -> str:
         kept = kept[1:]
     return "\n".join(kept[-lines:])
 
-
-if __name__ == "__main__":
-    _deliver()

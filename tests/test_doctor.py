@@ -82,7 +82,7 @@ def test_each_broken_part_fails_its_row_with_the_fix(synthetic_root, tmp_path):
         foreign.wait()
     assert code == 2 and rows["tracking"] == (
         "FAIL", f"port {port} on 127.0.0.1 is busy with something that is not an MLflow server: "
-                "set PORT=another port")
+                "unset PORT (each store then gets a port of its own), or set PORT=another port")
 
     if os.geteuid() != 0:
         pytest.skip("a private tmpfs needs root (CI runs as root)")
