@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, let_other_uids_run_the_venv, wait_http
 
+from kerasflow import ports
+
 pytestmark = pytest.mark.slow  # other UIDs must reach this checkout: `make test`'s, not a private clone
 
 OTHER = 4244  # a second user of the box, with no passwd entry (as in a container)
@@ -80,6 +82,7 @@ def test_two_users_servers_get_ports_of_their_own_keep_them_and_only_the_owner_s
         stopped = _kerasflow(None, "server-stop", str(ours))
         assert stopped.returncode == 0 and f"on 127.0.0.1:{ours_port}" in stopped.stdout, stopped.stderr
         assert servers[0].wait(timeout=30) is not None and servers[1].poll() is None
+        assert ports.port_free(ours_port), "its uvicorn workers still serve the port"
 
         # started again, our store's server takes its kept port
         again = subprocess.Popen([sys.executable, "-m", "kerasflow", "server", str(ours)], cwd=ROOT,
@@ -87,6 +90,9 @@ def test_two_users_servers_get_ports_of_their_own_keep_them_and_only_the_owner_s
                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
         servers.append(again)
         wait_http(f"http://127.0.0.1:{ours_port}/health", timeout=120, proc=again)
+        assert _kerasflow(None, "server-stop", str(ours)).returncode == 0
+        assert _kerasflow(OTHER, "server-stop", str(theirs)).returncode == 0
+        assert ports.port_free(ours_port) and ports.port_free(theirs_port)
     finally:
         for uid, store in ((None, ours), (OTHER, theirs)):
             _kerasflow(uid, "server-stop", str(store))

@@ -251,24 +251,49 @@ def server_port(store_path: Path, given: int | None = None, *, keep: bool = True
 
 
 def stop(store_path: Path, timeout: float = 20) -> list[Running]:
-    """Stop this user's servers of this store (SIGTERM to the server and its workers, SIGKILL after
-    `timeout`); returns those it stopped."""
+    """Stop this user's servers of this store with every process they started (`mlflow server` runs
+    uvicorn and its workers as children: killed alone, it left them serving the port): SIGTERM to the
+    whole tree, SIGKILL to what is left after `timeout`. Returns the servers it stopped."""
     found = serving(store_path)
-    for server in found:
-        _signal(server.pid, signal.SIGTERM)
+    tree = [pid for server in found for pid in _tree(server.pid)]
+    for pid in tree:
+        _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(Path(f"/proc/{s.pid}").exists() for s in found):
+    while time.monotonic() < deadline and any(_alive(pid) for pid in tree):
         time.sleep(0.2)
-    for server in found:
-        _signal(server.pid, signal.SIGKILL)
+    for pid in tree:
+        if _alive(pid):
+            _signal(pid, signal.SIGKILL)
     return found
 
 
+def _tree(root: int) -> list[int]:
+    """`root` and its descendants (this user's: a process of another user is not ours to signal)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if proc.stat().st_uid != os.getuid():
+                continue
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _signal(pid: int, sig: int) -> None:
-    """The server's own process group when it leads one (make run starts it with setsid: its workers
-    go too), else the server alone (a `make server` in a terminal shares the shell's group)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
+        os.kill(pid, sig)
