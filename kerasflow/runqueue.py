@@ -354,12 +354,6 @@ class Line:
         self.ticket.state, self.ticket.started = RUNNING, time.time()
         self._write()
 
-    def update(self, **values: str) -> None:
-        """Fields its owner learns later (the MLflow run id), written in place."""
-        for key, value in values.items():
-            setattr(self.ticket, key, value)
-        self._write()
-
     def leave(self) -> None:
         with contextlib.suppress(OSError):
             if self.ticket.path:
