@@ -53,7 +53,7 @@ DEMO_SET := --preset demo --set run_name=demo-{time}  # {time}: an automatic nam
         bench-pipeline bench-tracking bench-relocate bench-push bench-stores bench-speed bench-bigdata clean test-fast \
         test-all test-gpu-image track track-demo server server-stop serve predict runs reproduce promote versions ui pull push log-run relocate migrate \
         queue cancel doctor \
-        mlproject splits cv tune analyze image shell run pictures
+        mlproject splits cv tune analyze image shell run-script run pictures
 
 ##@ Everyday
 help: ## list the targets, by group
@@ -99,11 +99,10 @@ track-demo: $(STAMP) ## the offline demo, tracked; its model registered as demo@
 	$(PY) -m kerasflow track --store $(STORE) $(DEMO_SET) --register demo $(ARGS)
 
 run: $(RUN_STAMP) ## mlflow run in the image + tracking server; tmux over SSH: ARGS='-P epochs=3'
-	KERASFLOW_PYTHON="$(RUN_VENV)/bin/python" ./project_driver.bash $(ARGS)
+	$(RUN_VENV)/bin/python -m kerasflow run $(ARGS)
 
 doctor: $(RUN_STAMP) ## check this box before a run: engine, GPUs, driver, disk, data, store, port
-	@source docker/lib.bash && "$(RUN_VENV)/bin/python" -m kerasflow doctor --image "$$(image_tag)" \
-	  $(PORT_ARG) --store "$(STORE)" --logs "$${LOGS:-logs}" $(ARGS)
+	@$(RUN_VENV)/bin/python -m kerasflow doctor $(PORT_ARG) --store "$(STORE)" $(ARGS)
 
 queue: $(RUN_STAMP) ## this machine's runs in line and running, every user's (ARGS=--watch)
 	@$(RUN_VENV)/bin/python -m kerasflow queue $(ARGS)
@@ -120,6 +119,7 @@ data: ## download TFDS malaria into data/tfds (internet; without .venv: in the i
 	  $(if $(STAMP),$(MAKE) --no-print-directory $(STAMP) &&) $(PY) -m kerasflow data $(ARGS); \
 	else \
 	  echo "data: no full environment here (.venv): downloading inside the project image"; \
+	  { [ -n "$${KERASFLOW_PYTHON:-}" ] || $(MAKE) --no-print-directory $(HOST_STAMP); } && \
 	  ./run_script.bash make data ARGS="$(ARGS)"; \
 	fi
 
@@ -191,11 +191,15 @@ analyze: $(STAMP) ## Youden threshold + mlflow evaluate on runs' predictions: FI
 	$(PY) -m kerasflow analyze --store $(STORE) --filter "$(FILTER)" $(ARGS)
 
 ##@ Containers
-image: ## build the project image for this commit, as your UID/GID
-	bash -c 'source docker/lib.bash && check_docker && ensure_image'
+image: $(RUN_STAMP) ## build the project image for this commit, as your UID/GID
+	$(RUN_VENV)/bin/python -m kerasflow image $(ARGS)
 
-shell: ## a shell in the project image, this checkout at /workspace (GPU=auto|on|off)
-	./run_script.bash bash
+shell: $(RUN_STAMP) ## a shell in the project image, this checkout at /workspace (GPU=auto|on|off)
+	$(RUN_VENV)/bin/python -m kerasflow run-script bash
+
+run-script: $(RUN_STAMP) ## any command in the project image: make run-script ARGS='make test'
+	@test -n "$(ARGS)" || { echo "error: give the command: make run-script ARGS='make demo'"; exit 2; }
+	$(RUN_VENV)/bin/python -m kerasflow run-script $(ARGS)
 
 ##@ Maintenance
 env: $(STAMP) ## create .venv from the pinned lock (requirements.txt)

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from kerasflow import urlauth
 from kerasflow.errors import UserError
 
-# Lazy imports: apprise, in `send` only (a run without KERASFLOW_NOTIFY never loads it).
+# Lazy imports: apprise, in `send` only (a run without KERASFLOW_NOTIFY never loads it); mlflow, in
+# `run_ended` only (the run's metrics for the message).
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,29 @@ def of_run(run: object, name: str, status: str, *, link: str = "", tail: str = "
     metrics = {k: v for k, v in data.metrics.items() if k.startswith(("test_", "val_", "best_"))}
     return Message(name=name, status=status, duration_s=max(0, (end - info.start_time) / 1000),
                    metrics=metrics, link=link, tail=tail, what=what)
+
+
+def run_ended(name: str, exit_code: int, log_file: str, uri: str, run_id: str) -> bool:
+    """The one message at a launched run's end: the MLflow run's status, duration, metrics and link when
+    its server answers (seconds, no retries), what the launcher knows when it does not; a run that did
+    not end FINISHED gets the log's last lines, redacted. Sent on the host: the container may never have
+    started (an image that failed to build). Never raises."""
+    status = "FINISHED" if exit_code == 0 else f"FAILED (exit {exit_code})"
+    message = Message(name=name, status=status)
+    if run_id and uri:
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        try:
+            import mlflow
+
+            run = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
+            status = run.info.status if run.info.status not in ("RUNNING", "SCHEDULED") else status
+            message = of_run(run, name, status, link=run_link(uri, run.info.experiment_id, run_id))
+        except Exception:  # noqa: BLE001 - the server may be what failed: send what we know
+            log.warning("notify: the MLflow run could not be read; the message says what the launcher knows")
+    if message.status != "FINISHED":
+        message.tail = tail_of(log_file)
+    return send(message)
 
 
 def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:

@@ -428,6 +428,7 @@ class Row:
     elapsed: float
     epoch: str
     metric: str
+    run_id: str
     log: str
 
 
@@ -441,7 +442,7 @@ def rows(line: list[Ticket], progress: dict[str, tuple[str, str]] | None = None)
         one_of = t.pool == "cpu" and t.state == WAITING and len(t.devices) > 1  # any one of cpu0-N
         slot = f"{t.devices[0]}-{len(t.devices) - 1}" if one_of else ",".join(t.devices)
         out.append(Row(t.name, clean(t.user, 40), clean(slot, 40), t.state, place(t, line), now - t.since,
-                       clean(epoch, 12), clean(metric, 40), clean(t.log)))
+                       clean(epoch, 12), clean(metric, 40), t.run_id, clean(t.log)))
     return sorted(out, key=lambda r: (r.state != RUNNING, r.place, -r.elapsed))
 
 
@@ -454,32 +455,13 @@ def elapsed(seconds: float) -> str:
 def table(found: list[Row]) -> str:
     if not found:
         return "queue: no run is running or waiting on this machine"
-    head = ("NAME", "USER", "SLOT", "STATE", "PLACE", "ELAPSED", "EPOCH", "VAL METRIC", "LOG")
+    head = ("NAME", "USER", "SLOT", "STATE", "PLACE", "ELAPSED", "EPOCH", "VAL METRIC", "MLFLOW RUN", "LOG")
     body = [(r.name, r.user, r.slot, r.state, str(r.place or "-"), elapsed(r.elapsed), r.epoch or "-",
-             r.metric or "-", r.log) for r in found]
+             r.metric or "-", r.run_id or "-", r.log) for r in found]
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
              for row in [head, *body]]
     return "\n".join(lines)
-
-
-RUN_ID_IN_LOG = re.compile(rb"in run with ID '([0-9a-f]{32})'")
-LOG_HEAD = 1 << 20  # bytes of a run's log read to find its MLflow run id
-
-
-def run_id_in_log(log: str) -> str | None:
-    """The MLflow run id `mlflow run` names in the run's log (`=== Running command ... in run with ID`),
-    read only from a plain file (not a FIFO that would hang the reader, nor a link)."""
-    try:
-        fd, _ = _open_regular(Path(log))
-    except Malformed:
-        return None
-    try:
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            match = RUN_ID_IN_LOG.search(f.read(LOG_HEAD))
-    finally:
-        os.close(fd)
-    return match[1].decode() if match else None
 
 
 def _key(ticket: Ticket) -> str:
@@ -492,8 +474,7 @@ def progress(line: list[Ticket]) -> dict[str, tuple[str, str]]:
     names paths and URLs we must not open as us (with our credentials): their progress is not shown."""
     mine = [t for t in line if t.state == RUNNING and t.uid == os.getuid()
             and t.tracking.startswith(("http://", "https://"))]
-    running = [(t, t.run_id or run_id_in_log(t.log)) for t in mine]
-    running = [(t, rid) for t, rid in running if rid]
+    running = [(t, t.run_id) for t in mine if t.run_id]
     if not running:
         return {}
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

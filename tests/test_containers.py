@@ -188,10 +188,9 @@ def test_make_image_and_the_devcontainer_pass_the_same_build_args_the_same_way()
     wanted = json5.loads((ROOT / ".devcontainer.json").read_text())["build"]["args"]
     assert wanted == {name: f"${{localEnv:{name}}}" for name in wanted}
     env = {k: v for k, v in os.environ.items() if k not in wanted} | {"TF_VARIANT": "cpu"}
-    printed = subprocess.run(
-        ["bash", "-c", "source docker/lib.bash && build_args"], cwd=ROOT, env=env, capture_output=True,
-        text=True, check=True,
-    ).stdout.splitlines()
+    from kerasflow.launch import image
+
+    printed = image.build_args(env)
     passed = [printed[i + 1] for i, word in enumerate(printed) if word == "--build-arg"]
     assert [a for a in passed if not a.startswith("USER_")] == [
         f"{name}={'cpu' if name == 'TF_VARIANT' else ''}" for name in wanted
@@ -398,11 +397,11 @@ def test_an_experiment_whose_location_would_run_in_mlflow_runs_shell_line_is_ref
     client.delete_experiment(safe)
     with pytest.raises(UserError, match="is deleted"):
         shell_line.experiment_for_docker(client, "safe")
-    result = subprocess.run([sys.executable, "-m", "kerasflow", "experiment-id", "subshell"],
-                            capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, "MLFLOW_TRACKING_URI": uri})
-    assert_user_error(result, "experiment 'subshell' stores artifacts at", "Use another --experiment")
+    # make run creates its MLflow run through the same check, before anything waits or runs
+    from kerasflow.launch import run
+
+    request = run.Request(root=ROOT, store=tmp_path / "store", logs=tmp_path / "logs", name="x",
+                          experiment="subshell")
+    with pytest.raises(UserError, match="experiment 'subshell' stores artifacts at"):
+        run.create_run(request, uri, tmp_path / "lock")
     assert not marker.exists()
-    # the driver's own check (the checkout, DATA) allows exactly what this one does
-    lib = (ROOT / "docker" / "lib.bash").read_text()
-    assert f'[[ "$2" =~ {shell_line.SHELL_SAFE} ]]' in lib

@@ -13,12 +13,15 @@ import subprocess
 import time
 
 import pytest
-from helpers import ROOT, TINY, assert_user_error
+from helpers import TINY, assert_user_error
 from helpers.engine import (
     docker,
     docker_build,
     foreign_files,
 )
+
+from kerasflow.errors import UserError
+from kerasflow.launch import image as images
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
@@ -117,12 +120,10 @@ def test_gpus_reach_docker_as_device_lists_through_run_script_and_mlflow_run(ima
             docker("rm", "-fv", cid.stdout.strip())
 
     for gpus, ids, count in (("0", ["0"], 0), ("0,1", ["0", "1"], 0), ("all", None, -1)):
-        value = subprocess.run(["bash", "-c", 'source docker/lib.bash && gpus_value 2'], cwd=ROOT,
-                               env={**os.environ, "GPUS": gpus}, capture_output=True, text=True,
-                               check=True).stdout.strip()
+        value = images.gpus_value(gpus, 2)
         direct = created(f"docker create --gpus {shlex.quote(value)} {image['tag']} true")  # run_script
         mlflow.set_tracking_uri("http://127.0.0.1:5000")
-        try:  # project_driver.bash passes -A "gpus='VALUE'"
+        try:  # make run (kerasflow/launch/run.py) passes -A "gpus='VALUE'"
             cmd = _get_docker_command(types.SimpleNamespace(tags=[image["tag"]]), Run,
                                       docker_args={"gpus": f"'{value}'", "network": "host"})
         finally:
@@ -130,9 +131,8 @@ def test_gpus_reach_docker_as_device_lists_through_run_script_and_mlflow_run(ima
         joined = " ".join(cmd).replace("docker run --rm", "docker create", 1) + " true"
         for requests in (direct, created(joined)):
             assert [(r["DeviceIDs"], r["Count"]) for r in requests] == [(ids, count)], (gpus, requests)
-    bad = subprocess.run(["bash", "-c", "source docker/lib.bash && gpus_value 2"], cwd=ROOT,
-                         env={**os.environ, "GPUS": "0,2"}, capture_output=True, text=True)
-    assert_user_error(bad, "GPUS=0,2 names GPU 2", "lists 2")
+    with pytest.raises(UserError, match="GPUS=0,2 names GPU 2, but `nvidia-smi` lists 2"):
+        images.gpus_value("0,2", 2)
 
 
 def test_data_is_mounted_read_only_at_data(image, user, checkout, workdir):

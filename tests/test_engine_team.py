@@ -43,10 +43,13 @@ def test_the_team_servers_compose_file_and_small_image_against_postgresql(engine
     assert unset.returncode != 0 and "set POSTGRES_PASSWORD in docker/team.env" in unset.stderr
     networks = docker("network", "ls", "--format", "{{.Name}}").stdout
     tag = f"kerasflow-server:test-{uuid.uuid4().hex[:6]}"
-    build = ('source docker/lib.bash && mapfile -t a < <(build_args) && '
-             f'docker_build --file docker/server.Dockerfile "${{a[@]}}" --tag {tag} .')
-    built = subprocess.run(["bash", "-c", build], cwd=ROOT, env={**os.environ, **build_env},
-                           capture_output=True, text=True, timeout=1800)
+    from kerasflow.launch import image
+
+    env = {**os.environ, **build_env}
+    build = ["docker", "build", "--file", "docker/server.Dockerfile", *image.build_args(env), "--tag", tag,
+             "."]
+    built = subprocess.run(build, cwd=ROOT, env=image.builder_env(env), capture_output=True, text=True,
+                           timeout=1800)
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     size = int(docker("image", "inspect", "--format", "{{.Size}}", tag, check=True).stdout)
     print(f"team server image: {size / 1e9:.2f} GB")

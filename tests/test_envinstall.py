@@ -153,7 +153,8 @@ def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorf
               "--print-command"]
     ui = subprocess.run(ui_cmd, env=env, capture_output=True, text=True, timeout=120)
     assert ui.returncode == 0 and f"{venv_dir}/bin/mlflow server" in ui.stdout, ui.stderr[-2000:]
-    creds = subprocess.run([py, "-m", "kerasflow", "env-file", str(tmp_path / "mlflow.env")],
+    creds = subprocess.run([py, "-c", "import sys; from kerasflow import urlauth; "
+                            "print(urlauth.write_env_file(sys.argv[1]))", str(tmp_path / "mlflow.env")],
                            capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": "http://u:p@127.0.0.1:1"})
     assert creds.stdout.strip() == "http://127.0.0.1:1"
     assert (tmp_path / "mlflow.env").stat().st_mode & 0o77 == 0
@@ -163,5 +164,5 @@ def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorf
     plan = subprocess.run(["make", "-n", "--no-print-directory", "run", f"VENV={tmp_path / 'no-full-env'}",
                            f"HOST_VENV={venv_dir}", "ARGS=--foreground"], cwd=ROOT, capture_output=True,
                           text=True)
-    expected = f'KERASFLOW_PYTHON="{venv_dir}/bin/python" ./project_driver.bash --foreground'
+    expected = f"{venv_dir}/bin/python -m kerasflow run --foreground"
     assert plan.stdout.strip().splitlines() == [expected], plan.stdout  # (under `make test` too)

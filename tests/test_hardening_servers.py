@@ -30,7 +30,7 @@ from kerasflow.track import store
 
 
 def test_every_server_is_started_by_the_one_module():
-    """The Makefile, the driver, the UI and the notebook's server all go through storeops.server."""
+    """The Makefile, make run, the UI and the notebook's server all go through storeops.server."""
     for path in ("Makefile", "project_driver.bash", "run_mlflow_ui.bash", "docker/lib.bash"):
         code = [line for line in (ROOT / path).read_text().splitlines() if not line.lstrip().startswith("#")]
         assert not [line for line in code if re.search(r"mlflow\S*\s+(server|ui)\b", line)], path
@@ -38,7 +38,7 @@ def test_every_server_is_started_by_the_one_module():
         if path.name != "server.py" and path != ROOT / "kerasflow" / "cli" / "main.py":  # the command table
             assert not re.search(r"""["'](server|ui)["']""", path.read_text()), path
     assert "-m kerasflow server " in (ROOT / "Makefile").read_text()
-    assert "-m kerasflow server " in (ROOT / "project_driver.bash").read_text()
+    assert "server.checked_command(" in (ROOT / "kerasflow" / "launch" / "run.py").read_text()
 
 
 def test_the_compose_servers_flags_are_the_builders(tmp_path):

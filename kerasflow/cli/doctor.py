@@ -1,6 +1,6 @@
 """Check this box before a run: one table, each row PASS / WARN / FAIL with its fix (kerasflow/preflight.py).
 
-    kerasflow doctor --image TAG [--root .] [--port N] [--store store] [--logs logs]     (`make doctor`)
+    kerasflow doctor [--root .] [--port N] [--store store] [--logs logs] [--image TAG]     (`make doctor`)
 
 Rows: the Docker engine and its version (and that you may use it), the NVIDIA runtime, `--gpus` in our
 image (once it is built), the image, the NVIDIA driver against the minimum for the image's CUDA and each
@@ -22,7 +22,7 @@ from kerasflow import cli
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
     p.add_argument("--root", type=Path, default=Path("."), help="the checkout")
-    p.add_argument("--image", required=True, help="the image tag make run uses (docker/lib.bash image_tag)")
+    p.add_argument("--image", default=None, help="the image tag (default: the one make run uses)")
     p.add_argument("--port", type=int, default=None, help="default: the store's own (kerasflow server)")
     p.add_argument("--store", type=Path, default=Path("store"))
     p.add_argument("--logs", type=Path, default=Path("logs"))
@@ -32,10 +32,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> None:
         from kerasflow import preflight
+        from kerasflow.launch import image
         from kerasflow.storeops import server
 
         port, _ = server.server_port(args.store.resolve(), args.port, keep=False)
-        checks = preflight.for_doctor(root=args.root.resolve(), image_tag=args.image,
+        root = args.root.resolve()
+        checks = preflight.for_doctor(root=root, image_tag=args.image or image.tag(root),
                                       uri=os.environ.get("MLFLOW_TRACKING_URI", ""), port=port,
                                       store=args.store.resolve(), logs=args.logs.resolve(),
                                       data_mount=os.environ.get("DATA", ""), notify_test=args.notify_test)

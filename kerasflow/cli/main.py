@@ -25,6 +25,9 @@ COMMANDS: dict[str, str] = {
     "versions": "a registered model's versions, aliases and test metrics",
     "serve": "serve a model over HTTP on 127.0.0.1",
     "predict": "classify images with a served model",
+    "run": "mlflow run in the project image + this store's server; tmux over SSH (make run)",
+    "image": "build this checkout's project image for your user, or reuse it; prints its tag",
+    "run-script": "run any command in the project image, this checkout at /workspace",
     "doctor": "check this box before a run: engine, GPUs, driver, disk, data, store, port",
     "queue": "this machine's runs in line and running, every user's (--watch)",
     "cancel": "take your run out of the line, or stop it (its MLflow run ends KILLED)",
@@ -42,15 +45,9 @@ COMMANDS: dict[str, str] = {
 }
 # Started by other commands, not by hand: listed in docs/architecture.md's table, not in --help.
 INTERNAL = {
-    "preflight": "make run's checks before it detaches or builds",
-    "proxy-artifacts": "make run: an experiment's new runs get proxied artifact locations",
     "tune-worker": "one worker process of tune",
-    "env-file": "make run: tracking credentials into a 0600 env file for docker",
-    "health": "make run: does the MLflow server at URL answer /health (--wait for it)",
-    "queue-wait": "make run: wait for the run's devices in this machine's line, then become the run",
-    "notify-run": "make run: one message to KERASFLOW_NOTIFY when the run starts or ends",
-    "end-run": "make run: a run its user stopped ends KILLED (mlflow run marked it FAILED)",
-    "experiment-id": "make run: the experiment's id once its artifact location is safe in a shell line",
+    "queue-wait": "run any command in this machine's line: wait for its devices, then become it",
+    "notify-run": "one message to KERASFLOW_NOTIFY when a command run by hand in the line starts or ends",
 }
 
 

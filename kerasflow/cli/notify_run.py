@@ -1,10 +1,11 @@
-"""`make run`: one message to KERASFLOW_NOTIFY when the run starts (--started) or ends (kerasflow/notify.py).
+"""Internal: the one message to KERASFLOW_NOTIFY a run sends when it starts (--started) or ends
+(kerasflow/notify.py), for a command run in the machine's line by hand (`kerasflow queue-wait -- ...`);
+`make run` sends its own.
 
-    python -m kerasflow notify-run --name NAME --log FILE --exit N [--started]
+    python -m kerasflow notify-run --name NAME --log FILE --exit N [--run-id ID] [--started]
 
-The driver runs this on the host, since the container may never start (an image that fails to build) and
-its end is the driver's to see. The MLflow run named in the log gives the status, duration, final and best
-metrics and the UI link; a run that did not end FINISHED gets the log's last lines, secrets redacted.
+With --run-id (and MLFLOW_TRACKING_URI) the message has the MLflow run's status, duration, final and best
+metrics and UI link; a run that did not end FINISHED gets the log's last lines, secrets redacted.
 """
 
 from __future__ import annotations
@@ -19,37 +20,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True)
     p.add_argument("--log", type=Path, required=True)
     p.add_argument("--exit", type=int, default=0, help="the run's exit status")
+    p.add_argument("--run-id", default="", help="the MLflow run (on MLFLOW_TRACKING_URI)")
     p.add_argument("--started", action="store_true")
     args = p.parse_args(argv)
 
     def go() -> None:
-        import os
-
-        from kerasflow import notify, runqueue, urlauth
+        from kerasflow import notify, urlauth
 
         if not notify.wanted(start=args.started):
             return
         if args.started:
             notify.send(notify.Message(name=args.name, status="STARTED"))
             return
-        status = "FINISHED" if args.exit == 0 else f"FAILED (exit {args.exit})"
-        message = notify.Message(name=args.name, status=status)
-        run_id = runqueue.run_id_in_log(str(args.log))
-        if run_id:
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-            try:
-                import mlflow
-
-                uri = urlauth.tracking_uri_from_env()
-                run = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
-                status = run.info.status if run.info.status != "RUNNING" else status
-                message = notify.of_run(run, args.name, status,
-                                        link=notify.run_link(uri, run.info.experiment_id, run_id))
-            except Exception:  # noqa: BLE001, S110 - the server may be what failed: send what we know
-                pass
-        if message.status != "FINISHED":
-            message.tail = notify.tail_of(str(args.log))
-        notify.send(message)
+        notify.run_ended(args.name, args.exit, str(args.log), urlauth.tracking_uri_from_env(), args.run_id)
 
     return cli.run(go)

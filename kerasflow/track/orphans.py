@@ -10,7 +10,9 @@ starting, runs of other machines, and copies merged from another store (their so
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import socket
 import time
 from pathlib import Path
@@ -27,6 +29,8 @@ HOST_TAG = "kerasflow.host"
 RUN_DIR_TAG = "kerasflow.run_dir"
 CLOSED_TAG = "kerasflow.closed_as_orphan"  # when and why a run was marked FAILED for its process
 SOURCE_TAG = "kerasflow.source_run_id"  # on a copy merged from another store (storeops.merge): never ours
+LAUNCH_TAG = "kerasflow.launch"  # which launcher started the run (kerasflow/launch: "local")
+LOCK_TAG = "kerasflow.launch_lock"  # the run-name lock its launcher holds from before the run exists
 
 
 def tags(run_dir: Path) -> dict[str, str]:
@@ -46,6 +50,9 @@ def close(client: mlflow.MlflowClient) -> list[str]:
             folder = run.data.tags.get(RUN_DIR_TAG)
             if not folder or SOURCE_TAG in run.data.tags or not rundir.process_gone(Path(folder)):
                 continue
+            lock = run.data.tags.get(LOCK_TAG)
+            if lock and not launcher_gone(Path(lock)):
+                continue  # trains in make run's container: its folder is a path of that mount namespace
             client.set_tag(run.info.run_id, CLOSED_TAG,
                            f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}: its process on {host} is gone")
             client.set_terminated(run.info.run_id, "FAILED")
@@ -53,6 +60,46 @@ def close(client: mlflow.MlflowClient) -> list[str]:
             closed.append(name)
             log.warning(f"run '{name}' ({run.info.run_id}) was left RUNNING by a process that is gone: "
                         f"marked FAILED; its folder {folder} resumes it (same command, run_name={name})")
+        closed += _close_launched(client, experiments[start:start + 100], host)
+    return closed
+
+
+def launcher_gone(lock: Path) -> bool:
+    """Whether the launcher that created a run has ended: its run-name lock (flock, held by the launcher
+    from before the run exists until it exits) is free, or gone."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # not ours to judge (another user's folder)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _close_launched(client: mlflow.MlflowClient, experiments: list[str], host: str) -> list[str]:
+    """Runs `make run` created (SCHEDULED while they wait, RUNNING until their training tags its folder)
+    whose launcher is gone (SIGKILL, a reboot): marked FAILED. Once training runs, its folder decides."""
+    closed = []
+    for status in ("SCHEDULED", "RUNNING"):
+        wanted = (f"attributes.status = '{status}' AND tags.`{HOST_TAG}` = '{host}' "
+                  f"AND tags.`{LAUNCH_TAG}` = 'local'")
+        runs = client.search_runs(experiments, wanted)
+        for run in runs:
+            lock = run.data.tags.get(LOCK_TAG, "")
+            if RUN_DIR_TAG in run.data.tags or not lock or not launcher_gone(Path(lock)):
+                continue
+            client.set_tag(run.info.run_id, CLOSED_TAG,
+                           f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}: its launcher on {host} is gone")
+            client.set_terminated(run.info.run_id, "FAILED")
+            closed.append(run.info.run_name or run.info.run_id)
+            log.warning(f"run '{run.info.run_name}' ({run.info.run_id}) was left {status} by a make run "
+                        "that is gone: marked FAILED; start it again with make run")
     return closed
 
 

@@ -291,14 +291,12 @@ def cleanup_containers():
 
 
 def docker_build(checkout: Path, tag: str, build_args: dict[str, str]) -> tuple[float, str]:
-    """docker build of the checkout with the build args `make image` passes (docker/lib.bash's
+    """docker build of the checkout with the build args `make image` passes (kerasflow/launch/image.py's
     build_args: every one, empty when unset, since an empty arg and a missing one are different cache
     keys), these values put in; (seconds, error)."""
-    env = {**os.environ, **build_args}
-    printed = subprocess.run(
-        ["bash", "-c", "source docker/lib.bash && build_args"], cwd=checkout, env=env, capture_output=True,
-        text=True, check=True,
-    ).stdout.splitlines()
+    from kerasflow.launch import image
+
+    printed = image.build_args({**os.environ, **build_args})
     pairs = list(zip(printed[::2], printed[1::2], strict=True))
     # The caller's own UID/GID are left out: a test that wants another user sets its own.
     args = [x for flag, value in pairs if not value.startswith("USER_") for x in (flag, value)]
