@@ -141,11 +141,11 @@ reproduce: $(STAMP) ## re-create a tracked run and compare: make reproduce RUN=<
 	@test -n "$(RUN)" || { echo "error: give the run: make reproduce RUN=<run id> (make runs lists them)"; exit 2; }
 	$(PY) -m kerasflow reproduce "$(RUN)" --store $(STORE) $(ARGS)
 
-promote: $(STAMP) ## point @champion at the best version: NAME=demo METRIC=test_accuracy
-	$(PY) -m kerasflow promote "$(NAME)" --metric "$(METRIC)" --store $(STORE)
+promote: $(RUN_STAMP) ## point @champion at the best version: NAME=demo METRIC=test_accuracy
+	$(RUN_VENV)/bin/python -m kerasflow promote "$(NAME)" --metric "$(METRIC)" --store $(STORE)
 
-versions: $(STAMP) ## a registered model's versions, aliases, test metrics: NAME=demo
-	$(PY) -m kerasflow versions "$(NAME)" --store $(STORE)
+versions: $(RUN_STAMP) ## a registered model's versions, aliases, test metrics: NAME=demo
+	$(RUN_VENV)/bin/python -m kerasflow versions "$(NAME)" --store $(STORE)
 
 serve: $(STAMP) ## serve a model on 127.0.0.1:5001: MODEL=models:/demo@candidate
 	@test -n "$(MODEL)" || { echo "error: give the model: make serve MODEL=models:/NAME@ALIAS"; exit 2; }

@@ -217,9 +217,9 @@ def box_journey(image, user: User, checkout: Path, workdir: Path,  # noqa: PLR09
     offline demo, as the README says for a box without internet), to its end."""
     require_tool("tmux")
     clone = fresh_clone(user, checkout, workdir, "journey-b")
+    # no PORT: the store's server takes a port of its own (kept in store/server-port), as for a user
     env = {**build_env, **package_cache, "PATH": JOURNEY_PATH, "HOST_PYTHON": "python3",
-           "PORT": str(free_port()), "KF_TMUX_SESSION": f"kf-journey-{uuid.uuid4().hex[:8]}",
-           "TMUX_TMPDIR": str(workdir)}
+           "KF_TMUX_SESSION": f"kf-journey-{uuid.uuid4().hex[:8]}", "TMUX_TMPDIR": str(workdir)}
     info = {"clone": clone, "env": env}
     try:
         t0 = time.monotonic()
@@ -293,6 +293,9 @@ def test_quickstart_c_a_laptop_pulls_the_box_store_and_opens_the_ui_on_another_p
         [run] = c.search_runs([c.get_experiment_by_name("kerasflow").experiment_id])
         listed = {a.path for a in c.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "curves.png", "metrics.json"} <= listed, listed
+        # what make run registered (-P register_model=demo) was promoted on the laptop, in the light env
+        champion = c.get_model_version_by_alias("demo", "champion")
+        assert champion.run_id == run.info.run_id, champion
         assert (clone / "store" / "mlflow.db").is_file() and not (clone / ".venv").exists()
     finally:
         stop(procs)

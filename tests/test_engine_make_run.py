@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import time
@@ -27,8 +28,6 @@ from helpers.engine import (
     tiny_p,
 )
 from helpers.receiver import Receiver
-
-from kerasflow import runqueue
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
@@ -227,7 +226,7 @@ def test_detached_make_runs_wait_in_line_and_a_cancelled_run_ends_killed(image, 
         time.sleep(1)
     assert "Epoch 3/" in log, log[-3000:]
     second = make_run(user, checkout, run_env, ["--foreground", "--name", "det", *tiny_p()])
-    assert_user_error(second, "a run named 'det' is already in progress", "det (pid", "tmux attach")
+    assert_user_error(second, "a run named 'det' is already in progress", "(its launcher: pid", "tmux attach")
     for name in ("next", "gone", "last"):
         waiting = make_run(user, checkout, env, ["--name", name, *tiny_p(epochs=1)])
         assert waiting.returncode == 0, waiting.stdout + waiting.stderr
@@ -243,6 +242,14 @@ def test_detached_make_runs_wait_in_line_and_a_cancelled_run_ends_killed(image, 
     assert [(r[0], r[3], r[4]) for r in rows] == [("det", "running", "-"), ("next", "waiting", "1"),
                                                   ("gone", "waiting", "2"), ("last", "waiting", "3")], rows
     assert rows[0][6].isdigit() and int(rows[0][6]) >= 3 and rows[0][7].startswith("val_"), rows[0]
+    # every run has its MLflow run from the moment it is queued: the waiting ones are SCHEDULED, with
+    # their place in line on the run (before: the id was scraped from the log once `mlflow run` ran)
+    ids = {r[0]: r[8] for r in rows}
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids.values()), rows
+    scheduled = client(run_env).get_run(ids["next"])
+    assert scheduled.info.status == "SCHEDULED", scheduled.info
+    assert scheduled.data.tags["kerasflow.queue"].startswith("waiting for a CPU slot, place 1 in line")
+    assert client(run_env).get_run(ids["det"]).info.status == "RUNNING"
     assert rows[1][1] == user.name and rows[0][-1] == str(logs / "det.log")
     assert "waiting for a CPU slot, place 1 in line" in (logs / "next.log").read_text()
     assert not [a for a in _command_lines() if secret.encode() in a], "a secret on a command line"
@@ -258,8 +265,10 @@ def test_detached_make_runs_wait_in_line_and_a_cancelled_run_ends_killed(image, 
                       env=env, timeout=300)
     assert cancel.returncode == 0 and "det stopped" in cancel.stdout, cancel.stdout + cancel.stderr
     assert (logs / "det.status").read_text().strip() not in ("", "0")
-    det_id = runqueue.run_id_in_log(str(logs / "det.log"))
-    assert client(run_env).get_run(det_id).info.status == "KILLED", (logs / "det.log").read_text()[-3000:]
+    assert client(run_env).get_run(ids["det"]).info.status == "KILLED", (logs / "det.log").read_text()[-3000:]
+    # the waiter whose session was killed left the line: its run ends KILLED, not SCHEDULED for good
+    gone = client(run_env).get_run(ids["gone"]).info.status
+    assert gone == "KILLED", gone
     for name in ("next", "last"):
         status = logs / f"{name}.status"
         while not status.exists() and time.monotonic() < deadline + 600:
@@ -267,8 +276,7 @@ def test_detached_make_runs_wait_in_line_and_a_cancelled_run_ends_killed(image, 
         server_log = logs / "mlflow-server.log"
         assert status.read_text().strip() == "0", (logs / f"{name}.log").read_text()[-3000:] + (
             server_log.read_text()[-3000:] if server_log.exists() else "")
-    ran = {n: client(run_env).get_run(runqueue.run_id_in_log(str(logs / f"{n}.log"))).info
-           for n in ("next", "last")}
+    ran = {n: client(run_env).get_run(ids[n]).info for n in ("next", "last")}
     assert all(info.status == "FINISHED" for info in ran.values())
     assert ran["next"].end_time <= ran["last"].start_time  # one after the other, in the order they came
     assert not (logs / "gone.status").exists() or (logs / "gone.status").read_text().strip() != "0"
@@ -324,7 +332,7 @@ def test_a_hangup_stops_the_container_and_ends_the_run(image, user, checkout, ru
              and r.info.run_id in log.read_text()]
     assert run.info.status == "KILLED"  # not a failure of the training: its session went away
     text = log.read_text()
-    assert "driver: SIGHUP: stopping container kerasflow-hup" in text, text[-4000:]
+    assert "launcher: SIGHUP: stopping container kerasflow-hup" in text, text[-4000:]
     proc.wait(timeout=60)
 
 

@@ -233,9 +233,10 @@ def test_the_readme_quickstarts_parse_into_the_journeys_ci_runs():
     assert sum(len(steps) for steps in found.values()) <= 3 * 10  # at most ~10 commands a quickstart
     box = {s.shown: s for s in found[("gpu-server", "box")]}
     assert box["make data"].command == ""  # needs the internet: CI skips it, as the README says
-    assert "data_source=synthetic" in box["make run ARGS=--detach"].command
+    assert "data_source=synthetic" in box['make run ARGS="--detach -P register_model=demo"'].command
     readme = (ROOT / "README.md").read_text()
-    assert 'make run ARGS="--detach -P data_source=synthetic -P model=cnn -P image_size=48"' in readme
+    offline = "-P data_source=synthetic -P model=cnn -P image_size=48 -P register_model=demo"
+    assert f'make run ARGS="--detach {offline}"' in readme
     # a replacement whose command the README no longer has is an error, not a silently dropped step
     broken = "<!-- journey: x -->\n<!-- ci: make gone => skip -->\n```bash\nmake demo\n```\n"
     with pytest.raises(ValueError, match="make gone"):

@@ -160,8 +160,10 @@ def lock_name(req: Request) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise UserError(f"a run named '{req.name}' is already in progress: choose another --name, or "
-                        f"attach with: tmux attach -t {req.session}") from None
+        holder = runqueue.lock_holder(lock)
+        raise UserError(f"a run named '{req.name}' is already in progress (its launcher: pid "
+                        f"{holder or '?'}): choose another --name, or attach with: tmux attach -t "
+                        f"{req.session}") from None
     return fd
 
 

@@ -1,0 +1,145 @@
+"""`make run`'s launcher (kerasflow/launch/) without an engine: the MLflow run exists from the moment the
+run is queued and is what `mlflow run --run-id` trains into; a run cancelled in line ends KILLED; a run
+whose launcher died is closed, a live one never. The real-engine flows: tests/test_engine_make_run.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from helpers import ROOT
+
+from kerasflow import runqueue
+from kerasflow.launch import run
+from kerasflow.track import orphans
+
+pytestmark = pytest.mark.slow
+
+PROJECT = """name: pin
+entry_points:
+  main:
+    parameters:
+      x: {type: float, default: 1}
+    command: "python pin.py {x}"
+"""
+PIN = "import sys, mlflow\nwith mlflow.start_run():\n    mlflow.log_metric('m', float(sys.argv[1]))\n"
+
+
+def _request(root: Path, tmp_path: Path, **kw: object) -> run.Request:
+    return run.Request(root=root, store=tmp_path / "store", logs=tmp_path / "logs", name="pinned", **kw)
+
+
+def test_mlflow_run_trains_into_the_run_made_when_it_was_queued(tmp_path, monkeypatch):
+    """`mlflow run --run-id` is "internal" in MLflow's help: this pins that it logs into the given run,
+    which keeps the tags and parameters `mlflow run` itself would have given it, and makes no other."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "MLproject").write_text(PROJECT)
+    (project / "pin.py").write_text(PIN)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    request = _request(project, tmp_path, params=["x=3"], experiment="pin")
+    run_id, experiment_id = run.create_run(request, uri, tmp_path / "lock")
+    client = mlflow.MlflowClient(uri)
+    made = client.get_run(run_id)
+    assert made.info.status == "SCHEDULED"
+    assert made.data.params == {"x": "3"} and made.data.tags["mlflow.project.entryPoint"] == "main"
+    assert made.data.tags["kerasflow.launch"] == "local" and made.data.tags["kerasflow.queue"] == "queued"
+    done = subprocess.run([str(Path(sys.executable).parent / "mlflow"), "run", str(project), "-e", "main",
+                           "--experiment-id", experiment_id, "--run-id", run_id, "--env-manager", "local",
+                           "-P", "x=3"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri,
+                               "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    [only] = client.search_runs([experiment_id])
+    assert only.info.run_id == run_id and only.info.status == "FINISHED"
+    assert only.data.metrics == {"m": 3.0} and only.data.params == {"x": "3"}
+
+
+def test_a_run_cancelled_while_it_waits_ends_killed_and_make_queue_showed_its_id(tmp_path):
+    """CPU_SLOTS=1 held by another command: `kerasflow run` waits in line with its MLflow run SCHEDULED
+    (its place on the run, its id in `make queue`); `kerasflow cancel` ends it KILLED, status 143."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "GPU": "off", "CPU_SLOTS": "1",
+           "KERASFLOW_QUEUE_DIR": str(tmp_path / "line"), "KF_PREFLIGHT_DONE": "1",
+           "LOGS": str(tmp_path / "logs"), "STORE": str(tmp_path / "store")}
+    env.pop("KERASFLOW_NOTIFY", None)
+    (tmp_path / "logs").mkdir()
+    holder = subprocess.Popen([sys.executable, "-m", "kerasflow", "queue-wait", "--name", "holder", "--log",
+                               str(tmp_path / "holder.log"), "--status", str(tmp_path / "holder.status"),
+                               "--", "sleep", "120"], env=env, cwd=ROOT)
+    waiter = None
+    try:
+        deadline = time.monotonic() + 60
+        holder_log = tmp_path / "holder.log"
+        while not holder_log.exists() or "starts on" not in holder_log.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        waiter = subprocess.Popen([sys.executable, "-m", "kerasflow", "run", "--root", str(ROOT),
+                                   "--foreground", "--name", "waits", "-P", "epochs=1"], env=env, cwd=ROOT,
+                                  text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        mine = None
+        while mine is None or not mine.run_id:
+            assert time.monotonic() < deadline and waiter.poll() is None, waiter.communicate()
+            time.sleep(0.2)
+            os.environ[runqueue.DIR_ENV] = env["KERASFLOW_QUEUE_DIR"]
+            try:
+                mine = runqueue.find("waits")
+            finally:
+                del os.environ[runqueue.DIR_ENV]
+        shown = subprocess.run([sys.executable, "-m", "kerasflow", "queue"], env=env, capture_output=True,
+                               text=True, timeout=60)
+        assert mine.run_id in shown.stdout and "waiting" in shown.stdout, shown.stdout
+        client = mlflow.MlflowClient(uri)
+        while not client.get_run(mine.run_id).data.tags.get("kerasflow.queue", "").startswith("waiting"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert client.get_run(mine.run_id).info.status == "SCHEDULED"
+        cancel = subprocess.run([sys.executable, "-m", "kerasflow", "cancel", "waits"], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+        assert waiter.wait(timeout=60) == 143
+        assert client.get_run(mine.run_id).info.status == "KILLED"
+        assert (tmp_path / "logs" / "waits.status").read_text().strip() == "143"
+    finally:
+        holder.terminate()
+        holder.wait(timeout=30)
+        if waiter and waiter.poll() is None:
+            waiter.kill()
+
+
+def test_a_run_whose_launcher_died_is_closed_and_a_live_one_in_a_container_is_not(tmp_path, monkeypatch):
+    """SIGKILL to a launcher (or a reboot) left its run SCHEDULED for good; and a run training in make
+    run's container, whose run folder is a path of that container, was closed as an orphan while alive."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "MLproject").write_text(PROJECT)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = mlflow.MlflowClient(uri)
+    held = tmp_path / "held.lock"
+    holder = subprocess.Popen(["flock", str(held), "sleep", "120"], start_new_session=True)
+    try:
+        while not (held.exists() and runqueue.lock_holder(held)):
+            time.sleep(0.05)
+        dead, _ = run.create_run(_request(project, tmp_path), uri, tmp_path / "nobody.lock")
+        alive, _ = run.create_run(_request(project, tmp_path), uri, held)
+        training, _ = run.create_run(_request(project, tmp_path), uri, held)
+        client.update_run(training, status="RUNNING")
+        client.set_tag(training, orphans.RUN_DIR_TAG, "/workspace/outputs/seen-only-in-the-container")
+        closed = orphans.close(client)
+        assert client.get_run(dead).info.status == "FAILED" and len(closed) == 1
+        assert "launcher" in client.get_run(dead).data.tags[orphans.CLOSED_TAG]
+        assert client.get_run(alive).info.status == "SCHEDULED"
+        assert client.get_run(training).info.status == "RUNNING"
+    finally:
+        os.killpg(holder.pid, 9)  # flock and the sleep that holds its lock
+        holder.wait()
+    orphans.close(client)  # its launcher gone now: the training's folder decides (gone here: FAILED)
+    assert client.get_run(alive).info.status == "FAILED"
+    assert client.get_run(training).info.status == "FAILED"
