@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import io
 import logging
 import os
 import re
@@ -34,9 +35,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from kerasflow import box, notify, ports, preflight, runqueue, urlauth
 from kerasflow.errors import Terminated, UserError
@@ -53,6 +55,8 @@ DETACHED_ENV = "KF_DETACHED_ENV"  # a detached run's environment: a 0600 file, r
 CHECKED_ENV = "KF_PREFLIGHT_DONE"  # the checks ran in the foreground already (the detached half)
 SESSION_ENV = "KF_TMUX_SESSION"  # the prefix of each run's tmux session (tests use their own)
 QUEUE_TAG = "kerasflow.queue"  # where the run is: waiting (its place), started, left the line
+RUN_ENV = "KF_QUEUED_RUN"  # RUN_ID:EXPERIMENT_ID of the run a detached launch made in the foreground
+RUN_GIVEN = re.compile(r"[0-9a-f]{32}:[0-9]{1,30}")
 NOT_PASSED = ("TMUX", "TMUX_PANE", DETACHED_ENV)  # the outer tmux's, not the detached run's
 
 
@@ -112,6 +116,36 @@ class Console:
 
     def say(self, text: str) -> None:
         self.write(f"{text}\n".encode(errors="replace"))
+
+
+class Tolerant(io.TextIOBase):
+    """sys.stdout/sys.stderr of a run whose terminal may go away (a hangup, a killed tmux session): a
+    write that fails is dropped. Without it, the first print after the hangup (MLflow prints a line in
+    `set_terminated`) raised EIO in the middle of ending the run, which stayed SCHEDULED or RUNNING."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.flush()
+
+    @property
+    def buffer(self) -> object:
+        return self.stream.buffer
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        with contextlib.suppress(OSError, ValueError):
+            return self.stream.isatty()
+        return False
 
 
 def read_detached_env() -> None:
@@ -206,23 +240,38 @@ def queue_ticket(req: Request, tracking: str, run_id: str = "") -> runqueue.Tick
                            log=str(req.log), session=req.session, tracking=tracking, run_id=run_id)
 
 
-def detach(req: Request, port: int) -> None:
+def refuse_when_busy(req: Request) -> None:
+    """--no-wait, detached: refused now, in the foreground, not in a log nobody reads."""
+    ticket = queue_ticket(req, "")
+    if ticket:
+        line, fds = runqueue.wait(ticket, no_wait=True, say=lambda _: None)
+        line.leave()
+        for fd in fds:
+            os.close(fd)
+
+
+def queue_run(req: Request, port: int) -> str:
+    """A detached run's server and MLflow run, made in the foreground: the user sees the run id (and any
+    failure) before the command returns, and `make run`s started one after the other take their places
+    in line in that order. Returns RUN_ID:EXPERIMENT_ID for the detached half."""
+    con = Console(req.log)
+    uri = ensure_server(req, port, con)
+    with held_signals():
+        run_id, experiment_id = create_run(req, uri, req.logs / f"run-{req.name}.lock")
+    con.say(f"launcher: MLflow run {run_id} (experiment '{req.experiment}', {uri})")
+    return f"{run_id}:{experiment_id}"
+
+
+def detach(req: Request, port: int, queued: str) -> None:
     """tmux runs this same command with --foreground; its environment goes through a 0600 file."""
     if not shutil.which("tmux"):
         raise UserError("tmux is not installed (needed to keep the run alive after you log out): "
                         "apt-get install tmux, or pass --foreground")
     if subprocess.run(["tmux", "has-session", "-t", f"={req.session}"], capture_output=True).returncode == 0:
         raise UserError(f"tmux session '{req.session}' exists: tmux attach -t {req.session}, or end it")
-    if req.no_wait:  # refused now, in the foreground, not in a log nobody reads
-        ticket = queue_ticket(req, "")
-        if ticket:
-            line, fds = runqueue.wait(ticket, no_wait=True, say=lambda _: None)
-            line.leave()
-            for fd in fds:
-                os.close(fd)
     folder = tempfile.mkdtemp(prefix="kerasflow-run-")  # 0700
     env = {**{k: v for k, v in os.environ.items() if k not in NOT_PASSED}, CHECKED_ENV: "1",
-           "PORT": str(port), "STORE": str(req.store), "LOGS": str(req.logs)}
+           "PORT": str(port), "STORE": str(req.store), "LOGS": str(req.logs), RUN_ENV: queued}
     path = Path(folder) / "env"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -234,7 +283,8 @@ def detach(req: Request, port: int) -> None:
     if out.returncode != 0:
         shutil.rmtree(folder, ignore_errors=True)
         raise UserError(f"tmux could not start session '{req.session}' ({out.stderr.strip()}): see `tmux ls`")
-    req.out(f"started '{req.name}' in tmux session '{req.session}' (detached)")
+    req.out(f"started '{req.name}' in tmux session '{req.session}' (detached), MLflow run "
+            f"{queued.split(':')[0]}")
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         req.out(f"  watch:   {tunnel(port)}")
     req.out(f"  follow:  tail -f {req.log}")
@@ -308,10 +358,18 @@ def create_run(req: Request, uri: str, lock: Path) -> tuple[str, str]:
     import mlflow
     from mlflow.projects.utils import _create_run
 
-    mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     experiment_id = shell_line.experiment_for_docker(client, req.experiment)
-    run = _create_run(str(req.root), experiment_id, str(req.root), None, req.entry, parse_params(req.params))
+    given = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri sets it: whether the user did counts
+    mlflow.set_tracking_uri(uri)
+    try:
+        run = _create_run(str(req.root), experiment_id, str(req.root), None, req.entry,
+                          parse_params(req.params))
+    finally:
+        if given is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = given
     run_id = run.info.run_id
     client.log_batch(run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in {
         orphans.LAUNCH_TAG: "local", orphans.LOCK_TAG: str(lock), orphans.HOST_TAG: socket.gethostname(),
@@ -415,11 +473,11 @@ class Stopper:
         self.child: subprocess.Popen[bytes] | None = None
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum:
+            return  # one stop per run: a second signal (tmux sends more than one) must not cut the cleanup
+        self.signum = signum
         if self.child is None:
             raise Terminated(signum)
-        if self.signum:
-            return
-        self.signum = signum
         self.con.say(f"launcher: {signal.Signals(signum).name}: stopping container {self.req.container} "
                      "(the MLflow run ends KILLED)")
         self.stop_container()
@@ -458,19 +516,35 @@ def credentials_file() -> str:
     return folder
 
 
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """A user's stop (SIGTERM, SIGHUP, SIGINT) waits until the block ends, then is taken."""
+    stops = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def steps(req: Request, port: int, con: Console, stopper: Stopper, got: Progress) -> int:
     """Server, MLflow run, line, image, `mlflow run`: the run's exit code."""
     if notify.wanted(start=True):
         notify.send(notify.Message(name=req.name, status="STARTED"))
     got.uri = ensure_server(req, port, con)
-    got.run_id, experiment_id = create_run(req, got.uri, req.logs / f"run-{req.name}.lock")
-    con.say(f"launcher: MLflow run {got.run_id} (experiment '{req.experiment}', {got.uri})")
+    queued = os.environ.pop(RUN_ENV, "")  # made by the foreground half of a detached run
+    if RUN_GIVEN.fullmatch(queued):
+        got.run_id, experiment_id = queued.split(":")
+    else:
+        with held_signals():  # a stop while the run is made is taken once its id is known: KILLED
+            got.run_id, experiment_id = create_run(req, got.uri, req.logs / f"run-{req.name}.lock")
+        con.say(f"launcher: MLflow run {got.run_id} (experiment '{req.experiment}', {got.uri})")
     ticket = queue_ticket(req, got.uri, got.run_id)
     fds: list[int] = []
     if ticket:
         got.line, fds = runqueue.wait(ticket, no_wait=req.no_wait, say=waiting(con, got.uri, got.run_id))
         con.say(f"queue: {req.name} starts on {', '.join(ticket.devices)}")
-    mark(got.uri, got.run_id, "RUNNING", "started")
+    mark(got.uri, got.run_id, "RUNNING", f"started {time.strftime('%Y-%m-%d %H:%M:%S')}")
     image = images.ensure(req.root, lambda cmd, env: run_shown(cmd, con, env), con.say)
     cmd = mlflow_command(req, experiment_id, got.run_id)
     images.point_latest(image, req.container, say=con.say,
@@ -493,6 +567,7 @@ def foreground(req: Request, port: int) -> int:
     """The run itself, in this process (a terminal, or the detached tmux session). Returns its exit code;
     whatever happens, the MLflow run ends (FINISHED, FAILED or KILLED) and the status file is written."""
     req.status_file.unlink(missing_ok=True)
+    sys.stdout, sys.stderr = Tolerant(sys.stdout), Tolerant(sys.stderr)  # type: ignore[assignment]
     con = Console(req.log)
     stopper = Stopper(req, con)
     stopper.install()
@@ -515,14 +590,16 @@ def foreground(req: Request, port: int) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
-        if got.line:
-            got.line.leave()
         if env_folder:
             shutil.rmtree(env_folder, ignore_errors=True)
-    if notify.wanted():
-        notify.run_ended(req.name, code, str(req.log), got.uri, got.run_id)
-    req.status_file.write_text(f"{code}\n")
-    con.say(f"exit status {code} ({req.status_file})")
+    try:
+        if notify.wanted():
+            notify.run_ended(req.name, code, str(req.log), got.uri, got.run_id)
+        req.status_file.write_text(f"{code}\n")
+        con.say(f"exit status {code} ({req.status_file})")
+    finally:  # the ticket goes last: `make cancel` returns when it is gone, the run's end written
+        if got.line:
+            got.line.leave()
     return code
 
 
@@ -554,9 +631,20 @@ def start(req: Request) -> int:
         lock = lock_name(req)
         port = check(req)
         if wants_detach(req):
-            os.close(lock)  # the detached half takes the name itself
-            detach(req, port)
-            made = False  # the claimed log is the detached run's now
+            made = False  # the claimed log is the run's now
+            queued = ""
+            try:
+                if req.no_wait:
+                    refuse_when_busy(req)
+                queued = queue_run(req, port)
+                os.close(lock)  # the detached half takes the name itself
+                detach(req, port, queued)
+            except BaseException as exc:
+                if queued:  # made, never to run
+                    end_run(os.environ.get("MLFLOW_TRACKING_URI") or f"http://{ports.HOST}:{port}",
+                            queued.split(":")[0], "FAILED" if isinstance(exc, UserError) else "KILLED",
+                            str(exc) or "stopped before it started")
+                raise
             return 0
         made = False
         return foreground(req, port)

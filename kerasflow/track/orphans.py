@@ -31,6 +31,7 @@ CLOSED_TAG = "kerasflow.closed_as_orphan"  # when and why a run was marked FAILE
 SOURCE_TAG = "kerasflow.source_run_id"  # on a copy merged from another store (storeops.merge): never ours
 LAUNCH_TAG = "kerasflow.launch"  # which launcher started the run (kerasflow/launch: "local")
 LOCK_TAG = "kerasflow.launch_lock"  # the run-name lock its launcher holds from before the run exists
+GRACE = 60  # seconds a launched run is left alone after it is made
 
 
 def tags(run_dir: Path) -> dict[str, str]:
@@ -92,8 +93,9 @@ def _close_launched(client: mlflow.MlflowClient, experiments: list[str], host: s
         runs = client.search_runs(experiments, wanted)
         for run in runs:
             lock = run.data.tags.get(LOCK_TAG, "")
-            if RUN_DIR_TAG in run.data.tags or not lock or not launcher_gone(Path(lock)):
-                continue
+            if (RUN_DIR_TAG in run.data.tags or not lock or time.time() - run.info.start_time / 1000 < GRACE
+                    or not launcher_gone(Path(lock))):
+                continue  # (GRACE: a detached make run's lock passes from its foreground half to tmux)
             client.set_tag(run.info.run_id, CLOSED_TAG,
                            f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}: its launcher on {host} is gone")
             client.set_terminated(run.info.run_id, "FAILED")
