@@ -50,7 +50,7 @@ N_INNER ?= 0
 DEMO_SET := --preset demo --set run_name=demo-{time}  # {time}: an automatic name, never another run's
 
 .PHONY: help env host-env lock lock-host team-server train demo data weights test lint bench \
-        bench-pipeline bench-tracking bench-relocate bench-push bench-stores bench-speed bench-bigdata clean test-fast \
+        bench-pipeline bench-tracking bench-relocate bench-push bench-stores bench-speed bench-bigdata bench-run clean test-fast \
         test-all test-gpu-image track track-demo server server-stop serve predict runs reproduce promote versions ui pull push log-run relocate migrate \
         queue cancel doctor \
         mlproject splits cv tune analyze image shell run-script run pictures
@@ -250,7 +250,7 @@ lock-host: ## re-pin requirements-host.txt (with HOST_PYTHON, the oldest you sup
 	  .venv-lock/bin/pip freeze; } > requirements-host.txt
 	rm -rf .venv-lock
 
-bench: bench-pipeline bench-tracking bench-relocate bench-push bench-stores bench-speed bench-bigdata ## every benchmark
+bench: bench-pipeline bench-tracking bench-relocate bench-push bench-stores bench-speed bench-bigdata bench-run ## every benchmark
 
 bench-pipeline: $(STAMP) ## input pipeline vs a generator, `train.py --help` time (~2 min)
 	$(PY) bench/bench_pipeline.py $(ARGS)
@@ -269,6 +269,9 @@ bench-stores: $(STAMP) ## concurrent writers: sqlite (embedded, server) vs Postg
 
 bench-speed: $(STAMP) ## precision, XLA, steps_per_execution, 2 CPU devices (~6 min)
 	$(PY) bench/bench_speed.py $(ARGS)
+
+bench-run: $(STAMP) ## make run (foreground) vs a bare docker run of the same training, warm image
+	$(PY) bench/bench_run.py $(ARGS)
 
 bench-bigdata: $(STAMP) ## decoded data larger than the RAM budget: cache file vs RAM (~10 min)
 	$(PY) bench/bench_bigdata.py $(ARGS)

@@ -19,13 +19,13 @@ HEADER = """\
 # Generated from config.yaml by `make mlproject`: edit config.yaml (or kerasflow/cli/mlproject.py), not this.
 # Each parameter mirrors a config key (same name and default); each entry point takes only the config
 # sections it uses (config.SECTIONS), the rest comes from config.yaml; `--set` validates the values.
-# Run it with `make run` (project_driver.bash: tracking server, image build, GPU, tmux over SSH), or:
+# Run it with `make run` (kerasflow/launch: tracking server, image build, GPU, tmux over SSH), or:
 #   mlflow run . -A network=host [-A gpus=all] -P epochs=3 --experiment-name kerasflow
 # with MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (`make server`): MLflow mounts only the run's artifact
 # folder into the container, so models logged to a local store from inside it would be lost.
 name: kerasflow
 docker_env:
-  # built by run_script.bash / project_driver.bash from docker/Dockerfile (tagged with the commit too)
+  # built by make run / make image from docker/Dockerfile (tagged with the commit too)
   image: kerasflow:latest
   # MLflow runs this command with bash in the project folder, so ${PWD} is this checkout: the code,
   # data/ and outputs/ are the host's; the CUDA JIT cache survives in a named volume.
