@@ -1,4 +1,4 @@
-"""`make run` (project_driver.bash) on a real engine, foreground and detached in real tmux: the host
+"""`make run` (kerasflow/launch) on a real engine, foreground and detached in real tmux: the host
 server, `mlflow run`, the run FINISHED with metrics, artifacts and a model that loads on the host by alias;
 a team server with a login; one store in both orders; runs waiting in line, `make queue`, `make cancel`
 (KILLED); a hangup ends the run KILLED, never RUNNING; every MLproject entry point. Fixtures:
@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import re
 import shlex
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -20,11 +22,13 @@ import pytest
 from helpers import TINY, assert_user_error, free_port, require_tool, wait_http
 from helpers.engine import (
     VENV,
+    User,
     client,
     docker,
     foreign_files,
     make_run,
     runs_named,
+    stop,
     tiny_p,
 )
 from helpers.receiver import Receiver
@@ -388,3 +392,67 @@ def test_every_entry_point_runs_through_make_run(image, user, checkout, run_env)
         for r in analyzed
     )
     assert not foreign_files(checkout, user.uid)
+
+
+# --- two users on one box, no flags ---------------------------------------------------------------------
+
+
+def test_two_users_run_at_once_without_a_port_and_each_sees_their_own_through_a_tunnel(  # noqa: PLR0913
+        image, user, checkout, workdir, build_env, run_env):
+    """Before: every store's server took 127.0.0.1:5000, so the second user's `make run` failed with
+    "port 5000 answers as an MLflow server that is not this store's own ... set PORT". Now two UIDs, two
+    checkouts, one engine, no PORT: both train at once, each store's server takes a port of its own
+    (kept in STORE/server-port) and each user sees their own run, and only it, through their forward."""
+    import mlflow
+
+    require_tool("socat")
+    other_name = f"kfother{uuid.uuid4().hex[:4]}"
+    subprocess.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/bash", other_name],
+                   check=True)
+    group = subprocess.run(["stat", "-c", "%G", "/var/run/docker.sock"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    subprocess.run(["usermod", "-aG", group, other_name], check=True)
+    entry = pwd.getpwnam(other_name)
+    other = User(other_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), via_root=True)
+    procs, forwards = [], []
+    try:
+        people = {}
+        for who, name in ((user, "two-a"), (other, "two-b")):
+            home = workdir / name
+            subprocess.run(["git", "-c", "safe.directory=*", "clone", "-q", str(checkout), str(home)], check=True)
+            subprocess.run(["chown", "-R", f"{who.uid}:{who.gid}", str(home)], check=True)
+            env = {**build_env, "GPU": "off", "KF_TMUX_SESSION": f"kf-two-{name}",
+                   "KERASFLOW_QUEUE_DIR": run_env["KERASFLOW_QUEUE_DIR"]}  # one line for both
+            people[name] = (who, home, env)
+        for name, (who, home, env) in people.items():
+            args = ["--foreground", "--name", name, *tiny_p(epochs=2)]
+            procs.append(who.popen(["make", "run", f"VENV={VENV}", f"ARGS={shlex.join(args)}"], cwd=home,
+                                   env=env))
+        for proc in procs:
+            out, err = proc.communicate(timeout=1500)
+            assert proc.returncode == 0, out[-2000:] + err[-3000:]
+        ports = {name: int((home / "store" / "server-port").read_text())
+                 for name, (_, home, _) in people.items()}
+        assert ports["two-a"] != ports["two-b"], ports
+        for name, (who, home, _) in people.items():
+            local = free_port()  # the laptop's side of `ssh -L local:127.0.0.1:PORT box`
+            forwards.append(subprocess.Popen(["socat", f"TCP-LISTEN:{local},bind=127.0.0.1,reuseaddr,fork",
+                                              f"TCP:127.0.0.1:{ports[name]}"]))
+            wait_http(f"http://localhost:{local}/health")
+            c = mlflow.MlflowClient(f"http://localhost:{local}")
+            seen = c.search_runs([c.get_experiment_by_name("kerasflow").experiment_id])
+            assert [r.info.user_id for r in seen] == [who.name], [r.info for r in seen]
+            assert seen[0].info.status == "FINISHED"
+            log = (home / "logs" / f"{name}.log").read_text()
+            assert f"ssh -L {ports[name]}:127.0.0.1:{ports[name]}" in log  # the exact tunnel, printed
+    finally:
+        stop(forwards)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for who, home, env in locals().get("people", {}).values():
+            who.run(["make", "--no-print-directory", "server-stop", f"VENV={VENV}"], cwd=home, env=env,
+                    timeout=120)
+        docker("rmi", f"kerasflow:{image['tag'].split(':')[1].rsplit('-u', 1)[0]}-u{other.uid}.{other.gid}",
+               f"kerasflow:latest-u{other.uid}.{other.gid}")
+        subprocess.run(["userdel", "-r", other_name], capture_output=True)
