@@ -97,7 +97,7 @@ def test_two_users_share_one_line_in_order_and_a_killed_or_cancelled_waiter_leav
     assert shown.returncode == 0, shown.stderr
     rows = shown.stdout.splitlines()
     assert rows[0].split() == ["NAME", "USER", "SLOT", "STATE", "PLACE", "ELAPSED", "EPOCH", "VAL", "METRIC",
-                               "LOG"]
+                               "MLFLOW", "RUN", "LOG"]
     assert rows[1].split()[:5] == ["first", "root", "cpu0", "running", "-"]
     assert rows[2].split()[:4] == ["theirs", f"uid-{OTHER_UID}", "cpu0", "waiting"]  # the one CPU slot
     assert [r.split()[0] for r in rows[1:]] == ["first", "theirs", "gone", "later"]

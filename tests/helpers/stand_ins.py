@@ -119,7 +119,7 @@ def sandbox(tmp_path: Path) -> dict:
         "PATH": str(bin_dir),
         "HOME": str(tmp_path),
         "FAKE_DOCKER_DIR": str(state),
-        "KERASFLOW_PYTHON": str(bin_dir / "python"),
+        "KERASFLOW_PYTHON": sys.executable,  # the env with kerasflow: the shims run `python -m kerasflow`
         "LOGS": str(tmp_path / "logs"),
         "STORE": str(tmp_path / "store"),
         "KF_TMUX_SESSION": f"kf-test-{os.getpid()}-{tmp_path.name}",
