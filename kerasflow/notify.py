@@ -3,7 +3,7 @@
 Why: nobody watches a 6-hour run on a shared box. Apprise (the maintained library for this) reaches
 ntfy, Slack, Discord, e-mail, a JSON webhook and many more from one URL each, e.g.
 `KERASFLOW_NOTIFY="ntfy://my-topic json://127.0.0.1:9000/hook"`. One message per run: `make track` sends
-it when its run ends, `make run`'s driver when the container is done (with the last lines of the run's
+it when its run ends, `make run`'s launcher when the container is done (with the last lines of the run's
 log for a failure), `make tune` once per search with the best trial. A notifier that fails or hangs
 never fails a run nor delays it beyond KERASFLOW_NOTIFY_TIMEOUT seconds (default 5): one line says so.
 KERASFLOW_NOTIFY_START=1 also sends one when a run starts.

@@ -13,7 +13,8 @@ refused and people polled by hand. Now:
   and no other user can unlink, replace or plant it, as they could a lock file in a shared folder;
 - a run may start when none of its devices is wanted by an earlier live waiter and all are free (a CPU
   run: one of the pool's slots); it takes its devices in a fixed order (no two runs deadlock), marks
-  its ticket running and execs the driver, which inherits ticket and devices until the run ends.
+  its ticket running and starts the run (make run's `mlflow run`, or queue-wait's command), which
+  inherits ticket and devices until it ends.
 
 Another user of the box writes into the same folder, so a ticket is untrusted input (the threat model of
 docs/gpu-server.md): read bounded, only as a regular file, parsed as JSON and checked, never executed.
@@ -541,7 +542,7 @@ def verified_pid(ticket: Ticket) -> int:
 
 
 def cancel(name: str, timeout: float = 180) -> str:
-    """A waiting run leaves the line; a running one is stopped (its driver's SIGTERM path: the container
+    """A waiting run leaves the line; a running one is stopped (its launcher's SIGTERM path: the container
     stops and the MLflow run ends KILLED). Returns what was done."""
     line = tickets(folder())
     ticket = find(name, line)

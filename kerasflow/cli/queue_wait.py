@@ -1,8 +1,8 @@
-"""`make run`'s place in this machine's queue: wait for the run's devices, then become the run.
+"""Any command in this machine's line, as `make run` waits in it: wait for its devices, then become it.
 
     python -m kerasflow queue-wait --name NAME --log FILE --status FILE [--no-wait] -- COMMAND ...
 
-GPU, GPUS and CPU_SLOTS come from the environment, as for the driver. When it is this run's turn the
+GPU, GPUS and CPU_SLOTS come from the environment, as for make run. When it is this run's turn the
 device locks and the ticket are left open (inheritable) and COMMAND replaces this process: they are
 held until the run ends, however it ends. Cancelled while waiting (SIGTERM, `make cancel`): one line in
 the log, exit status 143 in the status file. A run that needs no slot (a CPU run without CPU_SLOTS)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         pool, devices = runqueue.wanted(os.environ.get("GPU", "auto"), os.environ.get("GPUS", "all"),
                                         os.environ.get("CPU_SLOTS", ""))
         if not pool:
-            os.execvp(command[0], command)  # noqa: S606 - the driver's own argv
+            os.execvp(command[0], command)  # noqa: S606 - the user's own argv
         me = runqueue.Ticket(name=args.name, user=runqueue.user_name(), devices=devices, pool=pool,
                              log=str(args.log.resolve()), session=args.session, tracking=args.tracking)
 
@@ -72,6 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         say(f"queue: {args.name} starts on {', '.join(me.devices)}")
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execvp(command[0], command)  # noqa: S606 - the driver's own argv
+        os.execvp(command[0], command)  # noqa: S606 - the user's own argv
 
     return cli.run(go)

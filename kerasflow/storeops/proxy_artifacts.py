@@ -1,6 +1,6 @@
 """Make an experiment `make track` created usable by `make run`: its new runs get proxied locations.
 
-    kerasflow proxy-artifacts STORE EXPERIMENT      (project_driver.bash, before mlflow run)
+    proxy_experiment(STORE, EXPERIMENT)      (make run, kerasflow/launch/run.py, before mlflow run)
 
 An experiment created by an embedded command (`make track`, cv, tune) has a host path as its artifact
 location, STORE/artifacts/<name>. A run `mlflow run` makes in it inside docker would write its logged

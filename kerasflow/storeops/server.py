@@ -2,7 +2,7 @@
 
     kerasflow server [STORE] [--port N] [--auth]   (`make server [AUTH=1]`, `make run`)
 
-`make server`, the server `make run` starts (project_driver.bash), `make ui` (run_mlflow_ui.bash) and
+`make server`, the server `make run` starts (kerasflow/launch/run.py), `make ui` (run_mlflow_ui.bash) and
 the notebook's private server (kerasflow.experiments.explore) all serve a store the same way: bound to
 127.0.0.1, Host and CORS checks limited to the local names, artifacts proxied from STORE/artifacts
 (runs logged through it get `mlflow-artifacts:/` locations), the sqlite database created under the

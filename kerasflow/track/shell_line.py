@@ -22,7 +22,7 @@ from kerasflow.errors import UserError
 if TYPE_CHECKING:
     import mlflow
 
-# What may stand unquoted in a shell line; docker/lib.bash's check_shell_safe holds the same (tested).
+# What may stand unquoted in a shell line; make run's checks of the checkout and DATA use it too.
 SHELL_SAFE = r"^[A-Za-z0-9_./@+-]+$"
 
 

@@ -373,7 +373,7 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
     rundir.atomic_write(prep.run_dir / rundir.RUN_ID_FILE, run_id + "\n")
     log.info(f"mlflow: run {run_id} in experiment '{experiment}' at {uri}"
              f"{' (resumed)' if prep.resumed else ''}")
-    # one message per run a user started (not per fold or trial, nor inside `make run`: its driver sends)
+    # one message per run a user started (not per fold or trial, nor inside `make run`: its launcher sends)
     top = nested.parent_run_id is None and not in_parent and not launched
     if top and notify.wanted(start=True):
         notify.send(notify.Message(name=prep.cfg.run_name, status="STARTED"))
