@@ -129,13 +129,14 @@ def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorf
     assert version.stdout.strip() == "(3, 10)"
     no_tf = subprocess.run([py, "-c", "import tensorflow"], capture_output=True, text=True)
     assert no_tf.returncode != 0, "the host env must not carry TensorFlow"
-    # every store command and make run's checks import with what the light lock has (tqdm: progress on
-    # stores of 2,000+ files, which the light lock lacked), and none pulls in TensorFlow
+    # every store command, make run's launcher and promote/versions import with what the light lock has
+    # (tqdm: progress on stores of 2,000+ files, which the light lock lacked), and none pulls in TensorFlow
     imports = ("import sys, tqdm, kerasflow.storeops.pull, kerasflow.storeops.relocate, "
                "kerasflow.storeops.ui, kerasflow.storeops.migrate, kerasflow.storeops.proxy_artifacts, "
                "kerasflow.cli.pull, kerasflow.cli.relocate, kerasflow.cli.ui, kerasflow.cli.migrate, "
-               "kerasflow.cli.server, kerasflow.cli.proxy_artifacts, kerasflow.cli.env_file, "
-               "kerasflow.cli.preflight, kerasflow.preflight; "
+               "kerasflow.cli.server, kerasflow.cli.run, kerasflow.launch.run, kerasflow.launch.image, "
+               "kerasflow.cli.promote, kerasflow.cli.versions, kerasflow.track.registry, "
+               "mlflow.projects.utils, kerasflow.preflight; "
                "kerasflow.preflight.run_config(kerasflow.config.DEFAULT_CONFIG, ['epochs=2']); "
                "assert 'tensorflow' not in sys.modules")
     light = subprocess.run([py, "-c", imports], capture_output=True, text=True, cwd=ROOT)

@@ -310,33 +310,45 @@ def tunnel(port: int) -> str:
 
 
 def ensure_server(req: Request, port: int, con: Console) -> str:
-    """The server in MLFLOW_TRACKING_URI, else this store's own, started when it does not answer (in its
-    own session: it outlives this run and a tmux pane's hangup). Returns its URL."""
+    """The server in MLFLOW_TRACKING_URI, else this store's own (started when it does not answer, by one
+    `make run` at a time); an experiment made by an embedded command gets proxied artifacts. Its URL."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if uri:
         con.say("note: using the MLflow server from MLFLOW_TRACKING_URI")
         return uri.rstrip("/")
     url = f"http://{ports.HOST}:{port}"
-    if ports.answers(url):
-        con.say(f"note: using this store's MLflow server at {tunnel(port)}")
-    else:
-        server_log = req.logs / "mlflow-server.log"
-        con.say(f"note: starting an MLflow server over {req.store} at {tunnel(port)}; log: {server_log}; "
-                "make server-stop stops it")
-        cmd, env = server.checked_command(req.store, port)
-        server.make_ready(req.store)
-        with open(server_log, "wb") as out:
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True, cwd=req.root)
-        (req.logs / "mlflow-server.pid").write_text(f"{proc.pid}\n")
-        if not ports.wait_answers(url, 180, alive=lambda: proc.poll() is None):
-            last = (server_log.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
-            raise UserError(f"the MLflow server did not come up on {url}: {last[:300]}")
+    # one starter at a time: two `make run` started together would both start a server on the port
+    starting = os.open(req.logs / "mlflow-server.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(starting, fcntl.LOCK_EX)
+        start_server(req, port, url, con)
+    finally:
+        os.close(starting)
     new = proxy_experiment(req.store, req.experiment)
     if new:
         con.say(f"note: experiment '{req.experiment}' now logs new runs to {new} (the same folder, "
                 "through the store's server)")
     return url
+
+
+def start_server(req: Request, port: int, url: str, con: Console) -> None:
+    """This store's server, started when it does not answer (in its own session: it outlives this run and
+    a tmux pane's hangup)."""
+    if ports.answers(url):
+        con.say(f"note: using this store's MLflow server at {tunnel(port)}")
+        return
+    server_log = req.logs / "mlflow-server.log"
+    con.say(f"note: starting an MLflow server over {req.store} at {tunnel(port)}; log: {server_log}; "
+            "make server-stop stops it")
+    cmd, env = server.checked_command(req.store, port)
+    server.make_ready(req.store)
+    with open(server_log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=req.root)
+    (req.logs / "mlflow-server.pid").write_text(f"{proc.pid}\n")
+    if not ports.wait_answers(url, 180, alive=lambda: proc.poll() is None):
+        last = (server_log.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"the MLflow server did not come up on {url}: {last[:300]}")
 
 
 def parse_params(params: list[str]) -> dict[str, str]:

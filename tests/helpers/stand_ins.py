@@ -92,7 +92,7 @@ def sandbox(tmp_path: Path) -> dict:
     repo = tmp_path / "repo"
     (repo / "docker").mkdir(parents=True)
     scripts = ("run_script.bash", "project_driver.bash", "docker/lib.bash", "docker/Dockerfile",
-               "config.yaml")
+               "config.yaml", "MLproject")
     for name in scripts:
         shutil.copy2(ROOT / name, repo / name)
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
