@@ -44,6 +44,7 @@ def test_a_detached_run_without_its_dataset_fails_in_the_foreground_before_build
     assert_user_error(driver(sandbox, "--detach", "-P", "epochs=many"), "epochs")
 
 
+@pytest.mark.slow
 def test_two_make_runs_started_in_one_second_get_two_names(sandbox):
     """Before: both took ENTRY-TIME, so the second found the first's tmux session (or slot, log and
     container name) and was refused. Now the automatic name is claimed by creating its log exclusively.
