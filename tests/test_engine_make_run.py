@@ -26,6 +26,7 @@ from helpers.engine import (
     client,
     docker,
     foreign_files,
+    fresh_clone,
     make_run,
     runs_named,
     stop,
@@ -418,9 +419,7 @@ def test_two_users_run_at_once_without_a_port_and_each_sees_their_own_through_a_
     try:
         people = {}
         for who, name in ((user, "two-a"), (other, "two-b")):
-            home = workdir / name
-            subprocess.run(["git", "-c", "safe.directory=*", "clone", "-q", str(checkout), str(home)],
-                           check=True)
+            home = fresh_clone(user, checkout, workdir, name)  # the same commit: the same image tag
             subprocess.run(["chown", "-R", f"{who.uid}:{who.gid}", str(home)], check=True)
             env = {**build_env, "GPU": "off", "KF_TMUX_SESSION": f"kf-two-{name}",
                    "KERASFLOW_QUEUE_DIR": run_env["KERASFLOW_QUEUE_DIR"]}  # one line for both

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
+from urllib.parse import urlsplit
 
 from kerasflow import box, notify, ports, preflight, runqueue, urlauth
 from kerasflow.errors import Terminated, UserError
@@ -250,16 +251,16 @@ def refuse_when_busy(req: Request) -> None:
             os.close(fd)
 
 
-def queue_run(req: Request, port: int) -> str:
+def queue_run(req: Request, port: int) -> tuple[str, int]:
     """A detached run's server and MLflow run, made in the foreground: the user sees the run id (and any
     failure) before the command returns, and `make run`s started one after the other take their places
-    in line in that order. Returns RUN_ID:EXPERIMENT_ID for the detached half."""
+    in line in that order. Returns RUN_ID:EXPERIMENT_ID for the detached half, and the server's port."""
     con = Console(req.log)
     uri = ensure_server(req, port, con)
     with held_signals():
         run_id, experiment_id = create_run(req, uri, req.logs / f"run-{req.name}.lock")
     con.say(f"launcher: MLflow run {run_id} (experiment '{req.experiment}', {uri})")
-    return f"{run_id}:{experiment_id}"
+    return f"{run_id}:{experiment_id}", urlsplit(uri).port or port
 
 
 def detach(req: Request, port: int, queued: str) -> None:
@@ -310,33 +311,57 @@ def tunnel(port: int) -> str:
 
 
 def ensure_server(req: Request, port: int, con: Console) -> str:
-    """The server in MLFLOW_TRACKING_URI, else this store's own (started when it does not answer, by one
-    `make run` at a time); an experiment made by an embedded command gets proxied artifacts. Its URL."""
+    """The server in MLFLOW_TRACKING_URI, else this store's own (started when none of ours serves it, by
+    one `make run` at a time); an experiment made by an embedded command gets proxied artifacts. Returns
+    its URL: the port may differ from `port` when another user's server took that one first."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if uri:
         con.say("note: using the MLflow server from MLFLOW_TRACKING_URI")
         return uri.rstrip("/")
-    url = f"http://{ports.HOST}:{port}"
     # one starter at a time: two `make run` started together would both start a server on the port
     starting = os.open(req.logs / "mlflow-server.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(starting, fcntl.LOCK_EX)
-        start_server(req, port, url, con)
+        port = start_server(req, port, con)
     finally:
         os.close(starting)
     new = proxy_experiment(req.store, req.experiment)
     if new:
         con.say(f"note: experiment '{req.experiment}' now logs new runs to {new} (the same folder, "
                 "through the store's server)")
-    return url
+    return f"http://{ports.HOST}:{port}"
 
 
-def start_server(req: Request, port: int, url: str, con: Console) -> None:
-    """This store's server, started when it does not answer (in its own session: it outlives this run and
-    a tmux pane's hangup)."""
-    if ports.answers(url):
-        con.say(f"note: using this store's MLflow server at {tunnel(port)}")
-        return
+SERVER_TRIES = 5  # ports tried when other users' servers keep taking the one this store chose
+LOST_PORT_S = 20  # seconds another server may answer on our port before ours counts as having lost it
+
+
+def start_server(req: Request, port: int, con: Console) -> int:
+    """This store's server on `port`, or on the next free one when another user's server took it between
+    the check and the start (two users starting at once both see 5000 free): only a server whose process
+    holds the port counts as ours, never one that merely answers there. Returns the port it serves on."""
+    for _ in range(SERVER_TRIES):
+        url = f"http://{ports.HOST}:{port}"
+        if any(r.port == port for r in server.serving(req.store)) and ports.answers(url):
+            con.say(f"note: using this store's MLflow server at {tunnel(port)}")
+            return port
+        if ports.port_free(port):
+            started = launch_server(req, port, con)
+            if started:
+                return port
+        if req.port is not None:
+            raise UserError(f"port {port} (PORT) is taken by a server that is not this store's: unset PORT "
+                            "(the store then keeps a port of its own), or set PORT=another port")
+        taken = port
+        port, _ = server.server_port(req.store, None)  # the next free one, kept with the store
+        con.say(f"note: port {taken} was taken by another server just now: this store's server takes {port}")
+    raise UserError(f"no port for this store's server after {SERVER_TRIES} tries (other servers took each): "
+                    "set PORT=a free port")
+
+
+def launch_server(req: Request, port: int, con: Console) -> bool:
+    """Start the store's server in its own session (it outlives this run and a tmux pane's hangup);
+    True once it answers from a process of its own, False when it lost the port to another server."""
     server_log = req.logs / "mlflow-server.log"
     con.say(f"note: starting an MLflow server over {req.store} at {tunnel(port)}; log: {server_log}; "
             "make server-stop stops it")
@@ -346,9 +371,21 @@ def start_server(req: Request, port: int, url: str, con: Console) -> None:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True, cwd=req.root)
     (req.logs / "mlflow-server.pid").write_text(f"{proc.pid}\n")
-    if not ports.wait_answers(url, 180, alive=lambda: proc.poll() is None):
+    deadline, foreign = time.monotonic() + 180, 0.0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ports.answers(f"http://{ports.HOST}:{port}", timeout=2):
+            if server.holds_port(proc.pid, port):
+                return True
+            foreign = foreign or time.monotonic()  # another server answers there: ours cannot bind
+            if time.monotonic() - foreign > LOST_PORT_S:
+                break
+        time.sleep(0.3)
+    if proc.poll() is None and not foreign:
+        server.stop_tree([proc.pid])
         last = (server_log.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"the MLflow server did not come up on {url}: {last[:300]}")
+        raise UserError(f"the MLflow server did not come up on port {port} within 180 s: {last[:300]}")
+    server.stop_tree([proc.pid])
+    return False  # the port was taken under it
 
 
 def parse_params(params: list[str]) -> dict[str, str]:
@@ -648,7 +685,7 @@ def start(req: Request) -> int:
             try:
                 if req.no_wait:
                     refuse_when_busy(req)
-                queued = queue_run(req, port)
+                queued, port = queue_run(req, port)
                 os.close(lock)  # the detached half takes the name itself
                 detach(req, port, queued)
             except BaseException as exc:

@@ -255,7 +255,13 @@ def stop(store_path: Path, timeout: float = 20) -> list[Running]:
     uvicorn and its workers as children: killed alone, it left them serving the port): SIGTERM to the
     whole tree, SIGKILL to what is left after `timeout`. Returns the servers it stopped."""
     found = serving(store_path)
-    tree = [pid for server in found for pid in _tree(server.pid)]
+    stop_tree([server.pid for server in found], timeout)
+    return found
+
+
+def stop_tree(roots: list[int], timeout: float = 20) -> None:
+    """SIGTERM to these processes of ours and their descendants, SIGKILL to what is left after `timeout`."""
+    tree = [pid for root in roots for pid in _tree(root)]
     for pid in tree:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -264,7 +270,6 @@ def stop(store_path: Path, timeout: float = 20) -> list[Running]:
     for pid in tree:
         if _alive(pid):
             _signal(pid, signal.SIGKILL)
-    return found
 
 
 def _tree(root: int) -> list[int]:
@@ -284,6 +289,33 @@ def _tree(root: int) -> list[int]:
         found.append(pid)
         todo += children.get(pid, [])
     return found
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """The socket inodes listening on TCP `port` (any address), as the kernel lists them."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    found.add(fields[9])
+    return found
+
+
+def holds_port(pid: int, port: int) -> bool:
+    """Whether process `pid` or one of its descendants listens on `port`: the server we started got the
+    port, rather than a server of another user (or store) that took it first and answers there."""
+    inodes = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    if not inodes:
+        return False
+    for member in _tree(pid):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{member}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        return True
+    return False
 
 
 def _alive(pid: int) -> bool:
