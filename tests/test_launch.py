@@ -5,8 +5,10 @@ whose launcher died is closed, a live one never. The real-engine flows: tests/te
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -144,3 +146,63 @@ def test_a_run_whose_launcher_died_is_closed_and_a_live_one_in_a_container_is_no
     orphans.close(client)  # its launcher gone now: the training's folder decides (gone here: FAILED)
     assert client.get_run(alive).info.status == "FAILED"
     assert client.get_run(training).info.status == "FAILED"
+
+
+OTHER = 4246  # another user of the box (no passwd entry needed: setpriv)
+
+
+@pytest.fixture
+def shared():
+    """A folder every user of the box may write, as /tmp is (pytest's own tmp_path is root's alone)."""
+    folder = Path(tempfile.mkdtemp(prefix="kf-shared-"))
+    folder.chmod(0o1777)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _as_other(*cmd: str) -> list[str]:
+    return ["setpriv", f"--reuid={OTHER}", f"--regid={OTHER}", "--clear-groups", *cmd]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a second UID (setpriv as root)")
+def test_an_image_lock_another_user_holds_for_ever_is_one_line_not_a_hang(shared, monkeypatch):
+    """The shared /tmp/kerasflow-latest.lock: another user took it and never let go; every make run on the
+    box waited for ever in `flock` (the bash driver), now one line names the holder after the limit."""
+    from kerasflow.errors import UserError
+    from kerasflow.launch import image
+
+    lock = shared / "latest.lock"
+    holder = subprocess.Popen(_as_other("flock", str(lock), "sleep", "60"), start_new_session=True)
+    try:
+        while not (lock.exists() and runqueue.lock_holder(lock)):
+            time.sleep(0.05)
+        monkeypatch.setenv(image.LATEST_LOCK_ENV, str(lock))
+        said: list[str] = []
+        t0 = time.monotonic()
+        with pytest.raises(UserError, match=r"has been held for 1 s \(by pid [0-9]+\).*LATEST_LOCK"):
+            image.point_latest("kerasflow:none", "kerasflow-none", alive=lambda: True, say=said.append,
+                               limit=1)
+        assert time.monotonic() - t0 < 10 and "waiting" in said[0]
+    finally:
+        os.killpg(holder.pid, 9)
+        holder.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a second UID (setpriv as root)")
+def test_a_lock_path_in_a_run_tag_opens_only_a_plain_file_of_this_user(shared):
+    """The launch-lock path comes from a run's tag: anyone who writes to a shared store can set it. Another
+    user's file, a FIFO, a link or a device is never judged 'gone' (their run is not ours to close) and a
+    FIFO is never opened for long; only this user's free lock file, or none, says the launcher is gone."""
+    tmp_path = shared
+    theirs = tmp_path / "theirs.lock"
+    subprocess.run(_as_other("touch", str(theirs)), check=True)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "mine.lock")
+    (tmp_path / "mine.lock").write_text("")
+    t0 = time.monotonic()
+    for path in (theirs, fifo, link, Path("/dev/zero")):
+        assert not orphans.launcher_gone(path), path
+    assert time.monotonic() - t0 < 5
+    assert orphans.launcher_gone(tmp_path / "mine.lock") and orphans.launcher_gone(tmp_path / "none.lock")

@@ -2,7 +2,7 @@
 gives (`kerasflow:latest`) pointed at the user's image while their run's container starts.
 
 The image bakes in its user's UID/GID (files it writes in the checkout are theirs), so on a server shared
-by several users each gets their own: kerasflow:<commit>[-dirty]-u<UID>.<GID>. Standard library only.
+by several users each gets their own: kerasflow:<commit>[-dirty]-u<UID>.<GID>.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from kerasflow import runqueue
 from kerasflow.errors import UserError
 
 REPO_ENV = "KF_IMAGE_REPO"  # the image's repository name (tests use their own)
@@ -119,16 +120,29 @@ def point_latest(image: str, container: str, alive: Callable[[], bool], say: Cal
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
         finally:
             os.umask(old)
+    said = False
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         raise UserError(f"cannot open the image lock {path} ({exc.strerror}): remove it (it holds nothing) "
                         f"or set {LATEST_LOCK_ENV}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        say(f"note: another make run is starting its container (lock {path}): waiting")
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    deadline = time.monotonic() + limit  # a lock another user holds for ever costs one line, not a hang
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                holder = runqueue.lock_holder(Path(path)) or "?"
+                raise UserError(f"the image lock {path} has been held for {limit:.0f} s (by pid {holder}): "
+                                "a make run starting its container holds it for seconds; ask its owner, or "
+                                f"set {LATEST_LOCK_ENV}=a file of your own (then your runs may start "
+                                "another user's kerasflow:latest)") from None
+            if not said:
+                say(f"note: another make run is starting its container (lock {path}): waiting")
+                said = True
+            time.sleep(0.5)
     if docker("tag", image, f"{repo()}:latest").returncode != 0:
         os.close(fd)
         raise UserError(f"cannot tag {image} as {repo()}:latest: is the engine still up? (make doctor)")

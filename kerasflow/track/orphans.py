@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,13 +68,21 @@ def close(client: mlflow.MlflowClient) -> list[str]:
 
 def launcher_gone(lock: Path) -> bool:
     """Whether the launcher that created a run has ended: its run-name lock (flock, held by the launcher
-    from before the run exists until it exits) is free, or gone."""
+    from before the run exists until it exits) is free, or gone. The path comes from a run's tag, which
+    anyone who writes to a shared store can set: only a plain file of this user's is opened; another
+    user's run is theirs to close."""
     try:
-        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        info = lock.lstat()
     except FileNotFoundError:
         return True
     except OSError:
-        return False  # not ours to judge (another user's folder)
+        return False
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+        return False
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
