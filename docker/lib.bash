@@ -27,5 +27,9 @@ host_python() {
       return 0
     fi
   done
-  die "no Python environment with MLflow for this checkout: run \`$target\` (it makes the light one, MLflow without TensorFlow, on demand), or set KERASFLOW_PYTHON"
+  # none yet: make the light one (MLflow, no TensorFlow; Python >= 3.10), as `make run` would
+  command -v make > /dev/null || die "no Python environment with MLflow for this checkout: run \`$target\` (it makes the light one, MLflow without TensorFlow, on demand), or set KERASFLOW_PYTHON"
+  echo "note: no Python environment for this checkout yet: making the light one (make host-env, once)" >&2
+  make -C "$KF_ROOT" --no-print-directory host-env >&2 || die "making the light one (MLflow without TensorFlow) failed (see above): run \`$target\` once it is fixed, or set KERASFLOW_PYTHON"
+  echo "$KF_ROOT/.venv-host/bin/python"
 }

@@ -68,6 +68,9 @@ class User:
             "PATH": path,
             "LANG": "C.UTF-8",
             "TF_CPP_MIN_LOG_LEVEL": "2",
+            # the host env the shims (./run_script.bash, ./project_driver.bash) run kerasflow with, as
+            # `make` passes it; without one they would make the light env first (a minute of installing)
+            "KERASFLOW_PYTHON": str(VENV / "bin" / "python"),
         }
         for name in ("DOCKER_HOST", "SSL_CERT_FILE", "PIP_CERT"):
             if os.environ.get(name):
