@@ -12,7 +12,10 @@ from kerasflow.errors import UserError
 
 HOST = "127.0.0.1"  # every server we start listens here only: reach it over `ssh -L`
 DEFAULT_PORT = 5000  # the first port a store's server tries; the store keeps the one it got
-PORT_RANGE = range(DEFAULT_PORT, DEFAULT_PORT + 100)  # where a store's server looks for a free port
+SERVE_PORT = 5001  # the model server's default (`make serve`): never taken by a store's server
+# where a store's server looks for a free port (the second user's store server on 5001 made every
+# `make serve` on the box fail with "port 5001 is busy")
+PORT_RANGE = [p for p in range(DEFAULT_PORT, DEFAULT_PORT + 100) if p != SERVE_PORT]
 
 
 def port_free(port: int, host: str = HOST) -> bool:

@@ -7,13 +7,13 @@ Request and response formats: kerasflow/serve/serving.py; `kerasflow predict` is
 
 from __future__ import annotations
 
-from kerasflow import cli
+from kerasflow import cli, ports
 
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
     p.add_argument("model", help="models:/NAME@ALIAS, models:/NAME/VERSION, models:/<id>, runs:/<id>/model")
-    p.add_argument("--port", type=int, default=5001)
+    p.add_argument("--port", type=int, default=ports.SERVE_PORT)
     p.add_argument("--any-flavor", action="store_true",
                    help="also serve non-Keras models (a pickled model runs its code when loaded)")
     cli.store_flags(p, experiment=False)

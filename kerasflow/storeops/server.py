@@ -11,9 +11,10 @@ A legacy file store needs MLFLOW_ALLOW_FILE_STORE=true since MLflow 3.13. `--aut
 basic auth for a server others reach (users and passwords in STORE/auth, kept with the store).
 
 Several users on one box each run their store's server: without PORT, a store's server takes the first
-free port from 5000 on when it first starts and keeps it in STORE/server-port, so the second user's
-`make run` gets 5001 instead of failing on the first user's 5000, and every later start (make run, make
-server, make ui, make doctor) finds the same port, and the same tunnel. A user's servers are found by
+free port from 5000 on (5001 is left to `make serve`) when it first starts and keeps it in
+STORE/server-port, so the second user's `make run` gets 5002 instead of failing on the first user's
+5000, and every later start (make run, make server, make ui, make doctor) finds the same port, and
+the same tunnel. A user's servers are found by
 their processes (this user's, serving this store), never by a pid file: `make server-stop` stops them.
 """
 
