@@ -92,7 +92,7 @@ def test_run_script_trains_in_the_container_and_every_file_is_the_users(image, u
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "building" not in result.stderr, "the image of this commit exists: no rebuild"
-    assert "running on CPU" in result.stderr  # GPU=auto says that it falls back
+    assert "training on CPU" in result.stderr  # GPU=auto says that it falls back
     run_dir = checkout / "outputs" / "run-script"
     assert (run_dir / "model.keras").is_file() and (run_dir / "metrics.json").is_file()
     assert not foreign_files(checkout, user.uid)
