@@ -115,3 +115,15 @@ def exclusive(lock_file: Path, waiting: Callable[[], None] | None = None) -> Ite
             yield True
         finally:
             _HELD.discard(key)
+
+
+def unlocked(fd: int) -> bool:
+    """Whether no process holds a flock on the file open as `fd` (a shared lock is tried, never kept);
+    closes `fd`. How a run folder's or a launcher's lock tells a live process from a dead one."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True

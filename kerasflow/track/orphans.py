@@ -10,7 +10,6 @@ starting, runs of other machines, and copies merged from another store (their so
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import socket
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kerasflow import files
 from kerasflow.train import rundir
 
 if TYPE_CHECKING:
@@ -83,13 +83,7 @@ def launcher_gone(lock: Path) -> bool:
         fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+    return files.unlocked(fd)
 
 
 def _close_launched(client: mlflow.MlflowClient, experiments: list[str], host: str) -> list[str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kerasflow import config as config_mod
+from kerasflow import files
 from kerasflow.config import Config
 from kerasflow.errors import UserError
 from kerasflow.files import atomic_write, can_write, fsync_file, umask
@@ -162,13 +163,7 @@ def process_gone(run_dir: Path) -> bool:
         fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
     except FileNotFoundError:
         return not run_dir.exists()
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+    return files.unlocked(fd)
 
 
 def check_resumable(run_dir: Path, cfg: Config) -> None:
