@@ -4,11 +4,26 @@ A store moved only whole before (`make pull` snapshots a server's database); run
 on a GPU box without a server could not join a team server. Here each source run is copied into the
 experiment of the same name in the destination, with its status and times, name, params, tags, every
 metric's whole history (step, timestamp, value), dataset inputs, parent link (CV and search
-hierarchies stay nested) and artifacts. Every copy carries its source run id (`SOURCE_TAG`; MLflow run
-ids are random 128-bit ids, unique across stores), so merging again copies only what is new or grew:
-new runs, new metric steps, new params and tags, new or changed artifact files, a status that changed.
-A run still RUNNING at the source is tagged as such on the copy, so nothing on the destination closes it
-as an orphan (track.orphans skips copies). Deleted runs and experiments are not copied.
+hierarchies stay nested) and artifacts.
+
+Identity across any number of hops: every run has an *origin*, the id of the run first made (MLflow run
+ids are random 128-bit ids, unique across stores): a run's own id, or, on a copy, the origin its source
+carried (`SOURCE_TAG`; with `SOURCE_STORE_TAG`, the store it was first made in). Both sides are matched
+on it, so any graph of pushes and pulls (A<->B any number of times, A->C and A->B->C) converges to one
+copy of each run, logged model (`MODEL_SOURCE_TAG`) and model version (`VERSION_SOURCE_TAG`). Matching
+only the destination's tag against the source's own id (the first design) duplicated a run at each hop
+back: push A->B, B->A, A->B, B->A left six copies of one run in A. Merging again copies only what is
+new or grew: new runs, new metric steps, new params and tags, new or changed artifact files, a status
+that changed. A destination run that is the origin itself only gains what it lacks (which side changed
+a value is unknown, and the original is the truth). A run still RUNNING at the source is tagged as such
+on the copy, so nothing on the destination closes it as an orphan (track.orphans skips copies).
+
+Deletion is a state that merges: a run deleted in either store stays deleted in both after a push (a
+deleted source run deletes its copy; a copy deleted in the destination is not brought back, nor is a
+deleted parent of a copied child). To bring a run back, restore it in each store that holds it. A
+parent that no longer exists at all (`mlflow gc`) is one warning; its children are copied unlinked. An
+artifact that cannot be read (a symlink out of the store, a file gone) is one warning naming it; the
+copy gets everything else and its status, and the next push tries that file again.
 
 MLflow 3 logged models (kept outside the run's artifacts) are copied with their params, tags, metrics
 and files, linked to the copied run (`MODEL_SOURCE_TAG`); registered models get their versions (numbered
@@ -35,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from kerasflow import urlauth
 from kerasflow.errors import UserError
-from kerasflow.track import orphans, store
+from kerasflow.track import filters, orphans, store
 
 # Lazy imports: mlflow, inside the functions that use them (seconds to load).
 
@@ -45,8 +60,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SOURCE_TAG = orphans.SOURCE_TAG  # the source run's id, on every copy
-SOURCE_STORE_TAG = "kerasflow.source_store"  # where the copy came from (shown, not used to match)
+SOURCE_TAG = orphans.SOURCE_TAG  # the origin run's id, on every copy (the first store's own id)
+SOURCE_STORE_TAG = "kerasflow.source_store"  # the store the origin was made in (shown, not matched)
 COPY_OF_RUNNING_TAG = "kerasflow.copy_of_running"  # "true" while the source run was RUNNING
 PARENT_TAG = "mlflow.parentRunId"
 MODEL_SOURCE_TAG = "kerasflow.source_model_id"  # on a copied logged model
@@ -68,14 +83,21 @@ class Report:
     versions: int = 0  # registered model versions copied
     experiments: list[str] = field(default_factory=list)  # created in the destination
     kept_aliases: list[str] = field(default_factory=list)  # "name@alias": pointing elsewhere, not moved
+    deleted: int = 0  # copies deleted because their run is deleted at the source
+    kept_deleted: int = 0  # runs deleted in the destination: left deleted, not copied again
+    skipped_files: int = 0  # artifact files that could not be read at the source (each warned)
 
     def summary(self) -> str:
         made = f"; experiments created: {', '.join(self.experiments)}" if self.experiments else ""
         kept = (f"; aliases kept where the destination points them elsewhere: {', '.join(self.kept_aliases)}"
                 if self.kept_aliases else "")
+        gone = (f"; {self.deleted} deleted (deleted at the source), {self.kept_deleted} left deleted "
+                "(deleted here)" if self.deleted or self.kept_deleted else "")
+        skipped = (f"; {self.skipped_files} artifact files could not be read (see the warnings)"
+                   if self.skipped_files else "")
         return (f"{self.created} runs copied, {self.updated} updated, {self.unchanged} unchanged "
                 f"({self.metrics} metric values, {self.files} artifact files), {self.models} models, "
-                f"{self.versions} model versions{made}{kept}")
+                f"{self.versions} model versions{made}{kept}{gone}{skipped}")
 
 
 def destination_uri(dest: str) -> str:
@@ -108,7 +130,7 @@ def push(source: str, dest: str, *, experiments: list[str] | None = None, filter
         if dst_uri == src_uri:
             raise UserError(f"the destination {urlauth.redact(dest)} is the source store: give another "
                             "with TO=/--to")
-        store.check_backend(dst_uri)
+        store.check_backend(dst_uri, choose="--to DEST (TO= for make push)")
         store.init_sqlite(dst_uri)
         src = mlflow.MlflowClient(tracking_uri=src_uri)
         dst = mlflow.MlflowClient(tracking_uri=dst_uri)
@@ -157,30 +179,60 @@ def merge(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, dst_uri: str, *,  
             raise UserError(f"bad filter {filter_string!r} ({str(exc).splitlines()[0][:150]}): see MLflow's "
                             "search syntax, e.g. \"metrics.test_accuracy > 0.9\"") from None
         runs = _with_parents(src, runs)
-        # a copy carries its source's id; a run with the very same id (a store pulled before) is the run
-        present = list(_runs(dst, dst_exp, ""))
-        copies = {r.info.run_id: r for r in present} | {
-            r.data.tags[SOURCE_TAG]: r for r in present if SOURCE_TAG in r.data.tags}
-        mapped = {source_id: copy.info.run_id for source_id, copy in copies.items()}
-        for run in _parents_first(runs):
-            copy = copies.get(run.info.run_id)
-            if copy is None:
-                new_id = _create(dst, dst_exp, run, mapped, label)
-                mapped[run.info.run_id] = new_id
-                _update(src, dst, run, dst.get_run(new_id), report, created=True)
-                report.created += 1
-            elif not full and _unchanged(run, copy):
-                report.unchanged += 1
-            elif _update(src, dst, run, copy, report, created=False):
-                report.updated += 1
-            else:
-                report.unchanged += 1
+        present = sorted(_runs(dst, dst_exp, ""), key=lambda r: origin(r) == r.info.run_id)
+        copies = {origin(r): r for r in present}  # the origin itself wins over a duplicate of it
+        mapped = _merge_runs(src, dst, dst_exp, runs, copies, report, label, full=full)
         all_mapped |= mapped
-        selected = {r.info.run_id for r in runs}
+        selected = {r.info.run_id for r in runs if r.info.lifecycle_stage == "active"}
         all_models |= _models(src, dst, found[name].experiment_id, dst_exp, selected, mapped, report,
                               src_uri=src_uri, whole=not filter_string)
     _registry(src, dst, all_mapped, all_models, report)
     return report
+
+
+def origin(run: Run) -> str:
+    """The id of the run this one is (a copy's `SOURCE_TAG`, else its own): what every push matches on."""
+    return run.data.tags.get(SOURCE_TAG) or run.info.run_id
+
+
+def _merge_runs(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, dst_exp: str,  # noqa: PLR0913
+                runs: list[Run], copies: dict[str, Run], report: Report, label: str, *,
+                full: bool) -> dict[str, str]:
+    """Copy, update, delete or leave each source run (parents first); returns source id -> its active
+    copy (what models and versions may point at)."""
+    mapped: dict[str, str] = {}
+    links: dict[str, str] = {}  # source id -> its copy, deleted ones too (a child keeps its place)
+    for run in _parents_first(runs):
+        copy = copies.get(origin(run))
+        if copy is not None:
+            links[run.info.run_id] = copy.info.run_id
+        if run.info.lifecycle_stage == "deleted":
+            if copy is not None and copy.info.lifecycle_stage != "deleted":
+                dst.delete_run(copy.info.run_id)
+                report.deleted += 1
+            continue
+        if copy is not None and copy.info.lifecycle_stage == "deleted":
+            report.kept_deleted += 1
+            continue
+        if copy is None:
+            new_id = _create(dst, dst_exp, run, links, label)
+            links[run.info.run_id] = mapped[run.info.run_id] = new_id
+            _update(src, dst, run, dst.get_run(new_id), report, created=True)
+            report.created += 1
+            continue
+        mapped[run.info.run_id] = copy.info.run_id
+        if not full and _unchanged(run, copy):
+            report.unchanged += 1
+        elif _update(src, dst, run, copy, report, created=False):
+            report.updated += 1
+        else:
+            report.unchanged += 1
+    return mapped
+
+
+def _original(run: Run) -> bool:
+    """The run is the origin itself, made in its store (not a copy)."""
+    return SOURCE_TAG not in run.data.tags
 
 
 def _models(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, src_exp: str, dst_exp: str,  # noqa: PLR0913
@@ -206,11 +258,12 @@ def _models(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, src_exp: str, ds
         run = model.source_run_id
         if model.status != LoggedModelStatus.READY or (run not in selected if run else not whole):
             continue
-        if model.model_id in copies:
-            out[model.model_id] = copies[model.model_id]
+        first = model.tags.get(MODEL_SOURCE_TAG) or model.model_id  # its origin, as for runs
+        if first in copies:
+            out[model.model_id] = copies[first]
             continue
         created = dst.create_logged_model(dst_exp, name=model.name, source_run_id=mapped.get(run or ""),
-                                          tags={**model.tags, MODEL_SOURCE_TAG: model.model_id},
+                                          tags={**model.tags, MODEL_SOURCE_TAG: first},
                                           params=model.params or None, model_type=model.model_type)
         with tempfile.TemporaryDirectory(prefix="kerasflow-push-model-") as tmp:
             repo = get_artifact_repository(model.artifact_location, tracking_uri=src_uri or None)
@@ -245,7 +298,7 @@ def _registry(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, mapped: dict[s
 
     for registered in src.search_registered_models(max_results=1000):
         name = registered.name
-        versions = [v for v in src.search_model_versions(f"name = '{_quoted(name)}'")
+        versions = [v for v in filters.model_versions(src, name)
                     if (v.run_id in mapped) or (_model_of(v) in models)]
         if not versions:
             continue
@@ -254,9 +307,7 @@ def _registry(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, mapped: dict[s
         except MlflowException:
             dst.create_registered_model(name, tags=registered.tags or None,
                                         description=registered.description)
-        present = dst.search_model_versions(f"name = '{_quoted(name)}'")
-        have = {_identity(v): v.version for v in present} | {
-            v.tags[VERSION_SOURCE_TAG]: v.version for v in present if VERSION_SOURCE_TAG in v.tags}
+        have = {_identity(v): v.version for v in filters.model_versions(dst, name)}
         copied: dict[str, str] = {}  # source version -> destination version
         for version in sorted(versions, key=lambda v: int(v.version)):
             identity = _identity(version)
@@ -296,8 +347,9 @@ def _aliases(dst: mlflow.MlflowClient, name: str, aliases: dict[str, str], copie
 
 
 def _identity(version: Any) -> str:
-    """What a version was registered from: its logged model, else its run and source path."""
-    return _model_of(version) or f"{version.run_id}:{version.source}"
+    """What a version was first registered from (a copy's `VERSION_SOURCE_TAG`): its logged model, else
+    its run and source path, in the store it was made in."""
+    return version.tags.get(VERSION_SOURCE_TAG) or _model_of(version) or f"{version.run_id}:{version.source}"
 
 
 def _model_of(version: Any) -> str | None:
@@ -307,10 +359,6 @@ def _model_of(version: Any) -> str | None:
         return str(model_id)
     source = version.source or ""
     return source[len("models:/"):].split("/")[0] if source.startswith("models:/m-") else None
-
-
-def _quoted(name: str) -> str:
-    return name.replace("'", "\\'")
 
 
 def _run_source(source: str, mapped: dict[str, str]) -> str | None:
@@ -354,9 +402,13 @@ def _unchanged(run: Run, copy: Run) -> bool:
 
 
 def _runs(client: mlflow.MlflowClient, experiment_id: str, filter_string: str) -> Iterator[Run]:
+    """Every run of the experiment, deleted ones too (a deletion merges)."""
+    from mlflow.entities import ViewType
+
     token = None
     while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=PAGE, page_token=token)
+        page = client.search_runs([experiment_id], filter_string, run_view_type=ViewType.ALL,
+                                  max_results=PAGE, page_token=token)
         yield from page
         token = page.token
         if not token:
@@ -365,13 +417,18 @@ def _runs(client: mlflow.MlflowClient, experiment_id: str, filter_string: str) -
 
 def _with_parents(src: mlflow.MlflowClient, runs: list[Run]) -> list[Run]:
     """The selected runs plus every ancestor they name (a fold without its CV run would lose its place)."""
+    from mlflow.exceptions import MlflowException
+
     by_id = {r.info.run_id: r for r in runs}
     todo = [r.data.tags[PARENT_TAG] for r in runs if PARENT_TAG in r.data.tags]
     while todo:
         parent_id = todo.pop()
         if parent_id in by_id:
             continue
-        parent = src.get_run(parent_id)
+        try:
+            parent = src.get_run(parent_id)
+        except MlflowException:  # removed for good (mlflow gc): its children come unlinked (_create)
+            continue
         by_id[parent_id] = parent
         if PARENT_TAG in parent.data.tags:
             todo.append(parent.data.tags[PARENT_TAG])
@@ -391,12 +448,15 @@ def _parents_first(runs: list[Run]) -> list[Run]:
     return sorted(runs, key=lambda r: (depth(r), r.info.start_time or 0, r.info.run_id))
 
 
-def _create(dst: mlflow.MlflowClient, experiment_id: str, run: Run, mapped: dict[str, str],
+def _create(dst: mlflow.MlflowClient, experiment_id: str, run: Run, links: dict[str, str],
             label: str) -> str:
-    tags = {SOURCE_TAG: run.info.run_id, SOURCE_STORE_TAG: label}
+    tags = {SOURCE_TAG: origin(run), SOURCE_STORE_TAG: run.data.tags.get(SOURCE_STORE_TAG) or label}
     parent = run.data.tags.get(PARENT_TAG)
-    if parent in mapped:
-        tags[PARENT_TAG] = mapped[parent]
+    if parent in links:
+        tags[PARENT_TAG] = links[parent]
+    elif parent:
+        log.warning(f"run {run.info.run_name!r} ({run.info.run_id}): its parent run {parent} is deleted or "
+                    "gone at the source: copied without its parent link")
     created = dst.create_run(experiment_id, start_time=run.info.start_time, tags=tags,
                              run_name=run.info.run_name)
     return created.info.run_id
@@ -408,9 +468,9 @@ def _update(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, run: Run, copy: 
     from mlflow.entities import Metric, Param, RunTag
 
     copy_id = copy.info.run_id
-    # the very same run (pulled before, in both stores): only what the destination lacks is added, since
-    # which side changed a value is unknown; its status is the destination's
-    same = copy_id == run.info.run_id
+    # the origin itself (the very same run pulled before, or the run a copy came back to): only what it
+    # lacks is added, since which side changed a value is unknown; its status is its own
+    same = _original(copy)
     params = [Param(k, v) for k, v in run.data.params.items() if k not in copy.data.params]
     own = (SOURCE_TAG, SOURCE_STORE_TAG, PARENT_TAG, COPY_OF_RUNNING_TAG)
     tags = [RunTag(k, v) for k, v in run.data.tags.items()
@@ -431,8 +491,9 @@ def _update(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, run: Run, copy: 
     if inputs:  # here, not when the run is created: what a killed push skipped is done on its rerun
         dst.log_inputs(copy_id, datasets=inputs)
     report.metrics += len(metrics)
-    files = _copy_artifacts(src, dst, run.info.run_id, copy_id, fresh=created, missing_only=same)
+    files, skipped = _copy_artifacts(src, dst, run.info.run_id, copy_id, fresh=created, missing_only=same)
     report.files += files
+    report.skipped_files += skipped
     status_changed = False if same else _status(dst, run, copy)
     return bool(params or tags or metrics or inputs or files or status_changed)
 
@@ -460,14 +521,41 @@ def _files(client: mlflow.MlflowClient, run_id: str, path: str | None = None) ->
 
 
 def _copy_artifacts(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, run_id: str, copy_id: str, *,  # noqa: PLR0913
-                    fresh: bool, missing_only: bool = False) -> int:
-    """Copy the files the copy lacks (or, unless `missing_only`, holds at another size); returns how many."""
+                    fresh: bool, missing_only: bool = False) -> tuple[int, int]:
+    """Copy the files the copy lacks (or, unless `missing_only`, holds at another size); returns how many
+    were copied and how many could not be read (each one warning: the rest of the run still copies)."""
     have = {} if fresh else dict(_files(dst, copy_id))
     wanted = [(path, size) for path, size in _files(src, run_id)
               if path not in have or (not missing_only and have[path] != size)]
+    copied = 0
     with tempfile.TemporaryDirectory(prefix="kerasflow-push-") as tmp:
         for path, _ in wanted:
-            local = src.download_artifacts(run_id, path, tmp)
+            try:
+                local = _download(src, run_id, path, tmp)
+            except (OSError, ValueError) as exc:
+                log.warning(f"run {run_id}: artifact {path} could not be read ({exc}): not copied")
+                continue
             folder = str(Path(path).parent)
             dst.log_artifact(copy_id, local, None if folder == "." else folder)
-    return len(wanted)
+            copied += 1
+    return copied, len(wanted) - copied
+
+
+def _download(src: mlflow.MlflowClient, run_id: str, path: str, tmp: str) -> str:
+    """One artifact file into `tmp`. A file of a store folder must be a regular file inside that run's
+    artifact folder: a symlink to elsewhere (`/etc/passwd`, another user's home) is refused, not followed;
+    a server or a bucket serves bytes, and MLflow's download is used as is."""
+    from mlflow.exceptions import MlflowException
+
+    root = src.get_run(run_id).info.artifact_uri
+    if root.startswith("file://") or "://" not in root:
+        folder = Path(root.removeprefix("file://")).resolve()
+        local = Path(root.removeprefix("file://")) / path
+        if local.is_symlink() or not local.resolve().is_relative_to(folder):
+            raise ValueError(f"a link to {local.resolve()}, outside the run's artifacts")
+        if not local.is_file():
+            raise ValueError("not a regular file")
+    try:
+        return src.download_artifacts(run_id, path, tmp)
+    except MlflowException as exc:
+        raise ValueError(str(exc).splitlines()[0][:200]) from None

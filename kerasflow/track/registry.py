@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from kerasflow.errors import UserError
-from kerasflow.track import store
+from kerasflow.track import filters, store
 
 # Lazy imports: mlflow, inside the functions that use them (seconds to load;
 # `--help`, the light host env and the other commands never pay for them).
@@ -29,6 +29,19 @@ def opened(store_dir: str = store.DEFAULT_STORE) -> Iterator[mlflow.MlflowClient
 
     with store.open_store(store_dir, create=False) as uri:
         yield mlflow.MlflowClient(uri)
+
+
+def _metrics(c: mlflow.MlflowClient, run_id: str | None) -> dict[str, float]:
+    """The metrics of a version's run; none when it has no run or its run is gone (deleted, then
+    removed by `mlflow gc`, or never copied with the version): one such version must not break the list."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return {}
+    try:
+        return dict(c.get_run(run_id).data.metrics)
+    except MlflowException:
+        return {}
 
 
 def _registered(c: mlflow.MlflowClient, name: str) -> Any:
@@ -85,10 +98,10 @@ def promote(c: mlflow.MlflowClient, name: str, metric: str, alias: str = "champi
             mode: str = "max") -> dict[str, Any]:
     """Point `alias` at the version whose source run has the best `metric`."""
     _registered(c, name)
-    versions = c.search_model_versions(f"name='{name}'")
+    versions = filters.model_versions(c, name)
     scored, seen = [], set()
     for v in versions:
-        metrics = c.get_run(v.run_id).data.metrics if v.run_id else {}
+        metrics = _metrics(c, v.run_id)
         seen.update(metrics)
         if metric in metrics:
             scored.append((metrics[metric], int(v.version)))
@@ -113,8 +126,8 @@ def versions(c: mlflow.MlflowClient, name: str) -> list[dict[str, Any]]:
     for alias, v in (model.aliases or {}).items():
         by_version.setdefault(str(v), []).append(alias)
     found = []
-    for v in sorted(c.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
-        metrics = c.get_run(v.run_id).data.metrics if v.run_id else {}
+    for v in sorted(filters.model_versions(c, name), key=lambda v: int(v.version)):
+        metrics = _metrics(c, v.run_id)
         found.append({"version": int(v.version), "run_id": v.run_id,
                       "aliases": by_version.get(str(v.version), []),
                       "metrics": {k: x for k, x in metrics.items() if k.startswith("test_")}})

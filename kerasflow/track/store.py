@@ -270,8 +270,9 @@ def init_sqlite(uri: str) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def check_backend(uri: str) -> None:
-    """Fail in seconds, before training, when runs could not be recorded."""
+def check_backend(uri: str, *, choose: str = "--store DIR") -> None:
+    """Fail in seconds, before training, when runs could not be recorded; `choose`: how the caller's
+    command names another store (push writes to `--to DEST`, the server takes a folder argument)."""
     db = sqlite_path(uri)
     if db is not None:
         folder = db.parent
@@ -280,14 +281,14 @@ def check_backend(uri: str) -> None:
             probe = probe.parent
         if not probe.is_dir():
             where = "is a file" if probe == folder else f"is inside a file ({probe})"
-            raise UserError(f"MLflow store {folder} {where}: --store takes a folder (default ./store)")
+            raise UserError(f"MLflow store {folder} {where}: a store is a folder; choose one with {choose}")
         if not can_write(probe):
             raise UserError(f"MLflow store folder {folder} is not writable: fix its permissions or "
-                            "choose another with --store DIR")
+                            f"choose another with {choose}")
         if db.exists():
             if not os.access(db, os.W_OK) or not can_write(folder):
                 raise UserError(f"MLflow store {db} is read-only: fix its permissions or choose "
-                                "another with --store DIR")
+                                f"another with {choose}")
             check_sqlite_schema(db)
         return
     if uri.startswith(("http://", "https://")):

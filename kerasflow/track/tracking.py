@@ -27,7 +27,7 @@ import numpy as np
 from kerasflow import config, notify
 from kerasflow.config import Config
 from kerasflow.errors import Terminated, UserError, disk_full
-from kerasflow.track import orphans, store, sync
+from kerasflow.track import filters, orphans, store, sync
 from kerasflow.train import envinfo, models, rundir, training
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def _log_keras(model: keras.Model, sample: np.ndarray, class_names: list[str], i
         logged = (info.model_uri, info.model_id)
     out: dict[str, Any] = {"model_uri": logged[0], "model_id": logged[1]}
     if register:
-        versions = client.search_model_versions(f"name = '{register}' AND run_id = '{run.info.run_id}'")
+        versions = [v for v in filters.model_versions(client, register) if v.run_id == run.info.run_id]
         version = versions[0] if versions else mlflow.register_model(logged[0], register)
         if alias:
             client.set_registered_model_alias(register, alias, version.version)
@@ -489,10 +489,6 @@ def _folder_run(client: mlflow.MlflowClient, run_dir: Path, uri: str, experiment
     if found is None:
         return None
     mine = orphans.tags(run_dir)
-    runs = client.search_runs([found.experiment_id], " AND ".join(
-        f"tags.`{key}` = '{_quoted(mine[key])}'" for key in (orphans.RUN_DIR_TAG, orphans.HOST_TAG)))
+    runs = filters.runs_tagged(client, found.experiment_id,
+                               {key: mine[key] for key in (orphans.RUN_DIR_TAG, orphans.HOST_TAG)})
     return runs[0].info.run_id if runs else None
-
-
-def _quoted(value: str) -> str:
-    return value.replace("'", "\\'")

@@ -24,7 +24,7 @@ from kerasflow.experiments.tune.study import (
     queued_only,
     suggest,
 )
-from kerasflow.track import tracking
+from kerasflow.track import filters, tracking
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,9 @@ def close_dead_trial_runs(study: optuna.Study, client: mlflow.MlflowClient, expe
     closed = 0
     for trial in (t for t in failed if t.number not in done):
         done.add(trial.number)
-        runs = client.search_runs([experiment_id], filter_string=(
-            f"tags.`optuna.study` = '{study.study_name}' and tags.`optuna.trial` = '{trial.number}' "
-            "and attributes.status = 'RUNNING'"))
-        for run in runs:
+        runs = filters.runs_tagged(client, experiment_id, {"optuna.study": study.study_name,
+                                                           "optuna.trial": str(trial.number)})
+        for run in (r for r in runs if r.info.status == "RUNNING"):
             client.set_terminated(run.info.run_id, "KILLED")
             closed += 1
     return closed
