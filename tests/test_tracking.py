@@ -134,6 +134,57 @@ def test_a_run_folder_logged_afterwards_is_the_run_tracked_live(tracked, tmp_pat
     assert np.allclose(model.predict(batch, verbose=0), prep.model.predict(batch, verbose=0), atol=1e-6)
 
 
+def test_a_folder_s_run_id_is_believed_only_for_its_own_run_and_bad_history_lines_are_warnings(
+        tracked, tmp_path):
+    """Before: a folder whose mlflow_run_id named another user's live run (other params, none of our
+    tags) logged its metrics and model into that run and marked it FINISHED; a history.jsonl with a
+    non-JSON line or `"epoch": "1; DROP"` was a traceback and an empty FAILED run every retry hit again.
+    Now the foreign run is left as it was and the folder becomes its own run; each bad line is one
+    warning, the good epochs are logged, and a second call finds the run."""
+    import shutil
+
+    from kerasflow.track import store
+    from kerasflow.train import rundir
+
+    _, prep, _ = tracked
+    folder = tmp_path / "copied"
+    shutil.copytree(prep.run_dir, folder, ignore=shutil.ignore_patterns(rundir.LOCK_FILE))
+    other = tmp_path / "store"
+    uri = store.sqlite_uri(other / store.DB_FILE)
+    store.init_sqlite(uri)
+    c = client_for(other)
+    exp_id = c.create_experiment("kerasflow", artifact_location=store.artifact_root(uri, "kerasflow"))
+    theirs = c.create_run(exp_id, run_name="ana-live", tags={"owner": "ana"}).info.run_id
+    c.log_param(theirs, "lr", "0.5")
+    (folder / rundir.RUN_ID_FILE).write_text(theirs + "\n")
+    good = len(rundir.read_history_rows(folder))
+    with (folder / rundir.HISTORY_LOG).open("a") as fh:
+        fh.write("this is not json\n")
+        fh.write('{"epoch": "1; DROP", "loss": 1.0}\n')
+        fh.write('{"epoch": 99, "loss": "high", "../evil": 1.0, "val_loss": 0.5}\n')
+    result = kerasflow("log-run", str(folder), "--store", str(other))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "which this folder did not make" in result.stderr
+    for fragment in ("line " + str(good + 1) + ": not JSON", "line " + str(good + 2) + ": epoch '1; DROP'",
+                     "line " + str(good + 3) + ": not a metric name with a number, dropped: loss, ../evil"):
+        assert sum(fragment in line for line in result.stderr.splitlines()) == 1, (fragment, result.stderr)
+    foreign = c.get_run(theirs)
+    assert foreign.info.status == "RUNNING" and not foreign.data.metrics
+    assert foreign.data.params == {"lr": "0.5"}
+    ours = [r for r in c.search_runs([exp_id]) if r.info.run_id != theirs]
+    assert len(ours) == 1 and ours[0].info.status == "FINISHED", [r.info for r in ours]
+    assert [m.step for m in c.get_metric_history(ours[0].info.run_id, "val_loss")][-1] == 99
+    assert (folder / rundir.RUN_ID_FILE).read_text().strip() == ours[0].info.run_id
+    again = kerasflow("log-run", str(folder), "--store", str(other))
+    assert again.returncode == 0 and "already logged" in again.stdout, again.stderr[-2000:]
+    # resuming training in a folder that names another run is refused the same way
+    from kerasflow.track import tracking
+
+    (folder / rundir.RUN_ID_FILE).write_text(theirs + "\n")
+    with pytest.raises(Exception, match="which this folder did not make"):
+        tracking._resume_id(folder, c)
+
+
 def test_registered_model_loads_by_alias_and_predicts_like_the_trained_one(tracked):
     import mlflow
 

@@ -134,7 +134,7 @@ def _run(cfg: Config, splits: dict[str, Any], *, n_outer: int, n_inner: int, uri
                 inner_rows = []
                 for i in range(n_inner):
                     fold_cfg = cfg.replace(outer_fold=o, inner_fold=i, run_name=f"{name}-o{o}-i{i}")
-                    run_id = rundir.finished_run_id(Path(cfg.output_dir) / fold_cfg.run_name)
+                    run_id = tracking.finished_run(client, Path(cfg.output_dir) / fold_cfg.run_name)
                     if run_id is not None:
                         logged = client.get_run(run_id).data.metrics
                         row = {k: v for k, v in logged.items()

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 HOST_TAG = "kerasflow.host"
 RUN_DIR_TAG = "kerasflow.run_dir"
+FOLDER_TAG = "kerasflow.folder_id"  # rundir.folder_id: the same in a container and on its host
 CLOSED_TAG = "kerasflow.closed_as_orphan"  # when and why a run was marked FAILED for its process
 SOURCE_TAG = "kerasflow.source_run_id"  # on a copy merged from another store (storeops.merge): never ours
 LAUNCH_TAG = "kerasflow.launch"  # which launcher started the run (kerasflow/launch: "local")
@@ -37,7 +38,18 @@ GRACE = 60  # seconds a launched run is left alone after it is made
 
 def tags(run_dir: Path) -> dict[str, str]:
     """What `close` needs to know about a run: where it trains, and on which machine."""
-    return {HOST_TAG: socket.gethostname(), RUN_DIR_TAG: str(run_dir.resolve())}
+    return {HOST_TAG: socket.gethostname(), RUN_DIR_TAG: str(run_dir.resolve()),
+            FOLDER_TAG: rundir.folder_id(run_dir)}
+
+
+def made_by(run: mlflow.entities.Run, run_dir: Path) -> bool:
+    """The run was made by training (or logging) this folder: its folder id tag is the folder's, or, on a
+    run older than that tag, its folder tag names a folder of this name. A run with neither (another
+    user's, made by hand) is not the folder's, whatever the folder's `mlflow_run_id` file says."""
+    tags = run.data.tags
+    if FOLDER_TAG in tags:
+        return tags[FOLDER_TAG] == rundir.folder_id(run_dir)
+    return bool(tags.get(RUN_DIR_TAG)) and Path(tags[RUN_DIR_TAG]).name == run_dir.name
 
 
 def close(client: mlflow.MlflowClient) -> list[str]:

@@ -162,18 +162,39 @@ def launched_or_named(client: mlflow.MlflowClient, uri: str, experiment: str) ->
     return None, experiment_id(client, uri, experiment), experiment
 
 
+def finished_run(client: mlflow.MlflowClient, run_dir: Path) -> str | None:
+    """The run a finished folder made in this store (a rerun of CV or a search skips its training),
+    or None: a folder's `mlflow_run_id` is believed only for a FINISHED run of this store it made."""
+    from mlflow.exceptions import MlflowException
+
+    run_id = rundir.finished_run_id(run_dir)
+    if run_id is None:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    return run_id if run.info.status == "FINISHED" and orphans.made_by(run, run_dir) else None
+
+
 def _resume_id(run_dir: Path, client: mlflow.MlflowClient) -> str | None:
     path = run_dir / rundir.RUN_ID_FILE
     if not path.is_file():
         return None
     run_id = path.read_text().strip()
     try:
-        client.get_run(run_id)
+        run = client.get_run(run_id)
     except Exception:  # noqa: BLE001 - MlflowException, or a store that lost it
         raise UserError(
             f"run folder {run_dir} belongs to MLflow run {run_id}, which this tracking store does not "
             "have: use the store it was started with, or another run_name"
         ) from None
+    if not orphans.made_by(run, run_dir):
+        raise UserError(
+            f"run folder {run_dir} names MLflow run {run_id} ({run.info.run_name!r}), which this folder "
+            "did not make (its folder id differs): resuming would write into that run; use another "
+            "run_name"
+        )
     return run_id
 
 
@@ -432,7 +453,6 @@ def log_folder(run_dir: Path, *, uri: str, experiment: str, register: str = "",
     `kerasflow train`, on an offline box, or while the tracking server was away); returns (run id,
     whether it was logged now). Once per store: the folder's own run (mlflow_run_id) or one logged
     from it before is completed, never a second made."""
-    import keras
     import mlflow
 
     run_dir = run_dir.resolve()
@@ -444,9 +464,10 @@ def log_folder(run_dir: Path, *, uri: str, experiment: str, register: str = "",
                         f"{envinfo.LINEAGE_FILE}): it cannot be logged afterwards; train it again")
     rundir.hold(run_dir)  # one process at a time; and the run it logs is not an orphan meanwhile
     client = mlflow.MlflowClient()
-    run_id = _folder_run(client, run_dir, uri, experiment)
+    run_id = _folder_run(client, run_dir, experiment)
     if run_id and client.get_run(run_id).info.status == "FINISHED":
         return run_id, False
+    results, cfg, model = _folder_contents(run_dir)  # all read before a run exists: none left empty
     if run_id is None:  # made with the time its first epoch ended (the closest to its start on record)
         rows = rundir.read_history_rows(run_dir)
         started = rows[0].get(rundir.HISTORY_TIME) if rows else None
@@ -458,16 +479,14 @@ def log_folder(run_dir: Path, *, uri: str, experiment: str, register: str = "",
         if not client.get_run(run_id).data.params:
             _log_identity(client, run_id, run_dir, entry="log-run")
         sync.send_history(client, run_id, run_dir)
-        results = json.loads((run_dir / rundir.METRICS_FILE).read_text())
         logged = client.get_run(run_id).data.metrics
         mlflow.log_metrics({f"test_{k}": float(v) for k, v in results.items()
-                            if isinstance(v, (int, float)) and f"test_{k}" not in logged})
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)
+                            and f"test_{k}" not in logged})
         for name in RESULT_FILES:
             if (run_dir / name).is_file():
                 mlflow.log_artifact(str(run_dir / name))
-        model = keras.models.load_model(run_dir / rundir.MODEL_FILE)
         mlflow.set_tag(WEIGHTS_TAG, models.weights_digest(model))
-        cfg = config.load(run_dir / rundir.CONFIG_FILE)
         sample = np.zeros((4, cfg.image_size, cfg.image_size, 3), np.uint8)
         _log_keras(model, sample, list(results.get("per_class", {})), cfg.image_size, register, alias)
     if not (run_dir / rundir.RUN_ID_FILE).is_file():
@@ -475,20 +494,57 @@ def log_folder(run_dir: Path, *, uri: str, experiment: str, register: str = "",
     return run_id, True
 
 
-def _folder_run(client: mlflow.MlflowClient, run_dir: Path, uri: str, experiment: str) -> str | None:
-    """The run this store already has for the folder: its own (tracked live), or one logged from it."""
+def _folder_contents(run_dir: Path) -> tuple[dict[str, Any], Config, keras.Model]:
+    """metrics.json, config.yaml and the model of a finished folder, each checked (one line naming the
+    file when one is broken), before `log_folder` makes a run: a folder that cannot be logged leaves no
+    empty FAILED run behind."""
+    import keras
+
+    path = run_dir / rundir.METRICS_FILE
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} cannot be read as JSON ({str(exc)[:120]}): the folder's test results "
+                        "are damaged; train it again") from None
+    if not isinstance(results, dict):
+        raise UserError(f"{path} is not a JSON object of test metrics: the folder's test results are "
+                        "damaged; train it again")
+    cfg = config.load(run_dir / rundir.CONFIG_FILE)
+    try:
+        model = keras.models.load_model(run_dir / rundir.MODEL_FILE)
+    except Exception as exc:  # noqa: BLE001 - Keras raises ValueError, OSError, zipfile errors, ...
+        raise UserError(f"{run_dir / rundir.MODEL_FILE} cannot be loaded ({str(exc).splitlines()[0][:120]}): "
+                        "the model file is damaged; train the run again") from None
+    return results, cfg, model
+
+
+def _folder_run(client: mlflow.MlflowClient, run_dir: Path, experiment: str) -> str | None:
+    """The run this store already has for the folder: its own (tracked live), or one logged from it.
+    The folder's `mlflow_run_id` is believed only for a run the folder made (`orphans.made_by`)."""
+    from mlflow.exceptions import MlflowException
+
     id_file = run_dir / rundir.RUN_ID_FILE
     if id_file.is_file():
-        run_id = id_file.read_text().strip()
+        run_id = id_file.read_text().strip()[:64]
         try:
-            client.get_run(run_id)
+            run = client.get_run(run_id)
+        except MlflowException:  # another store's run: look for one logged from the folder
+            run = None
+        if run is not None and orphans.made_by(run, run_dir):
             return run_id
-        except Exception:  # noqa: BLE001, S110 - another store's run: look for one logged from the folder
-            pass
+        if run is not None:
+            log.warning(f"{run_dir / rundir.RUN_ID_FILE} names MLflow run {run_id} "
+                        f"({run.info.run_name!r}), which this folder did not make: left alone; the "
+                        "folder is logged as its own run")
+            id_file.unlink()  # rewritten with the folder's own run when it is logged
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
     mine = orphans.tags(run_dir)
-    runs = filters.runs_tagged(client, found.experiment_id,
-                               {key: mine[key] for key in (orphans.RUN_DIR_TAG, orphans.HOST_TAG)})
-    return runs[0].info.run_id if runs else None
+    for wanted in ({orphans.FOLDER_TAG: mine[orphans.FOLDER_TAG]},
+                   {key: mine[key] for key in (orphans.RUN_DIR_TAG, orphans.HOST_TAG)}):
+        runs = [r for r in filters.runs_tagged(client, found.experiment_id, wanted)
+                if orphans.made_by(r, run_dir)]
+        if runs:
+            return runs[0].info.run_id
+    return None

@@ -7,6 +7,8 @@ Layout of `<output_dir>/<run_name>/` (every file name is a constant below; no ot
     .state/                checkpoints (callbacks.AtomicBackupAndRestore); removed when the run finishes
     history.json metrics.json test_predictions.csv curves.png confusion_matrix.png roc.png
     mlflow_run_id mlflow_model.json   (tracked runs: the MLflow run, the logged model)
+    folder_id              a random id, made with config.yaml: the folder's identity, which its MLflow
+                           run carries as a tag (a path differs between a container and its host)
     model.keras            written last: its presence marks a finished run
 """
 
@@ -16,10 +18,14 @@ import contextlib
 import fcntl
 import itertools
 import json
+import logging
+import math
 import os
+import re
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +52,9 @@ ROC_FILE = "roc.png"
 RUN_ID_FILE = "mlflow_run_id"
 LOGGED_MODEL_FILE = "mlflow_model.json"
 LOCK_FILE = ".lock"  # flock-ed by the process training into the folder; holds its pid
+FOLDER_ID_FILE = "folder_id"
+
+log = logging.getLogger(__name__)
 
 _held: dict[Path, int] = {}  # run folders this process holds: fd kept open until the process ends
 
@@ -201,9 +210,23 @@ def create(run_dir: Path, cfg: Config) -> bool:
     _claimed.pop(run_dir.resolve(), None)
     if (run_dir / CONFIG_FILE).is_file():
         return True
+    folder_id(run_dir)
     # the saved config names the run by its folder, whatever name cfg carried
     atomic_write(run_dir / CONFIG_FILE, config_mod.dump(cfg.replace(run_name=run_dir.name)))
     return False
+
+
+def folder_id(run_dir: Path) -> str:
+    """The folder's identity (made once, on first use, for folders older than the file). Its MLflow run
+    is tagged with it, so a folder's `mlflow_run_id` is believed only for a run this folder made: the
+    file is plain text anyone with the folder can edit, and a folder naming another user's live run had
+    its metrics, model and FINISHED written into that run."""
+    path = run_dir / FOLDER_ID_FILE  # callers hold the folder (`hold`): one maker at a time
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text().strip()
+    made = uuid.uuid4().hex
+    atomic_write(path, made + "\n")
+    return made
 
 
 def state_dir(run_dir: Path) -> Path:
@@ -248,10 +271,59 @@ def atomic_save_weights(model: keras.Model, path: Path) -> Path:
 
 
 def read_history_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The epoch rows, line by line: a row is a JSON object with an integer `epoch` >= 0 and numbers
+    (NaN included: Keras logs it). A line that is not one is skipped and a field that is not a number
+    dropped, one warning per line: the file is plain text in a folder others may copy or edit, and one
+    bad line made `log-run` a traceback and an empty FAILED run that every retry hit again."""
     path = run_dir / HISTORY_LOG
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines()[:MAX_EPOCH_ROWS], 1):
+        if not line.strip():
+            continue
+        row, problem = _history_row(line)
+        if problem and (path, number, problem) not in _warned:  # once per process, not per read
+            _warned.add((path, number, problem))
+            log.warning(f"{path} line {number}: {problem}")
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+MAX_EPOCH_ROWS = 1_000_000  # lines read from history.jsonl (bounded: the file may come from elsewhere)
+_warned: set[tuple[Path, int, str]] = set()
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _history_row(line: str) -> tuple[dict[str, Any] | None, str]:
+    """(the row, or None when the line is unusable; what was wrong with it, or "")."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None, f"not JSON ({line[:60]!r}): skipped"
+    if not isinstance(row, dict):
+        return None, "not a JSON object: skipped"
+    epoch = row.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        return None, f"epoch {str(epoch)[:40]!r} is not a whole number >= 0: skipped"
+    bad = [str(k)[:40] for k, v in row.items() if not _usable(k, v)]
+    if bad:
+        return ({k: v for k, v in row.items() if _usable(k, v)},
+                f"not a metric name with a number, dropped: {', '.join(bad)}")
+    return row, ""
+
+
+_METRIC_NAME = re.compile(r"[\w\-. /:]{1,250}")  # what MLflow accepts as a metric key
+
+
+def _usable(key: str, value: Any) -> bool:
+    if key == HISTORY_TIME:
+        return _number(value) and math.isfinite(value) and 0 <= value < 2**62
+    return _number(value) and bool(_METRIC_NAME.fullmatch(key)) and ".." not in key
 
 
 def write_history_rows(run_dir: Path, rows: list[dict[str, Any]]) -> None:

@@ -30,7 +30,7 @@ from kerasflow.experiments.tune.gpus import gpu_env, visible_gpus
 from kerasflow.experiments.tune.study import LEVEL_TAG, counted, default_storage, open_study, wait_for_lead
 from kerasflow.experiments.tune.workers import until_every_trial_ends, work_here
 from kerasflow.track import store, tracking
-from kerasflow.train import data, rundir
+from kerasflow.train import data
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def _tune(cfg: Config, study: optuna.Study, *, trials: int, workers: int, study_
         mlflow.log_text(study.trials_dataframe().to_csv(index=False), "trials.csv")
         final_cfg = cfg.replace(**best.params, run_name=f"{study_name}-best-trial{best.number}")
         final_dir = Path(cfg.output_dir) / final_cfg.run_name
-        final_id = rundir.finished_run_id(final_dir)
+        final_id = tracking.finished_run(client, final_dir)
         if final_id:  # a rerun of a done study
             log.info(f"search: the best trial is still {best.number}, retrained in run {final_id}")
         else:
