@@ -220,3 +220,42 @@ def test_the_gpu_variant_resolves_every_cuda_library_and_trains_on_cpu(checkout,
     assert device == [device[0]] and "CPU" in device[0] and "a CUDA build" in device[0], out.stderr
     assert "cuInit" not in out.stderr and "absl::InitializeLog" not in out.stderr, out.stderr
     assert "test: {" in out.stderr
+
+
+def test_a_live_run_in_a_container_is_left_alone_and_a_killed_one_closed(image, user, checkout):
+    """Before: a run training in a container with --network host (this host's name, a mount namespace of
+    its own) was marked FAILED by the host's next `kerasflow runs`: the run folder it tagged,
+    /workspace/outputs/NAME, does not exist on the host, which was taken for a dead process. Now its
+    heartbeat keeps it alive there; once the container is killed and the heartbeat is older than the
+    grace, the host closes it."""
+    import mlflow
+
+    name = "in-a-container"
+    trainer = user.popen(["./run_script.bash", "python", "train_mlflow.py",
+                          *[x for t in [*TINY, "epochs=500", f"run_name={name}"] for x in ("--set", t)]],
+                         cwd=checkout, new_session=True)
+    history = checkout / "outputs" / name / "history.jsonl"
+    store = mlflow.MlflowClient(f"sqlite:///{checkout / 'store' / 'mlflow.db'}")
+    try:
+        deadline = time.monotonic() + 600
+        while not (history.is_file() and len(history.read_text().splitlines()) >= 2):
+            assert trainer.poll() is None and time.monotonic() < deadline, trainer.stderr.read()[-3000:]
+            time.sleep(0.5)
+        listed = user.run(["python", "-m", "kerasflow", "runs", "--store", "store"], cwd=checkout)
+        assert listed.returncode == 0, listed.stderr[-2000:]
+        [run] = store.search_runs([store.get_experiment_by_name("kerasflow").experiment_id])
+        assert run.data.tags["kerasflow.run_dir"] == f"/workspace/outputs/{name}"  # unseen by the host
+        assert run.info.status == "RUNNING" and "kerasflow.closed_as_orphan" not in run.data.tags
+        containers = docker("ps", "-q", "--filter", f"volume={checkout}").stdout.split()
+        assert len(containers) == 1, containers
+        docker("kill", containers[0], check=True)
+        trainer.wait(timeout=120)
+    finally:
+        if trainer.poll() is None:
+            os.killpg(trainer.pid, 9)
+            trainer.wait()
+    closed = user.run(["python", "-m", "kerasflow", "runs", "--store", "store"], cwd=checkout,
+                      env={"KERASFLOW_HEARTBEAT_GRACE": "0"})
+    assert closed.returncode == 0, closed.stderr[-2000:]
+    run = store.get_run(run.info.run_id)
+    assert run.info.status == "FAILED" and "heartbeat stopped" in run.data.tags["kerasflow.closed_as_orphan"]

@@ -1,11 +1,20 @@
 """Runs of ours left RUNNING by a process that is gone (SIGKILL, a crash, a store that was full when the
 run tried to end) are closed as FAILED by the next command that opens their store.
 
-A run is ours to close only when this machine trained it: `tracked_run` tags it with the host and its
-run folder, and the folder's lock (kerasflow.train.rundir) tells a live process from a dead one exactly,
-since it is held from before the MLflow run exists until the process exits. Runs without those tags are
-left alone: CV and search parents (they end with their children's process), a run `mlflow run` is still
-starting, runs of other machines, and copies merged from another store (their source decides).
+A run is closed only when its process is provably dead. `tracked_run` tags it with the host, its run
+folder's path and identity (`FOLDER_TAG`) and a heartbeat (`HEARTBEAT_TAG`, the time, renewed every
+`HEARTBEAT_EVERY` s while it trains). Where this process sees the folder (the path exists and holds that
+identity) the folder's lock (kerasflow.train.rundir) tells a live process from a dead one exactly: it
+is held from before the MLflow run exists until the process exits, and a lock is the file's, seen
+from every mount namespace. Where it does not (a run in a container with `--network host` has this
+host's name but paths of its own mount namespace), only a heartbeat older than the grace
+(`KERASFLOW_HEARTBEAT_GRACE`, default 600 s) proves it dead: taking an unseen path for a dead process
+closed a live container run at epoch 41 of 150.
+
+Left alone: runs without those tags (CV and search parents end with their children's process; a run
+`mlflow run` is still starting), runs of other machines, copies merged from another store (their source
+decides), and runs a scheduler owns while it lives (`make run`'s launcher: `LAUNCH_TAG`, settled by
+`_close_launched` when the launcher is gone).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kerasflow import files
+from kerasflow.errors import UserError
 from kerasflow.train import rundir
 
 if TYPE_CHECKING:
@@ -34,6 +44,10 @@ SOURCE_TAG = "kerasflow.source_run_id"  # on a copy merged from another store (s
 LAUNCH_TAG = "kerasflow.launch"  # which launcher started the run (kerasflow/launch: "local")
 LOCK_TAG = "kerasflow.launch_lock"  # the run-name lock its launcher holds from before the run exists
 GRACE = 60  # seconds a launched run is left alone after it is made
+HEARTBEAT_TAG = "kerasflow.heartbeat"  # ms since the epoch, renewed by the training process
+HEARTBEAT_EVERY = 60  # seconds between two heartbeats
+HEARTBEAT_GRACE_VARIABLE = "KERASFLOW_HEARTBEAT_GRACE"
+HEARTBEAT_GRACE = 600  # seconds without a heartbeat after which an unseen run counts as dead
 
 
 def tags(run_dir: Path) -> dict[str, str]:
@@ -62,20 +76,59 @@ def close(client: mlflow.MlflowClient) -> list[str]:
                                   f"attributes.status = 'RUNNING' AND tags.`{HOST_TAG}` = '{host}'")
         for run in runs:
             folder = run.data.tags.get(RUN_DIR_TAG)
-            if not folder or SOURCE_TAG in run.data.tags or not rundir.process_gone(Path(folder)):
+            if not folder or SOURCE_TAG in run.data.tags:
                 continue
             lock = run.data.tags.get(LOCK_TAG)
             if lock and not launcher_gone(Path(lock)):
-                continue  # trains in make run's container: its folder is a path of that mount namespace
-            client.set_tag(run.info.run_id, CLOSED_TAG,
-                           f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}: its process on {host} is gone")
+                continue  # make run's launcher lives: it settles its run
+            why = dead(run, Path(folder))
+            if not why:
+                continue
+            client.set_tag(run.info.run_id, CLOSED_TAG, f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}: {why}")
             client.set_terminated(run.info.run_id, "FAILED")
             name = run.info.run_name or run.info.run_id
             closed.append(name)
-            log.warning(f"run '{name}' ({run.info.run_id}) was left RUNNING by a process that is gone: "
-                        f"marked FAILED; its folder {folder} resumes it (same command, run_name={name})")
+            log.warning(f"run '{name}' ({run.info.run_id}) was left RUNNING and {why}: marked FAILED; "
+                        f"its folder {folder} resumes it (same command, run_name={name})")
         closed += _close_launched(client, experiments[start:start + 100], host)
     return closed
+
+
+def dead(run: mlflow.entities.Run, folder: Path) -> str:
+    """Why the run's process is provably gone, or "" while it may live (see the module docstring)."""
+    tags, host = run.data.tags, socket.gethostname()
+    mine = tags.get(FOLDER_TAG)
+    seen = folder.exists() and (not mine or rundir.folder_id(folder, create=False) == mine)
+    if seen:
+        return f"its process on {host} is gone (its run folder is free)" if rundir.process_gone(folder) \
+            else ""
+    beat = tags.get(HEARTBEAT_TAG)
+    if beat is None:  # a run of a version without heartbeats: an unseen folder was all it had
+        return "" if mine else f"its run folder is gone from {host}"
+    try:
+        silent = time.time() - int(beat) / 1000
+    except ValueError:
+        return ""
+    if silent <= heartbeat_grace():
+        return ""
+    return f"its run folder is not visible here and its heartbeat stopped {silent / 60:.0f} min ago"
+
+
+def heartbeat_grace() -> float:
+    raw = os.environ.get(HEARTBEAT_GRACE_VARIABLE, "")
+    try:
+        value = float(raw) if raw else HEARTBEAT_GRACE
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 10**9:
+        raise UserError(f"{HEARTBEAT_GRACE_VARIABLE}={raw[:40]!r} is not a number of seconds >= 0: set it "
+                        f"to e.g. {HEARTBEAT_GRACE}, or unset it")
+    return value
+
+
+def heartbeat() -> dict[str, str]:
+    """The heartbeat tag, now."""
+    return {HEARTBEAT_TAG: str(int(time.time() * 1000))}
 
 
 def launcher_gone(lock: Path) -> bool:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from kerasflow import ports, urlauth
 from kerasflow.errors import UserError, disk_full
+from kerasflow.track import orphans
 from kerasflow.train import rundir
 
 if TYPE_CHECKING:
@@ -170,6 +171,33 @@ class EpochSender:
 
     def _shown(self) -> str:
         return urlauth.redact(self.uri)
+
+
+class Heartbeat:
+    """Renews the run's heartbeat tag every `orphans.HEARTBEAT_EVERY` s while training and its end run
+    (a context manager): what proves a run alive to a process that cannot see its folder (a container's
+    mount namespace). A failed renewal is skipped: the grace is ten heartbeats long."""
+
+    def __init__(self, client: mlflow.MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kerasflow-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(1)  # a renewal stuck on a server that is away is left to its daemon thread
+
+    def _loop(self) -> None:
+        while not self._stop.wait(orphans.HEARTBEAT_EVERY):
+            [(key, value)] = orphans.heartbeat().items()
+            try:
+                self.client.set_tag(self.run_id, key, value)
+            except Exception:  # noqa: BLE001, S112 - the store is away or full: the next beat tries again
+                continue
 
 
 def epoch_callback(sender: EpochSender) -> keras.callbacks.Callback:

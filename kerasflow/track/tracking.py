@@ -390,7 +390,8 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
                            run_name=prep.cfg.run_name, log_system_metrics=system_metrics or None,
                            nested=in_parent, parent_run_id=parent, tags=dict(nested.tags) or None)
     run_id = run.info.run_id
-    mlflow.set_tags(orphans.tags(prep.run_dir))  # a kill leaves it RUNNING: the next command closes it
+    # a kill leaves it RUNNING: the next command that proves its process dead closes it (orphans)
+    mlflow.set_tags({**orphans.tags(prep.run_dir), **orphans.heartbeat()})
     rundir.atomic_write(prep.run_dir / rundir.RUN_ID_FILE, run_id + "\n")
     log.info(f"mlflow: run {run_id} in experiment '{experiment}' at {uri}"
              f"{' (resumed)' if prep.resumed else ''}")
@@ -399,7 +400,7 @@ def tracked_run(cfg: Config, *, uri: str, experiment: str, nested: Nested | None
     if top and notify.wanted(start=True):
         notify.send(notify.Message(name=prep.cfg.run_name, status="STARTED"))
     with run_status(run_id, nested.stopped, ("run", prep.cfg.run_name) if top else None), \
-            signals_as_interrupt():
+            signals_as_interrupt(), sync.Heartbeat(client, run_id):
         if not prep.resumed or not client.get_run(run_id).data.params:
             _log_identity(client, run_id, prep.run_dir, entry="track")
             log_inputs(prep)

@@ -216,14 +216,16 @@ def create(run_dir: Path, cfg: Config) -> bool:
     return False
 
 
-def folder_id(run_dir: Path) -> str:
+def folder_id(run_dir: Path, *, create: bool = True) -> str:
     """The folder's identity (made once, on first use, for folders older than the file). Its MLflow run
     is tagged with it, so a folder's `mlflow_run_id` is believed only for a run this folder made: the
     file is plain text anyone with the folder can edit, and a folder naming another user's live run had
     its metrics, model and FINISHED written into that run."""
     path = run_dir / FOLDER_ID_FILE  # callers hold the folder (`hold`): one maker at a time
     with contextlib.suppress(FileNotFoundError):
-        return path.read_text().strip()
+        return path.read_text(errors="replace").strip()[:64]
+    if not create:  # a look at a folder (is its process alive?) makes nothing
+        return ""
     made = uuid.uuid4().hex
     atomic_write(path, made + "\n")
     return made
