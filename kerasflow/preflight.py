@@ -15,12 +15,15 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kerasflow import box, config, notify, ports, urlauth
 from kerasflow.errors import UserError
 from kerasflow.storeops import server
+from kerasflow.track import store as stores
 
 PASS, NOTE, FAIL = "pass", "note", "fail"
 
@@ -40,8 +43,19 @@ class Check:
     line: str
 
 
-def _docker(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+ENGINE_TIMEOUT = 15.0  # seconds for `docker info`: a healthy engine answers in under one
+
+
+def _docker(*args: str, timeout: float = ENGINE_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """`docker ARGS`, never raising: no docker binary is status 127, no answer within `timeout` 124 (a
+    DOCKER_HOST socket that accepts and never answers hung doctor for a minute, then a traceback)."""
+    try:
+        return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
+                              errors="replace")
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess([], 124, "", f"no answer within {timeout:.0f} s")
+    except OSError as exc:
+        return subprocess.CompletedProcess([], 127, "", f"docker cannot run ({exc.strerror or exc})")
 
 
 def engine() -> Check:
@@ -49,10 +63,7 @@ def engine() -> Check:
     if not shutil.which("docker"):
         return Check("engine", FAIL, "docker is not installed: install Docker Engine "
                                      "(https://docs.docker.com/engine/install/)")
-    try:
-        out = _docker("info", "--format", "{{.ServerVersion}}")
-    except subprocess.TimeoutExpired:
-        out = subprocess.CompletedProcess([], 1, "", "no answer within 30 s")
+    out = _docker("info", "--format", "{{.ServerVersion}}")
     if out.returncode != 0 or not out.stdout.strip():
         why = (out.stderr.strip().splitlines() or ["no answer"])[0]
         return Check("engine", FAIL, f"the Docker daemon is not reachable ({why}): start it (sudo systemctl "
@@ -118,9 +129,14 @@ def _host_path(path: str, root: Path, data_mount: str) -> tuple[Path | None, str
 
 
 def _tfds_prepared(folder: Path, name: str) -> bool:
-    """TFDS keeps a prepared dataset as NAME/[CONFIG/]VERSION/dataset_info.json under its data dir."""
+    """TFDS keeps a prepared dataset as NAME/[CONFIG/]VERSION/ with dataset_info.json beside the split's
+    record files: a folder with the info file alone (a download cut short) is not prepared."""
     base = folder / name
-    return any(base.glob("*/dataset_info.json")) or any(base.glob("*/*/dataset_info.json"))
+    for info in [*base.glob("*/dataset_info.json"), *base.glob("*/*/dataset_info.json")]:
+        records = [p for pattern in ("*.tfrecord*", "*.array_record*") for p in info.parent.glob(pattern)]
+        if any(p.is_file() for p in records):
+            return True
+    return False
 
 
 OFFLINE_DEMO = "make run ARGS='-P data_source=synthetic -P model=cnn'"
@@ -144,6 +160,14 @@ def data(cfg: config.Config, entry: str, root: Path, data_mount: str) -> Check:
         return Check("data", FAIL, f"image_dir {host} ({key}={path}) is not a folder: give the folder "
                                    "of class sub-folders (-P image_dir=...), or mount one with "
                                    "DATA=/host/folder -P image_dir=/data/...")
+    else:  # what training reads: class folders with images (the same listing, so the same verdict)
+        from kerasflow.train import sources
+
+        try:
+            classes, files = sources.list_image_tree(host)
+        except UserError as exc:
+            return Check("data", FAIL, f"{exc} ({key}={path})")
+        return Check("data", PASS, f"{len(files)} images in {len(classes)} class folders in {host}")
     return Check("data", PASS, f"{cfg.data_source} data in {host}")
 
 
@@ -160,6 +184,9 @@ def tracking(uri: str, port: int, store: Path, logs: Path) -> Check:
             return Check("tracking", FAIL, "the MLflow server at MLFLOW_TRACKING_URI does not answer "
                                            "/health: start it, or fix/unset MLFLOW_TRACKING_URI")
         return Check("tracking", PASS, "the MLflow server from MLFLOW_TRACKING_URI answers")
+    if not 1 <= port <= 65535:
+        return Check("tracking", FAIL, f"PORT={port} is not a port: give one from 1024 to 65535, or unset "
+                                       "PORT (the store's server then takes a free one)")
     url = f"http://127.0.0.1:{port}"
     tunnel = f"ssh -L {port}:127.0.0.1:{port} HOST"
     mine = [r for r in server.serving(store) if r.port == port]
@@ -215,17 +242,17 @@ def for_make_run(*, root: Path, entry: str, params: list[str], gpu: str,  # noqa
                  image_tag: str, uri: str, port: int, store: Path, logs: Path,
                  data_mount: str) -> list[Check]:
     """The checks of `make run`, in the order a user fixes them; stops at the engine (the rest ask it)."""
-    checks = [engine()]
+    checks = [_row("engine", engine)]
     if checks[0].status == FAIL:
         return checks
     present = image_present(image_tag)
-    checks.append(gpu_runtime(gpu))
+    checks.append(_row("gpu", gpu_runtime, gpu))
     if checks[-1].status == PASS and gpu != "off":
-        checks.append(gpus_in_image(image_tag, present))
-    checks.append(data(run_config(root / "config.yaml", params), entry, root, data_mount))
-    checks.append(tracking(uri, port, store, logs))
-    checks.append(notifier(send_test=False))
-    checks.append(image(image_tag, present))
+        checks.append(_row("gpus-in-image", gpus_in_image, image_tag, present))
+    checks.append(_row("data", data, run_config(root / "config.yaml", params), entry, root, data_mount))
+    checks.append(_row("tracking", tracking, uri, port, store, logs))
+    checks.append(_row("notify", notifier, False))
+    checks.append(_row("image", image, image_tag, present))
     return checks
 
 
@@ -296,12 +323,14 @@ def _owner(pid: str) -> str:
     return "?"
 
 
-def disk(image_present_now: bool, data_dir: Path) -> Check:
-    """Room for the image (when it is not built yet) and the data."""
-    docker_root = _docker("info", "--format", "{{.DockerRootDir}}").stdout.strip() or "/var/lib/docker"
+def disk(image_present_now: bool, data_dir: Path, engine_up: bool = True) -> Check:
+    """Room for the image (when it is not built yet, and the engine answers: it says where) and the data."""
+    wanted = [("the data", data_dir, DATA_GB)]
+    if engine_up:
+        docker_root = _docker("info", "--format", "{{.DockerRootDir}}").stdout.strip() or "/var/lib/docker"
+        wanted.insert(0, ("the image", Path(docker_root), 0 if image_present_now else IMAGE_GB))
     short = []
-    for what, where, need in (("the image", Path(docker_root), 0 if image_present_now else IMAGE_GB),
-                              ("the data", data_dir, DATA_GB)):
+    for what, where, need in wanted:
         probe = where
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
@@ -329,7 +358,30 @@ def store_writable(store: Path) -> Check:
     except OSError as exc:
         return Check("store", FAIL, f"{probe} does not take a file ({exc.strerror or exc}): free space "
                                     "there, fix its permissions, or use STORE=another folder")
+    if (store / stores.DB_FILE).is_file():
+        return _store_write(store / stores.DB_FILE)
     return Check("store", PASS, f"{store} is writable")
+
+
+def _store_write(db: Path) -> Check:
+    """An experiment tag written and removed through MLflow itself: a folder that takes files says
+    nothing of a database another user owns (0644: PASS while every write of a run failed), one locked
+    by a stuck process, or one of a newer MLflow."""
+    import mlflow
+
+    uri = stores.sqlite_uri(db)
+    stores.check_backend(uri, choose="STORE=another folder")  # its UserError is this row's FAIL line
+    key = "kerasflow.doctor_probe"
+    try:
+        client = mlflow.MlflowClient(uri)
+        [experiment] = client.search_experiments(max_results=1)
+        client.set_experiment_tag(experiment.experiment_id, key, str(os.getpid()))
+        client.delete_experiment_tag(experiment.experiment_id, key)
+    except Exception as exc:  # noqa: BLE001 - any refusal of a write is this row's verdict
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        return Check("store", FAIL, f"{db} does not take a write through MLflow ({first}): fix its "
+                                    "permissions, or use STORE=another folder")
+    return Check("store", PASS, f"{db.parent} takes a write through MLflow")
 
 
 def tool(name: str, why: str, fix: str) -> Check:
@@ -373,24 +425,38 @@ def notifier(send_test: bool) -> Check:
 def for_doctor(*, root: Path, image_tag: str, uri: str, port: int, store: Path, logs: Path,  # noqa: PLR0913
                data_mount: str, notify_test: bool = False) -> list[Check]:
     """Every check of the box, in one list (`make doctor`); a check that needs the engine says so."""
-    checks = [engine()]
+    checks = [_row("engine", engine)]
     up = checks[0].status != FAIL
     present = up and image_present(image_tag)
     if up:
-        checks.append(gpu_runtime("auto"))
+        checks.append(_row("gpu", gpu_runtime, "auto"))
         if checks[-1].status == PASS:
-            checks.append(gpus_in_image(image_tag, present))
-        checks.append(image(image_tag, present))
-    checks += [driver(), gpu_memory()]
+            checks.append(_row("gpus-in-image", gpus_in_image, image_tag, present))
+        checks.append(_row("image", image, image_tag, present))
+    checks += [_row("driver", driver), _row("gpu-memory", gpu_memory)]
     cfg = run_config(root / "config.yaml", [])
-    checks.append(data(cfg, "main", root, data_mount))
+    checks.append(_row("data", data, cfg, "main", root, data_mount))
     data_dir, _ = _host_path(cfg.tfds_data_dir, root, data_mount)
-    checks.append(disk(present or not up, data_dir or root))
-    checks += [store_writable(store), tracking(uri, port, store, logs), servers(),
-               tool("tmux", "detached runs over SSH", "apt-get install tmux"),
-               tool("flock", "make run's locks", "apt-get install util-linux"), host_python(),
-               notifier(notify_test)]
+    checks.append(_row("disk", disk, present, data_dir or root, up))
+    checks += [_row("store", store_writable, store), _row("tracking", tracking, uri, port, store, logs),
+               _row("servers", servers),
+               _row("tmux", tool, "tmux", "detached runs over SSH", "apt-get install tmux"),
+               _row("flock", tool, "flock", "make run's locks", "apt-get install util-linux"),
+               _row("host-python", host_python), _row("notify", notifier, notify_test)]
     return checks
+
+
+def _row(name: str, check: Callable[..., Check], *args: Any) -> Check:
+    """One row, whatever its check meets: a failure the check did not foresee is its row's FAIL line
+    (with what failed), never a traceback that hides every other row."""
+    try:
+        return check(*args)
+    except UserError as exc:
+        return Check(name, FAIL, str(exc))
+    except Exception as exc:  # noqa: BLE001 - the table must come; this row says what broke
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        return Check(name, FAIL, f"the check itself failed ({type(exc).__name__}: {first}): fix what it "
+                                 "names, then run make doctor again")
 
 
 def doctor_table(checks: list[Check]) -> tuple[str, int]:

@@ -151,3 +151,133 @@ def test_the_notifier_row_sends_a_test_message_on_request(synthetic_root, tmp_pa
         assert code == 2 and rows["notify"][0] == "FAIL" and "KERASFLOW_NOTIFY" in rows["notify"][1]
     finally:
         told.close()
+
+
+def _stand_in(folder: Path, name: str, body: str) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+    (folder / name).chmod(0o755)
+
+
+def test_a_hostile_box_is_rows_never_a_traceback(synthetic_root, tmp_path):
+    """Before, each a traceback instead of the table: no docker binary on PATH (disk() asked docker after
+    the engine row failed); a DOCKER_HOST socket that accepts and never answers (60 s, then
+    TimeoutExpired); an nvidia-smi that prints garbage or hangs; PORT=70000 (OverflowError). Now each is
+    one row with its fix, and the table comes within the rows' time bounds."""
+    import socket
+    import time
+
+    bin_dir = tmp_path / "bin"
+    _stand_in(bin_dir, "nvidia-smi", 'echo "garbage, %s" "$@"; echo ",,,"')
+    path = f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin"
+    no_docker = tmp_path / "no-docker"
+    no_docker.mkdir()
+    for tool in ("tmux", "flock", "python3", "sh", "sleep", "git"):
+        found = subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout
+        if found.strip():
+            (no_docker / tool).symlink_to(found.strip())
+    code, rows = doctor(synthetic_root, tmp_path, env={"PATH": f"{bin_dir}:{no_docker}"})
+    assert code == 2 and rows["engine"][0] == "FAIL" and "docker is not installed" in rows["engine"][1]
+    assert rows["driver"][0] in ("FAIL", "WARN") and rows["disk"][0] == "PASS", rows
+
+    silent = socket.socket(socket.AF_UNIX)
+    silent.bind(str(tmp_path / "silent.sock"))
+    silent.listen(8)  # accepts (the kernel queues the connection), never answers
+    _stand_in(bin_dir, "nvidia-smi", "sleep 600")
+    try:
+        t0 = time.monotonic()
+        code, rows = doctor(synthetic_root, tmp_path, "--port", "70000",
+                            env={"PATH": path, "DOCKER_HOST": f"unix://{tmp_path}/silent.sock"})
+        seconds = time.monotonic() - t0
+    finally:
+        silent.close()
+    assert code == 2 and rows["engine"][0] == "FAIL" and "no answer within" in rows["engine"][1], rows
+    assert rows["tracking"] == ("FAIL", "PORT=70000 is not a port: give one from 1024 to 65535, or unset "
+                                        "PORT (the store's server then takes a free one)"), rows["tracking"]
+    assert "driver" in rows and "gpu-memory" in rows
+    assert seconds < 90, seconds
+
+
+def test_a_port_bound_but_not_listening_is_busy_and_the_data_row_checks_what_training_reads(tmp_path):
+    """Before, false PASS: a port held by a socket that is bound but not listening (or a wedged server)
+    was "free" (connect was refused); an empty image_dir, or a TFDS folder with only dataset_info.json,
+    passed the data row and training failed later in the container."""
+    import socket
+
+    root = tmp_path / "checkout"
+    root.mkdir()
+    (root / "data" / "cells").mkdir(parents=True)
+    text = (ROOT / "config.yaml").read_text()
+    (root / "config.yaml").write_text(text.replace("data_source: tfds", "data_source: image_dir", 1)
+                                      .replace("image_dir: data/cell_images", "image_dir: data/cells", 1))
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))  # bound, never listening
+    port = held.getsockname()[1]
+    try:
+        _, rows = doctor(root, tmp_path, "--port", str(port))
+    finally:
+        held.close()
+    assert rows["tracking"][0] == "FAIL" and f"port {port}" in rows["tracking"][1], rows["tracking"]
+    assert rows["data"][0] == "FAIL" and "has no class folders" in rows["data"][1], rows["data"]
+    for name in ("parasitized", "uninfected"):
+        (root / "data" / "cells" / name).mkdir()
+        (root / "data" / "cells" / name / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    _, rows = doctor(root, tmp_path, "--port", str(free_port()))
+    assert rows["data"][0] == "PASS", rows["data"]
+
+    tfds_root = tmp_path / "tfds-checkout"
+    tfds_root.mkdir()
+    (tfds_root / "config.yaml").write_text(text)
+    cfg_dir = preflight.run_config(tfds_root / "config.yaml", []).tfds_data_dir
+    version = tfds_root / cfg_dir / "malaria" / "1.0.0"
+    version.mkdir(parents=True)
+    (version / "dataset_info.json").write_text("{}")
+    _, rows = doctor(tfds_root, tmp_path, "--port", str(free_port()))
+    assert rows["data"][0] == "FAIL" and "make data" in rows["data"][1], rows["data"]
+    (version / "malaria-train.tfrecord-00000-of-00001").write_bytes(b"x")
+    _, rows = doctor(tfds_root, tmp_path, "--port", str(free_port()))
+    assert rows["data"][0] == "PASS", rows["data"]
+
+
+def test_the_store_row_writes_through_mlflow_as_the_user(tmp_path):
+    """Before: a writable store folder whose mlflow.db belongs to another user (0644) was PASS, while
+    every write of a run failed. Now the row writes (and removes) a value through MLflow, as the user."""
+    import shutil
+    import tempfile
+    import uuid
+
+    from kerasflow.track import store
+
+    if os.geteuid() != 0:
+        pytest.skip("a second user needs root (CI runs as root)")
+    require_tool("runuser")
+    name = f"kfdoc{uuid.uuid4().hex[:4]}"
+    subprocess.run(["useradd", "--no-create-home", "--user-group", name], check=True)
+    shared = Path(tempfile.mkdtemp(prefix="kf-doctor-"))
+    try:
+        shared.chmod(0o755)
+        root = shared / "checkout"
+        root.mkdir()
+        (root / "config.yaml").write_text((ROOT / "config.yaml").read_text().replace(
+            "data_source: tfds", "data_source: synthetic", 1))
+        folder = shared / "store"
+        store.init_sqlite(store.sqlite_uri(folder / store.DB_FILE))  # root's database, 0644
+        folder.chmod(0o777)  # a folder anyone may write to: files go in, the database refuses
+        (shared / "logs").mkdir(mode=0o777)
+        entry = pwd.getpwnam(name)
+        cmd = ["runuser", "-u", name, "--", "env", "-i", f"HOME={shared}", "PATH=/usr/bin:/bin",
+               sys.executable, "-m", "kerasflow", "doctor", "--root", str(root), "--image", IMAGE, "--store",
+               str(folder), "--logs", str(shared / "logs"), "--port", str(free_port())]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
+        rows = {line.split(None, 2)[0]: line.split(None, 2)[1:] for line in done.stdout.splitlines()}
+        assert rows["store"][0] == "FAIL", (rows, done.stderr[-2000:])
+        assert f"MLflow store {folder / store.DB_FILE} is read-only" in rows["store"][1]
+        assert "STORE=another folder" in rows["store"][1]
+        os.chown(folder / store.DB_FILE, entry.pw_uid, entry.pw_gid)  # now it is theirs
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        rows = {line.split(None, 2)[0]: line.split(None, 2)[1:] for line in done.stdout.splitlines()}
+        assert rows["store"] == ["PASS", f"{folder} takes a write through MLflow"], done.stderr[-2000:]
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+        subprocess.run(["userdel", name], check=False)

@@ -235,7 +235,6 @@ def test_a_live_run_in_a_container_is_left_alone_and_a_killed_one_closed(image, 
                           *[x for t in [*TINY, "epochs=500", f"run_name={name}"] for x in ("--set", t)]],
                          cwd=checkout, new_session=True)
     history = checkout / "outputs" / name / "history.jsonl"
-    store = mlflow.MlflowClient(f"sqlite:///{checkout / 'store' / 'mlflow.db'}")
     try:
         deadline = time.monotonic() + 600
         while not (history.is_file() and len(history.read_text().splitlines()) >= 2):
@@ -243,6 +242,8 @@ def test_a_live_run_in_a_container_is_left_alone_and_a_killed_one_closed(image, 
             time.sleep(0.5)
         listed = user.run(["python", "-m", "kerasflow", "runs", "--store", "store"], cwd=checkout)
         assert listed.returncode == 0, listed.stderr[-2000:]
+        # opened only now, as the user made it (a client made first would create the database as root)
+        store = mlflow.MlflowClient(f"sqlite:///{checkout / 'store' / 'mlflow.db'}")
         [run] = store.search_runs([store.get_experiment_by_name("kerasflow").experiment_id])
         assert run.data.tags["kerasflow.run_dir"] == f"/workspace/outputs/{name}"  # unseen by the host
         assert run.info.status == "RUNNING" and "kerasflow.closed_as_orphan" not in run.data.tags

@@ -5,7 +5,8 @@
 Rows: the Docker engine and its version (and that you may use it), the NVIDIA runtime, `--gpus` in our
 image (once it is built), the image, the NVIDIA driver against the minimum for the image's CUDA and each
 GPU's architecture, free memory per GPU and who holds it, disk for the image and the data, the data the
-config needs, the store writable, the server port free or this store's own, your running MLflow servers,
+config needs (what training lists), a write through MLflow into the store, the server port bindable or
+this store's own, your running MLflow servers,
 tmux, flock, a host Python for the light env, the notifier (--notify-test sends a test message). Exit
 status: 0 all pass, 1 warnings, 2 a failure. `make run` runs the fast subset before it queues or
 detaches. GPU, DATA and MLFLOW_TRACKING_URI come from the environment.
