@@ -223,15 +223,21 @@ def test_the_gpu_variant_resolves_every_cuda_library_and_trains_on_cpu(checkout,
 
 
 def test_a_live_run_in_a_container_is_left_alone_and_a_killed_one_closed(image, user, checkout):
-    """Before: a run training in a container with --network host (this host's name, a mount namespace of
-    its own) was marked FAILED by the host's next `kerasflow runs`: the run folder it tagged,
-    /workspace/outputs/NAME, does not exist on the host, which was taken for a dead process. Now its
-    heartbeat keeps it alive there; once the container is killed and the heartbeat is older than the
-    grace, the host closes it."""
+    """Before: a run training in a container with --network host (this host's name, a mount namespace
+    of its own: how `mlflow run` starts make run's container) was marked FAILED by the host's next
+    `kerasflow runs`: the run folder it tagged, /workspace/outputs/NAME, does not exist on the host,
+    which was taken for a dead process. Now its heartbeat keeps it alive there; once the container is
+    killed and the heartbeat is older than the grace, the host closes it."""
+    import socket
+
     import mlflow
 
     name = "in-a-container"
-    trainer = user.popen(["./run_script.bash", "python", "train_mlflow.py",
+    # as `mlflow run` starts make run's container: the host network, so the host's name
+    label = f"kerasflow.test={name}"
+    trainer = user.popen(["docker", "run", "--rm", "--init", "--network", "host", "--label", label,
+                          "--user", f"{user.uid}:{user.gid}", "--volume", f"{checkout}:/workspace",
+                          "--workdir", "/workspace", image["tag"], "python", "train_mlflow.py",
                           *[x for t in [*TINY, "epochs=500", f"run_name={name}"] for x in ("--set", t)]],
                          cwd=checkout, new_session=True)
     history = checkout / "outputs" / name / "history.jsonl"
@@ -247,7 +253,8 @@ def test_a_live_run_in_a_container_is_left_alone_and_a_killed_one_closed(image, 
         [run] = store.search_runs([store.get_experiment_by_name("kerasflow").experiment_id])
         assert run.data.tags["kerasflow.run_dir"] == f"/workspace/outputs/{name}"  # unseen by the host
         assert run.info.status == "RUNNING" and "kerasflow.closed_as_orphan" not in run.data.tags
-        containers = docker("ps", "-q", "--filter", f"volume={checkout}").stdout.split()
+        assert run.data.tags["kerasflow.host"] == socket.gethostname()  # what made it look like ours
+        containers = docker("ps", "-q", "--filter", f"label={label}").stdout.split()
         assert len(containers) == 1, containers
         docker("kill", containers[0], check=True)
         trainer.wait(timeout=120)
@@ -259,4 +266,5 @@ def test_a_live_run_in_a_container_is_left_alone_and_a_killed_one_closed(image, 
                       env={"KERASFLOW_HEARTBEAT_GRACE": "0"})
     assert closed.returncode == 0, closed.stderr[-2000:]
     run = store.get_run(run.info.run_id)
-    assert run.info.status == "FAILED" and "heartbeat stopped" in run.data.tags["kerasflow.closed_as_orphan"]
+    assert run.info.status == "FAILED", closed.stderr[-2000:]
+    assert "heartbeat stopped" in run.data.tags["kerasflow.closed_as_orphan"]

@@ -604,3 +604,30 @@ def mlflow_client(uri: str):
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def test_a_server_that_answers_nothing_costs_the_wait_the_user_set(tmp_path):
+    """Before: with KERASFLOW_TRACKING_WAIT=15 and a server that accepts and never answers (stopped,
+    wedged), the end of a run took about 130 s: each MLflow call held for its own bound (about a minute),
+    the wait counted between them, and then the run's end and its message tried again. Now /health says
+    it in seconds, the wait is the whole wait, and what is left to say to the server is skipped: one
+    line naming the rerun, exit 2, within the wait plus the end's own work."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "KERASFLOW_TRACKING_WAIT": "10"}
+    server = mlflow_server(tmp_path / "server", port)
+    cmd = _tiny_cmd(tmp_path, "wedged", "synthetic_examples=600", epochs=3)
+    try:
+        trainer = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True)
+        _wait_for_epochs(tmp_path / "out" / "wedged", trainer, 2)
+        os.killpg(server.pid, signal.SIGSTOP)  # the kernel still accepts connections; nothing answers
+        _wait_for_epochs(tmp_path / "out" / "wedged", trainer, 3)
+        trained = time.monotonic()
+        _, stderr = trainer.communicate(timeout=600)
+        ended = time.monotonic() - trained
+    finally:
+        os.killpg(server.pid, signal.SIGCONT)
+        kill_group(server)
+    assert_user_error(subprocess.CompletedProcess(cmd, trainer.returncode, "", stderr),
+                      "did not come back within 10 s", "run_name=wedged")
+    assert ended < 45, f"the end of the run took {ended:.0f} s with a wait of 10 s"

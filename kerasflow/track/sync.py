@@ -42,6 +42,8 @@ WAIT_VARIABLE = "KERASFLOW_TRACKING_WAIT"  # seconds the end of a run waits for 
 DEFAULT_WAIT_S = 600
 WARN_AFTER_S = 30  # a send in flight this long is reported, even before its retries give up
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
+PROBE_S = 5.0  # seconds /health may take at the end of a run before the server counts as away
+AWAY: set[str] = set()  # tracking URIs `while_away` gave up on in this process: not asked again
 
 
 def bound_calls() -> None:
@@ -219,24 +221,36 @@ def wait_s() -> float:
         raise UserError(f"{WAIT_VARIABLE}={raw!r} is not a number of seconds: set it to e.g. 600") from None
 
 
+def gave_up(uri: str) -> bool:
+    """`while_away` gave up on this server in this process (the run's end and its message then skip
+    it: each call would cost MLflow's own bound, a minute, past the wait the user set)."""
+    return urlauth.split_credentials(uri)[0] in AWAY
+
+
 def while_away(step: Callable[[], T], uri: str, *, on_give_up: Callable[[], str]) -> T:
     """Run `step` (idempotent); when the server at `uri` is unreachable, wait for it (up to
     KERASFLOW_TRACKING_WAIT seconds) and run it again. A server that stays away is one line, with
     `on_give_up()` saying what is kept and how to log it later."""
     deadline = time.monotonic() + wait_s()
     warned = False
+    remote = uri.startswith(("http://", "https://"))
+    clean = urlauth.split_credentials(uri)[0] if remote else ""
     while True:
         try:
+            # a server that accepts and never answers would hold each of step's calls for MLflow's own
+            # bound (about a minute each: 130 s with a wait of 15); /health says so in seconds
+            if remote and not ports.answers(clean, timeout=PROBE_S):
+                raise TimeoutError(f"no answer to /health within {PROBE_S:.0f} s")
             return step()
         except Exception as exc:
-            if not unreachable(exc) or not uri.startswith(("http://", "https://")):
+            if not unreachable(exc) or not remote:
                 raise
-            clean = urlauth.split_credentials(uri)[0]
             if not warned:
                 log.warning(f"the tracking server at {urlauth.redact(uri)} is unreachable at the end of the "
                             f"run: waiting up to {wait_s():.0f} s for it ({WAIT_VARIABLE})")
                 warned = True
             left = deadline - time.monotonic()
             if left <= 0 or not ports.wait_answers(clean, left):
+                AWAY.add(clean)  # what is left to say to it (the run's end, a notification) is skipped
                 raise UserError(f"the tracking server at {urlauth.redact(uri)} did not come back within "
                                 f"{wait_s():.0f} s: {on_give_up()}") from None

@@ -84,6 +84,8 @@ def run_status(run_id: str, stopped: tuple[type[BaseException], ...] = (),
     finally:
         active = mlflow.active_run()
         try:
+            if sync.gave_up(mlflow.get_tracking_uri()):  # the wait the user set is spent: not a minute more
+                raise TimeoutError("the tracking server did not come back")
             if active is not None and active.info.run_id == run_id:
                 mlflow.end_run(status)
             else:
@@ -105,6 +107,8 @@ def _announce(run_id: str, status: str, what: str, name: str) -> None:
     import mlflow
 
     try:
+        if sync.gave_up(mlflow.get_tracking_uri()):
+            raise TimeoutError("the tracking server did not come back")
         client = mlflow.MlflowClient()
         run = client.get_run(run_id)
         link = notify.run_link(mlflow.get_tracking_uri(), run.info.experiment_id, run_id)
