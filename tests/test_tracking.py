@@ -630,4 +630,4 @@ def test_a_server_that_answers_nothing_costs_the_wait_the_user_set(tmp_path):
         kill_group(server)
     assert_user_error(subprocess.CompletedProcess(cmd, trainer.returncode, "", stderr),
                       "did not come back within 10 s", "run_name=wedged")
-    assert ended < 45, f"the end of the run took {ended:.0f} s with a wait of 10 s"
+    assert ended < 35, f"the end of the run took {ended:.0f} s with a wait of 10 s"

@@ -221,6 +221,14 @@ def wait_s() -> float:
         raise UserError(f"{WAIT_VARIABLE}={raw!r} is not a number of seconds: set it to e.g. 600") from None
 
 
+def give_up(uri: str) -> None:
+    """The wait the user set is spent: what is left to say to the server (the run's end, here and in
+    MLflow's own exit handler; a notification's details) fails in a second instead of a minute each.
+    MLflow reads its HTTP settings at each request."""
+    AWAY.add(uri)
+    os.environ.update({"MLFLOW_HTTP_REQUEST_TIMEOUT": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+
+
 def gave_up(uri: str) -> bool:
     """`while_away` gave up on this server in this process (the run's end and its message then skip
     it: each call would cost MLflow's own bound, a minute, past the wait the user set)."""
@@ -251,6 +259,6 @@ def while_away(step: Callable[[], T], uri: str, *, on_give_up: Callable[[], str]
                 warned = True
             left = deadline - time.monotonic()
             if left <= 0 or not ports.wait_answers(clean, left):
-                AWAY.add(clean)  # what is left to say to it (the run's end, a notification) is skipped
+                give_up(clean)
                 raise UserError(f"the tracking server at {urlauth.redact(uri)} did not come back within "
                                 f"{wait_s():.0f} s: {on_give_up()}") from None
