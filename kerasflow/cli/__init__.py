@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.abc
 import importlib.util
 import logging
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.machinery import ModuleSpec
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -82,15 +84,28 @@ def quiet_tensorflow() -> None:
         sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
+def nonempty(value: str) -> str:
+    """argparse type of a path or name option: an empty value (`make push TO=`, a variable unset in a
+    script) is refused, not taken for the current folder (push wrote a store into the checkout)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty: give a value")
+    return value
+
+
+def path(value: str) -> Path:
+    """argparse type of a path: `nonempty`, then a Path (Path("") is the current folder)."""
+    return Path(nonempty(value))
+
+
 def store_flags(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
     """--store (and --experiment): the same flags, defaults and help for every command on a store."""
     from kerasflow.track.store import DEFAULT_EXPERIMENT, DEFAULT_STORE
 
-    p.add_argument("--store", default=DEFAULT_STORE, metavar="DIR",
+    p.add_argument("--store", default=DEFAULT_STORE, metavar="DIR", type=nonempty,
                    help=f"store folder: sqlite database + artifacts (default: {DEFAULT_STORE}); "
                         "MLFLOW_TRACKING_URI, when set, is used instead")
     if experiment:
-        p.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+        p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, type=nonempty,
                        help=f"MLflow experiment name (default: {DEFAULT_EXPERIMENT})")
 
 
@@ -145,16 +160,32 @@ def run(main: Callable[[], object]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        reason = disk_full(exc)
-        if not reason:
-            raise
-        filename = getattr(exc, "filename", None)
-        where = f" writing {filename}" if filename else ""
-        print(f"error: no space left{where} ({reason}): free disk space (or raise the file-size/quota "
-              "limit) and run the command again; files are written whole or not at all", file=sys.stderr)
+    except OSError as exc:
+        if disk_full(exc) or not (exc.filename and exc.errno in PATH_ERRORS):
+            return _other(exc)
+        # a path the user gave that the system refuses (too long, not a folder, a loop, no access)
+        print(f"error: {exc.filename} cannot be used ({exc.strerror}): check the path you gave",
+              file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - re-raised by _other unless the disk is full
+        return _other(exc)
     return 0
+
+
+PATH_ERRORS = {errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EACCES, errno.EPERM,
+               errno.EROFS, errno.ENOENT}
+
+
+def _other(exc: Exception) -> int:
+    """A full disk is one line; anything else is a bug of ours: its traceback."""
+    reason = disk_full(exc)
+    if not reason:
+        raise exc
+    filename = getattr(exc, "filename", None)
+    where = f" writing {filename}" if filename else ""
+    print(f"error: no space left{where} ({reason}): free disk space (or raise the file-size/quota "
+          "limit) and run the command again; files are written whole or not at all", file=sys.stderr)
+    return 2
 
 
 def ssh_hint(port: int) -> str:

@@ -22,11 +22,11 @@ from kerasflow import cli
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("--root", type=Path, default=Path("."), help="the checkout")
+    p.add_argument("--root", type=cli.path, default=Path("."), help="the checkout")
     p.add_argument("--image", default=None, help="the image tag (default: the one make run uses)")
     p.add_argument("--port", type=int, default=None, help="default: the store's own (kerasflow server)")
-    p.add_argument("--store", type=Path, default=Path("store"))
-    p.add_argument("--logs", type=Path, default=Path("logs"))
+    p.add_argument("--store", type=cli.path, default=Path("store"))
+    p.add_argument("--logs", type=cli.path, default=Path("logs"))
     p.add_argument("--notify-test", action="store_true", help="send a test message to KERASFLOW_NOTIFY")
     args = p.parse_args(argv)
     status = {"code": 0}

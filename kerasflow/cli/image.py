@@ -18,7 +18,7 @@ from kerasflow import cli
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("--root", type=Path, default=Path("."), help="the checkout (default: here)")
+    p.add_argument("--root", type=cli.path, default=Path("."), help="the checkout (default: here)")
     args = p.parse_args(argv)
 
     def go() -> None:

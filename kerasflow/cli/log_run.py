@@ -12,14 +12,12 @@ finds it (or completes it, after a kill); a folder tracked live is completed, no
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from kerasflow import cli
 
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("run_dir", type=Path, help="the run folder (output_dir/run_name, e.g. outputs/NAME)")
+    p.add_argument("run_dir", type=cli.path, help="the run folder (output_dir/run_name, e.g. outputs/NAME)")
     cli.store_flags(p)
     p.add_argument("--register", default="", metavar="NAME",
                    help="register the model under this name (default: do not register)")

@@ -9,15 +9,13 @@ database exists. Artifacts stay where they are (mlruns/).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from kerasflow import cli
 
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("source", type=Path, help="the legacy store (mlruns/ or its parent)")
-    p.add_argument("--db", type=Path, help="new sqlite database (default: mlflow.db next to mlruns/)")
+    p.add_argument("source", type=cli.path, help="the legacy store (mlruns/ or its parent)")
+    p.add_argument("--db", type=cli.path, help="new sqlite database (default: mlflow.db next to mlruns/)")
     args = p.parse_args(argv)
 
     def go() -> None:

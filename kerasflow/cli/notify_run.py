@@ -10,15 +10,13 @@ metrics and UI link; a run that did not end FINISHED gets the log's last lines, 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from kerasflow import cli
 
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
     p.add_argument("--name", required=True)
-    p.add_argument("--log", type=Path, required=True)
+    p.add_argument("--log", type=cli.path, required=True)
     p.add_argument("--exit", type=int, default=0, help="the run's exit status")
     p.add_argument("--run-id", default="", help="the MLflow run (on MLFLOW_TRACKING_URI)")
     p.add_argument("--started", action="store_true")

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> None:
         from kerasflow.track import registry
 
-        with registry.opened(args.store) as c:
+        with registry.opened(args.store, write=True) as c:
             r = registry.promote(c, args.name, args.metric, args.alias, args.mode)
         was = f"; was v{r['previous']}" if r["previous"] else ""
         print(f"{r['name']}@{r['alias']} -> version {r['version']} ({r['metric']}={r['value']:.4f}, "

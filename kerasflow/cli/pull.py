@@ -9,7 +9,6 @@ rsync (over ssh for host:path), and relocated to DEST; see kerasflow/storeops/pu
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from kerasflow import cli
 
@@ -19,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = cli.parser(__doc__, config_flags=False)
     p.add_argument("source", help="user@host:path/to/store, or a local store folder")
-    p.add_argument("dest", nargs="?", default=store.DEFAULT_STORE, type=Path,
+    p.add_argument("dest", nargs="?", default=store.DEFAULT_STORE, type=cli.path,
                    help="where the copy goes (default: ./store)")
     p.add_argument("--ssh", default=os.environ.get("KERASFLOW_SSH", "ssh"), help="ssh command (-e of rsync)")
     p.add_argument("--force", action="store_true",

@@ -38,9 +38,9 @@ def since_ms(text: str, now: float | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
     cli.store_flags(p, experiment=False)
-    p.add_argument("--to", required=True, metavar="DEST",
+    p.add_argument("--to", required=True, metavar="DEST", type=cli.nonempty,
                    help="destination: a store folder, or a server URL (http[s]://[user:password@]host:port)")
-    p.add_argument("--experiment", action="append", default=None, metavar="NAME",
+    p.add_argument("--experiment", action="append", default=None, metavar="NAME", type=cli.nonempty,
                    help="only this experiment (repeatable; default: every experiment)")
     p.add_argument("--filter", default="", help="only runs matching this MLflow search filter")
     p.add_argument("--since", default="", metavar="WHEN",

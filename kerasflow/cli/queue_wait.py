@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from types import FrameType
 
 from kerasflow import cli
@@ -28,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     split = argv.index("--")
     p = cli.parser(__doc__, config_flags=False)
     p.add_argument("--name", required=True)
-    p.add_argument("--log", type=Path, required=True)
-    p.add_argument("--status", type=Path, required=True)
+    p.add_argument("--log", type=cli.path, required=True)
+    p.add_argument("--status", type=cli.path, required=True)
     p.add_argument("--session", default="")
     p.add_argument("--tracking", default="")
     p.add_argument("--no-wait", action="store_true")

@@ -16,9 +16,10 @@ from kerasflow import cli
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("store", type=Path, help="store folder (with mlflow.db, or a legacy mlruns/) or .db file")
+    p.add_argument("store", type=cli.path,
+                   help="store folder (with mlflow.db, or a legacy mlruns/) or .db file")
     p.add_argument("--from", dest="old", help="old prefix (default: detected from the stored locations)")
-    p.add_argument("--to", type=Path, help="new prefix (default: the store's folder)")
+    p.add_argument("--to", type=cli.path, help="new prefix (default: the store's folder)")
     p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
     p.add_argument("--check", action="store_true",
                    help="change nothing; list artifact locations that point nowhere (exit 1 if any)")

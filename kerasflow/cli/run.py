@@ -38,7 +38,7 @@ from kerasflow.cli import run as run_command  # the function: once this module i
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("--root", type=Path, default=Path("."), help="the checkout (default: here)")
+    p.add_argument("--root", type=cli.path, default=Path("."), help="the checkout (default: here)")
     p.add_argument("-e", "--entry", default="main")
     p.add_argument("--experiment", default="kerasflow")
     p.add_argument("--name", default="")

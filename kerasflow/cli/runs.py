@@ -9,7 +9,6 @@ The filter is MLflow's search syntax: metrics.X, params.X, tags.X, attributes.st
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from kerasflow import cli
 
@@ -20,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--filter", default="", help="MLflow search filter")
     p.add_argument("--order-by", default="metrics.test_accuracy DESC")
     p.add_argument("--top", type=int, default=10)
-    p.add_argument("--plot", type=Path, help="write the best runs' validation curves to this PNG")
+    p.add_argument("--plot", type=cli.path, help="write the best runs' validation curves to this PNG")
     args = p.parse_args(argv)
 
     def go() -> None:

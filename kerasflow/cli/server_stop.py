@@ -9,8 +9,6 @@ runs logging to it should be finished first (`make queue`). A stopped server sta
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from kerasflow import cli
 
 
@@ -18,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     from kerasflow.track import store
 
     p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("store", nargs="?", default=store.DEFAULT_STORE, type=Path)
+    p.add_argument("store", nargs="?", default=store.DEFAULT_STORE, type=cli.path)
     args = p.parse_args(argv)
 
     def go() -> None:

@@ -17,7 +17,7 @@ from kerasflow import cli
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__)
-    p.add_argument("--out", type=Path, default=Path("outputs/splits.json"),
+    p.add_argument("--out", type=cli.path, default=Path("outputs/splits.json"),
                    help="where to write the splits file (default: outputs/splits.json)")
     args = p.parse_args(argv)
 

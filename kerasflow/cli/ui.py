@@ -9,7 +9,6 @@ Relocates the store's artifact locations to where the store now is, then starts 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from kerasflow import cli
 
@@ -18,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     from kerasflow.track import store
 
     p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("store", nargs="?", default=store.DEFAULT_STORE, type=Path)
+    p.add_argument("store", nargs="?", default=store.DEFAULT_STORE, type=cli.path)
     p.add_argument("--port", type=int, default=None,
                    help="default: the port this store's server keeps (STORE/server-port), else the first "
                         "free one from 5000")

@@ -125,7 +125,7 @@ def push(source: str, dest: str, *, experiments: list[str] | None = None, filter
         started = f"attributes.start_time >= {since}"
         filter_string = f"{started} and {filter_string}" if filter_string.strip() else started
 
-    with store.open_store(source, create=False) as src_uri:
+    with store.open_store(source, create=False, write=False) as src_uri:
         dst_uri = destination_uri(dest)
         if dst_uri == src_uri:
             raise UserError(f"the destination {urlauth.redact(dest)} is the source store: give another "

@@ -344,6 +344,7 @@ def _progress(items: list[Any], what: str) -> Any:
 def relocate(store: Path, old: str | None = None, to: Path | None = None, dry_run: bool = False) -> Report:
     """Rewrite the store's artifact locations from `old` (detected) to `to` (the store's folder), under
     the store's operation lock."""
+    store_layout.kind(store)  # not a store: its one line, before a lock file is made beside it
     with store_layout.operation_lock(store):
         kind, path = store_layout.kind(store)
         root = path.parent if kind == "sqlite" else path

@@ -22,12 +22,13 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def opened(store_dir: str = store.DEFAULT_STORE) -> Iterator[mlflow.MlflowClient]:
+def opened(store_dir: str = store.DEFAULT_STORE, *, write: bool = False) -> Iterator[mlflow.MlflowClient]:
     """A client of the checked store (the same resolution as train_mlflow.py), the store active for the
-    block only: the previous tracking URI is back afterwards (a notebook or a test keeps its own)."""
+    block only: the previous tracking URI is back afterwards (a notebook or a test keeps its own).
+    Looking needs no write access (a pulled store one may only read); `write` for promote."""
     import mlflow
 
-    with store.open_store(store_dir, create=False) as uri:
+    with store.open_store(store_dir, create=False, write=write) as uri:
         yield mlflow.MlflowClient(uri)
 
 

@@ -76,12 +76,13 @@ def readonly_uri(db: str | Path) -> str:
 
 
 @contextmanager
-def open_store(store_dir: str | Path = DEFAULT_STORE, *, create: bool = True) -> Iterator[str]:
+def open_store(store_dir: str | Path = DEFAULT_STORE, *, create: bool = True,
+               write: bool = True) -> Iterator[str]:
     """The store's tracking URI, checked (seconds, before anything slow), created when `create` (else it
     must exist), and active for the block (the previous one restored after): every command that opens
-    a store."""
+    a store. `write=False` (listing, looking, copying from it): a store one may only read is fine."""
     uri = tracking_uri(store_dir)
-    check_backend(uri)
+    check_backend(uri, write=write)
     db = sqlite_path(uri)
     if db is not None:
         proxied_artifacts_in_the_store()
@@ -90,9 +91,24 @@ def open_store(store_dir: str | Path = DEFAULT_STORE, *, create: bool = True) ->
     elif db is not None and not db.is_file():  # a typo'd STORE would otherwise become a new, empty store
         raise UserError(f"no MLflow store at {Path(store_dir)} (no {DB_FILE}): check STORE=/--store; runs "
                         "are written there by `make track` or `make run`")
+    if db is None and not uri.startswith(("http://", "https://")):
+        _probe(uri)
     with activated(uri):
         _close_orphans()
         yield uri
+
+
+def _probe(uri: str) -> None:
+    """A database URL or another backend MLflow opens itself: opened once here, so that a wrong one (no
+    driver, no server, a file store MLflow no longer opens) is one line, not a traceback at first use."""
+    import mlflow
+
+    try:
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure to open it is the user's URI to fix
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"the tracking store {urlauth.redact(uri)} cannot be opened ({first}): fix or unset "
+                        "MLFLOW_TRACKING_URI") from None
 
 
 def _close_orphans() -> None:
@@ -165,7 +181,9 @@ def artifact_root(uri: str, experiment: str) -> str | None:
     db = sqlite_path(uri)
     if db is None:
         return None
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment).strip("-") or "experiment"
+    # one plain folder name under artifacts/: no '/', and no '.' or '..' (an experiment named '..' had
+    # its runs' files in the store's own folder, beside mlflow.db)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment).strip("-").lstrip(".") or "experiment"
     return str(db.parent / ARTIFACTS / slug)
 
 
@@ -270,34 +288,45 @@ def init_sqlite(uri: str) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def check_backend(uri: str, *, choose: str = "--store DIR") -> None:
+def check_backend(uri: str, *, choose: str = "--store DIR", write: bool = True) -> None:
     """Fail in seconds, before training, when runs could not be recorded; `choose`: how the caller's
-    command names another store (push writes to `--to DEST`, the server takes a folder argument)."""
+    command names another store (push writes to `--to DEST`, the server takes a folder argument);
+    `write=False`: a store one may only read passes (its schema is still checked)."""
     db = sqlite_path(uri)
     if db is not None:
-        folder = db.parent
-        probe = folder
-        while not probe.exists():
-            probe = probe.parent
-        if not probe.is_dir():
-            where = "is a file" if probe == folder else f"is inside a file ({probe})"
-            raise UserError(f"MLflow store {folder} {where}: a store is a folder; choose one with {choose}")
-        if not can_write(probe):
-            raise UserError(f"MLflow store folder {folder} is not writable: fix its permissions or "
-                            f"choose another with {choose}")
-        if db.exists():
-            if not os.access(db, os.W_OK) or not can_write(folder):
-                raise UserError(f"MLflow store {db} is read-only: fix its permissions or choose "
-                                f"another with {choose}")
-            check_sqlite_schema(db)
+        _check_sqlite(db, choose, write)
         return
     if uri.startswith(("http://", "https://")):
         check_server(uri)
         return
-    scheme = uri.partition("://")[0].split("+")[0] if "://" in uri else ""
+    found = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", uri)  # `models:/x` is a URI too, not a folder
+    scheme = found[1].split("+")[0].lower() if found else ""
     if scheme and scheme not in OTHER_BACKENDS:
         raise UserError(f"tracking URI {urlauth.redact(uri)} is neither an http(s) server nor a sqlite "
                         "database: set MLFLOW_TRACKING_URI=http://HOST:PORT, or unset it to use ./store")
+
+
+def _check_sqlite(db: Path, choose: str, write: bool) -> None:
+    """check_backend's part for an embedded store (see there)."""
+    if not write:
+        if db.is_file():
+            check_sqlite_schema(db)
+        return
+    folder = db.parent
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "is a file" if probe == folder else f"is inside a file ({probe})"
+        raise UserError(f"MLflow store {folder} {where}: a store is a folder; choose one with {choose}")
+    if not can_write(probe):
+        raise UserError(f"MLflow store folder {folder} is not writable: fix its permissions or "
+                        f"choose another with {choose}")
+    if db.exists():
+        if not os.access(db, os.W_OK) or not can_write(folder):
+            raise UserError(f"MLflow store {db} is read-only: fix its permissions or choose "
+                            f"another with {choose}")
+        check_sqlite_schema(db)
 
 
 # Database backends MLflow opens itself (SQLAlchemy URLs, a file store, Databricks).

@@ -335,6 +335,7 @@ def _log_results(result: training.Result, files: dict[str, Path]) -> None:
     assert run is not None  # noqa: S101 - called inside tracked_run's run
     logged = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics  # a rerun after a kill: once
     mlflow.log_metrics({k: v for k, v in metrics.items() if k not in logged})
+    _tag_undefined(result.metrics)
     for key, path in files.items():
         if key != "model":
             mlflow.log_artifact(str(path))
@@ -344,6 +345,19 @@ def _log_results(result: training.Result, files: dict[str, Path]) -> None:
         prep.model.summary(print_fn=lambda line, *args, **kw: lines.append(line))
         summary.write_text("\n".join(lines) + "\n")
         mlflow.log_artifact(str(summary))
+
+
+UNDEFINED_TAG = "kerasflow.not_measured"  # test figures the test set could not give, and why
+
+
+def _tag_undefined(results: dict[str, Any]) -> None:
+    """Say which test figures are absent on purpose (evaluation.classification_metrics), so an absent
+    test_auc reads as "the test set had one class", not as a logging failure."""
+    import mlflow
+
+    undefined = results.get("undefined") or {}
+    if isinstance(undefined, dict) and undefined:
+        mlflow.set_tag(UNDEFINED_TAG, "; ".join(f"{k}: {v}" for k, v in undefined.items())[:5000])
 
 
 def train_tracked(cfg: Config, *, store_dir: str = store.DEFAULT_STORE, experiment: str = DEFAULT_EXPERIMENT,  # noqa: PLR0913
@@ -486,6 +500,7 @@ def log_folder(run_dir: Path, *, uri: str, experiment: str, register: str = "",
         mlflow.log_metrics({f"test_{k}": float(v) for k, v in results.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)
                             and f"test_{k}" not in logged})
+        _tag_undefined(results)
         for name in RESULT_FILES:
             if (run_dir / name).is_file():
                 mlflow.log_artifact(str(run_dir / name))

@@ -41,7 +41,12 @@ def predicted_classes(probs: np.ndarray) -> np.ndarray:
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray,
                            class_names: list[str]) -> dict[str, Any]:
-    """Loss, accuracy, macro precision/recall, per-class figures, confusion matrix; AUC and ROC if binary."""
+    """Loss, accuracy, macro precision/recall, per-class figures, confusion matrix; AUC and ROC if binary.
+
+    A figure the test set cannot give is left out, never filled in: a class never predicted has no
+    precision, a class with no test example no recall, a test set of one class no AUC (it was 0.0, logged
+    as if measured). `undefined` names each one left out and why; the macro averages take the classes
+    whose figure exists, and are left out when none does."""
     labels = np.asarray(labels).astype(int)
     probs = class_probabilities(probabilities)
     k = len(class_names)
@@ -55,27 +60,39 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray,
     predicted = predicted_classes(probs)
     confusion = np.zeros((k, k), int)
     np.add.at(confusion, (labels, predicted), 1)
-    per_class = {}
+    per_class: dict[str, dict[str, Any]] = {}
+    undefined: dict[str, str] = {}
     for i, name in enumerate(class_names):
         predicted_i, actual_i = confusion[:, i].sum(), confusion[i, :].sum()
-        per_class[name] = {
-            "precision": float(confusion[i, i] / predicted_i) if predicted_i else 0.0,
-            "recall": float(confusion[i, i] / actual_i) if actual_i else 0.0,
-            "support": int(actual_i),
-        }
+        per_class[name] = {"support": int(actual_i)}
+        if predicted_i:
+            per_class[name]["precision"] = float(confusion[i, i] / predicted_i)
+        else:
+            undefined[f"precision of {name}"] = "no test example was predicted as it"
+        if actual_i:
+            per_class[name]["recall"] = float(confusion[i, i] / actual_i)
+        else:
+            undefined[f"recall of {name}"] = "the test set holds no example of it"
     metrics: dict[str, Any] = {
         "loss": float(loss),
         "accuracy": float(np.trace(confusion) / max(len(labels), 1)),
-        "precision": float(np.mean([c["precision"] for c in per_class.values()])),
-        "recall": float(np.mean([c["recall"] for c in per_class.values()])),
         "examples": len(labels),
     }
-    if k == 2:
+    for figure in ("precision", "recall"):
+        values = [c[figure] for c in per_class.values() if figure in c]
+        if values:
+            metrics[figure] = float(np.mean(values))
+        else:
+            undefined[figure] = f"no class has a {figure} on this test set"
+    if k == 2 and 0 < int(labels.sum()) < len(labels):
         fpr, tpr, thresholds = roc_points(labels, p1)
         metrics["auc"] = float(np.trapezoid(tpr, fpr))
         metrics["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(),
                           "thresholds": [float(t) if np.isfinite(t) else None for t in thresholds]}
+    elif k == 2:
+        undefined["auc"] = "the test set holds one class only"
     metrics["per_class"] = per_class
     metrics["confusion_matrix"] = confusion.tolist()
     metrics["class_names"] = list(class_names)
+    metrics["undefined"] = undefined
     return metrics

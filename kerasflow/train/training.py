@@ -220,7 +220,7 @@ def write_outputs(result: Result) -> dict[str, Path]:
         "confusion_matrix": plots.confusion_matrix(result.metrics["confusion_matrix"],
                                                    prep.examples.class_names, out / rundir.CONFUSION_FILE),
     }
-    if models.binary(len(prep.examples.class_names)):
+    if "roc" in result.metrics:  # binary, with both classes in the test set
         files["roc"] = plots.roc_curve(result.metrics["roc"], out / rundir.ROC_FILE)
     return files
 
