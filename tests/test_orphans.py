@@ -63,3 +63,22 @@ def test_an_unseen_folder_is_dead_only_when_its_heartbeat_stopped(tmp_path, monk
     monkeypatch.setenv(orphans.HEARTBEAT_GRACE_VARIABLE, "ten minutes")
     with pytest.raises(UserError, match="KERASFLOW_HEARTBEAT_GRACE='ten minutes' is not a number"):
         orphans.heartbeat_grace()
+
+
+def test_a_run_closed_while_alive_that_finishes_loses_the_orphan_tag(tmp_path, monkeypatch):
+    """Before: a live run wrongly closed as an orphan ended FINISHED but kept `closed_as_orphan`, and the
+    warning had told its user to resume a run that was alive. Now the finish moves the tag aside."""
+    from kerasflow.track import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("kerasflow", artifact_location=str(tmp_path / "artifacts"))
+    run_id = _running(client, exp, "alive", {})
+    client.set_tag(run_id, orphans.CLOSED_TAG, "2026-12-05T20:00:00: its heartbeat stopped 11 min ago")
+    client.set_terminated(run_id, "FAILED")
+    with tracking.run_status(run_id):
+        pass
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and orphans.CLOSED_TAG not in run.data.tags
+    assert "heartbeat stopped" in run.data.tags["kerasflow.closed_while_alive"]

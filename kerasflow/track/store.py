@@ -67,7 +67,13 @@ def sqlite_uri(db: str | Path) -> str:
     if bad:
         raise UserError(f"store path {path} holds {' '.join(repr(c) for c in bad)}, which a database URL "
                         "reads as syntax: move or rename the store folder without it")
+    if len(os.fsencode(path)) > SQLITE_MAX_PATH:  # MLflow retried opening it for 100 s, then a traceback
+        raise UserError(f"store path {str(path)[:60]}... is {len(os.fsencode(path))} bytes long; SQLite "
+                        f"opens paths of up to {SQLITE_MAX_PATH}: use a store folder with a shorter path")
     return f"sqlite:///{path}"
+
+
+SQLITE_MAX_PATH = 504  # SQLite's unix VFS: MAX_PATHNAME 512, less its "-journal" suffix (tried: 505 fails)
 
 
 def readonly_uri(db: str | Path) -> str:

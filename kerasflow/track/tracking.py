@@ -84,6 +84,8 @@ def run_status(run_id: str, stopped: tuple[type[BaseException], ...] = (),
     finally:
         active = mlflow.active_run()
         try:
+            if status == "FINISHED":
+                _reopened(mlflow.MlflowClient(), run_id)
             if active is not None and active.info.run_id == run_id:
                 mlflow.end_run(status)
             else:
@@ -98,6 +100,18 @@ def run_status(run_id: str, stopped: tuple[type[BaseException], ...] = (),
                         "command that opens the store marks it FAILED, or its rerun (same run_name) ends it")
         if announce and notify.wanted():
             _announce(run_id, status, *announce)
+
+
+def _reopened(client: mlflow.MlflowClient, run_id: str) -> None:
+    """A run that finishes was alive: a `closed_as_orphan` tag on it (set by another command while it
+    trained, e.g. its heartbeat could not reach a store that was away longer than the grace) is moved
+    to `kerasflow.closed_while_alive` and said, so the run does not read as a failure that was resumed."""
+    tags = client.get_run(run_id).data.tags
+    if orphans.CLOSED_TAG in tags:
+        client.set_tag(run_id, "kerasflow.closed_while_alive", tags[orphans.CLOSED_TAG])
+        client.delete_tag(run_id, orphans.CLOSED_TAG)
+        log.warning(f"run {run_id} was marked FAILED by another command while it trained "
+                    f"({tags[orphans.CLOSED_TAG][:120]}); it finished, and ends FINISHED")
 
 
 def _announce(run_id: str, status: str, what: str, name: str) -> None:
