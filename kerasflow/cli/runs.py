@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> None:
         from kerasflow.track import registry, runs
 
+        if args.plot:
+            runs.checked_plot_path(args.plot)
         with registry.opened(args.store) as c:
             found = runs.search(c, args.experiment, args.filter, args.order_by, args.top)
             print(runs.table(found))

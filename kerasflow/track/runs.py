@@ -55,10 +55,24 @@ def table(runs: pd.DataFrame) -> str:
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
+def checked_plot_path(path: Path) -> Path:
+    """A --plot file name whose suffix matplotlib writes (none: it writes PATH.png); checked before the
+    table is printed, so a bad name is the one line (a `.exe` was a traceback after the table)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    kind = path.suffix.lower().lstrip(".")
+    if kind and kind not in kinds:
+        raise UserError(f"--plot {path}: .{kind} is not an image format it writes "
+                        f"({', '.join(sorted(kinds))}): name the file .png")
+    return path
+
+
 def plot_curves(c: mlflow.MlflowClient, runs: pd.DataFrame, path: Path,
                 metrics: tuple[str, ...] = ("val_accuracy", "val_loss")) -> Path:
 
     plt = pyplot()
+    checked_plot_path(path)
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4))
     labels = [(run["run_id"], run.get("tags.mlflow.runName") or run["run_id"][:8])
               for _, run in runs.iterrows()]
