@@ -215,7 +215,7 @@ XDIST = $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
 test: $(STAMP) ## the suite CI runs: real Docker engine, image, journeys (offline, CPU)
 	$(PY) -m pytest $(XDIST) -m "not gpu_image and not heavy" $(ARGS)
 
-test-all: $(STAMP) ## make test plus the heavy tests (stress variants, speed options, 2000 generated inputs; ~40 min more)
+test-all: $(STAMP) ## make test + heavy tests (stress, speed options, 2000 generated inputs)
 	KERASFLOW_GENERATED_EXAMPLES=2000 $(PY) -m pytest $(XDIST) -m "not gpu_image" $(ARGS)
 
 test-fast: $(STAMP) ## the quick loop: no engine, no image, no browser, nothing slow (~2 min)

@@ -2,9 +2,9 @@
 
 A run that detaches into tmux and only then finds no engine, no NVIDIA runtime, no dataset or a foreign
 server on its port fails where nobody looks (logs/NAME.log), after minutes of building an 8 GB image.
-These checks take seconds and end in one line with the fix. Each returns a `Check`; `make doctor` (the
-GPU-box issue) is meant to show the same list as a table. No TensorFlow and no MLflow here: the light
-host env (Python >= 3.10, MLflow only) runs them.
+These checks take seconds and end in one line with the fix. Each returns a `Check`; `make doctor` shows
+the same list as a table, each row guarded and bounded in time. No TensorFlow here: the light host env
+(Python >= 3.10, MLflow and NumPy, no TensorFlow) runs them.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from kerasflow import box, config, notify, ports, urlauth
 from kerasflow.errors import UserError
 from kerasflow.storeops import server
 from kerasflow.track import store as stores
+from kerasflow.train import sources
+
+# Lazy imports: mlflow, inside the store row's write (seconds to load; `make run`'s checks skip that row).
 
 PASS, NOTE, FAIL = "pass", "note", "fail"
 
@@ -161,8 +164,6 @@ def data(cfg: config.Config, entry: str, root: Path, data_mount: str) -> Check:
                                    "of class sub-folders (-P image_dir=...), or mount one with "
                                    "DATA=/host/folder -P image_dir=/data/...")
     else:  # what training reads: class folders with images (the same listing, so the same verdict)
-        from kerasflow.train import sources
-
         try:
             classes, files = sources.list_image_tree(host)
         except UserError as exc:

@@ -366,7 +366,11 @@ class Line:
         return [self.fd]
 
 
-def wait(me: Ticket, *, no_wait: bool = False, poll: float = 2.0,
+POLL_S = 0.5  # how often a waiting run looks at the line: the next run starts within this of a free slot
+# (2 s made "the slot is free within the notifier's timeout plus a second" true half the time)
+
+
+def wait(me: Ticket, *, no_wait: bool = False, poll: float = POLL_S,
          say: Callable[[str], None] = print) -> tuple[Line, list[int]]:
     """Stand in line until it is this run's turn; returns the ticket (now running) and the device
     handles, both to be inherited by the run. `no_wait`: refuse instead of waiting (one line)."""

@@ -103,7 +103,10 @@ def test_the_data_check_finds_a_prepared_tfds_folder_and_maps_data(tmp_path):
     cfg = config.load(None, [])
     assert preflight.data(cfg, "main", tmp_path, "").status == preflight.FAIL
     (tmp_path / "data" / "tfds" / "malaria" / "1.0.0").mkdir(parents=True)
-    (tmp_path / "data" / "tfds" / "malaria" / "1.0.0" / "dataset_info.json").write_text("{}")
+    version = tmp_path / "data" / "tfds" / "malaria" / "1.0.0"
+    (version / "dataset_info.json").write_text("{}")
+    assert preflight.data(cfg, "main", tmp_path, "").status == preflight.FAIL  # the info file alone
+    (version / "malaria-train.tfrecord-00000-of-00001").write_bytes(b"")
     assert preflight.data(cfg, "main", tmp_path, "").status == preflight.PASS
     mounted = config.load(None, ["tfds_data_dir=/data/tfds"])
     assert preflight.data(mounted, "main", tmp_path / "elsewhere", str(tmp_path / "data")).status == "pass"

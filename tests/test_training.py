@@ -30,7 +30,7 @@ def test_demo_learns_and_writes_every_output(tmp_path):
     names = {p.name for p in run.iterdir()}
     assert names == {"config.yaml", "history.json", "history.jsonl", "metrics.json", "curves.png",
                      "confusion_matrix.png", "roc.png", "model.keras", "test_predictions.csv", ".lock",
-                     "environment"}
+                     "folder_id", "environment"}
     # what it ran on, recorded at train time (untracked_files.txt / git_diff.patch when there are any)
     assert {"tags.json", "requirements.txt", "installed.txt", "hardware.json"} <= {
         p.name for p in (run / "environment").iterdir()}
