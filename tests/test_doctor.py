@@ -265,6 +265,10 @@ def test_the_store_row_writes_through_mlflow_as_the_user(tmp_path):
         folder.chmod(0o777)  # a folder anyone may write to: files go in, the database refuses
         (shared / "logs").mkdir(mode=0o777)
         entry = pwd.getpwnam(name)
+        reach = subprocess.run(["runuser", "-u", name, "--", sys.executable, "-c", "import kerasflow"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=120)
+        if reach.returncode != 0:  # a private clone (mktemp -d is 0700): CI's other-Python steps
+            pytest.skip(f"the checkout is not reachable by a second user ({reach.stderr.strip()[-200:]})")
         cmd = ["runuser", "-u", name, "--", "env", "-i", f"HOME={shared}", "PATH=/usr/bin:/bin",
                sys.executable, "-m", "kerasflow", "doctor", "--root", str(root), "--image", IMAGE, "--store",
                str(folder), "--logs", str(shared / "logs"), "--port", str(free_port())]
