@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -115,6 +116,20 @@ def exclusive(lock_file: Path, waiting: Callable[[], None] | None = None) -> Ite
             yield True
         finally:
             _HELD.discard(key)
+
+
+def open_regular(path: Path) -> int | None:
+    """A read-only fd of `path` when it is a regular file (not followed through a link, never blocking),
+    else None. For files at paths another user may have named (a run's tags in a shared store): a FIFO
+    there would hang the reader, a device would be read from."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
 
 
 def unlocked(fd: int) -> bool:

@@ -82,3 +82,24 @@ def test_a_run_closed_while_alive_that_finishes_loses_the_orphan_tag(tmp_path, m
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and orphans.CLOSED_TAG not in run.data.tags
     assert "heartbeat stopped" in run.data.tags["kerasflow.closed_while_alive"]
+
+
+def test_a_fifo_where_a_tag_points_never_hangs_the_check(tmp_path):
+    """A run's folder tag comes from the store, which another user may write: a folder holding FIFOs
+    named `.lock` and `folder_id` made the check block on opening them. Now only regular files are
+    read (never blocking), and a folder whose lock cannot be read proves nothing: the run stays."""
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("kerasflow", artifact_location=str(tmp_path / "artifacts"))
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    os.mkfifo(trap / rundir.LOCK_FILE)
+    os.mkfifo(trap / rundir.FOLDER_ID_FILE)
+    stale = {orphans.HEARTBEAT_TAG: str(int((time.time() - 3600) * 1000))}
+    run_id = _running(client, exp, "trap", {orphans.HOST_TAG: orphans.tags(tmp_path)[orphans.HOST_TAG],
+                                            orphans.RUN_DIR_TAG: str(trap), **stale})
+    signal.alarm(20)  # a blocking open would hang here for good
+    try:
+        assert orphans.close(client) == []
+    finally:
+        signal.alarm(0)
+    assert client.get_run(run_id).info.status == "RUNNING"

@@ -168,11 +168,11 @@ def process_gone(run_dir: Path) -> bool:
     before its MLflow run exists until the process exits, is free. A folder that is gone counts too."""
     if run_dir.resolve() in _held:
         return False
-    try:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
-    except FileNotFoundError:
+    lock = run_dir / LOCK_FILE
+    if not lock.exists() and not lock.is_symlink():
         return not run_dir.exists()
-    return files.unlocked(fd)
+    fd = files.open_regular(lock)  # the folder may come from a run's tag: a FIFO there must not hang us
+    return False if fd is None else files.unlocked(fd)
 
 
 def check_resumable(run_dir: Path, cfg: Config) -> None:
@@ -222,10 +222,14 @@ def folder_id(run_dir: Path, *, create: bool = True) -> str:
     file is plain text anyone with the folder can edit, and a folder naming another user's live run had
     its metrics, model and FINISHED written into that run."""
     path = run_dir / FOLDER_ID_FILE  # callers hold the folder (`hold`): one maker at a time
-    with contextlib.suppress(FileNotFoundError):
-        return path.read_text(errors="replace").strip()[:64]
-    if not create:  # a look at a folder (is its process alive?) makes nothing
+    fd = files.open_regular(path)  # the path may come from a run's tag: a regular file, 64 bytes at most
+    if fd is not None:
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read(64).decode(errors="replace").strip()
+    if not create:  # a look (is its process alive?) makes nothing
         return ""
+    if path.exists() or path.is_symlink():
+        raise UserError(f"{path} is not a regular file: remove it (the run folder's identity is remade)")
     made = uuid.uuid4().hex
     atomic_write(path, made + "\n")
     return made
