@@ -68,7 +68,7 @@ def test_an_unseen_folder_is_dead_only_when_its_heartbeat_stopped(tmp_path, monk
 def test_a_run_closed_while_alive_that_finishes_loses_the_orphan_tag(tmp_path, monkeypatch):
     """Before: a live run wrongly closed as an orphan ended FINISHED but kept `closed_as_orphan`, and the
     warning had told its user to resume a run that was alive. Now the finish moves the tag aside."""
-    from kerasflow.track import tracking
+    from kerasflow.track import store, tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -77,7 +77,7 @@ def test_a_run_closed_while_alive_that_finishes_loses_the_orphan_tag(tmp_path, m
     run_id = _running(client, exp, "alive", {})
     client.set_tag(run_id, orphans.CLOSED_TAG, "2026-12-05T20:00:00: its heartbeat stopped 11 min ago")
     client.set_terminated(run_id, "FAILED")
-    with tracking.run_status(run_id):
+    with store.activated(uri), tracking.run_status(run_id):
         pass
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and orphans.CLOSED_TAG not in run.data.tags
