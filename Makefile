@@ -30,6 +30,8 @@ VENV ?= $(if $(IN_IMAGE),/opt/venv,.venv)
 PY := $(VENV)/bin/python
 STAMP := $(if $(IN_IMAGE),,$(VENV)/.installed)
 ARGS ?=
+# make run ON=slurm: the run goes to a Slurm cluster (RUNTIME, SBATCH, GPUS=N, CLUSTER_IMAGES: docs/cluster.md)
+ON ?=
 STORE ?= store
 # empty: each store's server keeps its own port (first free from 5000, in STORE/server-port)
 PORT ?=
@@ -53,7 +55,7 @@ DEMO_SET := --preset demo --set run_name=demo-{time}  # {time}: an automatic nam
         bench-pipeline bench-tracking bench-relocate bench-push bench-stores bench-speed bench-bigdata bench-run clean test-fast \
         test-all test-gpu-image track track-demo server server-stop serve predict runs reproduce promote versions ui pull push log-run relocate migrate \
         queue cancel doctor \
-        mlproject splits cv tune analyze image shell run-script run pictures
+        mlproject splits cv tune analyze image cluster-image shell run-script run pictures
 
 ##@ Everyday
 help: ## list the targets, by group
@@ -98,8 +100,8 @@ log-run: $(STAMP) ## log a finished run folder into the store afterwards: FOLDER
 track-demo: $(STAMP) ## the offline demo, tracked; its model registered as demo@candidate
 	$(PY) -m kerasflow track --store $(STORE) $(DEMO_SET) --register demo $(ARGS)
 
-run: $(RUN_STAMP) ## mlflow run in the image + tracking server; tmux over SSH: ARGS='-P epochs=3'
-	$(RUN_VENV)/bin/python -m kerasflow run $(ARGS)
+run: $(RUN_STAMP) ## mlflow run in the image + tracking server; tmux over SSH; ON=slurm: a Slurm job
+	$(RUN_VENV)/bin/python -m kerasflow run $(if $(ON),--on $(ON)) $(ARGS)
 
 doctor: $(RUN_STAMP) ## check this box before a run: engine, GPUs, driver, disk, data, store, port
 	@$(RUN_VENV)/bin/python -m kerasflow doctor $(PORT_ARG) --store "$(STORE)" $(ARGS)
@@ -193,6 +195,9 @@ analyze: $(STAMP) ## Youden threshold + mlflow evaluate on runs' predictions: FI
 ##@ Containers
 image: $(RUN_STAMP) ## build the project image for this commit, as your UID/GID
 	$(RUN_VENV)/bin/python -m kerasflow image $(ARGS)
+
+cluster-image: $(RUN_STAMP) ## the image for Slurm nodes: RUNTIME=docker|charliecloud|apptainer|enroot
+	$(RUN_VENV)/bin/python -m kerasflow cluster-image $(ARGS)
 
 shell: $(RUN_STAMP) ## a shell in the project image, this checkout at /workspace (GPU=auto|on|off)
 	$(RUN_VENV)/bin/python -m kerasflow run-script bash

@@ -61,3 +61,11 @@ def wait_answers(url: str, seconds: float, alive: Callable[[], bool] = lambda: T
             return False
         time.sleep(0.3)
     return True
+
+
+def is_loopback(url: str) -> bool:
+    """Whether a URL's host is this machine only (127.0.0.0/8, ::1, localhost)."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")

@@ -3,7 +3,8 @@
     kerasflow cancel NAME      (`make cancel NAME=...`)
 
 A waiting run leaves the line (the runs behind it move up); a running one is stopped like Ctrl-C: its
-container stops and its MLflow run ends KILLED. `make queue` lists the names.
+container stops and its MLflow run ends KILLED. A run sent to Slurm (`make run ON=slurm`, its record in
+LOGS/slurm) has its job cancelled (scancel) and its MLflow run ends KILLED. `make queue` lists the names.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "predict": "classify images with a served model",
     "run": "mlflow run in the project image + this store's server; tmux over SSH (make run)",
     "image": "build this checkout's project image for your user, or reuse it; prints its tag",
+    "cluster-image": "your image as the file or folder a Slurm cluster's runtime reads (RUNTIME=...)",
     "run-script": "run any command in the project image, this checkout at /workspace",
     "doctor": "check this box before a run: engine, GPUs, driver, disk, data, store, port",
     "queue": "this machine's runs in line and running, every user's (--watch)",

@@ -4,13 +4,17 @@
 
 One row per run: name, user, slot (GPUs, or a CPU slot with CPU_SLOTS), state, place in line, time
 since it started (or joined the line), current epoch and last validation metric (read from its MLflow
-server; '-' when that does not answer within seconds), log file. See docs/gpu-server.md.
+server; '-' when that does not answer within seconds), log file. Then your runs sent to Slurm (make run
+ON=slurm, recorded in LOGS/slurm): state and Slurm's reason, node, GPUs, epoch, metric, job id.
+See docs/gpu-server.md and docs/cluster.md.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 
 from kerasflow import cli
 
@@ -22,11 +26,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow import runqueue
+        from kerasflow import cluster, runqueue
 
+        logs = Path(os.environ.get("LOGS") or "logs").resolve()
         while True:
             line = runqueue.tickets(runqueue.folder())
             text = runqueue.table(runqueue.rows(line, runqueue.progress(line)))
+            if cluster.available() and (logs / "slurm").is_dir():
+                from kerasflow.launch import slurm
+
+                rows = slurm.queue_rows(logs)
+                if rows:
+                    text += "\n\nSlurm (your runs sent with make run ON=slurm):\n" + slurm.queue_table(rows)
             if args.watch is None:
                 print(text)
                 return

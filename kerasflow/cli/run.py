@@ -1,6 +1,7 @@
 """Train with `mlflow run` in the project image, tracked by this store's MLflow server (kerasflow/launch/).
 
     kerasflow run [-e ENTRY] [--experiment NAME] [--name RUN] [--detach|--foreground] [--no-wait]
+                  [--on box|slurm] [--runtime R] [--sbatch OPTS]
                   [-P key=value ...]                       (`make run ARGS=...`, ./project_driver.bash)
 
   -e ENTRY        the MLproject entry point: main (default), splits, cv, tune, analyze, reproduce
@@ -10,6 +11,11 @@
   --no-wait       refuse to start when the run's GPUs (or CPU slot) are busy, instead of waiting in line
   -P key=value    a parameter of the entry point (a config.yaml key, e.g. -P epochs=3), repeatable;
                   -P register_model=NAME registers the trained model under NAME
+  --on slurm      submit the run as one Slurm batch job instead (`make run ON=slurm`; docs/cluster.md):
+                  --runtime docker|charliecloud|apptainer|enroot (RUNTIME, default docker) runs the image
+                  on the nodes, --sbatch '--partition=gpu --time=2:00:00' (SBATCH) passes options to
+                  sbatch, GPUS=N GPUs per run (default 1; GPU=off: none), CLUSTER_IMAGES the folder of
+                  `make cluster-image`'s files
 
 Environment: GPU=auto|on|off, GPUS=all|0|0,1, CPU_SLOTS=N (a line for CPU runs too), DATA=/host/dataset
 (mounted at /data, read-only), PORT (default: the store's own, first free from 5000, kept in
@@ -47,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--foreground", dest="mode", action="store_const", const="foreground")
     p.add_argument("--no-wait", action="store_true")
     p.add_argument("-P", dest="params", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--on", choices=("box", "slurm"), default=os.environ.get("ON") or "box",
+                   help="where the run goes: this box (default) or a Slurm cluster (ON=slurm)")
+    p.add_argument("--runtime", default=os.environ.get("RUNTIME") or "docker",
+                   help="the container runtime of the Slurm nodes (RUNTIME)")
+    p.add_argument("--sbatch", default=os.environ.get("SBATCH", ""), metavar="OPTS",
+                   help="options passed to sbatch, e.g. '--partition=gpu --time=2:00:00' (SBATCH)")
     args = p.parse_args(argv)
 
     def go() -> int:
@@ -65,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
             experiment=args.experiment, name=args.name, mode=args.mode, no_wait=args.no_wait,
             port=int(port) if port else None, params=args.params, out=print,
             err=lambda text: print(text, file=sys.stderr))
+        if args.on == "slurm":
+            from kerasflow.launch import slurm
+
+            images = os.environ.get("CLUSTER_IMAGES", "")
+            gpus = slurm.parse_gpus(os.environ.get("GPU", "auto"), os.environ.get("GPUS", ""))
+            opts = slurm.Options(runtime=args.runtime, sbatch=slurm.parse_sbatch(args.sbatch), gpus=gpus,
+                                 images_dir=Path(images).resolve() if images else None)
+            return slurm.start(request, opts)
         return run.start(request)
 
     result: dict[str, int] = {}

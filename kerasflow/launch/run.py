@@ -398,10 +398,11 @@ def parse_params(params: list[str]) -> dict[str, str]:
     return out
 
 
-def create_run(req: Request, uri: str, lock: Path) -> tuple[str, str]:
+def create_run(req: Request, uri: str, lock: Path, launch: str = "local",
+               tags: dict[str, str] | None = None) -> tuple[str, str]:
     """The MLflow run, made now (SCHEDULED), as `mlflow run` would make it: returns (run id,
     experiment id). The experiment's id and artifact path reach MLflow's shell line, so they are checked
-    (kerasflow/track/shell_line.py)."""
+    (kerasflow/track/shell_line.py). `launch` names who settles it (local: this launcher; slurm: its job)."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     import mlflow
@@ -421,8 +422,8 @@ def create_run(req: Request, uri: str, lock: Path) -> tuple[str, str]:
             os.environ["MLFLOW_TRACKING_URI"] = given
     run_id = run.info.run_id
     client.log_batch(run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in {
-        orphans.LAUNCH_TAG: "local", orphans.LOCK_TAG: str(lock), orphans.HOST_TAG: socket.gethostname(),
-        QUEUE_TAG: "queued"}.items()])
+        orphans.LAUNCH_TAG: launch, orphans.LOCK_TAG: str(lock), orphans.HOST_TAG: socket.gethostname(),
+        QUEUE_TAG: "queued", **(tags or {})}.items()])
     client.update_run(run_id, status="SCHEDULED")
     return run_id, experiment_id
 

@@ -14,7 +14,8 @@ closed a live container run at epoch 41 of 150.
 Left alone: runs without those tags (CV and search parents end with their children's process; a run
 `mlflow run` is still starting), runs of other machines, copies merged from another store (their source
 decides), and runs a scheduler owns while it lives (`make run`'s launcher: `LAUNCH_TAG`, settled by
-`_close_launched` when the launcher is gone).
+`_close_launched` when the launcher is gone). Runs of a Slurm job end as Slurm says their job ended
+(track/slurm_runs.py), whatever this machine sees.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from kerasflow import files
 from kerasflow.errors import UserError
+from kerasflow.track import slurm_runs
 from kerasflow.train import rundir
 
 if TYPE_CHECKING:
@@ -76,8 +78,9 @@ def close(client: mlflow.MlflowClient) -> list[str]:
                                   f"attributes.status = 'RUNNING' AND tags.`{HOST_TAG}` = '{host}'")
         for run in runs:
             folder = run.data.tags.get(RUN_DIR_TAG)
-            if not folder or SOURCE_TAG in run.data.tags:
-                continue
+            if not folder or SOURCE_TAG in run.data.tags or \
+                    run.data.tags.get(LAUNCH_TAG) == slurm_runs.LAUNCH:
+                continue  # (a Slurm run's job decides: slurm_runs.settle below)
             lock = run.data.tags.get(LOCK_TAG)
             if lock and not launcher_gone(Path(lock)):
                 continue  # make run's launcher lives: it settles its run
@@ -91,6 +94,8 @@ def close(client: mlflow.MlflowClient) -> list[str]:
             log.warning(f"run '{name}' ({run.info.run_id}) was left RUNNING and {why}: marked FAILED; "
                         f"its folder {folder} resumes it (same command, run_name={name})")
         closed += _close_launched(client, experiments[start:start + 100], host)
+        closed += slurm_runs.settle(client, experiments[start:start + 100], launch_tag=LAUNCH_TAG,
+                                    lock_tag=LOCK_TAG, launcher_gone=launcher_gone)
     return closed
 
 
