@@ -104,7 +104,7 @@ run: $(RUN_STAMP) ## mlflow run in the image + tracking server; tmux over SSH; O
 	$(RUN_VENV)/bin/python -m kerasflow run $(if $(ON),--on $(ON)) $(ARGS)
 
 doctor: $(RUN_STAMP) ## check this box before a run: engine, GPUs, driver, disk, data, store, port
-	@$(RUN_VENV)/bin/python -m kerasflow doctor $(PORT_ARG) --store "$(STORE)" $(ARGS)
+	@$(RUN_VENV)/bin/python -m kerasflow doctor $(PORT_ARG) --store "$(STORE)" $(if $(ON),--on $(ON)) $(ARGS)
 
 queue: $(RUN_STAMP) ## this machine's runs in line and running, every user's (ARGS=--watch)
 	@$(RUN_VENV)/bin/python -m kerasflow queue $(ARGS)

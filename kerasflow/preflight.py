@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
+import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kerasflow import box, config, notify, ports, urlauth
+from kerasflow import box, cluster, config, notify, ports, urlauth
 from kerasflow.errors import UserError
 from kerasflow.storeops import server
 from kerasflow.track import store as stores
@@ -468,3 +470,122 @@ def doctor_table(checks: list[Check]) -> tuple[str, int]:
     statuses = {c.status for c in checks}
     worst = 2 if FAIL in statuses else 1 if statuses & {NOTE, WARN} else 0
     return "\n".join(lines), worst
+
+
+# --- make doctor ON=slurm: the cluster side ---------------------------------------------------------------
+
+RUNTIME_BINARIES = {"docker": "docker", "charliecloud": "ch-run", "apptainer": "apptainer singularity",
+                    "enroot": "enroot"}
+NODE_JOB_S = 120  # seconds the one-minute test job may take, waiting in line included
+
+
+def for_cluster(*, root: Path, store: Path, runtime: str, uri: str, image_file: Path) -> list[Check]:
+    """The cluster's rows (`make doctor ON=slurm`): the controller, GPUs as GRES, then one short test job
+    on a node: the runtime there, the checkout and store seen there (a filesystem the nodes share),
+    the tracking server reachable from there."""
+    checks = [_row("slurm", slurm_controller)]
+    if checks[0].status == FAIL:
+        return checks
+    checks.append(_row("slurm-gpus", slurm_gpus))
+    checks.append(_row("cluster-image", cluster_image, runtime, image_file))
+    checks += _node_rows(root, store, runtime, uri, image_file)
+    return checks
+
+
+def slurm_controller() -> Check:
+    if not cluster.available():
+        return Check("slurm", FAIL, "no sbatch/scontrol on PATH: this machine is not a Slurm submit host "
+                                    "(install slurm-client and point SLURM_CONF at the cluster's slurm.conf)")
+    conf = cluster.config()
+    if not conf:
+        return Check("slurm", FAIL, "the Slurm controller does not answer (`scontrol ping`): start "
+                                    "slurmctld, or check SLURM_CONF / /etc/slurm/slurm.conf and munge")
+    accounting = conf.get("AccountingStorageType", "")
+    kept = ("sacct" if accounting not in ("", "accounting_storage/none") else
+            "the job-completion file" if conf.get("JobCompType") == "jobcomp/filetxt" else "")
+    line = f"cluster '{conf.get('ClusterName', '?')}' answers (Slurm {conf.get('SLURM_VERSION', '?')})"
+    if not kept:
+        return Check("slurm", WARN, f"{line}; no accounting and no job-completion file: a run whose "
+                                    "job ends while no command opens the store for "
+                                    f"{conf.get('MinJobAge', '300')} s ends FAILED 'no longer known'; set "
+                                    "JobCompType=jobcomp/filetxt")
+    return Check("slurm", PASS, f"{line}; end states from {kept}")
+
+
+def slurm_gpus() -> Check:
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %G %t"], capture_output=True, text=True,
+                         timeout=30, check=False)
+    nodes = [line.split() for line in out.stdout.splitlines() if len(line.split()) == 3]
+    gpus = [f"{n} {g}" for n, g, _ in nodes if "gpu" in g]
+    if not gpus:
+        return Check("slurm-gpus", WARN, "no node declares GPUs as GRES (Gres=gpu:N in slurm.conf, "
+                                         "gres.conf): runs ask --gres=gpu:1 and would never start; or run "
+                                         "with GPU=off")
+    return Check("slurm-gpus", PASS, "; ".join(gpus[:8]) + (" ..." if len(gpus) > 8 else ""))
+
+
+def cluster_image(runtime: str, image_file: Path) -> Check:
+    if runtime == "docker":
+        return Check("cluster-image", PASS if image_file.is_file() else NOTE,
+                     f"{image_file} for nodes without the image" if image_file.is_file() else
+                     "nodes must have the image (make image on each, or make cluster-image RUNTIME=docker: "
+                     "a file they load)")
+    ok = (image_file / "bin" / "bash").exists() if runtime == "charliecloud" else image_file.is_file()
+    return Check("cluster-image", PASS if ok else FAIL, str(image_file) if ok else
+                 f"no {runtime} image at {image_file}: make cluster-image RUNTIME={runtime}")
+
+
+def _node_rows(root: Path, store: Path, runtime: str, uri: str, image_file: Path) -> list[Check]:
+    """One test job (sbatch --wait, a minute at most) reports what a node sees."""
+    from urllib.parse import urlsplit
+
+    where = urlsplit(uri) if uri else None
+    host = (where.hostname or "") if where else ""
+    port = (where.port or (443 if where.scheme == "https" else 80)) if where else 0
+    plain = bool(host) and re.fullmatch(r"[A-Za-z0-9.:\-\[\]]+", host) is not None
+    binaries = RUNTIME_BINARIES.get(runtime, runtime).split()
+    probe = "\n".join([
+        "#!/bin/bash",
+        "echo node=$(hostname)",
+        "found=no; for b in " + " ".join(shlex.quote(b) for b in binaries) + "; do",
+        '  command -v "$b" > /dev/null && found="$b"; done; echo runtime=$found',
+        f"test -r {shlex.quote(str(root / 'MLproject'))} && echo checkout=yes || echo checkout=no",
+        f"test -d {shlex.quote(str(store))} && echo store=yes || echo store=no",
+        f"test -e {shlex.quote(str(image_file))} && echo image=yes || echo image=no",
+        (f"timeout 5 bash -c 'exec 3<>/dev/tcp/{host}/{port}' 2> /dev/null && echo tracking=yes || "
+         "echo tracking=no") if plain else "echo tracking=skip",
+    ]) + "\n"
+    with tempfile.TemporaryDirectory(prefix="kerasflow-doctor-") as folder:
+        script = Path(folder) / "probe.bash"
+        script.write_text(probe)
+        output = Path(folder) / "out.txt"
+        try:
+            done = subprocess.run(["sbatch", "--wait", "--time=1", "--job-name=kerasflow-doctor",
+                                   f"--output={output}", "--chdir=/tmp", str(script)],
+                                  capture_output=True, text=True, timeout=NODE_JOB_S, check=False)
+        except subprocess.TimeoutExpired:
+            return [Check("slurm-node", WARN, f"the test job did not run within {NODE_JOB_S} s (it waits in "
+                                              "line: see squeue): run make doctor ON=slurm again later")]
+        seen = dict(line.split("=", 1) for line in (output.read_text(errors="replace") if output.exists()
+                                                    else "").splitlines() if "=" in line)
+    if done.returncode != 0 and not seen:
+        why = (done.stderr or done.stdout).strip()[:200]
+        return [Check("slurm-node", FAIL, f"the test job failed ({why}): see sinfo and squeue")]
+    node = seen.get("node", "?")
+    rows = [Check("slurm-runtime", PASS if seen.get("runtime", "no") != "no" else FAIL,
+                  f"{seen.get('runtime')} on node {node}" if seen.get("runtime", "no") != "no" else
+                  f"{' or '.join(binaries)} not found on node {node}: install it there, or choose the "
+                  "runtime the nodes have (RUNTIME=docker|charliecloud|apptainer|enroot)")]
+    shared = seen.get("checkout") == "yes" and seen.get("store") == "yes"
+    rows.append(Check("shared-files", PASS if shared else FAIL,
+                      f"node {node} sees the checkout and the store" if shared else
+                      f"node {node} does not see {root} and {store}: put them on a filesystem the nodes "
+                      "share (NFS, the cluster's home or project space) at the same path"))
+    reach = seen.get("tracking", "skip")
+    rows.append(Check("node-tracking", PASS if reach == "yes" else NOTE if reach == "skip" else FAIL,
+                      f"node {node} reaches {urlauth.redact(uri)}" if reach == "yes" else
+                      "no tracking server given (MLFLOW_TRACKING_URI): runs use this store's server, which "
+                      "listens on 127.0.0.1 (nodes on this machine only)" if reach == "skip" else
+                      f"node {node} cannot reach {urlauth.redact(uri)}: set MLFLOW_TRACKING_URI to a server "
+                      "the nodes reach (docs/team-server.md)"))
+    return rows

@@ -9,6 +9,9 @@ LOGS/slurm) has its job cancelled (scancel) and its MLflow run ends KILLED. `mak
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from kerasflow import cli
 
 
@@ -20,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> None:
         from kerasflow import runqueue
+        from kerasflow.launch import slurm
 
-        print(runqueue.cancel(args.name, timeout=args.timeout))
+        logs = Path(os.environ.get("LOGS") or "logs").resolve()
+        if slurm.read_record(slurm.record_path(logs, args.name)) is not None:
+            print(slurm.cancel(logs, args.name, timeout=args.timeout))
+        else:
+            print(runqueue.cancel(args.name, timeout=args.timeout))
 
     return cli.run(go)

@@ -7,7 +7,10 @@ image (once it is built), the image, the NVIDIA driver against the minimum for t
 GPU's architecture, free memory per GPU and who holds it, disk for the image and the data, the data the
 config needs (what training lists), a write through MLflow into the store, the server port bindable or
 this store's own, your running MLflow servers,
-tmux, flock, a host Python for the light env, the notifier (--notify-test sends a test message). Exit
+tmux, flock, a host Python for the light env, the notifier (--notify-test sends a test message).
+With --on slurm (ON=slurm) the cluster instead: the controller and how it keeps end states, GPUs as
+GRES, the image for RUNTIME, and one short test job: the runtime on a node, the checkout and store seen
+there, the tracking server reachable from there (docs/cluster.md). Exit
 status: 0 all pass, 1 warnings, 2 a failure. `make run` runs the fast subset before it queues or
 detaches. GPU, DATA and MLFLOW_TRACKING_URI come from the environment.
 """
@@ -28,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", type=cli.path, default=Path("store"))
     p.add_argument("--logs", type=cli.path, default=Path("logs"))
     p.add_argument("--notify-test", action="store_true", help="send a test message to KERASFLOW_NOTIFY")
+    p.add_argument("--on", choices=("box", "slurm"), default=os.environ.get("ON") or "box",
+                   help="slurm: check the cluster instead (ON=slurm; RUNTIME, CLUSTER_IMAGES)")
+    p.add_argument("--runtime", default=os.environ.get("RUNTIME") or "docker",
+                   help="the Slurm nodes' container runtime (RUNTIME)")
     args = p.parse_args(argv)
     status = {"code": 0}
 
@@ -38,6 +45,17 @@ def main(argv: list[str] | None = None) -> int:
 
         port, _ = server.server_port(args.store.resolve(), args.port, keep=False)
         root = args.root.resolve()
+        if args.on == "slurm":
+            from kerasflow.launch import slurm
+
+            shared = os.environ.get("CLUSTER_IMAGES", "")
+            uri = os.environ.get("MLFLOW_TRACKING_URI", "") or f"http://127.0.0.1:{port}"
+            file = slurm.image_file(root, args.runtime, Path(shared).resolve() if shared else None)
+            checks = preflight.for_cluster(root=root, store=args.store.resolve(), runtime=args.runtime,
+                                           uri=uri, image_file=file)
+            text, status["code"] = preflight.doctor_table(checks)
+            print(text)
+            return
         checks = preflight.for_doctor(root=root, image_tag=args.image or image.tag(root),
                                       uri=os.environ.get("MLFLOW_TRACKING_URI", ""), port=port,
                                       store=args.store.resolve(), logs=args.logs.resolve(),

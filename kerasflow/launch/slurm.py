@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kerasflow import cluster, notify, ports, urlauth
+from kerasflow import cluster, notify, ports, preflight, urlauth
 from kerasflow.errors import UserError
 from kerasflow.launch import image as images
 from kerasflow.launch import run as box_run
@@ -125,7 +125,8 @@ def container_block(runtime: str, root: Path, name: str, image: str, file: Path,
     q = shlex.quote
     sets = [f"{k}={v}" for k, v in env if k != "KERAS_HOME"]
     keras_home = next((v for k, v in env if k == "KERAS_HOME"), "/opt/keras")
-    run_vars = ["MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "KERASFLOW_SLURM_JOB", *passed]
+    run_vars = ["MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_URI", "KERASFLOW_SLURM_JOB",
+                *[v for v in passed if v != "MLFLOW_TRACKING_URI"]]
     if runtime == "docker":
         mounts = [v.replace("${PWD}", str(root)) for v in volumes]
         args = ["--rm", "--network", "host", "--init", *[x for m in mounts for x in ("-v", m)],
@@ -254,6 +255,7 @@ def check(req: box_run.Request, opts: Options, uri: str) -> None:
     if not box_run.SHELL_SAFE.match(str(req.root)):
         raise UserError(f"the checkout {req.root} holds a space or a shell character: move it to a plain "
                         "path")
+    preflight.run_config(req.root / "config.yaml", req.params)  # a bad value: one line, before any run
     if opts.runtime not in RUNTIMES:
         raise UserError(f"RUNTIME={opts.runtime[:40]!r} is not one of {', '.join(RUNTIMES)}: set the "
                         "container runtime your cluster's nodes have (docs/cluster.md)")
