@@ -187,7 +187,8 @@ cv: $(STAMP) ## nested CV as MLflow runs over SPLITS: make cv N_OUTER=2 N_INNER=
 	$(PY) -m kerasflow cv --store $(STORE) --set splits_file="$(SPLITS)" --n-outer $(N_OUTER) --n-inner $(N_INNER) $(ARGS)
 
 tune: $(STAMP) ## Optuna search over search_space: make tune TRIALS=20 WORKERS=2
-	$(PY) -m kerasflow tune --store $(STORE) --trials $(TRIALS) --workers $(WORKERS) --study "$(STUDY)" $(ARGS)
+	$(PY) -m kerasflow tune --store $(STORE) --trials $(TRIALS) --workers $(WORKERS) --study "$(STUDY)" \
+	  $(if $(ON),--on $(ON)) $(ARGS)
 
 analyze: $(STAMP) ## Youden threshold + mlflow evaluate on runs' predictions: FILTER=...
 	$(PY) -m kerasflow analyze --store $(STORE) --filter "$(FILTER)" $(ARGS)

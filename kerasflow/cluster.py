@@ -142,11 +142,19 @@ def _from_fields(f: dict[str, str], source: str) -> Job:
                source=source)
 
 
-def _array_id(f: dict[str, str]) -> str:
-    """An array task is asked for as 123_4; scontrol names it by its own JobId and ArrayJobId/TaskId."""
-    if f.get("ArrayJobId") and f.get("ArrayTaskId", "").isdigit():
-        return f"{f['ArrayJobId']}_{f['ArrayTaskId']}"
-    return f.get("JobId", "")
+def _array_ids(f: dict[str, str]) -> set[str]:
+    """The names a record answers to: its JobId, and for an array task ARRAYJOB_TASK (123_4); the pending
+    tasks of an array are one record whose ArrayTaskId is a set of ranges (0-3,5%2: %2 is a limit)."""
+    names = {f.get("JobId", "")}
+    array, tasks = f.get("ArrayJobId", ""), f.get("ArrayTaskId", "").split("%")[0]
+    if not array:
+        return names
+    for part in tasks.split(",")[:1000]:
+        low, _, high = part.partition("-")
+        if low.isdigit() and (high.isdigit() or not high):
+            last = int(high) if high else int(low)
+            names.update(f"{array}_{i}" for i in range(int(low), min(last, int(low) + 10000) + 1))
+    return names
 
 
 def jobs(ids: list[str]) -> dict[str, Job] | None:
@@ -160,7 +168,7 @@ def jobs(ids: list[str]) -> dict[str, Job] | None:
     found: dict[str, Job] = {}
     for line in out.stdout.splitlines():
         f = _fields(line)
-        for key in {f.get("JobId", ""), _array_id(f)} & wanted:
+        for key in _array_ids(f) & wanted:
             found[key] = dataclasses.replace(_from_fields(f, "scontrol"), id=key)
     missing = sorted(wanted - set(found))
     if missing:

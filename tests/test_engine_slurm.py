@@ -206,3 +206,52 @@ def test_a_submit_that_cannot_work_is_one_line_and_leaves_no_run(slurm, senv, us
     assert len(after) == before + 1
     assert all(r.info.status != "SCHEDULED" for r in after)
     assert Path(checkout / "logs" / "slurm-bad.log").exists()
+
+
+def test_a_search_as_a_job_array_finishes_its_exact_trial_count(slurm, senv, user, checkout, postgres):
+    """`make tune ON=slurm WORKERS=1 TRIALS=3`: one job array, task 0 the lead, task 1 a joiner, over a
+    study in PostgreSQL; the study's password reaches the jobs by their environment, never the script."""
+    import optuna
+    from helpers import PG_PASSWORD, TINY
+
+    url = postgres["createdb"]("slurmstudy").replace("kf@", f"kf:{PG_PASSWORD}@")
+    env = {**senv, "KERASFLOW_STUDY_STORAGE": url}
+    sets = shlex.join([a for t in [*TINY, "epochs=2"] for a in ("--set", t)])
+    out = make(user, checkout, env, "tune", "ON=slurm", "WORKERS=1", "TRIALS=3", "STUDY=slurm",
+               f"ARGS={sets}")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    found = re.search(r"as job array ([0-9]+) \(2 tasks\), MLflow run ([0-9a-f]{32}) ([0-9a-f]{32})",
+                      out.stdout)
+    assert found, out.stdout
+    job, lead_id, join_id = found.groups()
+    wait_ended(slurm, [f"{job}_0", f"{job}_1"], 900)
+    settle(user, checkout, senv)
+    c = client(senv)
+    logs = "".join(p.read_text(errors="replace") for p in (checkout / "logs").glob("tune-*"))
+    logs += "".join(p.read_text() for p in (checkout / "logs" / "slurm").glob("tune-*"))
+    lead, joiner = c.get_run(lead_id), c.get_run(join_id)
+    assert lead.info.status == "FINISHED" and joiner.info.status == "FINISHED", (
+        lead.data.tags, joiner.data.tags, logs[-4000:])
+    assert lead.data.tags["kerasflow.slurm.job_id"] == f"{job}_0"
+    assert joiner.data.tags["kerasflow.slurm.job_id"] == f"{job}_1"
+    assert joiner.data.tags["kerasflow.search_run"] == lead_id
+    study = optuna.load_study(study_name="slurm", storage=url.replace("postgresql://", "postgresql+psycopg2://"))
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 3 and set(states) <= {"COMPLETE", "PRUNED"}, states
+    trials = c.search_runs([lead.info.experiment_id], f"tags.`mlflow.parentRunId` = '{lead_id}'")
+    assert len([t for t in trials if t.data.tags.get("kerasflow.level") == "trial"]) == 3
+    assert PG_PASSWORD not in logs
+
+
+def test_doctor_on_slurm_checks_the_cluster_with_a_job_on_a_node(slurm, senv, user, checkout):
+    out = make(user, checkout, senv, "doctor", "ON=slurm")
+    table = out.stdout
+    for row in (r"^slurm\s+PASS\s+cluster 'kftest' answers .* end states from the job-completion file",
+                r"^slurm-gpus\s+PASS\s+.*n1 gpu:2", r"^slurm-runtime\s+PASS\s+docker on node",
+                r"^shared-files\s+PASS", r"^node-tracking\s+PASS\s+node \S+ reaches http://127.0.0.1:"):
+        assert re.search(row, table, re.M), (row, table, out.stderr[-1500:])
+    assert out.returncode in (0, 1), table  # 1: the docker image file for nodes without it is a warning
+    bad = make(user, checkout, senv, "doctor", "ON=slurm", "RUNTIME=apptainer")
+    assert bad.returncode == 2, bad.stdout
+    assert re.search(r"^slurm-runtime\s+FAIL\s+apptainer or singularity not found on node", bad.stdout, re.M)
+    assert re.search(r"^cluster-image\s+FAIL\s+no apptainer image at", bad.stdout, re.M)

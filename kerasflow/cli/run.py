@@ -80,11 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.on == "slurm":
             from kerasflow.launch import slurm
 
-            images = os.environ.get("CLUSTER_IMAGES", "")
-            gpus = slurm.parse_gpus(os.environ.get("GPU", "auto"), os.environ.get("GPUS", ""))
-            opts = slurm.Options(runtime=args.runtime, sbatch=slurm.parse_sbatch(args.sbatch), gpus=gpus,
-                                 images_dir=Path(images).resolve() if images else None)
-            return slurm.start(request, opts)
+            return slurm.start(request, slurm.options(args.runtime, args.sbatch))
         return run.start(request)
 
     result: dict[str, int] = {}

@@ -398,8 +398,8 @@ def parse_params(params: list[str]) -> dict[str, str]:
     return out
 
 
-def create_run(req: Request, uri: str, lock: Path, launch: str = "local",
-               tags: dict[str, str] | None = None) -> tuple[str, str]:
+def create_run(req: Request, uri: str, lock: Path, launch: str = "local",  # noqa: PLR0913
+               tags: dict[str, str] | None = None, params: list[str] | None = None) -> tuple[str, str]:
     """The MLflow run, made now (SCHEDULED), as `mlflow run` would make it: returns (run id,
     experiment id). The experiment's id and artifact path reach MLflow's shell line, so they are checked
     (kerasflow/track/shell_line.py). `launch` names who settles it (local: this launcher; slurm: its job)."""
@@ -414,7 +414,7 @@ def create_run(req: Request, uri: str, lock: Path, launch: str = "local",
     mlflow.set_tracking_uri(uri)
     try:
         run = _create_run(str(req.root), experiment_id, str(req.root), None, req.entry,
-                          parse_params(req.params))
+                          parse_params(req.params if params is None else params))
     finally:
         if given is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -60,6 +60,38 @@ class Options:
     images_dir: Path | None = None
 
 
+def options(runtime: str, sbatch: str, env: dict[str, str] | os._Environ[str] = os.environ) -> Options:
+    """The Slurm options of a command line and its environment (GPU, GPUS, CLUSTER_IMAGES)."""
+    shared = env.get("CLUSTER_IMAGES", "")
+    return Options(runtime=runtime, sbatch=parse_sbatch(sbatch), gpus=parse_gpus(env.get("GPU", "auto"),
+                                                                                 env.get("GPUS", "")),
+                   images_dir=Path(shared).resolve() if shared else None)
+
+
+def config_params(root: Path, entry: str, cfg: object) -> list[str]:
+    """A config (presets and --set applied) as the entry point's -P params: each key that differs from
+    config.yaml. A differing key the entry point does not take cannot reach the job: one line."""
+    import dataclasses as dc
+
+    import yaml
+
+    from kerasflow import config
+
+    base = dc.asdict(config.load(root / "config.yaml"))
+    wanted = dc.asdict(cfg)  # type: ignore[call-overload]
+    spec = yaml.safe_load((root / "MLproject").read_text())["entry_points"][entry]["parameters"]
+    params = []
+    for key, value in wanted.items():
+        if value == base.get(key):
+            continue
+        if key not in spec:
+            raise UserError(f"config key {key} differs from config.yaml but cannot reach a Slurm job "
+                            f"(MLproject's {entry} entry does not take it): set it in config.yaml")
+        text = json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+        params.append(f"{key}={text}")
+    return params
+
+
 def parse_sbatch(text: str) -> list[str]:
     """SBATCH='--partition=gpu --time=1:00:00 --account=lab' as sbatch options; each must be an option
     (or its value), never a shell word: they reach sbatch's argv, and the script's header records them."""
@@ -210,33 +242,49 @@ def container_block(runtime: str, root: Path, name: str, image: str, file: Path,
     ]
 
 
-def script(req: box_run.Request, opts: Options, run_id: str, experiment_id: str, uri_in_script: str) -> str:
-    """The batch script: plain bash, every value quoted here, the job's own values ($SLURM_JOB_ID,
-    $CUDA_VISIBLE_DEVICES) read when it runs. Secrets never appear in it: they pass by name."""
-    params = box_run.parse_params(req.params)
-    command, env, volumes = entry_command(req.root, req.entry, params)
-    if notify.urls():  # the message at the end, as on one box: sent from the job, the run's own status
+def task_command(req: box_run.Request, params: list[str]) -> tuple[str, list[list[str]], list[str]]:
+    """One task's command (the entry point with these params), with the notification at its end when
+    KERASFLOW_NOTIFY is set: sent from the job with the run's own status, as on one box."""
+    command, env, volumes = entry_command(req.root, req.entry, box_run.parse_params(params))
+    if notify.urls():
         log = req.log
         inside = (f"{CONTAINER_ROOT}/{log.relative_to(req.root)}" if log.is_relative_to(req.root)
                   else "/dev/null")
         command = (f"{command}; code=$?; python -m kerasflow notify-run --name {shlex.quote(req.name)} "
                    f"--log {shlex.quote(inside)} --exit $code --run-id \"$MLFLOW_RUN_ID\" || true; "
                    "exit $code")
+    return command, env, volumes
+
+
+def script(req: box_run.Request, opts: Options, tasks: list[tuple[str, list[str]]], experiment_id: str,
+           uri_in_script: str) -> str:
+    """The batch script: plain bash, every value quoted here, the job's own values ($SLURM_JOB_ID,
+    $SLURM_ARRAY_TASK_ID, $CUDA_VISIBLE_DEVICES) read when it runs. Secrets never appear in it: they pass
+    by name. `tasks`: (MLflow run id, params) per task; more than one is a job array, task i runs the
+    i-th command in the i-th run."""
+    made = [(run_id, *task_command(req, params)) for run_id, params in tasks]
+    _, _, env, volumes = made[0]
     passed = [v for v in PASSED_BY_NAME if os.environ.get(v) and not (v == "MLFLOW_TRACKING_URI"
                                                                      and uri_in_script)]
     file = image_file(req.root, opts.runtime, opts.images_dir)
+    runs = " ".join(run_id for run_id, *_ in made)
     lines = [
         "#!/usr/bin/env bash",
-        f"# kerasflow run '{req.name}' on Slurm: MLflow run {run_id} (experiment {experiment_id}), "
+        f"# kerasflow run '{req.name}' on Slurm: MLflow run(s) {runs} (experiment {experiment_id}), "
         f"{opts.runtime} runtime.",
         f"# Written by `kerasflow run --on slurm` at {time.strftime('%Y-%m-%d %H:%M:%S')} (kerasflow/launch/"
         "slurm.py); the run ends by its training, or as Slurm ends this job (track/slurm_runs.py).",
         "set -euo pipefail",
-        f"export MLFLOW_RUN_ID={run_id} MLFLOW_EXPERIMENT_ID={experiment_id}",
+        f"runs=({runs})",
+        "# shellcheck disable=SC2016  # each command is literal text: bash -c runs it in the container",
+        "cmds=(" + " ".join(shlex.quote(command) for _, command, _, _ in made) + ")",
+        'task="${SLURM_ARRAY_TASK_ID:-0}"',
+        f'export MLFLOW_RUN_ID="${{runs[$task]}}" MLFLOW_EXPERIMENT_ID={experiment_id}',
         *([f"export MLFLOW_TRACKING_URI={shlex.quote(uri_in_script)}"] if uri_in_script else []),
         'export KERASFLOW_SLURM_JOB="${SLURM_JOB_ID:-}"',
-        'echo "slurm: job ${SLURM_JOB_ID:-?} on $(hostname), GPUs: ${CUDA_VISIBLE_DEVICES:-none}"',
-        f"cmd={shlex.quote(command)}",
+        'echo "slurm: job ${SLURM_JOB_ID:-?} on $(hostname) (task $task), "'
+        '"GPUs: ${CUDA_VISIBLE_DEVICES:-none}"',
+        'cmd="${cmds[$task]}"',
         *container_block(opts.runtime, req.root, req.name, images.tag(req.root), file, env, volumes, passed),
     ]
     return "\n".join(lines) + "\n"
@@ -286,8 +334,9 @@ def check(req: box_run.Request, opts: Options, uri: str) -> None:
                             "not supported)")
 
 
-def start(req: box_run.Request, opts: Options) -> int:
-    """`make run ON=slurm`: the run made and its job submitted; returns 0 once sbatch took it."""
+def start(req: box_run.Request, opts: Options, roles: list[list[str]] | None = None) -> int:
+    """`make run ON=slurm`: the run made and its job submitted; returns 0 once sbatch took it. `roles`
+    (a search: `make tune ON=slurm`): one job array, task i with req.params + roles[i], a run each."""
     req.logs.mkdir(parents=True, exist_ok=True)
     made = box_run.claim_name(req)
     try:
@@ -303,22 +352,31 @@ def start(req: box_run.Request, opts: Options) -> int:
         uri = box_run.ensure_server(req, port, con)
         record = record_path(req.logs, req.name)
         record.parent.mkdir(exist_ok=True)
+        name = cluster.cluster_name()
+        runs: list[str] = []
         with box_run.held_signals():
-            name = cluster.cluster_name()
-            run_id, experiment_id = box_run.create_run(
-                req, uri, req.logs / f"run-{req.name}.lock", launch=slurm_runs.LAUNCH,
-                tags={slurm_runs.CLUSTER_TAG: name, slurm_runs.STATE_TAG: "SUBMITTING",
-                      "kerasflow.slurm.runtime": opts.runtime})
             try:
-                job = submit(req, opts, run_id, experiment_id, uri, given)
+                tasks, experiment_id = [], ""
+                for extra in roles or [[]]:
+                    run_id, experiment_id = box_run.create_run(
+                        req, uri, req.logs / f"run-{req.name}.lock", launch=slurm_runs.LAUNCH,
+                        tags={slurm_runs.CLUSTER_TAG: name, slurm_runs.STATE_TAG: "SUBMITTING",
+                              "kerasflow.slurm.runtime": opts.runtime}, params=[*req.params, *extra])
+                    runs.append(run_id)
+                    tasks.append((run_id, [*req.params, *extra]))
+                job = submit(req, opts, tasks, experiment_id, uri, given)
             except BaseException as exc:
-                box_run.end_run(uri, run_id, "FAILED", str(exc) or "stopped before sbatch returned")
+                for run_id in runs:
+                    box_run.end_run(uri, run_id, "FAILED", str(exc) or "stopped before sbatch returned")
                 raise
-        write_record(record, job=job, run_id=run_id, uri="" if given else uri, name=req.name)
+        write_record(record, job=job, run_id=runs[0], runs=",".join(runs), uri="" if given else uri,
+                     name=req.name)
         os.close(lock)
-        con.say(f"launcher: MLflow run {run_id} (experiment '{req.experiment}', {urlauth.redact(uri)})")
-        req.out(f"submitted '{req.name}' to Slurm ({name}) as job {job}, MLflow run {run_id}")
-        req.out(f"  follow:  tail -f {req.log}")
+        con.say(f"launcher: MLflow run(s) {' '.join(runs)} (experiment '{req.experiment}', "
+                f"{urlauth.redact(uri)})")
+        what = f"job {job}" if len(runs) == 1 else f"job array {job} ({len(runs)} tasks)"
+        req.out(f"submitted '{req.name}' to Slurm ({name}) as {what}, MLflow run {' '.join(runs)}")
+        req.out(f"  follow:  tail -f {req.log if len(runs) == 1 else req.logs / (req.name + '-TASK.log')}")
         req.out("  queue:   make queue          (state and reason, node, GPUs, epoch)")
         req.out(f"  cancel:  make cancel NAME={req.name}   (the job is cancelled, the run ends KILLED)")
         return 0
@@ -327,27 +385,33 @@ def start(req: box_run.Request, opts: Options) -> int:
             req.log.unlink()
 
 
-def submit(req: box_run.Request, opts: Options, run_id: str, experiment_id: str,  # noqa: PLR0913
-           uri: str, given: str) -> str:
-    """Write the script, sbatch it, tag the run with its job. Returns the job id."""
-    folder = req.logs / "slurm"
-    path = folder / f"{req.name}.sbatch"
-    text = script(req, opts, run_id, experiment_id, "" if given else uri)
+def submit(req: box_run.Request, opts: Options, tasks: list[tuple[str, list[str]]],  # noqa: PLR0913
+           experiment_id: str, uri: str, given: str) -> str:
+    """Write the script, sbatch it, tag each run with its job (an array's task i: JOB_i). Returns the
+    job id."""
+    path = req.logs / "slurm" / f"{req.name}.sbatch"
+    text = script(req, opts, tasks, experiment_id, "" if given else uri)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o700)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    options = [f"--job-name={req.name}", f"--output={req.log}", "--open-mode=append", f"--chdir={req.root}",
-               "--export=ALL", *([f"--gres=gpu:{opts.gpus}"] if opts.gpus else []), *opts.sbatch]
+    array = len(tasks) > 1
+    output = req.logs / f"{req.name}-%a.log" if array else req.log
+    options = [f"--job-name={req.name}", f"--output={output}", "--open-mode=append", f"--chdir={req.root}",
+               "--export=ALL", *([f"--array=0-{len(tasks) - 1}"] if array else []),
+               *([f"--gres=gpu:{opts.gpus}"] if opts.gpus else []), *opts.sbatch]
     job = cluster.submit(path, options)
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    found = (cluster.jobs([job]) or {}).get(job)
-    tags = {slurm_runs.JOB_TAG: job, slurm_runs.STATE_TAG: found.state if found else "PENDING",
-            box_run.QUEUE_TAG: f"Slurm job {job}"}
-    if found and found.partition:
-        tags[slurm_runs.PARTITION_TAG] = found.partition
-    client.log_batch(run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
+    ids = [f"{job}_{i}" if array else job for i in range(len(tasks))]
+    found = cluster.jobs(ids) or {}
+    for (run_id, _), job_id in zip(tasks, ids, strict=True):
+        state = found.get(job_id)
+        tags = {slurm_runs.JOB_TAG: job_id, slurm_runs.STATE_TAG: state.state if state else "PENDING",
+                box_run.QUEUE_TAG: f"Slurm job {job_id}"}
+        if state and state.partition:
+            tags[slurm_runs.PARTITION_TAG] = state.partition
+        client.log_batch(run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
     return job
 
 
