@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from helpers import require_tool
-from helpers.engine import VENV, client, runs_named, tiny_p
+from helpers.engine import VENV, client, docker, runs_named, tiny_p
+from helpers.receiver import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
@@ -133,30 +134,49 @@ def test_four_one_gpu_runs_on_three_gpus_one_waits_and_all_finish_in_one_store(s
 
 
 def test_cancel_kills_and_a_failing_job_fails_with_slurm_s_reason(slurm, senv, user, checkout):
-    job, run_id = submit(user, checkout, senv, "slurm-cancel", tiny_p(epochs=400, synthetic_examples=2000))
-    bad, bad_run = submit(user, checkout, senv, "slurm-fail",
-                          tiny_p(data_source="image_dir", image_dir="/nonexistent/cells"))
-    c = client(senv)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and "val_accuracy" not in c.get_run(run_id).data.metrics:
-        time.sleep(1)  # training, past its first epoch
-    assert c.get_run(run_id).info.status == "RUNNING"
-    out = make(user, checkout, senv, "cancel", "NAME=slurm-cancel", timeout=240)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert f"Slurm job {job}) cancelled" in out.stdout
-    run = c.get_run(run_id)
-    assert run.info.status == "KILLED", run.data.tags
-    assert "cancelled by its user" in run.data.tags["kerasflow.slurm.reason"]
-    assert job_state(slurm, job) == "CANCELLED"
-    wait_ended(slurm, [bad], 300)
-    settle(user, checkout, senv)
-    run = c.get_run(bad_run)
-    assert run.info.status == "FAILED", run.data.tags
-    reason = run.data.tags.get("kerasflow.slurm.reason", "")
-    assert f"Slurm job {bad} FAILED" in reason and "exit code 2:0" in reason, reason
-    # cancelling what already ended is one line
-    again = make(user, checkout, senv, "cancel", "NAME=slurm-cancel")
-    assert again.returncode == 2 and "already ended" in again.stderr, again.stderr
+    """`make queue` shows a running job's epoch and metric; `make cancel` stops its container and ends
+    the run KILLED; a job whose training fails ends FAILED with Slurm's reason; each end is one message
+    (KERASFLOW_NOTIFY), as on one box."""
+    told = Receiver()
+    env = {**senv, "KERASFLOW_NOTIFY": told.url}
+    try:
+        job, run_id = submit(user, checkout, env, "slurm-cancel", tiny_p(epochs=400, synthetic_examples=2000))
+        bad, bad_run = submit(user, checkout, env, "slurm-fail",
+                              tiny_p(data_source="image_dir", image_dir="/nonexistent/cells"))
+        c = client(senv)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and len(c.get_metric_history(run_id, "val_accuracy")) < 2:
+            time.sleep(1)  # training, past its second epoch
+        assert c.get_run(run_id).info.status == "RUNNING"
+        table = make(user, checkout, env, "queue").stdout
+        row = re.search(r"^slurm-cancel\s+RUNNING\s+-\s+n[123]\s+[0-9]\s+([0-9]+)\s+"
+                        rf"val_accuracy=[01]\.[0-9]{{4}}\s+{run_id}\s+{job}$", table, re.M)
+        assert row and int(row.group(1)) >= 2, table
+        out = make(user, checkout, env, "cancel", "NAME=slurm-cancel", timeout=240)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"Slurm job {job}) cancelled" in out.stdout
+        run = c.get_run(run_id)
+        assert run.info.status == "KILLED", run.data.tags
+        assert "cancelled by its user" in run.data.tags["kerasflow.slurm.reason"]
+        assert job_state(slurm, job) == "CANCELLED"
+        # the container went with its job (scancel kills the docker client; the script stops the container)
+        assert not docker("ps", "-q", "--filter", f"name=^kerasflow-slurm-cancel-{job}$").stdout.strip()
+        wait_ended(slurm, [bad], 300)
+        settle(user, checkout, senv)
+        run = c.get_run(bad_run)
+        assert run.info.status == "FAILED", run.data.tags
+        reason = run.data.tags.get("kerasflow.slurm.reason", "")
+        assert f"Slurm job {bad} FAILED" in reason and "exit code 2:0" in reason, reason
+        # cancelling what already ended is one line
+        again = make(user, checkout, env, "cancel", "NAME=slurm-cancel")
+        assert again.returncode == 2 and "already ended" in again.stderr, again.stderr
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(told.messages) < 2:
+            time.sleep(0.5)
+        titles = sorted(m.get("title", "") for m in told.messages)
+        assert titles == ["kerasflow run slurm-cancel: KILLED", "kerasflow run slurm-fail: FAILED"], titles
+    finally:
+        told.close()
 
 
 def test_charliecloud_runs_the_same_image_without_root(slurm, senv, user, checkout, workdir):

@@ -152,15 +152,16 @@ def entry_command(root: Path, entry: str, params: dict[str, str]) -> tuple[str, 
 
 
 def container_block(runtime: str, root: Path, name: str, image: str, file: Path,  # noqa: PLR0913
-                    env: list[list[str]], volumes: list[str], passed: list[str]) -> list[str]:
-    """The runtime's lines of the batch script: run "$cmd" in the image, the job's exit status its own."""
+                    env: list[list[str]], volumes: list[str], passed: list[str], data: str = "") -> list[str]:
+    """The runtime's lines of the batch script: run "$cmd" in the image, the job's exit status its own.
+    `data`: DATA, the dataset folder mounted read-only at /data, as on one box."""
     q = shlex.quote
     sets = [f"{k}={v}" for k, v in env if k != "KERAS_HOME"]
     keras_home = next((v for k, v in env if k == "KERAS_HOME"), "/opt/keras")
     run_vars = ["MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_URI", "KERASFLOW_SLURM_JOB",
                 *[v for v in passed if v != "MLFLOW_TRACKING_URI"]]
     if runtime == "docker":
-        mounts = [v.replace("${PWD}", str(root)) for v in volumes]
+        mounts = [v.replace("${PWD}", str(root)) for v in volumes] + ([f"{data}:/data:ro"] if data else [])
         args = ["--rm", "--network", "host", "--init", *[x for m in mounts for x in ("-v", m)],
                 *[x for s in sets for x in ("-e", s)], "-e", f"KERAS_HOME={keras_home}",
                 *[x for v in run_vars for x in ("-e", v)]]
@@ -189,6 +190,8 @@ def container_block(runtime: str, root: Path, name: str, image: str, file: Path,
             'wait "$!"',
         ]
     binds = [f"{root}:{CONTAINER_ROOT}"]
+    data_bind = {"charliecloud": f" -b {q(data + ':/data')}", "apptainer": f" --bind {q(data + ':/data:ro')}",
+                 "enroot": f",{q(data + ':/data:ro')}"}.get(runtime, "") if data else ""
     scratch = [
         'scratch="$(mktemp -d "${TMPDIR:-/tmp}/kerasflow-job-XXXXXX")"',
         'trap \'rm -rf "$scratch"\' EXIT',
@@ -209,7 +212,7 @@ def container_block(runtime: str, root: Path, name: str, image: str, file: Path,
             "exec ch-run --set-env=\"$img/ch/environment\" "
             + " ".join(q(f"--set-env={s}") for s in sets)
             + f" --set-env=KERAS_HOME={q(keras_home)}"
-            + f" -b {q(binds[0])} -b \"$scratch/keras:{keras_home}\" -c {CONTAINER_ROOT}"
+            + f" -b {q(binds[0])}{data_bind} -b \"$scratch/keras:{keras_home}\" -c {CONTAINER_ROOT}"
             + ' "$img" -- bash -c "$cmd"',
         ]
     if runtime == "apptainer":
@@ -223,8 +226,8 @@ def container_block(runtime: str, root: Path, name: str, image: str, file: Path,
             "nv=()",
             "if command -v nvidia-smi > /dev/null 2>&1; then nv=(--nv); fi",
             'runner="$(command -v apptainer || command -v singularity)"',
-            f'"$runner" exec "${{nv[@]}}" --bind {q(binds[0])} --bind "$scratch/keras:{keras_home}" '
-            f"--pwd {CONTAINER_ROOT} "
+            f'"$runner" exec "${{nv[@]}}" --bind {q(binds[0])}{data_bind} '
+            f'--bind "$scratch/keras:{keras_home}" --pwd {CONTAINER_ROOT} '
             + " ".join(f"--env {q(s)}" for s in [*sets, f"KERAS_HOME={keras_home}"])
             + ' "$sif" bash -c "$cmd"',
         ]
@@ -237,9 +240,22 @@ def container_block(runtime: str, root: Path, name: str, image: str, file: Path,
         "fi",
         *[f"export {q(s)}" for s in sets],
         f"export KERAS_HOME={q(keras_home)}",
-        f'srun --container-image="$sqsh" --container-mounts={q(binds[0])} '
+        f'srun --container-image="$sqsh" --container-mounts={q(binds[0])}{data_bind} '
         f'--container-workdir={CONTAINER_ROOT} --container-writable bash -c "$cmd"',
     ]
+
+
+def data_folder() -> str:
+    """DATA (the dataset folder mounted read-only at /data), checked as on one box; "" when unset."""
+    data = os.environ.get("DATA", "")
+    if not data:
+        return ""
+    folder = Path(data).resolve()
+    if not folder.is_dir():
+        raise UserError(f"DATA={data} is not a folder: give the dataset folder to mount at /data (read-only)")
+    if not box_run.SHELL_SAFE.match(str(folder)):
+        raise UserError(f"DATA {folder} holds a space or a shell character: move it to a plain path")
+    return str(folder)
 
 
 def task_command(req: box_run.Request, params: list[str]) -> tuple[str, list[list[str]], list[str]]:
@@ -285,7 +301,8 @@ def script(req: box_run.Request, opts: Options, tasks: list[tuple[str, list[str]
         'echo "slurm: job ${SLURM_JOB_ID:-?} on $(hostname) (task $task), "'
         '"GPUs: ${CUDA_VISIBLE_DEVICES:-none}"',
         'cmd="${cmds[$task]}"',
-        *container_block(opts.runtime, req.root, req.name, images.tag(req.root), file, env, volumes, passed),
+        *container_block(opts.runtime, req.root, req.name, images.tag(req.root), file, env, volumes, passed,
+                         data=data_folder()),
     ]
     return "\n".join(lines) + "\n"
 
@@ -361,6 +378,7 @@ def start(req: box_run.Request, opts: Options, roles: list[list[str]] | None = N
                     run_id, experiment_id = box_run.create_run(
                         req, uri, req.logs / f"run-{req.name}.lock", launch=slurm_runs.LAUNCH,
                         tags={slurm_runs.CLUSTER_TAG: name, slurm_runs.STATE_TAG: "SUBMITTING",
+                              slurm_runs.OPEN_TAG: "1",
                               "kerasflow.slurm.runtime": opts.runtime}, params=[*req.params, *extra])
                     runs.append(run_id)
                     tasks.append((run_id, [*req.params, *extra]))
@@ -457,20 +475,29 @@ def tracking_of(rec: dict[str, str]) -> str:
 # --- make queue, make cancel ------------------------------------------------------------------------------
 
 
+def tasks_of(rec: dict[str, str]) -> list[tuple[str, str]]:
+    """(job id, MLflow run id) of each task of a record: one job, or JOB_i of an array."""
+    runs = [r for r in rec.get("runs", rec["run_id"]).split(",") if re.fullmatch(r"[0-9a-f]{32}", r)]
+    if len(runs) <= 1:
+        return [(rec["job"], rec["run_id"])]
+    return [(f"{rec['job']}_{i}", run_id) for i, run_id in enumerate(runs)]
+
+
 def cancel(logs: Path, name: str, timeout: float = 180) -> str:
-    """Cancel the job of this user's run `name` and end its MLflow run KILLED."""
+    """Cancel the job (every task of an array) of this user's run `name`; its MLflow runs end KILLED."""
     rec = read_record(record_path(logs, name))
     if rec is None:
         raise UserError(f"no Slurm run named {name!r} of yours in {logs}/slurm: see `make queue`")
-    job = rec["job"]
-    state = (cluster.jobs([job]) or {}).get(job)
-    if state is not None and state.ended:
-        raise UserError(f"{name}: Slurm job {job} already ended ({state.why}): nothing to cancel")
+    job, tasks = rec["job"], tasks_of(rec)
+    states = cluster.jobs([t for t, _ in tasks]) or {}
+    if states and all(s.ended for s in states.values()):
+        first = states[tasks[0][0]]
+        raise UserError(f"{name}: Slurm job {job} already ended ({first.why}): nothing to cancel")
     cluster.cancel(job)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = (cluster.jobs([job]) or {}).get(job)
-        if state is not None and state.ended:
+        states = cluster.jobs([t for t, _ in tasks]) or {}
+        if states and all(s.ended for s in states.values()):
             break
         time.sleep(1)
     else:
@@ -480,18 +507,21 @@ def cancel(logs: Path, name: str, timeout: float = 180) -> str:
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    client.set_tag(rec["run_id"], slurm_runs.STATE_TAG, state.state)
-    client.set_tag(rec["run_id"], slurm_runs.REASON_TAG,
-                   f"cancelled by its user (make cancel): {state.why}"[:500])
-    orphans.mark_stopped(client, rec["run_id"], "KILLED")
+    for task, run_id in tasks:
+        client.set_tag(run_id, slurm_runs.STATE_TAG, states[task].state)
+        client.set_tag(run_id, slurm_runs.REASON_TAG,
+                       f"cancelled by its user (make cancel): {states[task].why}"[:500])
+        orphans.mark_stopped(client, run_id, "KILLED")
+        client.set_tag(run_id, slurm_runs.OPEN_TAG, "0")
     if notify.wanted():
         notify.run_ended(name, 143, str(logs / f"{name}.log"), uri, rec["run_id"])
-    return f"cancel: {name} (Slurm job {job}) cancelled; its MLflow run {rec['run_id']} ends KILLED"
+    runs = " ".join(r for _, r in tasks)
+    return f"cancel: {name} (Slurm job {job}) cancelled; its MLflow run {runs} ends KILLED"
 
 
 def queue_rows(logs: Path) -> list[list[str]]:
     """`make queue`'s Slurm part: this user's runs whose jobs Slurm still holds."""
-    recs = {r["job"]: r for r in records(logs)}
+    recs = {task: {**r, "run_id": run_id} for r in records(logs) for task, run_id in tasks_of(r)}
     if not recs:
         return []
     mine = {j.id: j for j in cluster.my_jobs()}
@@ -568,7 +598,7 @@ def cluster_image(root: Path, runtime: str, images_dir: Path | None, say) -> Pat
         env = json.loads(inspect.stdout or "[]") or []
         (tmp / "ch").mkdir(exist_ok=True)
         (tmp / "ch" / "environment").write_text("".join(f"{e}\n" for e in env if "\n" not in e))
-        for folder in (CONTAINER_ROOT.lstrip("/"), "opt/keras"):
+        for folder in (CONTAINER_ROOT.lstrip("/"), "opt/keras", "data"):
             (tmp / folder).mkdir(parents=True, exist_ok=True)
     elif runtime == "apptainer":
         runner = "apptainer" if subprocess.run(["which", "apptainer"], capture_output=True).returncode == 0 \

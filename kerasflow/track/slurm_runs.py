@@ -32,20 +32,20 @@ PARTITION_TAG = "kerasflow.slurm.partition"
 STATE_TAG = "kerasflow.slurm.state"  # PENDING, RUNNING, COMPLETED, CANCELLED, TIMEOUT, ...
 REASON_TAG = "kerasflow.slurm.reason"  # why it waits, or how it ended
 NODES_TAG = "kerasflow.slurm.nodes"
+OPEN_TAG = "kerasflow.slurm.open"  # "1" until the job's end is recorded on the run (then "0")
+ENDED = ("FINISHED", "FAILED", "KILLED")
 SUBMIT_GRACE = 120  # seconds a run may wait for its sbatch (made just before it) before it counts as lost
 
 
 def settle(client: mlflow.MlflowClient, experiments: list[str], *, launch_tag: str, lock_tag: str,
            launcher_gone: Callable[[Path], bool]) -> list[str]:
-    """(Called by orphans.close with its tag names and lock test: this module sits beside it.)
-End every SCHEDULED or RUNNING Slurm run of this cluster whose job has ended, as Slurm says it
-    ended; keep the others' state tags current. Returns the names of the runs ended."""
+    """Every open Slurm run of this cluster (`OPEN_TAG`: its job's end not yet recorded) follows its job:
+    the state tag kept current, and once the job ended, Slurm's reason recorded and the run ended as Slurm
+    ended the job (see `_follow`). Returns the names of the runs whose status it changed. (Called by
+    orphans.close with its tag names and lock test: this module sits beside it.)"""
     if not experiments or not cluster.available():
         return []
-    runs = []
-    for status in ("SCHEDULED", "RUNNING"):
-        runs += client.search_runs(experiments, f"attributes.status = '{status}' AND "
-                                                f"tags.`{launch_tag}` = '{LAUNCH}'")
+    runs = client.search_runs(experiments, f"tags.`{launch_tag}` = '{LAUNCH}' AND tags.`{OPEN_TAG}` = '1'")
     if not runs:
         return []
     name = cluster.cluster_name()
@@ -63,7 +63,9 @@ End every SCHEDULED or RUNNING Slurm run of this cluster whose job has ended, as
             if _lost(run, tags.get(lock_tag, ""), launcher_gone):
                 client.set_tag(run_id, REASON_TAG, "never submitted: the command that made it stopped "
                                                    "before sbatch returned")
-                client.set_terminated(run_id, "FAILED")
+                if run.info.status not in ENDED:
+                    client.set_terminated(run_id, "FAILED")
+                client.set_tag(run_id, OPEN_TAG, "0")
                 ended.append(run.info.run_name or run_id)
             continue
         if _follow(client, run, job):
@@ -72,7 +74,10 @@ End every SCHEDULED or RUNNING Slurm run of this cluster whose job has ended, as
 
 
 def _follow(client: mlflow.MlflowClient, run: mlflow.entities.Run, job: cluster.Job) -> bool:
-    """The run's state tag follows its job's; an ended job ends the run. True when it ended it."""
+    """The run's state tag follows its job's. Once the job ended: its reason and nodes on the run, and
+    the run ends as Slurm ended the job, unless the training ended it already (then only a FAILED run
+    whose job was stopped from outside becomes KILLED: the training dies of the stop, as on one box).
+    True when the run's status changed."""
     run_id = run.info.run_id
     if job.state != run.data.tags.get(STATE_TAG):
         client.set_tag(run_id, STATE_TAG, job.state)
@@ -81,9 +86,13 @@ def _follow(client: mlflow.MlflowClient, run: mlflow.entities.Run, job: cluster.
     client.set_tag(run_id, REASON_TAG, job.why[:500])
     if job.nodes and job.nodes != "(null)":
         client.set_tag(run_id, NODES_TAG, job.nodes[:250])
-    client.set_terminated(run_id, job.mlflow_status)
-    log.warning(f"run '{run.info.run_name}' ({run_id}) ended {job.mlflow_status}: {job.why}")
-    return True
+    status = run.info.status
+    change = status not in ENDED or (status == "FAILED" and job.mlflow_status == "KILLED")
+    if change:
+        client.set_terminated(run_id, job.mlflow_status, end_time=run.info.end_time or None)
+        log.warning(f"run '{run.info.run_name}' ({run_id}) ended {job.mlflow_status}: {job.why}")
+    client.set_tag(run_id, OPEN_TAG, "0")
+    return change
 
 
 def _lost(run: mlflow.entities.Run, lock: str, launcher_gone: Callable[[Path], bool]) -> bool:
