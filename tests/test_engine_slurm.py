@@ -102,6 +102,13 @@ def test_four_one_gpu_runs_on_three_gpus_one_waits_and_all_finish_in_one_store(s
     assert re.search(r"^slurm-3\s+PENDING\s+Resources", table, re.M), table
     running = re.findall(r"^slurm-[0-2]\s+RUNNING\s+-\s+(n[12])\s+(\S+)", table, re.M)
     assert sorted(running) == [("n1", "0"), ("n1", "1"), ("n2", "0")], table  # each its own GPU
+    # --no-wait: refused while no GPU is free (sbatch --immediate), its run ended FAILED, not left waiting
+    args = shlex.join(["--name", "slurm-nowait", "--no-wait", *tiny_p()])
+    refused = make(user, checkout, senv, "run", "ON=slurm", f"ARGS={args}")
+    assert refused.returncode == 2 and "sbatch refused the job" in refused.stderr, refused.stderr[-2000:]
+    [nowait] = [r for r in runs_named(senv) if "sbatch refused" in r.data.tags.get("kerasflow.queue", "")
+                and r.info.status == "FAILED"] or [None]
+    assert nowait is not None
     wait_ended(slurm, [j for j, _ in jobs.values()], 600)
     settle(user, checkout, senv)
     c = client(senv)
@@ -174,7 +181,8 @@ def test_cancel_kills_and_a_failing_job_fails_with_slurm_s_reason(slurm, senv, u
         while time.monotonic() < deadline and len(told.messages) < 2:
             time.sleep(0.5)
         titles = sorted(m.get("title", "") for m in told.messages)
-        assert titles == ["kerasflow run slurm-cancel: KILLED", "kerasflow run slurm-fail: FAILED"], titles
+        assert titles == ["kerasflow run slurm-cancel: KILLED",
+                          "kerasflow run slurm-fail: FAILED (exit 2)"], titles
     finally:
         told.close()
 
@@ -264,14 +272,18 @@ def test_a_search_as_a_job_array_finishes_its_exact_trial_count(slurm, senv, use
 
 
 def test_doctor_on_slurm_checks_the_cluster_with_a_job_on_a_node(slurm, senv, user, checkout):
-    out = make(user, checkout, senv, "doctor", "ON=slurm")
+    def doctor(**variables: str):  # the command itself: make turns every non-zero status into 2
+        return user.run([str(VENV / "bin" / "python"), "-m", "kerasflow", "doctor", "--on", "slurm"],
+                        cwd=checkout, env={**senv, **variables}, timeout=300)
+
+    out = doctor()
     table = out.stdout
     for row in (r"^slurm\s+PASS\s+cluster 'kftest' answers .* end states from the job-completion file",
                 r"^slurm-gpus\s+PASS\s+.*n1 gpu:2", r"^slurm-runtime\s+PASS\s+docker on node",
                 r"^shared-files\s+PASS", r"^node-tracking\s+PASS\s+node \S+ reaches http://127.0.0.1:"):
         assert re.search(row, table, re.M), (row, table, out.stderr[-1500:])
     assert out.returncode in (0, 1), table  # 1: the docker image file for nodes without it is a warning
-    bad = make(user, checkout, senv, "doctor", "ON=slurm", "RUNTIME=apptainer")
+    bad = doctor(RUNTIME="apptainer")
     assert bad.returncode == 2, bad.stdout
     assert re.search(r"^slurm-runtime\s+FAIL\s+apptainer or singularity not found on node", bad.stdout, re.M)
     assert re.search(r"^cluster-image\s+FAIL\s+no apptainer image at", bad.stdout, re.M)

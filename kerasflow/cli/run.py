@@ -15,7 +15,8 @@
                   --runtime docker|charliecloud|apptainer|enroot (RUNTIME, default docker) runs the image
                   on the nodes, --sbatch '--partition=gpu --time=2:00:00' (SBATCH) passes options to
                   sbatch, GPUS=N GPUs per run (default 1; GPU=off: none), CLUSTER_IMAGES the folder of
-                  `make cluster-image`'s files
+                  `make cluster-image`'s files; --no-wait: refused unless its GPUs are free now; it
+                  returns once sbatch took the job (--detach/--foreground do not apply)
 
 Environment: GPU=auto|on|off, GPUS=all|0|0,1, CPU_SLOTS=N (a line for CPU runs too), DATA=/host/dataset
 (mounted at /data, read-only), PORT (default: the store's own, first free from 5000, kept in

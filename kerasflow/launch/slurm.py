@@ -416,6 +416,7 @@ def submit(req: box_run.Request, opts: Options, tasks: list[tuple[str, list[str]
     output = req.logs / f"{req.name}-%a.log" if array else req.log
     options = [f"--job-name={req.name}", f"--output={output}", "--open-mode=append", f"--chdir={req.root}",
                "--export=ALL", *([f"--array=0-{len(tasks) - 1}"] if array else []),
+               *(["--immediate=10"] if req.no_wait else []),  # --no-wait: refused unless it can start now
                *([f"--gres=gpu:{opts.gpus}"] if opts.gpus else []), *opts.sbatch]
     job = cluster.submit(path, options)
     import mlflow
@@ -442,7 +443,9 @@ def write_record(path: Path, **fields: str) -> None:
 
 
 def read_record(path: Path) -> dict[str, str] | None:
-    """A record of this user's, bounded; None when absent or not ours."""
+    """A record of this user's, bounded; None when absent, not ours, or not a run name's."""
+    if not box_run.NAME.fullmatch(path.stem):
+        return None
     try:
         info = path.lstat()
         if not path.is_file() or path.is_symlink() or info.st_uid != os.getuid() or info.st_size > 65536:
