@@ -7,6 +7,7 @@ import socket
 import time
 import urllib.request
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from kerasflow.errors import UserError
 
@@ -65,7 +66,5 @@ def wait_answers(url: str, seconds: float, alive: Callable[[], bool] = lambda: T
 
 def is_loopback(url: str) -> bool:
     """Whether a URL's host is this machine only (127.0.0.0/8, ::1, localhost)."""
-    from urllib.parse import urlsplit
-
     host = urlsplit(url).hostname or ""
     return host in ("localhost", "::1") or host.startswith("127.")

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from kerasflow import box, cluster, config, notify, ports, urlauth
 from kerasflow.errors import UserError
@@ -537,8 +538,6 @@ def cluster_image(runtime: str, image_file: Path) -> Check:
 
 def _node_rows(root: Path, store: Path, runtime: str, uri: str, image_file: Path) -> list[Check]:
     """One test job (sbatch --wait, a minute at most) reports what a node sees."""
-    from urllib.parse import urlsplit
-
     where = urlsplit(uri) if uri else None
     host = (where.hostname or "") if where else ""
     port = (where.port or (443 if where.scheme == "https" else 80)) if where else 0

@@ -305,3 +305,16 @@ def test_lazy_imports_are_heavy_libraries_named_once_per_module():
         assert not light, (path, light)
         heavy_roots = {m.split(".")[0] for m in lazy} & HEAVY
         assert not heavy_roots or "# Lazy imports:" in text, path
+
+
+@pytest.mark.parametrize("argv", [["runs", "--store", "htp://127.0.0.1:5000"],
+                                  ["log-run", "outputs/x", "--store", "http://h:5000"],
+                                  ["doctor", "--store", "file:///tmp/s"], ["ui", "s3://bucket/store"],
+                                  ["relocate", "htp://h/store"], ["server", "htp://h:5000"]])
+def test_a_url_where_a_store_folder_goes_is_one_line_and_makes_no_folder(tmp_path, argv):
+    """Found by tests/test_generated_input.py: `--store htp://127.0.0.1:5000` (a typo'd server) made a
+    folder `htp:` in the checkout and a store under it."""
+    out = subprocess.run([sys.executable, "-m", "kerasflow", *argv], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and "is a URL, not a store folder" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and not list(tmp_path.iterdir())

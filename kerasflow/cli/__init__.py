@@ -8,6 +8,7 @@ import importlib.abc
 import importlib.util
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -97,11 +98,24 @@ def path(value: str) -> Path:
     return Path(nonempty(value))
 
 
+def store_folder(value: str) -> str:
+    """argparse type of a store FOLDER: `nonempty`, and never a URL (`--store htp://host:5000`, a typo'd
+    server, made folders named `htp:` in the checkout): a server goes in MLFLOW_TRACKING_URI."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", nonempty(value)):
+        raise argparse.ArgumentTypeError(f"{value[:80]!r} is a URL, not a store folder: give the store's "
+                                         "folder, or put a server in MLFLOW_TRACKING_URI")
+    return value
+
+
+def store_path(value: str) -> Path:
+    return Path(store_folder(value))
+
+
 def store_flags(p: argparse.ArgumentParser, *, experiment: bool = True) -> None:
     """--store (and --experiment): the same flags, defaults and help for every command on a store."""
     from kerasflow.track.store import DEFAULT_EXPERIMENT, DEFAULT_STORE
 
-    p.add_argument("--store", default=DEFAULT_STORE, metavar="DIR", type=nonempty,
+    p.add_argument("--store", default=DEFAULT_STORE, metavar="DIR", type=store_folder,
                    help=f"store folder: sqlite database + artifacts (default: {DEFAULT_STORE}); "
                         "MLFLOW_TRACKING_URI, when set, is used instead")
     if experiment:

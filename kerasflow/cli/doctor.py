@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=cli.path, default=Path("."), help="the checkout")
     p.add_argument("--image", default=None, help="the image tag (default: the one make run uses)")
     p.add_argument("--port", type=int, default=None, help="default: the store's own (kerasflow server)")
-    p.add_argument("--store", type=cli.path, default=Path("store"))
+    p.add_argument("--store", type=cli.store_path, default=Path("store"))
     p.add_argument("--logs", type=cli.path, default=Path("logs"))
     p.add_argument("--notify-test", action="store_true", help="send a test message to KERASFLOW_NOTIFY")
     p.add_argument("--on", choices=("box", "slurm"), default=os.environ.get("ON") or "box",

@@ -16,7 +16,7 @@ from kerasflow import cli
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("store", type=cli.path,
+    p.add_argument("store", type=cli.store_path,
                    help="store folder (with mlflow.db, or a legacy mlruns/) or .db file")
     p.add_argument("--from", dest="old", help="old prefix (default: detected from the stored locations)")
     p.add_argument("--to", type=cli.path, help="new prefix (default: the store's folder)")

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     from kerasflow.track import store
 
     p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("store", nargs="?", default=store.DEFAULT_STORE, type=cli.path)
+    p.add_argument("store", nargs="?", default=store.DEFAULT_STORE, type=cli.store_path)
     args = p.parse_args(argv)
 
     def go() -> None:

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     from kerasflow.track import store
 
     p = cli.parser(__doc__, config_flags=False)
-    p.add_argument("store", nargs="?", default=store.DEFAULT_STORE, type=cli.path)
+    p.add_argument("store", nargs="?", default=store.DEFAULT_STORE, type=cli.store_path)
     p.add_argument("--port", type=int, default=None,
                    help="default: the port this store's server keeps (STORE/server-port), else the first "
                         "free one from 5000")

@@ -35,12 +35,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from kerasflow import cluster, notify, ports, preflight, urlauth
+import yaml
+
+from kerasflow import cluster, config, notify, ports, preflight, urlauth
 from kerasflow.errors import UserError
 from kerasflow.launch import image as images
 from kerasflow.launch import run as box_run
 from kerasflow.storeops import server
 from kerasflow.track import orphans, slurm_runs
+
+# Lazy imports: mlflow, where a run is made, tagged or read and where MLflow computes the entry point's
+# command (the checks and `--help` need none).
 
 RUNTIMES = ("docker", "charliecloud", "apptainer", "enroot")
 IMAGES_DIR = ".cluster-images"  # default home of the exported images (CLUSTER_IMAGES: a shared folder)
@@ -71,14 +76,8 @@ def options(runtime: str, sbatch: str, env: dict[str, str] | os._Environ[str] = 
 def config_params(root: Path, entry: str, cfg: object) -> list[str]:
     """A config (presets and --set applied) as the entry point's -P params: each key that differs from
     config.yaml. A differing key the entry point does not take cannot reach the job: one line."""
-    import dataclasses as dc
-
-    import yaml
-
-    from kerasflow import config
-
-    base = dc.asdict(config.load(root / "config.yaml"))
-    wanted = dc.asdict(cfg)  # type: ignore[call-overload]
+    base = dataclasses.asdict(config.load(root / "config.yaml"))
+    wanted = dataclasses.asdict(cfg)  # type: ignore[call-overload]
     spec = yaml.safe_load((root / "MLproject").read_text())["entry_points"][entry]["parameters"]
     params = []
     for key, value in wanted.items():
