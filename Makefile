@@ -111,10 +111,10 @@ queue: $(RUN_STAMP) ## this machine's runs in line and running, every user's (AR
 
 cancel: $(RUN_STAMP) ## take your run out of the line, or stop it (MLflow: KILLED): NAME=...
 	@test "$(origin NAME)" != file || { echo "error: give the run: make cancel NAME=<run name> (make queue lists them)"; exit 2; }
-	@$(RUN_VENV)/bin/python -m kerasflow cancel "$(NAME)"
+	@$(RUN_VENV)/bin/python -m kerasflow cancel "$(NAME)" $(ARGS)
 
 ui: $(RUN_STAMP) ## the MLflow UI over a (copied) store, on its own port: STORE=...
-	KERASFLOW_PYTHON="$(RUN_VENV)/bin/python" ./run_mlflow_ui.bash "$(STORE)" $(PORT_ARG)
+	KERASFLOW_PYTHON="$(RUN_VENV)/bin/python" ./run_mlflow_ui.bash "$(STORE)" $(PORT_ARG) $(ARGS)
 
 data: ## download TFDS malaria into data/tfds (internet; without .venv: in the image)
 	@if [ -n "$(IN_IMAGE)" ] || [ -x "$(PY)" ] || ! command -v docker > /dev/null 2>&1; then \
@@ -130,46 +130,47 @@ weights: $(STAMP) ## cache the VGG16 ImageNet weights in ~/.keras/models (intern
 
 ##@ Tracking and models
 server: $(RUN_STAMP) ## MLflow server over ./store on 127.0.0.1 (its own port; PORT=); AUTH=1, DB=...
-	$(RUN_VENV)/bin/python -m kerasflow server "$(STORE)" $(PORT_ARG) $(if $(AUTH),--auth)
+	$(RUN_VENV)/bin/python -m kerasflow server "$(STORE)" $(PORT_ARG) $(if $(AUTH),--auth) $(ARGS)
 
 server-stop: $(RUN_STAMP) ## stop this store's MLflow server (the one make run / server / ui left running)
-	@$(RUN_VENV)/bin/python -m kerasflow server-stop "$(STORE)"
+	@$(RUN_VENV)/bin/python -m kerasflow server-stop "$(STORE)" $(ARGS)
 
-runs: $(STAMP) ## table + curves of the best runs (outputs/best_runs.png): FILTER="..."
-	mkdir -p outputs && $(PY) -m kerasflow runs --store $(STORE) --filter "$(FILTER)" \
-	  --plot outputs/best_runs.png
+runs: $(RUN_STAMP) ## table + curves of the best runs (outputs/best_runs.png): FILTER="..."
+	mkdir -p outputs && $(RUN_VENV)/bin/python -m kerasflow runs --store $(STORE) --filter "$(FILTER)" \
+	  --plot outputs/best_runs.png $(ARGS)
 
 reproduce: $(STAMP) ## re-create a tracked run and compare: make reproduce RUN=<id>
 	@test -n "$(RUN)" || { echo "error: give the run: make reproduce RUN=<run id> (make runs lists them)"; exit 2; }
 	$(PY) -m kerasflow reproduce "$(RUN)" --store $(STORE) $(ARGS)
 
 promote: $(RUN_STAMP) ## point @champion at the best version: NAME=demo METRIC=test_accuracy
-	$(RUN_VENV)/bin/python -m kerasflow promote "$(NAME)" --metric "$(METRIC)" --store $(STORE)
+	$(RUN_VENV)/bin/python -m kerasflow promote "$(NAME)" --metric "$(METRIC)" --store $(STORE) $(ARGS)
 
 versions: $(RUN_STAMP) ## a registered model's versions, aliases, test metrics: NAME=demo
-	$(RUN_VENV)/bin/python -m kerasflow versions "$(NAME)" --store $(STORE)
+	$(RUN_VENV)/bin/python -m kerasflow versions "$(NAME)" --store $(STORE) $(ARGS)
 
 serve: $(STAMP) ## serve a model on 127.0.0.1:5001: MODEL=models:/demo@candidate
 	@test -n "$(MODEL)" || { echo "error: give the model: make serve MODEL=models:/NAME@ALIAS"; exit 2; }
-	$(PY) -m kerasflow serve "$(MODEL)" --port $(SERVE_PORT) --store $(STORE)
+	$(PY) -m kerasflow serve "$(MODEL)" --port $(SERVE_PORT) --store $(STORE) $(ARGS)
 
 predict: $(STAMP) ## classify images with the served model: MODEL=... IMAGES='a.png b.png'
-	$(PY) -m kerasflow predict --url http://127.0.0.1:$(SERVE_PORT) --model "$(MODEL)" --store $(STORE) $(IMAGES)
+	$(PY) -m kerasflow predict --url http://127.0.0.1:$(SERVE_PORT) --model "$(MODEL)" --store $(STORE) $(ARGS) \
+	  $(IMAGES)
 
 ##@ Stores
 pull: $(RUN_STAMP) ## copy a store in use and fix its paths: FROM=user@server:path/store
 	@test -n "$(FROM)" || { echo "error: give the source: make pull FROM=user@server:path/to/store"; exit 2; }
-	$(RUN_VENV)/bin/python -m kerasflow pull "$(FROM)" "$(STORE)"
+	$(RUN_VENV)/bin/python -m kerasflow pull "$(FROM)" "$(STORE)" $(ARGS)
 
 push: $(RUN_STAMP) ## merge this store's runs into another: TO=http://host:port or TO=DIR
 	@test -n "$(TO)" || { echo "error: give the destination: make push TO=http://host:port (or TO=path/to/store)"; exit 2; }
 	$(RUN_VENV)/bin/python -m kerasflow push --store "$(STORE)" --to "$(TO)" $(ARGS)
 
 relocate: $(RUN_STAMP) ## rewrite a moved store's artifact paths: make relocate STORE=...
-	$(RUN_VENV)/bin/python -m kerasflow relocate "$(STORE)"
+	$(RUN_VENV)/bin/python -m kerasflow relocate "$(STORE)" $(ARGS)
 
 migrate: $(RUN_STAMP) ## move a legacy file store onto sqlite: make migrate STORE=path/to/mlruns
-	$(RUN_VENV)/bin/python -m kerasflow migrate "$(STORE)"
+	$(RUN_VENV)/bin/python -m kerasflow migrate "$(STORE)" $(ARGS)
 
 team-server: ## team server (PostgreSQL + MLflow, docker/compose.yaml) on 127.0.0.1:5000
 	@test -f docker/team.env || { echo "error: no docker/team.env: cp docker/team.env.example docker/team.env, then set its password"; exit 2; }
@@ -201,7 +202,7 @@ cluster-image: $(RUN_STAMP) ## the image for Slurm nodes: RUNTIME=docker|charlie
 	$(RUN_VENV)/bin/python -m kerasflow cluster-image $(ARGS)
 
 shell: $(RUN_STAMP) ## a shell in the project image, this checkout at /workspace (GPU=auto|on|off)
-	$(RUN_VENV)/bin/python -m kerasflow run-script bash
+	$(RUN_VENV)/bin/python -m kerasflow run-script bash $(ARGS)
 
 run-script: $(RUN_STAMP) ## any command in the project image: make run-script ARGS='make test'
 	@test -n "$(ARGS)" || { echo "error: give the command: make run-script ARGS='make demo'"; exit 2; }
@@ -219,7 +220,7 @@ TEST_JOBS ?= 2
 XDIST = $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
 
 test: $(STAMP) ## the suite CI runs: real Docker engine, image, journeys (offline, CPU)
-	$(PY) -m pytest $(XDIST) -m "not gpu_image and not heavy" $(ARGS)
+	$(PY) -m pytest $(XDIST) --durations=25 -m "not gpu_image and not heavy" $(ARGS)
 
 test-all: $(STAMP) ## make test + heavy tests (stress, speed options, 2000 generated inputs)
 	KERASFLOW_GENERATED_EXAMPLES=2000 $(PY) -m pytest $(XDIST) -m "not gpu_image" $(ARGS)

@@ -318,3 +318,19 @@ def test_a_url_where_a_store_folder_goes_is_one_line_and_makes_no_folder(tmp_pat
                          text=True, timeout=120)
     assert out.returncode == 2 and "is a URL, not a store folder" in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and not list(tmp_path.iterdir())
+
+
+def test_every_target_that_runs_a_command_passes_args_on():
+    """`make pull ARGS=--force` is what a refused pull tells the user to run: every recipe that runs a
+    kerasflow command appends $(ARGS) (a dozen dropped them: pull, runs, promote, versions, cancel, ui,
+    server, serve, predict, relocate, migrate, shell). Not: mlproject (its output is the file)."""
+    import re
+
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    missing = []
+    for target, recipe in re.findall(r"^([a-z][a-z-]*):[^\n]*\n((?:\t[^\n]*\n)+)", text, re.M):
+        for line in recipe.splitlines():
+            runs = re.search(r"-m kerasflow [a-z-]+|run_mlflow_ui\.bash", line)
+            if runs and target != "mlproject" and "$(ARGS)" not in line:
+                missing.append(f"{target}: {line.strip()[:80]}")
+    assert not missing, missing
