@@ -235,15 +235,6 @@ def test_each_command_is_the_make_target_and_mlproject_entry_of_its_name():
             assert not prints, f"{path}:{prints}: a library logs (logging.getLogger), only cli/ prints"
 
 
-def test_every_make_target_the_readme_and_docs_name_exists():
-    import re
-
-    targets = set(re.findall(r"^([a-zA-Z_-]+):", (ROOT / "Makefile").read_text(), re.M))
-    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
-        named = set(re.findall(r"`make ([a-z][a-z0-9-]*)", doc.read_text()))
-        assert named <= targets, (doc.name, sorted(named - targets))
-
-
 @pytest.mark.parametrize(("module", "line"), [
     ("kerasflow/train/models.py", "from kerasflow.track import store"),  # a floor up
     ("kerasflow/storeops/relocate.py", "from kerasflow.cli import parser"),  # a domain module into cli

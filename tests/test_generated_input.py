@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
 import os
 import shutil
@@ -30,11 +29,11 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
+from helpers.parsers import parser_of  # noqa: E402
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -87,25 +86,6 @@ VALUES = {
 BAD = st.one_of(*VALUES.values())
 # a value a command accepts lets the others reach its code: a good one for about half of the flags
 VALUE = st.one_of(BAD, VALUES["plain"], VALUES["plain"])
-
-
-class _Parser(BaseException):
-    """Raised to take a command's parser out of its main() before anything runs."""
-
-
-def parser_of(name: str) -> argparse.ArgumentParser:
-    """The real parser of `kerasflow NAME` (argparse's parse_args intercepted: nothing runs)."""
-    module = importlib.import_module(f"kerasflow.cli.{name.replace('-', '_')}")
-    found: list[argparse.ArgumentParser] = []
-
-    def grab(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
-        found.append(self)
-        raise _Parser
-
-    with mock.patch.object(argparse.ArgumentParser, "parse_args", grab), contextlib.suppress(_Parser):
-        module.main([])
-    assert found, f"kerasflow {name}: no argparse parser found"
-    return found[0]
 
 
 def _arguments(name: str) -> list[tuple[str, argparse.Action]]:
