@@ -283,6 +283,8 @@ bench-run: $(STAMP) ## make run (foreground) vs a bare docker run of the same tr
 bench-bigdata: $(STAMP) ## decoded data larger than the RAM budget: cache file vs RAM (~10 min)
 	$(PY) bench/bench_bigdata.py $(ARGS)
 
-clean: ## remove caches and outputs (keeps .venv, data/ and stores)
-	rm -rf outputs .cache .pytest_cache .ruff_cache bench/results
+clean: ## remove caches (keeps outputs/ with your run folders and models, .venv, data/, stores)
+	rm -rf .cache .pytest_cache .ruff_cache bench/results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	@if [ -d outputs ]; then echo "clean: kept outputs/ ($$(du -sh outputs | cut -f1): run folders and their" \
+	  "models, tracked or not); remove it yourself once they are logged: rm -rf outputs (docs/lifecycle.md)"; fi

@@ -145,7 +145,7 @@ def _tfds_prepared(folder: Path, name: str) -> bool:
     return False
 
 
-OFFLINE_DEMO = "make run ARGS='-P data_source=synthetic -P model=cnn'"
+OFFLINE_DEMO = "make run ARGS='-P data_source=synthetic -P model=cnn -P image_size=48'"
 
 
 def data(cfg: config.Config, entry: str, root: Path, data_mount: str) -> Check:

@@ -1,5 +1,6 @@
-"""The decode-once cache: images over the RAM budget go to a memory-mapped file keyed by what was decoded
-(a killed build leaves no half file that looks whole); within the budget they stay in RAM."""
+"""The decode-once cache: images over the RAM budget go to a file (.npy, written with pwrite, read with pread
+by the pipeline) keyed by what was decoded (a killed build leaves no half file that looks whole); within
+the budget they stay in RAM."""
 
 from __future__ import annotations
 
