@@ -100,7 +100,7 @@ log-run: $(STAMP) ## log a finished run folder into the store afterwards: FOLDER
 track-demo: $(STAMP) ## the offline demo, tracked; its model registered as demo@candidate
 	$(PY) -m kerasflow track --store $(STORE) $(DEMO_SET) --register demo $(ARGS)
 
-run: $(RUN_STAMP) ## mlflow run in the image + tracking server; tmux over SSH; ON=slurm: a Slurm job
+run: $(RUN_STAMP) ## train in the image (mlflow run + server, tmux over SSH); ON=slurm: Slurm job
 	$(RUN_VENV)/bin/python -m kerasflow run $(if $(ON),--on $(ON)) $(ARGS)
 
 doctor: $(RUN_STAMP) ## check this box before a run: engine, GPUs, driver, disk, data, store, port
@@ -283,7 +283,7 @@ bench-run: $(STAMP) ## make run (foreground) vs a bare docker run of the same tr
 bench-bigdata: $(STAMP) ## decoded data larger than the RAM budget: cache file vs RAM (~10 min)
 	$(PY) bench/bench_bigdata.py $(ARGS)
 
-clean: ## remove caches (keeps outputs/ with your run folders and models, .venv, data/, stores)
+clean: ## remove caches (keeps outputs/ with your models, .venv, data/ and stores)
 	rm -rf .cache .pytest_cache .ruff_cache bench/results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	@if [ -d outputs ]; then echo "clean: kept outputs/ ($$(du -sh outputs | cut -f1): run folders and their" \
