@@ -189,38 +189,7 @@ def test_run_mlflow_ui_without_any_env_names_make_ui(tmp_path):
     assert "GPU server" not in result.stderr
 
 
-# --- the README and docs/ ----------------------------------------------------------------------------------
-
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-
-
-def test_every_picture_and_page_the_docs_reference_exists():
-    """Pictures are made by `make pictures` from a real run (docs/make_pictures.py) and committed."""
-    pictures, pages = 0, 0
-    for doc in DOCS:
-        text = doc.read_text()
-        for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text):
-            path = (doc.parent / target).resolve()
-            assert path.is_file(), f"{doc.name} shows {target}, which does not exist: run make pictures"
-            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 400_000, target
-            pictures += 1
-        for target in re.findall(r"(?<!!)\[[^\]]*\]\(([^)\s#]+\.md)(?:#[^)]*)?\)", text):
-            assert (doc.parent / target).is_file(), f"{doc.name} links {target}, which does not exist"
-            pages += 1
-    assert pictures >= 4 and pages >= 10
-
-
-def test_every_test_the_docs_name_as_proof_exists():
-    """docs/troubleshooting.md's "What survives what" names, for each invariant, the test that proves it:
-    a renamed or deleted test would leave the table claiming a proof that is gone."""
-    named = 0
-    for doc in DOCS:
-        for file, test in re.findall(r"`(test_\w+\.py)::(test_\w+)`", doc.read_text()):
-            assert re.search(rf"^(async )?def {test}\(", (ROOT / "tests" / file).read_text(), re.M), \
-                f"{doc.name} names {file}::{test}, which does not exist"
-            named += 1
-    assert named >= 20
-
+# --- the README (what the docs show is checked against the code in tests/test_docs.py) ------------------
 
 def test_the_readme_is_a_newcomers_page():
     """About 150-200 lines: what it is, prerequisites, the two commands, three quickstarts, the targets

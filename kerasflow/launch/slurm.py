@@ -310,6 +310,9 @@ def script(req: box_run.Request, opts: Options, tasks: list[tuple[str, list[str]
 
 
 def record_path(logs: Path, name: str) -> Path:
+    """LOGS/slurm/NAME.json; a name that is not a run's (a path, shell characters) is one line."""
+    if not box_run.NAME.fullmatch(name):
+        raise UserError(f"{name[:60]!r} is not a run name (letters, digits, '.', '_', '-'): see `make queue`")
     return logs / "slurm" / f"{name}.json"
 
 
@@ -320,6 +323,7 @@ def check(req: box_run.Request, opts: Options, uri: str) -> None:
         raise UserError(f"the checkout {req.root} holds a space or a shell character: move it to a plain "
                         "path")
     preflight.run_config(req.root / "config.yaml", req.params)  # a bad value: one line, before any run
+    data_folder()
     if opts.runtime not in RUNTIMES:
         raise UserError(f"RUNTIME={opts.runtime[:40]!r} is not one of {', '.join(RUNTIMES)}: set the "
                         "container runtime your cluster's nodes have (docs/cluster.md)")
