@@ -101,10 +101,10 @@ track-demo: $(STAMP) ## the offline demo, tracked; its model registered as demo@
 	$(PY) -m kerasflow track --store $(STORE) $(DEMO_SET) --register demo $(ARGS)
 
 run: $(RUN_STAMP) ## train in the image (mlflow run + server, tmux over SSH); ON=slurm: Slurm job
-	$(RUN_VENV)/bin/python -m kerasflow run$(if $(ON), --on $(ON)) $(ARGS)
+	$(RUN_VENV)/bin/python -m kerasflow run $(if $(ON),--on $(ON) )$(ARGS)
 
 doctor: $(RUN_STAMP) ## check this box before a run: engine, GPUs, driver, disk, data, store, port
-	@$(RUN_VENV)/bin/python -m kerasflow doctor $(PORT_ARG) --store "$(STORE)"$(if $(ON), --on $(ON)) $(ARGS)
+	@$(RUN_VENV)/bin/python -m kerasflow doctor $(PORT_ARG) --store "$(STORE)" $(if $(ON),--on $(ON) )$(ARGS)
 
 queue: $(RUN_STAMP) ## this machine's runs in line and running, every user's (ARGS=--watch)
 	@$(RUN_VENV)/bin/python -m kerasflow queue $(ARGS)
