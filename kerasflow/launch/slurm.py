@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -580,7 +581,7 @@ def cluster_image(root: Path, runtime: str, images_dir: Path | None, say) -> Pat
     out = image_file(root, runtime, images_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    subprocess.run(["rm", "-rf", str(tmp)], check=False)
+    _remove(tmp)
     if runtime == "docker":
         _checked(["docker", "save", "-o", str(tmp), tag], "docker save")
     elif runtime == "charliecloud":
@@ -607,15 +608,22 @@ def cluster_image(root: Path, runtime: str, images_dir: Path | None, say) -> Pat
         for folder in (CONTAINER_ROOT.lstrip("/"), "opt/keras", "data"):
             (tmp / folder).mkdir(parents=True, exist_ok=True)
     elif runtime == "apptainer":
-        runner = "apptainer" if subprocess.run(["which", "apptainer"], capture_output=True).returncode == 0 \
-            else "singularity"
+        runner = "apptainer" if shutil.which("apptainer") else "singularity"
         _checked([runner, "build", str(tmp), f"docker-daemon://{tag}"], f"{runner} build")
     else:
         _checked(["enroot", "import", "-o", str(tmp), f"dockerd://{tag}"], "enroot import")
-    subprocess.run(["rm", "-rf", str(out)], check=False)
+    _remove(out)
     tmp.rename(out)
     say(f"cluster-image: {tag} -> {out} ({runtime}); runs with ON=slurm RUNTIME={runtime} use it")
     return out
+
+
+def _remove(path: Path) -> None:
+    """A previous image file or folder (or a half-written one) goes before the new one takes its name."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _checked(cmd: list[str], what: str) -> None:
