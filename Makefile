@@ -72,7 +72,7 @@ $(STAMP): requirements.txt
 	@echo "env: creating $(VENV) with $$("$(PYTHON_BASE)" -V) ($(PYTHON_BASE))"
 	$(PYTHON_BASE) -m venv $(VENV)
 	@# uv with your pip's settings (index, mirrors, certificate, constraints), else pip; then this
-	@# checkout linked as the environment's kerasflow (+ the `kerasflow` command): kerasflow/envinstall.py
+	@# checkout linked as the environment's kerasflow (+ the `kerasflow` command): kerasflow/env.py
 	$(VENV)/bin/python -m kerasflow env requirements.txt
 	touch $(STAMP)
 endif

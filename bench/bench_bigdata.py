@@ -36,7 +36,8 @@ import numpy as np
 import tensorflow as tf
 from kerasflow import config
 from kerasflow.train import data
-from kerasflow.train import pipeline, sources
+from kerasflow.train import pipeline
+from kerasflow.train.sources import image_dir
 
 root, cache = sys.argv[1], sys.argv[2]
 size, ram_mb, epochs = (int(a) for a in sys.argv[3:6])
@@ -44,7 +45,7 @@ mode = sys.argv[6]
 cfg = config.load(None, ["data_source=image_dir", f"image_dir={root}", f"image_size={size}",
                          f"cache_dir={cache}", f"cache_ram_mb={ram_mb}"])
 t0 = time.perf_counter()
-examples = sources.load_image_dir(cfg)
+examples = image_dir.load(cfg)
 load_s = time.perf_counter() - t0
 epoch = tf.Variable(0, dtype=tf.int64)
 idx = np.arange(len(examples))

@@ -6,7 +6,7 @@ start-up cost of an environment without .pyc files (`--only bytecode`).
 Both pipelines read the same PNG files (drawn by the synthetic generator at 100-150 px, like the NIH
 cell images), resize to --size and batch by 32. The baseline is the style of older templates: a Python
 generator that decodes and `tf.image.resize`s each file, wrapped in `from_generator`, paying the decode
-every epoch. Ours decodes once (`sources.load_image_dir`) and then gathers batches from memory
+every epoch. Ours decodes once (`sources/image_dir.py`) and then gathers batches from memory
 (`pipeline.to_tf_dataset`). Rounds are interleaved; medians are reported. Results: bench/results/*.json.
 """
 
@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def make_pngs(root: Path, n: int, seed: int = 0) -> None:
     from PIL import Image
 
-    from kerasflow.train.sources import draw_synthetic
+    from kerasflow.train.sources.synthetic import draw
 
     rng = np.random.default_rng(seed)
     for label, name in enumerate(("Parasitized", "Uninfected")):
@@ -41,7 +41,7 @@ def make_pngs(root: Path, n: int, seed: int = 0) -> None:
         sizes = rng.integers(100, 151, n // 2)
         for size in np.unique(sizes):
             count = int((sizes == size).sum())
-            images, _ = draw_synthetic(count, int(size), seed * 1000 + label * 200 + int(size))
+            images, _ = draw(count, int(size), seed * 1000 + label * 200 + int(size))
             for i, image in enumerate(images):
                 Image.fromarray(image).save(folder / f"s{size}_{i}.png")
 
@@ -72,7 +72,8 @@ def bench_pipelines(images: int, size: int, batch: int, repeats: int, epochs: in
     import tensorflow as tf
 
     from kerasflow import config
-    from kerasflow.train import pipeline, sources
+    from kerasflow.train import pipeline
+    from kerasflow.train.sources import image_dir
 
     rows: dict[str, list[float]] = {"generator": [], "ours_first_epoch": [], "ours_steady": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,7 +90,7 @@ def bench_pipelines(images: int, size: int, batch: int, repeats: int, epochs: in
             rows["generator"].append(n / (time.perf_counter() - t0))
 
             t0 = time.perf_counter()
-            examples = sources.load_image_dir(cfg)
+            examples = image_dir.load(cfg)
             epoch = tf.Variable(0, dtype=tf.int64)
             idx = np.arange(len(examples))
             ds = pipeline.to_tf_dataset(examples, idx, batch, shuffle_seed=1, epoch=epoch)

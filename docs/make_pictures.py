@@ -6,7 +6,7 @@ Why a script: a screenshot drawn by hand goes stale the day the UI or the traini
 trains the offline demo tracked into a throwaway store (`train_mlflow.py --preset demo --register demo`),
 promotes it to @champion, copies the run folder's figures, then starts the store's own MLflow server
 and has headless Chromium photograph the run's metric charts and the registered model. Everything it
-writes lands in docs/images/ (small palette PNGs); `tests/test_newcomer.py` checks every picture the
+writes lands in docs/images/ (small palette PNGs); `tests/test_docs.py` checks every picture the
 docs reference exists.
 """
 

@@ -21,6 +21,12 @@ from kerasflow.errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 
+# The data sources are the modules of kerasflow/train/sources/ (one file each, named as users choose
+# them): listed from the folder, not imported, so the config stays below the training layer and a new
+# source is one new file (kerasflow/train/sources/__init__.py says what the file defines).
+SOURCES_FOLDER = Path(__file__).resolve().parent / "train" / "sources"
+SOURCE_NAMES = tuple(sorted(p.stem for p in SOURCES_FOLDER.glob("*.py") if not p.stem.startswith("_")))
+
 
 def _choice(*options: str) -> dict[str, Any]:
     return {"choices": options}
@@ -36,7 +42,7 @@ class Config:
     """Every hyperparameter of a run. No defaults here: config.yaml is their one source."""
 
     # data
-    data_source: str = field(metadata=_choice("tfds", "image_dir", "synthetic"))
+    data_source: str = field(metadata=_choice(*SOURCE_NAMES))
     tfds_name: str
     tfds_data_dir: str
     image_dir: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,7 @@ BAD_SETS = [
     (["epochs=many"], "config key 'epochs' must be int"),
     (["epochs=0"], "config key 'epochs' is 0"),
     (["model=vgg16", "image_size=24"], "too small for vgg16 (needs >= 32)"),
-    (["data_source=ftp"], "choose one of: tfds, image_dir, synthetic"),
+    (["data_source=ftp"], "choose one of: image_dir, synthetic, tfds"),
     (["model=resnet"], "choose one of: vgg16, cnn"),
 ]
 
@@ -290,7 +291,7 @@ def test_lazy_imports_are_heavy_libraries_named_once_per_module():
                         lazy |= {a.name for a in sub.names}
                     elif isinstance(sub, ast.ImportFrom):
                         lazy |= {f"{sub.module}.{a.name}" for a in sub.names}
-        allowed = {"kerasflow.train.callbacks", "tomllib"}  # tomllib: 3.11+, envinstall also runs on 3.10
+        allowed = {"kerasflow.train.callbacks", "tomllib"}  # tomllib: 3.11+, kerasflow.env also runs on 3.10
         light = {m for m in lazy if m.split(".")[0] not in HEAVY and m not in allowed
                  and not m.startswith("kerasflow.train.callbacks.")}
         assert not light, (path, light)
@@ -325,3 +326,33 @@ def test_every_target_that_runs_a_command_passes_args_on():
             if runs and target != "mlproject" and "$(ARGS)" not in line:
                 missing.append(f"{target}: {line.strip()[:80]}")
     assert not missing, missing
+
+
+def test_no_command_module_hides_a_function_of_the_cli_package():
+    """`kerasflow.cli.run` (the `run` command) replaced the package's error-contract function `cli.run`
+    once imported, so every later command in that process failed ('module' object is not callable)."""
+    import inspect
+
+    import kerasflow.cli as package
+
+    commands = {p.stem for p in Path(package.__file__).parent.glob("*.py")} - {"__init__"}
+    functions = {name for name, value in vars(package).items() if inspect.isfunction(value)}
+    assert not commands & functions, commands & functions
+
+
+# --- make help ------------------------------------------------------------------------------------
+
+
+def test_make_help_is_grouped_everyday_first_and_fits_100_columns():
+    out = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    lines = out.splitlines()
+    assert all(len(line) <= 100 for line in lines), [line for line in lines if len(line) > 100]
+    groups = [line for line in lines if line and not line.startswith(" ")]
+    assert groups == ["Everyday", "Tracking and models", "Stores", "Experiments", "Containers", "Maintenance"]
+    listed = re.findall(r"^  make (\S+)", out, re.M)
+    documented = re.findall(r"^([a-z-]+):.*## ", (ROOT / "Makefile").read_text(), re.M)
+    assert sorted(listed) == sorted(documented) and len(listed) == len(set(listed))
+    everyday = lines[lines.index("Everyday") + 1:lines.index("Tracking and models")]
+    named = set(re.findall(r"make (\S+)", "\n".join(everyday)))
+    assert {"demo", "train", "track", "run", "ui", "data"} <= named

@@ -45,7 +45,7 @@ def test_overrides_are_typed_yaml_values():
         (["epochs=2.5"], "config key 'epochs' must be int, got float"),
         (["augment=1"], "config key 'augment' must be bool"),
         (["model=resnet"], "config key 'model' is 'resnet'; choose one of: vgg16, cnn"),
-        (["data_source=s3"], "choose one of: tfds, image_dir, synthetic"),
+        (["data_source=s3"], "choose one of: image_dir, synthetic, tfds"),
         (["image_size=16"], "image_size 16 is too small for vgg16 (needs >= 32)"),
         (["val_fraction=0.5", "test_fraction=0.5"], "leaves under 5% for training"),
         (["val_fraction=0.125"], "use a multiple of 0.01"),

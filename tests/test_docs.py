@@ -185,9 +185,9 @@ def test_the_doctor_example_shows_the_real_rows():
     every row doctor prints (gpus-in-image only with a GPU runtime), in its order."""
     import inspect
 
-    from kerasflow import preflight
+    from kerasflow import doctor
 
-    rows = re.findall(r'_row\("([a-z-]+)"', inspect.getsource(preflight.for_doctor))
+    rows = re.findall(r'row\("([a-z-]+)"', inspect.getsource(doctor.for_box))
     rows.remove("gpus-in-image")
     for doc in DOCS:
         for block in re.findall(r"```console\n\$ make doctor\n(.*?)```", doc.read_text(), re.S):
@@ -299,3 +299,36 @@ def test_the_readme_lists_every_target_in_make_help_s_groups_and_commands_md_eve
     commands = (ROOT / "docs" / "commands.md").read_text()
     missing = [n for n in COMMANDS if f"make {n}" not in commands and n not in ("env", "mlproject")]
     assert not missing, missing
+
+
+# --- the README as a newcomer's page --------------------------------------------------------------
+
+
+def test_the_readme_is_a_newcomers_page():
+    """About 150-200 lines: what it is, prerequisites, the two commands, three quickstarts, the targets
+    by group, links; the rest lives in docs/ (it was 711 lines)."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    for heading in ("## Prerequisites", "## The two commands", "## Quickstarts", "## Make targets"):
+        assert heading in text, heading
+    assert "```mermaid" in text
+    assert "make test" in text and "\nmake test\n" in (ROOT / ".ci" / "run").read_text()  # CI's command
+
+
+def test_the_readme_quickstarts_parse_into_the_journeys_ci_runs():
+    from helpers import readme_journeys
+
+    found = readme_journeys.journeys()
+    assert set(found) == {("devcontainer", "host"), ("devcontainer", "container"), ("gpu-server", "box"),
+                          ("gpu-server", "laptop"), ("laptop", "")}
+    assert sum(len(steps) for steps in found.values()) <= 3 * 10  # at most ~10 commands a quickstart
+    box = {s.shown: s for s in found[("gpu-server", "box")]}
+    assert box["make data"].command == ""  # needs the internet: CI skips it, as the README says
+    assert "data_source=synthetic" in box['make run ARGS="--detach -P register_model=demo"'].command
+    readme = (ROOT / "README.md").read_text()
+    offline = "-P data_source=synthetic -P model=cnn -P image_size=48 -P register_model=demo"
+    assert f'make run ARGS="--detach {offline}"' in readme
+    # a replacement whose command the README no longer has is an error, not a silently dropped step
+    broken = "<!-- journey: x -->\n<!-- ci: make gone => skip -->\n```bash\nmake demo\n```\n"
+    with pytest.raises(ValueError, match="make gone"):
+        readme_journeys.journeys(broken)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, free_port, require_tool, wait_http
 
+from kerasflow import doctor as box_doctor
 from kerasflow import preflight
 
 IMAGE = "kerasflow:doctor-test-never-built"
@@ -121,19 +122,19 @@ esac
         smi.chmod(0o755)
 
     gpus("550.54.15", "9.0")
-    check = preflight.driver()
+    check = box_doctor.driver()
     assert check.status == preflight.FAIL and "older than 555.42.06 (CUDA 12.5.1" in check.line
     assert "0: NVIDIA H200 (cc 9.0)" in check.line and "upgrade the NVIDIA driver" in check.line
     gpus("550.54.15", "8.6")  # an Ampere GPU runs TF's compiled kernels: CUDA 12's minimum is enough
-    assert preflight.driver().status == preflight.PASS
+    assert box_doctor.driver().status == preflight.PASS
     gpus("470.82.01", "8.6")
-    assert "older than 525.60.13" in preflight.driver().line
+    assert "older than 525.60.13" in box_doctor.driver().line
     gpus("570.86.10", "9.0", apps=f"GPU-aaaa, {os.getpid()}, 29000\\n")
-    assert preflight.driver() == preflight.Check("driver", preflight.PASS,
+    assert box_doctor.driver() == preflight.Check("driver", preflight.PASS,
                                                  "driver 570.86.10 >= 555.42.06 (0: NVIDIA H200 (cc 9.0))")
-    memory = preflight.gpu_memory()
+    memory = box_doctor.gpu_memory()
     me = pwd.getpwuid(os.getuid()).pw_name
-    assert memory.status == preflight.WARN
+    assert memory.status == box_doctor.WARN
     assert memory.line.startswith(f"GPU 0: 113771 of 143771 MiB free (held by {me} pid {os.getpid()} "
                                   "29000 MiB)")
 

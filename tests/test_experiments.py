@@ -16,8 +16,9 @@ from helpers import ROOT, TINY, assert_user_error, client_for, set_args
 
 from kerasflow import config
 from kerasflow.errors import UserError
-from kerasflow.train import data, sources
+from kerasflow.train import data
 from kerasflow.train import splits as folds
+from kerasflow.train.sources import synthetic
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +79,7 @@ def nih_tree(root: Path, patients: int = 12, per_class: int = 5) -> Path:
     """NIH layout: every patient has cells in both class folders, named <patient>_IMG_..._cell_<n>.png."""
     from PIL import Image
 
-    images, _ = sources.draw_synthetic(patients * per_class * 2, 32, 0)
+    images, _ = synthetic.draw(patients * per_class * 2, 32, 0)
     k = 0
     for cls in ("Parasitized", "Uninfected"):
         (root / cls).mkdir(parents=True)

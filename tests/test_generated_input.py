@@ -52,7 +52,7 @@ BY_HAND = {
     "ui": "tests/test_server.py", "run": "tests/test_launch.py, tests/test_engine_make_run.py",
     "image": "tests/test_engine_image.py", "cluster-image": "tests/test_engine_slurm.py",
     "run-script": "tests/test_engine_image.py",
-    "env": "tests/test_envinstall.py", "cv": "tests/test_experiments.py", "tune": "tests/test_experiments.py",
+    "env": "tests/test_env.py", "cv": "tests/test_experiments.py", "tune": "tests/test_experiments.py",
     "tune-worker": "tests/test_experiments.py", "reproduce": "tests/test_reproduce.py",
     "queue-wait": "tests/test_queue.py", "analyze": "tests/test_experiments.py",
     "splits": "tests/test_experiments.py (loads the dataset)",

@@ -31,23 +31,23 @@ def test_memmap_cache_survives_interrupts_and_torn_metadata(tmp_path, monkeypatc
     from helpers import write_png_tree
 
     from kerasflow import config
-    from kerasflow.train import sources
+    from kerasflow.train.sources import image_dir
 
     tree = write_png_tree(tmp_path / "images", {"Parasitized": 12, "Uninfected": 12})
     cfg = config.load(None, [*TINY, "data_source=image_dir", f"image_dir={tree}", "cache_ram_mb=0",
                              f"cache_dir={tmp_path / 'cache'}"])
-    real = sources.content_digest
-    monkeypatch.setattr(sources, "content_digest", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    real = image_dir.content_digest
+    monkeypatch.setattr(image_dir, "content_digest", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
-        sources.load_image_dir(cfg)
+        image_dir.load(cfg)
     assert list((tmp_path / "cache").iterdir()) == []  # no temp file, nothing published
-    monkeypatch.setattr(sources, "content_digest", real)
-    first = sources.load_image_dir(cfg)
+    monkeypatch.setattr(image_dir, "content_digest", real)
+    first = image_dir.load(cfg)
     published = sorted(p.suffix for p in (tmp_path / "cache").iterdir())
     assert published == [".json", ".u8"]
     meta = next((tmp_path / "cache").glob("*.json"))
     meta.write_text(meta.read_text()[:20])  # torn by a kill of an older version
-    again = sources.load_image_dir(cfg)
+    again = image_dir.load(cfg)
     assert again.digest == first.digest and (again.images == first.images).all()
     json.loads(meta.read_text())  # rebuilt whole
 

@@ -1,15 +1,13 @@
 """Hardening of stores: paths a database URL would misread, several processes creating one store, a
-locked or half-migrated store, pulls that never destroy a store, relocation on a full disk and past
+locked or half-migrated store, relocation on a full disk and past
 symlinks, bad input in one line with nothing created. Each test here failed on the code before its fix."""
 
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from helpers import (
@@ -17,11 +15,10 @@ from helpers import (
     ROOT,
     TINY,
     assert_user_error,
+    bulk_store,
     client_for,
-    fake_ssh,
     free_port,
     py,
-    require_tool,
     set_args,
     wait_http,
 )
@@ -124,91 +121,20 @@ def test_a_locked_store_is_not_called_corrupt(tmp_path, monkeypatch):
         holder.close()
 
 
-# --- pull: never destroys a store, copies only a store ---------------------------------------------
-
-BUILDER = str(ROOT / "tests" / "helpers" / "store_builder.py")
 
 
-def bulk(path: Path, n: int, kind: str = "sqlite") -> None:
-    out = py(BUILDER, "bulk", kind, str(path), str(n))
-    assert out.returncode == 0, out.stderr[-3000:]
 
 
-def count_runs(store_dir: Path) -> int:
-    with sqlite3.connect(store.readonly_uri(store_dir / "mlflow.db"), uri=True) as conn:
-        return conn.execute("SELECT count(*) FROM runs").fetchone()[0]
 
 
-def pull(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return py("-m", "kerasflow", "pull", *args, env=env)
 
 
-@pytest.mark.slow
-def test_pull_never_replaces_another_store(tmp_path):
-    """`make pull` replaced the local store's mlflow.db: the runs of `make track` were gone."""
-    src, dest = tmp_path / "server" / "store", tmp_path / "laptop" / "store"
-    bulk(src, 3)
-    bulk(dest, 2)  # the user's own runs
-    assert_user_error(pull(str(src), str(dest)), "holds another store", "--force")
-    assert count_runs(dest) == 2
-    forced = pull(str(src), str(dest), "--force")
-    assert forced.returncode == 0, forced.stderr
-    backups = list(dest.parent.glob("store.backup-*"))
-    assert len(backups) == 1 and count_runs(backups[0]) == 2 and count_runs(dest) == 3
-    again = pull(str(src), str(dest))  # the same source again: an update, no --force needed
-    assert again.returncode == 0, again.stderr
-    other = tmp_path / "elsewhere" / "store"
-    bulk(other, 1)
-    assert_user_error(pull(str(other), str(dest)), "holds another store")
-    assert count_runs(dest) == 3
 
 
-@pytest.mark.slow
-def test_pull_checks_the_source_is_a_store_before_copying(tmp_path):
-    """`FROM=host:.` copied a whole home folder, ~/.ssh included, before noticing it was no store."""
-    require_tool("rsync")
-    home, remote_tmp, dest = tmp_path / "home", tmp_path / "remote-tmp", tmp_path / "laptop" / "store"
-    (home / ".ssh").mkdir(parents=True)
-    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY")
-    remote_tmp.mkdir()
-    ssh = str(fake_ssh(tmp_path))
-    env = {"HOME": str(home), "TMPDIR": str(remote_tmp)}
-    for source in ("me@server:.", "me@server:~"):
-        assert_user_error(pull("--ssh", ssh, source, str(dest), env=env), "not an MLflow store")
-    assert not dest.exists()
-    assert not list(tmp_path.rglob("id_ed25519"))[1:], "the key was copied"
-    bulk(home / "runs" / "store", 2)
-    ok = pull("--ssh", ssh, "me@server:~/runs/store", str(dest), env=env)  # `~` expands on the source
-    assert ok.returncode == 0, ok.stderr
-    assert count_runs(dest) == 2
-    assert list(remote_tmp.iterdir()) == []  # the snapshot's private folder is removed
-    assert_user_error(pull("--ssh", ssh, "--", "-oProxyCommand=x:store", str(tmp_path / "d"), env=env),
-                      "starts with '-'")
 
 
-def test_rsync_errors_show_the_first_real_line():
-    from kerasflow.storeops.pull import first_error
-
-    text = ('rsync: [sender] change_dir "/srv/store/artifacts" failed: No such file or directory (2)\n'
-            "rsync error: some files/attrs were not transferred (see previous errors) (code 23)\n")
-    assert first_error(text).startswith('rsync: [sender] change_dir "/srv/store/artifacts"')
 
 
-@pytest.mark.slow
-def test_an_interrupted_first_pull_completes_on_rerun(tmp_path):
-    src, dest = tmp_path / "server" / "store", tmp_path / "laptop" / "store"
-    bulk(src, 3)
-    proc = subprocess.Popen([PY, "-m", "kerasflow", "pull", str(src), str(dest)], cwd=ROOT,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not (dest / ".kerasflow-pull.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.kill()
-    proc.wait()
-    rerun = pull(str(src), str(dest))
-    assert rerun.returncode == 0, rerun.stderr
-    assert count_runs(dest) == 3
-    assert json.loads((dest / ".kerasflow-pull.json").read_text()) == {"source": str(src), "complete": True}
 
 
 # --- writes that survive a full disk and kills -----------------------------------------------------
@@ -221,7 +147,7 @@ def test_relocation_on_a_full_disk_changes_nothing_and_says_so(tmp_path):
     import shutil
 
     built = tmp_path / "a" / "store"
-    bulk(built, 20, kind="file")
+    bulk_store(built, 20, kind="file")
     moved = tmp_path / "b" / "a-much-longer-folder-name" / "store"
     moved.parent.mkdir(parents=True)
     shutil.move(built, moved)

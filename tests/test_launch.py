@@ -1,10 +1,12 @@
 """`make run`'s launcher (kerasflow/launch/) without an engine: the MLflow run exists from the moment the
 run is queued and is what `mlflow run --run-id` trains into; a run cancelled in line ends KILLED; a run
-whose launcher died is closed, a live one never. The real-engine flows: tests/test_engine_make_run.py."""
+whose launcher died is closed, a live one never; and the checks `make run` makes in the foreground before it
+detaches or builds. The real-engine flows: tests/test_engine_make_run.py."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,13 +16,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from helpers import ROOT
+from helpers import ROOT, assert_user_error, free_port
+from helpers.stand_ins import calls, script
 
-from kerasflow import runqueue
+from kerasflow import config, preflight, runqueue
 from kerasflow.launch import run
+from kerasflow.storeops import server
 from kerasflow.track import orphans
-
-pytestmark = pytest.mark.slow
 
 PROJECT = """name: pin
 entry_points:
@@ -36,6 +38,7 @@ def _request(root: Path, tmp_path: Path, **kw: object) -> run.Request:
     return run.Request(root=root, store=tmp_path / "store", logs=tmp_path / "logs", name="pinned", **kw)
 
 
+@pytest.mark.slow
 def test_mlflow_run_trains_into_the_run_made_when_it_was_queued(tmp_path, monkeypatch):
     """`mlflow run --run-id` is "internal" in MLflow's help: this pins that it logs into the given run,
     which keeps the tags and parameters `mlflow run` itself would have given it, and makes no other."""
@@ -63,6 +66,7 @@ def test_mlflow_run_trains_into_the_run_made_when_it_was_queued(tmp_path, monkey
     assert only.data.metrics == {"m": 3.0} and only.data.params == {"x": "3"}
 
 
+@pytest.mark.slow
 def test_a_run_cancelled_while_it_waits_ends_killed_and_make_queue_showed_its_id(tmp_path):
     """CPU_SLOTS=1 held by another command: `kerasflow run` waits in line with its MLflow run SCHEDULED
     (its place on the run, its id in `make queue`); `kerasflow cancel` ends it KILLED, status 143."""
@@ -115,6 +119,7 @@ def test_a_run_cancelled_while_it_waits_ends_killed_and_make_queue_showed_its_id
             waiter.kill()
 
 
+@pytest.mark.slow
 def test_a_run_whose_launcher_died_is_closed_and_a_live_one_in_a_container_is_not(tmp_path, monkeypatch):
     """SIGKILL to a launcher (or a reboot) left its run SCHEDULED for good; and a run training in make
     run's container, whose run folder is a path of that container, was closed as an orphan while alive."""
@@ -165,6 +170,7 @@ def _as_other(*cmd: str) -> list[str]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs a second UID (setpriv as root)")
+@pytest.mark.slow
 def test_an_image_lock_another_user_holds_for_ever_is_one_line_not_a_hang(shared, monkeypatch):
     """The shared /tmp/kerasflow-latest.lock: another user took it and never let go; every make run on the
     box waited for ever in `flock` (the bash driver), now one line names the holder after the limit."""
@@ -189,6 +195,7 @@ def test_an_image_lock_another_user_holds_for_ever_is_one_line_not_a_hang(shared
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs a second UID (setpriv as root)")
+@pytest.mark.slow
 def test_a_lock_path_in_a_run_tag_opens_only_a_plain_file_of_this_user(shared):
     """The launch-lock path comes from a run's tag: anyone who writes to a shared store can set it. Another
     user's file, a FIFO, a link or a device is never judged 'gone' (their run is not ours to close) and a
@@ -206,3 +213,109 @@ def test_a_lock_path_in_a_run_tag_opens_only_a_plain_file_of_this_user(shared):
         assert not orphans.launcher_gone(path), path
     assert time.monotonic() - t0 < 5
     assert orphans.launcher_gone(tmp_path / "mine.lock") and orphans.launcher_gone(tmp_path / "none.lock")
+
+
+# --- make run: the foreground checks (before it detaches or builds) -------------------------------
+
+
+def driver(sb: dict, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    venv_bin = Path(sys.executable).parent
+    return script(sb, "project_driver.bash", *args, KERASFLOW_PYTHON=str(venv_bin / "python"), PORT="1",
+                  **env)
+
+
+def test_a_detached_run_without_its_dataset_fails_in_the_foreground_before_building(sandbox):
+    """Before: `make run ARGS=--detach` with the default config and no data exited 0; the image was
+    built (8 GB) in tmux, and the missing dataset surfaced only in logs/NAME.log."""
+    result = driver(sandbox, "--detach", "--name", "nodata")
+    assert_user_error(result, "TFDS malaria is not in", "make data", "data_source=synthetic")
+    assert not calls(sandbox, "build") and not calls(sandbox, "run")
+    assert "started 'nodata' in tmux" not in result.stdout
+    # an image folder that is not there, and a /data path without DATA: named, with the fix
+    assert_user_error(driver(sandbox, "--detach", "-P", "data_source=image_dir", "-P", "image_dir=cells"),
+                      "is not a folder", "image_dir")
+    assert_user_error(driver(sandbox, "--detach", "-P", "tfds_data_dir=/data/tfds"), "DATA is not set")
+    # a wrong value is refused by the config, here too, not in the container
+    assert_user_error(driver(sandbox, "--detach", "-P", "epochs=many"), "epochs")
+
+
+@pytest.mark.slow
+def test_two_make_runs_started_in_one_second_get_two_names(sandbox):
+    """Before: both took ENTRY-TIME, so the second found the first's tmux session (or slot, log and
+    container name) and was refused. Now the automatic name is claimed by creating its log exclusively.
+    (A stand-in tmux records the sessions; the real detached flow runs in test_engine_make_run.)"""
+    tmux = sandbox["bin"] / "tmux"
+    tmux.unlink(missing_ok=True)
+    tmux.write_text('#!/bin/sh\n[ "$1" = new-session ] && echo "$4" >> "$FAKE_DOCKER_DIR/sessions"; '
+                    '[ "$1" != has-session ]\n')
+    tmux.chmod(0o755)
+    venv_bin = Path(sys.executable).parent
+    # GPU=off: one slot per run name, so the two are not refused by the one-run-per-GPU lock (which one
+    # of two same-second runs on one GPU gets the slot is a race; CI saw either)
+    env = {**sandbox["env"], "KERASFLOW_PYTHON": str(venv_bin / "python"), "KF_PREFLIGHT_DONE": "1",
+           "GPU": "off"}
+    procs = [subprocess.Popen([str(sandbox["repo"] / "project_driver.bash"), "--detach"], cwd=sandbox["repo"],
+                              env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    try:  # (each makes its MLflow run before it detaches: the store's server is started once, for both)
+        outs = [p.communicate(timeout=180) for p in procs]
+    finally:
+        server.stop(Path(env["STORE"]))
+    assert [p.returncode for p in procs] == [0, 0], outs
+    names = sorted(re.search(r"started '([^']+)'", out).group(1) for out, _ in outs)
+    assert names[0] != names[1], names  # main-TIME and main-TIME-2 (or two seconds' names)
+    sessions = (sandbox["state"] / "sessions").read_text().split()
+    assert len(set(sessions)) == 2
+    runs = sorted(p.stem for p in Path(sandbox["env"]["LOGS"]).glob("*.log") if p.stem != "mlflow-server")
+    assert runs == names
+
+
+def test_no_engine_or_no_gpu_runtime_fails_before_detaching(sandbox):
+    down = driver(sandbox, "--detach", "-P", "data_source=synthetic", FAKE_DOCKER_DAEMON="down")
+    assert_user_error(down, "the Docker daemon is not reachable", "systemctl start docker")
+    no_gpu = driver(sandbox, "--detach", "-P", "data_source=synthetic", GPU="on")
+    assert_user_error(no_gpu, "GPU=on but no NVIDIA container runtime", "nvidia-container-toolkit", "GPU=off")
+    assert not calls(sandbox, "build")
+
+
+def test_the_first_build_is_announced_with_its_time_and_size(sandbox, tmp_path, monkeypatch):
+    """The image does not exist: the user learns in the foreground that the run builds it, and how big."""
+    checks = preflight.image("kerasflow:abc-u1.1", present=False)
+    assert checks.status == preflight.NOTE and "8.1 GB" in checks.line and "minutes" in checks.line
+    # make run's checks, on a stand-in engine that has no image yet
+    for key, value in {**sandbox["env"], "GPU": "off"}.items():
+        monkeypatch.setenv(key, value)
+    notes: list[str] = []
+    request = run.Request(root=sandbox["repo"], store=tmp_path / "store", logs=tmp_path / "logs",
+                          port=free_port(), params=["data_source=synthetic"], err=notes.append)
+    run.check(request)
+    tag = f"kerasflow:{sandbox['sha']}-u{os.getuid()}.{os.getgid()}"
+    assert f"note: {tag} is not built yet: this run builds it first" in "\n".join(notes), notes
+    assert "8.1 GB" in "\n".join(notes) and not calls(sandbox, "build")
+
+
+def test_the_data_check_finds_a_prepared_tfds_folder_and_maps_data(tmp_path):
+    cfg = config.load(None, [])
+    assert preflight.data(cfg, "main", tmp_path, "").status == preflight.FAIL
+    (tmp_path / "data" / "tfds" / "malaria" / "1.0.0").mkdir(parents=True)
+    version = tmp_path / "data" / "tfds" / "malaria" / "1.0.0"
+    (version / "dataset_info.json").write_text("{}")
+    assert preflight.data(cfg, "main", tmp_path, "").status == preflight.FAIL  # the info file alone
+    (version / "malaria-train.tfrecord-00000-of-00001").write_bytes(b"")
+    assert preflight.data(cfg, "main", tmp_path, "").status == preflight.PASS
+    mounted = config.load(None, ["tfds_data_dir=/data/tfds"])
+    assert preflight.data(mounted, "main", tmp_path / "elsewhere", str(tmp_path / "data")).status == "pass"
+    assert preflight.data(cfg, "analyze", tmp_path / "nothing", "").status == preflight.PASS
+
+
+def test_the_drivers_help_is_whole():
+    """Before: `sed -n '2,16p'` stopped mid-sentence ("... MLflow-3 models logged")."""
+    out = subprocess.run([str(ROOT / "project_driver.bash"), "--help"], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0
+    text = out.stdout.strip()
+    assert "A stopped run (make cancel, Ctrl-C, a hangup) ends KILLED." in text  # the whole docstring
+    assert text.startswith("usage: kerasflow run ")
+    for word in ("-e ENTRY", "--experiment", "--name", "--detach", "-P key=value", "GPU=", "DATA=", "PORT"):
+        assert word in text, word
+    assert not any(line.startswith("#") or line.startswith("set -") for line in text.splitlines())

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, fake_ssh, free_port, require_tool
+from helpers import ROOT, free_port, require_tool
 
 from kerasflow import files
 from kerasflow.errors import UserError
@@ -203,53 +203,8 @@ def test_sigkill_at_random_moments_during_a_2000_run_relocation(tmp_path):
     assert [a.path for a in c.list_artifacts(runs[0].info.run_id)] == ["note.txt"]
 
 
-def _live_runs(db: Path) -> int:
-    """Runs of the writer's experiment so far (0 while it has not started or the database is busy)."""
-    try:
-        with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=1) as conn:
-            return conn.execute("SELECT count(*) FROM runs JOIN experiments USING (experiment_id) "
-                                "WHERE experiments.name = 'live'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
-def test_pull_a_store_that_is_being_written(tmp_path):
-    src = tmp_path / "server" / "store"
-    build("bulk", "sqlite", str(src), "20")
-    writer = subprocess.Popen([sys.executable, BUILDER, "write", str(src), "25"], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ssh = fake_ssh(tmp_path)
-    try:
-        # the writer imports MLflow first (seconds on a busy machine): pull once it is writing runs
-        deadline = time.monotonic() + 120
-        while _live_runs(src / "mlflow.db") == 0:
-            assert writer.poll() is None and time.monotonic() < deadline, writer.stderr.read()[-2000:]
-            time.sleep(0.2)
-        copies = []
-        for i in range(3):
-            dest = tmp_path / f"laptop{i}" / "store"
-            source = str(src) if i % 2 == 0 else f"me@server:{src}"
-            if i % 2:
-                require_tool("rsync")
-            result = subprocess.run([sys.executable, "-m", "kerasflow", "pull", "--ssh", str(ssh),
-                                     source,
-                                     str(dest)], capture_output=True, text=True, cwd=ROOT)
-            assert result.returncode == 0, result.stderr[-2000:]
-            copies.append(dest)
-            time.sleep(1)
-        assert writer.poll() is None, "the writer stopped before the pulls ended"
-    finally:
-        writer.wait(timeout=60)
-    assert json.loads(writer.stdout.read().strip().splitlines()[-1])["written"] > 10
-    counts = []
-    for dest in copies:
-        with sqlite3.connect(dest / "mlflow.db") as db:
-            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        c = client("sqlite", dest)
-        exp = c.get_experiment_by_name("live")
-        counts.append(len(c.search_runs([exp.experiment_id], max_results=50000)))
-        assert relocate.check(dest)[1] == []
-    assert counts == sorted(counts) and counts[-1] > counts[0]  # each copy a later consistent state
 
 
 def test_migrate_a_file_store_that_mlflow_itself_cannot_migrate(built, tmp_path):

@@ -159,8 +159,10 @@ def report_to_stderr() -> None:
     logger.propagate = False  # a root handler (a notebook's, MLflow's) would show each line twice
 
 
-def run(main: Callable[[], object]) -> int:
-    """Run `main`; a UserError becomes `error: <message>` on stderr and exit code 2, no traceback."""
+def guard(main: Callable[[], object]) -> int:
+    """Run `main` under the error contract: a UserError becomes `error: <message>` on stderr and exit code
+    2, no traceback. (Not named `run`: the `run` command's module, kerasflow.cli.run, would replace it as
+    the package's attribute once imported.)"""
     quiet_tensorflow()
     report_to_stderr()
     try:

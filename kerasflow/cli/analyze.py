@@ -28,4 +28,4 @@ def main(argv: list[str] | None = None) -> int:
         analyze.analyze(args.filter, store_dir=args.store, experiment=args.experiment,
                          positive=args.positive or None, max_runs=args.max_runs)
 
-    return cli.run(go)
+    return cli.guard(go)

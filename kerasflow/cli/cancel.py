@@ -31,4 +31,4 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(runqueue.cancel(args.name, timeout=args.timeout))
 
-    return cli.run(go)
+    return cli.guard(go)

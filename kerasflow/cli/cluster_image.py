@@ -38,4 +38,4 @@ def main(argv: list[str] | None = None) -> int:
         slurm.cluster_image(args.root.resolve(), args.runtime, folder.resolve() if folder else None,
                             say=print)
 
-    return cli.run(go)
+    return cli.guard(go)

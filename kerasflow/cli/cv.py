@@ -27,4 +27,4 @@ def main(argv: list[str] | None = None) -> int:
         cv.cross_validate(cfg, n_outer=args.n_outer or None, n_inner=args.n_inner or None,
                                 store_dir=args.store, experiment=args.experiment)
 
-    return cli.run(go)
+    return cli.guard(go)

@@ -1,4 +1,4 @@
-"""Download and prepare the TFDS dataset of the config (malaria) into tfds_data_dir, once.
+"""Download the configured data source where it needs it (TFDS malaria into tfds_data_dir), once.
 
     kerasflow data [--config ...] [--set tfds_data_dir=...]     (`make data`; internet)
 """
@@ -13,9 +13,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow.train import fetch
+        from kerasflow.train import sources
 
-        cfg = cli.load_config(args)
-        fetch.fetch_data(cfg.tfds_name, cfg.tfds_data_dir)
+        print(sources.fetch(cli.load_config(args)))
 
-    return cli.run(go)
+    return cli.guard(go)

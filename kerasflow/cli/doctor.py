@@ -1,4 +1,4 @@
-"""Check this box before a run: one table, each row PASS / WARN / FAIL with its fix (kerasflow/preflight.py).
+"""Check this box before a run: one table, each row PASS / WARN / FAIL with its fix (kerasflow/doctor.py).
 
     kerasflow doctor [--root .] [--port N] [--store store] [--logs logs] [--image TAG]     (`make doctor`)
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     status = {"code": 0}
 
     def go() -> None:
-        from kerasflow import preflight
+        from kerasflow import doctor
         from kerasflow.launch import image
         from kerasflow.storeops import server
 
@@ -51,16 +51,16 @@ def main(argv: list[str] | None = None) -> int:
             shared = os.environ.get("CLUSTER_IMAGES", "")
             uri = os.environ.get("MLFLOW_TRACKING_URI", "") or f"http://127.0.0.1:{port}"
             file = slurm.image_file(root, args.runtime, Path(shared).resolve() if shared else None)
-            checks = preflight.for_cluster(root=root, store=args.store.resolve(), runtime=args.runtime,
+            checks = doctor.for_cluster(root=root, store=args.store.resolve(), runtime=args.runtime,
                                            uri=uri, image_file=file)
-            text, status["code"] = preflight.doctor_table(checks)
+            text, status["code"] = doctor.table(checks)
             print(text)
             return
-        checks = preflight.for_doctor(root=root, image_tag=args.image or image.tag(root),
+        checks = doctor.for_box(root=root, image_tag=args.image or image.tag(root),
                                       uri=os.environ.get("MLFLOW_TRACKING_URI", ""), port=port,
                                       store=args.store.resolve(), logs=args.logs.resolve(),
                                       data_mount=os.environ.get("DATA", ""), notify_test=args.notify_test)
-        text, status["code"] = preflight.doctor_table(checks)
+        text, status["code"] = doctor.table(checks)
         print(text)
 
-    return cli.run(go) or status["code"]
+    return cli.guard(go) or status["code"]

@@ -23,14 +23,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give the lock (requirements.txt) or --link-only")
 
     def go() -> None:
-        from kerasflow import envinstall
+        from kerasflow import env
 
-        project = Path(envinstall.__file__).resolve().parent.parent
+        project = Path(env.__file__).resolve().parent.parent
         if not args.link_only:
             t0 = time.monotonic()
-            used = envinstall.install(sys.executable, args.lock)
+            used = env.install(sys.executable, args.lock)
             print(f"env: installed {args.lock} with {used} in {time.monotonic() - t0:.0f} s", file=sys.stderr)
-        envinstall.link_project(project)
+        env.link_project(project)
         print(f"env: kerasflow linked from {project}", file=sys.stderr)
 
-    return cli.run(go)
+    return cli.guard(go)

@@ -35,4 +35,4 @@ def main(argv: list[str] | None = None) -> int:
 
         print(image.ensure(args.root.resolve(), build, lambda text: print(text, file=sys.stderr)))
 
-    return cli.run(go)
+    return cli.guard(go)

@@ -33,4 +33,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'logged' if now else 'already logged:'} {args.run_dir} as MLflow run {run_id} "
               f"(experiment '{args.experiment}')")
 
-    return cli.run(go)
+    return cli.guard(go)

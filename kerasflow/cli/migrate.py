@@ -27,4 +27,4 @@ def main(argv: list[str] | None = None) -> int:
               f"{total - len(missing)}/{total} artifact locations exist")
         print(f"open it: kerasflow ui {db.parent}   (make ui STORE={db.parent})")
 
-    return cli.run(go)
+    return cli.guard(go)

@@ -102,4 +102,4 @@ def render() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = cli.parser(__doc__, config_flags=False)
     p.parse_args(argv)
-    return cli.run(lambda: sys.stdout.write(render()))
+    return cli.guard(lambda: sys.stdout.write(render()))

@@ -32,4 +32,4 @@ def main(argv: list[str] | None = None) -> int:
             return
         notify.run_ended(args.name, args.exit, str(args.log), urlauth.tracking_uri_from_env(), args.run_id)
 
-    return cli.run(go)
+    return cli.guard(go)

@@ -38,4 +38,4 @@ def main(argv: list[str] | None = None) -> int:
                                              strict=True):
             print(f"{path}\t{name}\t{probability:.4f}")
 
-    return cli.run(go)
+    return cli.guard(go)

@@ -27,4 +27,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['name']}@{r['alias']} -> version {r['version']} ({r['metric']}={r['value']:.4f}, "
               f"best of {r['candidates']}{was})")
 
-    return cli.run(go)
+    return cli.guard(go)

@@ -31,4 +31,4 @@ def main(argv: list[str] | None = None) -> int:
         report = pull.pull(args.source, args.dest, args.ssh, args.force)
         print(f"pulled {args.source} -> {args.dest}; {report.summary()}")
 
-    return cli.run(go)
+    return cli.guard(go)

@@ -59,4 +59,4 @@ def main(argv: list[str] | None = None) -> int:
                             since=since, full=args.full)
         print(f"push: {report.summary()} in {time.perf_counter() - t0:.1f} s")
 
-    return cli.run(go)
+    return cli.guard(go)

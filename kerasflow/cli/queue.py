@@ -47,6 +47,6 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(max(args.watch, 0.5))
 
     try:
-        return cli.run(go)
+        return cli.guard(go)
     except KeyboardInterrupt:
         return 0

@@ -73,4 +73,4 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os.execvp(command[0], command)  # noqa: S606 - the user's own argv
 
-    return cli.run(go)
+    return cli.guard(go)

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         report = relocate.relocate(args.store, args.old, args.to, args.dry_run)
         print(f"{report.summary()} in {time.perf_counter() - t0:.2f} s")
 
-    code = cli.run(go)
+    code = cli.guard(go)
     return 1 if code == 0 and broken else code
 
 

@@ -36,4 +36,4 @@ def main(argv: list[str] | None = None) -> int:
         if result is not None:
             print(result.line(args.run_id))
 
-    return cli.run(go)
+    return cli.guard(go)

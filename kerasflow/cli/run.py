@@ -40,7 +40,6 @@ import sys
 from pathlib import Path
 
 from kerasflow import cli
-from kerasflow.cli import run as run_command  # the function: once this module is imported, `cli.run` is it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,5 +84,5 @@ def main(argv: list[str] | None = None) -> int:
         return run.start(request)
 
     result: dict[str, int] = {}
-    code = run_command(lambda: result.setdefault("code", go()))
+    code = cli.guard(lambda: result.setdefault("code", go()))
     return code or result.get("code", 0)

@@ -71,4 +71,4 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os.execvp("docker", [*args, *argv])  # noqa: S606 - an argv list, no shell
 
-    return cli.run(go)
+    return cli.guard(go)

@@ -33,4 +33,4 @@ def main(argv: list[str] | None = None) -> int:
             if args.plot:
                 print(f"curves: {runs.plot_curves(c, found, args.plot)}", file=sys.stderr)
 
-    return cli.run(go)
+    return cli.guard(go)

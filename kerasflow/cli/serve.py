@@ -26,4 +26,4 @@ def main(argv: list[str] | None = None) -> int:
 
         code = serving.serve(args.model, args.port, args.store, args.any_flavor)
 
-    return cli.run(go) or code
+    return cli.guard(go) or code

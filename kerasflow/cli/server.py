@@ -50,4 +50,4 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         cli.exec_server(cmd, env)
 
-    return cli.run(go)
+    return cli.guard(go)

@@ -29,4 +29,4 @@ def main(argv: list[str] | None = None) -> int:
             print(f"server-stop: stopped the server of {args.store} on 127.0.0.1:{found.port} "
                   f"(pid {found.pid})")
 
-    return cli.run(go)
+    return cli.guard(go)

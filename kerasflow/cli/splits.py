@@ -22,10 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow.train import data, splits
+        from kerasflow.train import sources, splits
 
         cfg = cli.load_config(args)
-        data.check_available(cfg)
+        sources.check(cfg)
         splits.make_file(cfg, args.out)
 
-    return cli.run(go)
+    return cli.guard(go)

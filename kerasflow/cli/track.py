@@ -35,4 +35,4 @@ def main(argv: list[str] | None = None) -> int:
                                register=args.register, alias=args.alias,
                                system_metrics=args.system_metrics)
 
-    return cli.run(go)
+    return cli.guard(go)

@@ -23,4 +23,4 @@ def main(argv: list[str] | None = None) -> int:
 
         training.train(cli.load_config(args))
 
-    return cli.run(go)
+    return cli.guard(go)

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                     store_dir=args.store, experiment=args.experiment,
                     register=args.register, alias=args.alias, grace=args.grace, role=args.role)
 
-    return cli.run(go) or status["code"]
+    return cli.guard(go) or status["code"]
 
 
 def on_slurm(args: argparse.Namespace, cfg: Config) -> int:

@@ -29,4 +29,4 @@ def main(argv: list[str] | None = None) -> int:
         with store.activated(run_args["uri"]), data.reusing_loaded_examples():
             workers.run_worker(cfg, worker=args.worker, **run_args)
 
-    return cli.run(go)
+    return cli.guard(go)

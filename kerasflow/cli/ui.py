@@ -38,4 +38,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MLflow UI: {cli.ssh_hint(port)}", file=sys.stderr)
         cli.exec_server(cmd, env)
 
-    return cli.run(go)
+    return cli.guard(go)

@@ -24,4 +24,4 @@ def main(argv: list[str] | None = None) -> int:
                 print(" ".join(part for part in (f"v{v['version']}", f"run {v['run_id']}", aliases, shown)
                                if part))
 
-    return cli.run(go)
+    return cli.guard(go)

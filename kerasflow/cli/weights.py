@@ -13,8 +13,8 @@ def main(argv: list[str] | None = None) -> int:
     p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow.train import fetch
+        from kerasflow.train import weights
 
-        fetch.fetch_weights()
+        weights.fetch()
 
-    return cli.run(go)
+    return cli.guard(go)

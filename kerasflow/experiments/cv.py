@@ -25,7 +25,7 @@ from kerasflow.config import Config
 from kerasflow.errors import UserError
 from kerasflow.files import create_new
 from kerasflow.track import store, tracking
-from kerasflow.train import data, rundir
+from kerasflow.train import data, rundir, sources
 from kerasflow.train.splits import check_counts, make_file, read
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def cross_validate(cfg: Config, *, n_outer: int | None = None, n_inner: int | No
     if not cfg.splits_file:  # as `make cv` does: the folds of this data, written once and reused
         path = Path(cfg.output_dir) / "splits.json"
         if not path.is_file():
-            data.check_available(cfg)
+            sources.check(cfg)
             make_file(cfg, path)
         cfg = cfg.replace(splits_file=str(path))
     splits = read(cfg.splits_file)

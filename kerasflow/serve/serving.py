@@ -27,7 +27,7 @@ from kerasflow import ports
 from kerasflow.errors import UserError
 from kerasflow.track import registry, store, tracking
 from kerasflow.train.evaluation import class_probabilities, predicted_classes
-from kerasflow.train.sources import resize_uint8
+from kerasflow.train.examples import resize_uint8
 
 log = logging.getLogger(__name__)
 

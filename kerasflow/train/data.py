@@ -1,57 +1,30 @@
-"""Data sources behind one interface, decoded and resized once, then served by a fast tf.data pipeline.
+"""The configured data, decoded and resized once, split, then served by a fast tf.data pipeline.
 
-Every source yields the same `Examples`: uint8 images of one size, int labels, class names, and a digest
-that identifies the data for lineage. Decoding happens once per run (or once ever, through the cache
-file for data over the RAM budget); epochs then only gather batches from memory, which is what keeps a
-GPU fed (see BENCHMARKS.md). Shuffling is a stateless permutation keyed by (seed, epoch), so an epoch's
-order does not depend on how many epochs this process has already run: a resumed run sees the same
-batches as an uninterrupted one.
+Every source (kerasflow/train/sources/, one module each) yields the same `Examples`: uint8 images of
+one size, int labels, class names, and a digest that identifies the data for lineage. Decoding happens
+once per run (or once ever, through the cache file for data over the RAM budget); epochs then only
+gather batches from memory, which is what keeps a GPU fed (see BENCHMARKS.md). Shuffling is a stateless
+permutation keyed by (seed, epoch), so an epoch's order does not depend on how many epochs this process
+has already run: a resumed run sees the same batches as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kerasflow.config import Config
 from kerasflow.errors import UserError
+from kerasflow.train import sources
 from kerasflow.train.examples import Examples, Splits
-from kerasflow.train.sources import (
-    SYNTHETIC_CLASSES,
-    check_available,
-    list_image_tree,
-    load_image_dir,
-    load_synthetic,
-    load_tfds,
-)
-
-# Lazy imports: tensorflow_datasets, inside the functions that use them (seconds to load).
-
-
-def class_names(cfg: Config) -> list[str]:
-    """The class names of the configured source, without loading any image."""
-    if cfg.data_source == "tfds":
-        import tensorflow_datasets as tfds
-
-        check_available(cfg)
-        return list(tfds.builder(cfg.tfds_name, data_dir=cfg.tfds_data_dir).info.features["label"].names)
-    if cfg.data_source == "image_dir":
-        return list_image_tree(Path(cfg.image_dir))[0]
-    return list(SYNTHETIC_CLASSES)
-
-_DATA_KEYS = ("data_source", "tfds_name", "tfds_data_dir", "image_dir", "synthetic_examples", "image_size",
-              "seed", "cache_ram_mb", "cache_dir")
 
 _reuse: dict[str, Any] = {"on": False, "key": None, "examples": None}
 
 
 @contextmanager
-
-
 def reusing_loaded_examples() -> Iterator[None]:
     """Within the block, the last loaded examples serve the next run with the same data keys (cv folds
     and search trials decode the data once); after it nothing is kept (the memory is freed)."""
@@ -64,11 +37,10 @@ def reusing_loaded_examples() -> Iterator[None]:
 
 def load_examples(cfg: Config) -> Examples:
     """Load every example of the configured source, decoded and resized to image_size."""
-    key = tuple(getattr(cfg, k) for k in _DATA_KEYS)
+    key = sources.data_key(cfg)
     if _reuse["on"] and _reuse["key"] == key:
         return _reuse["examples"]
-    loaders = {"tfds": load_tfds, "image_dir": load_image_dir, "synthetic": load_synthetic}
-    examples = loaders[cfg.data_source](cfg)
+    examples = sources.load(cfg)
     if _reuse["on"]:
         _reuse.update(key=key, examples=examples)
     return examples

@@ -27,7 +27,7 @@ import numpy as np
 from kerasflow.config import Config
 from kerasflow.errors import UserError
 from kerasflow.files import atomic_write
-from kerasflow.train import data
+from kerasflow.train import data, sources
 from kerasflow.train.examples import Examples, Splits
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,8 @@ def make(cfg: Config, examples: Examples) -> dict[str, Any]:
     """The splits of `examples`: n_outer_folds outer folds, each with n_inner_folds train/dev folds."""
     names = list(examples.names)
     labels = np.asarray(examples.labels, np.int64)
-    groups, unmatched = groups_of(names, cfg.group_pattern) if cfg.data_source == "image_dir" else (None, 0)
+    grouped = sources.get(cfg.data_source).grouped  # file names carry the patient
+    groups, unmatched = groups_of(names, cfg.group_pattern) if grouped else (None, 0)
     if unmatched:
         log.warning(f"{unmatched} of {len(names)} file names do not match group_pattern "
                     f"{cfg.group_pattern!r}; each is its own group")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kerasflow.config import Config
-from kerasflow.train import data, envinfo, evaluation, models, pipeline, plots, rundir, speed
+from kerasflow.train import data, envinfo, evaluation, models, pipeline, plots, rundir, sources, speed
 from kerasflow.train import splits as splits_file
 from kerasflow.train.examples import Examples, Splits
 
@@ -115,12 +115,12 @@ def prepare(cfg: Config) -> Prepared:
 
 
 def _prepare(cfg: Config, run_dir: Path) -> Prepared:
-    data.check_available(cfg)
+    sources.check(cfg)
     log.info(describe_devices())
     seed_everything(cfg)
     placement = speed.setup(cfg)
     with placement.scope():  # the variables live on every replica
-        model = models.build(cfg, len(data.class_names(cfg)))  # before the slow load: weights fail fast
+        model = models.build(cfg, len(sources.class_names(cfg)))  # before the slow load: weights fail fast
     t0 = time.perf_counter()
     examples = data.load_examples(cfg)
     splits_file_digest = ""

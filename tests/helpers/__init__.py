@@ -103,6 +103,12 @@ def wait_http(url: str, timeout: float = 600, proc: subprocess.Popen | None = No
     raise AssertionError(f"{url} did not answer within {timeout} s")
 
 
+def bulk_store(path: Path, n: int, kind: str = "sqlite") -> None:
+    """A store of `n` runs made by real MLflow (tests/helpers/store_builder.py), sqlite or a file store."""
+    out = py(str(ROOT / "tests" / "helpers" / "store_builder.py"), "bulk", kind, str(path), str(n))
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 def fake_ssh(folder: Path) -> Path:
     """An ssh stand-in that drops the options and the host and runs the command here (rsync -e too)."""
     path = folder / "ssh"
@@ -128,12 +134,12 @@ def write_png_tree(root: Path, counts: dict[str, int], size: int = 40, seed: int
     """An NIH-style image tree of real PNG files drawn by the synthetic generator."""
     from PIL import Image
 
-    from kerasflow.train.sources import draw_synthetic
+    from kerasflow.train.sources.synthetic import draw
 
     for c, (name, n) in enumerate(counts.items()):
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
-        images, _ = draw_synthetic(n, size, seed + c)
+        images, _ = draw(n, size, seed + c)
         for i, image in enumerate(images):
             Image.fromarray(image).save(folder / f"C{c}P{i % 5}ThinF_IMG_{i:04d}_cell_{i}.png")
     return root

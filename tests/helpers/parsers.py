@@ -15,16 +15,8 @@ class _Parser(BaseException):
 
 
 def parser_of(name: str) -> argparse.ArgumentParser:
-    """The real parser of `kerasflow NAME` (argparse's parse_args intercepted: nothing runs). Importing
-    the submodule `kerasflow.cli.run` binds the package's `run` to it, hiding the error-contract function
-    `cli.run` that every other command calls (each command is its own process, so only tests meet it):
-    the package's attribute is put back."""
-    import kerasflow.cli as package
-
-    contract = package.run
+    """The real parser of `kerasflow NAME` (argparse's parse_args intercepted: nothing runs)."""
     module = importlib.import_module(f"kerasflow.cli.{name.replace('-', '_')}")
-    if callable(contract) and not callable(package.run):
-        package.run = contract
     found: list[argparse.ArgumentParser] = []
 
     def grab(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import venv
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, assert_user_error, free_port
 
-from kerasflow import envinstall
+from kerasflow import env
 
 
 def test_every_pip_setting_that_matters_reaches_uv():
@@ -26,7 +27,7 @@ def test_every_pip_setting_that_matters_reaches_uv():
         "trusted-host": "mirror.example",
         "disable-pip-version-check": "1",
     }
-    args, env = envinstall.uv_command("uv", "/v/bin/python", "requirements.txt", settings)
+    args, variables = env.uv_command("uv", "/v/bin/python", "requirements.txt", settings)
     pairs = list(itertools.pairwise(args))
     assert ("--index-url", "https://mirror.example/simple") in pairs
     assert ("--extra-index-url", "file:///opt/a/simple") in pairs and (
@@ -36,10 +37,10 @@ def test_every_pip_setting_that_matters_reaches_uv():
     assert ("--find-links", "/opt/wheels") in pairs and ("--constraint", "/etc/pip/constraints.txt") in pairs
     assert ("--allow-insecure-host", "mirror.example") in pairs
     assert ("--index-strategy", "unsafe-best-match") in pairs  # pip's choice over all indexes
-    assert env["SSL_CERT_FILE"] == "/etc/ssl/mine.pem" and env["UV_HTTP_TIMEOUT"] == "180"
-    assert env["UV_PYTHON_DOWNLOADS"] == "never"
+    assert variables["SSL_CERT_FILE"] == "/etc/ssl/mine.pem" and variables["UV_HTTP_TIMEOUT"] == "180"
+    assert variables["UV_PYTHON_DOWNLOADS"] == "never"
     with pytest.raises(ValueError, match="'no-binary' has no uv equivalent"):
-        envinstall.uv_command("uv", "/v/bin/python", "requirements.txt", {"no-binary": ":all:"})
+        env.uv_command("uv", "/v/bin/python", "requirements.txt", {"no-binary": ":all:"})
 
 
 def test_settings_are_read_back_from_pip_with_the_environment_last(tmp_path):
@@ -50,7 +51,7 @@ def test_settings_are_read_back_from_pip_with_the_environment_last(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys; from kerasflow import envinstall; print(envinstall.pip_settings(sys.executable))",
+            "import sys; from kerasflow import env; print(env.pip_settings(sys.executable))",
         ],
         capture_output=True,
         text=True,
@@ -115,7 +116,7 @@ def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorf
     """`make run` and `make ui` on a GPU server need MLflow, not Python 3.11 and the TF lock."""
     import glob
 
-    from helpers import assert_user_error, free_port, require_tool, wait_http
+    from helpers import assert_user_error, require_tool, wait_http
 
     found = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3")))
     python310 = require_tool("python3.10", bool(found)) and found[-1]
@@ -167,3 +168,48 @@ def test_the_light_host_env_on_python_310_runs_the_stores_server_without_tensorf
                           text=True)
     expected = f"{venv_dir}/bin/python -m kerasflow run --foreground"
     assert plan.stdout.strip().splitlines() == [expected], plan.stdout  # (under `make test` too)
+
+
+# --- which environment runs -----------------------------------------------------------------------
+
+
+def test_inside_the_image_its_env_wins_over_a_host_venv_in_the_checkout(tmp_path):
+    """A user who ran `make demo` on the host has .venv in the checkout; in the container its python is
+    the host's (absent there). Before, the Makefile preferred that .venv over the image's /opt/venv."""
+    marker = tmp_path / "marker"
+    marker.write_text("")
+    assert (ROOT / ".venv" / "bin" / "python").exists()  # the host .venv of this checkout
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "demo", f"IMAGE_MARKER={marker}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("/opt/venv/bin/python -m kerasflow train --preset demo"), dry.stdout
+    ui = subprocess.run(["make", "-n", "--no-print-directory", "ui", f"IMAGE_MARKER={marker}"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=60)
+    assert 'KERASFLOW_PYTHON="/opt/venv/bin/python"' in ui.stdout, ui.stdout
+
+
+def test_the_light_env_lists_every_library_the_store_commands_import():
+    """relocate/pull/ui show tqdm progress on stores of 2,000+ files; the light lock lacked it."""
+    def pins(name: str) -> dict[str, str]:
+        lines = (ROOT / name).read_text().splitlines()
+        return {line.split("==")[0].lower(): line for line in lines if "==" in line and line[0] != "#"}
+
+    host, full = pins("requirements-host.txt"), pins("requirements.txt")
+    assert "tqdm" in host
+    assert host["tqdm"] == full["tqdm"]  # the same version in both locks
+    # and the light targets use the light env when there is no full one
+    for target in ("pull", "relocate", "migrate", "ui", "run", "server"):
+        dry = subprocess.run(["make", "-n", "--no-print-directory", target, "VENV=/nonexistent", "FROM=x",
+                              "HOST_VENV=.venv"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert ".venv/bin/" in dry.stdout and "/nonexistent" not in dry.stdout, (target, dry.stdout)
+
+
+def test_run_mlflow_ui_without_any_env_names_make_ui(tmp_path):
+    copy = tmp_path / "run_mlflow_ui.bash"  # a checkout with no environment at all
+    shutil.copy2(ROOT / "run_mlflow_ui.bash", copy)
+    (tmp_path / "docker").mkdir()
+    shutil.copy2(ROOT / "docker" / "lib.bash", tmp_path / "docker" / "lib.bash")
+    result = subprocess.run([str(copy)], capture_output=True, text=True, timeout=30,
+                            env={"PATH": os.environ["PATH"]})
+    assert_user_error(result, "run `make ui`", "light one")
+    assert "GPU server" not in result.stderr
