@@ -225,7 +225,7 @@ test: $(STAMP) ## the suite CI runs: real Docker engine, image, journeys (offlin
 test-all: $(STAMP) ## make test + heavy tests (stress, speed options, 2000 generated inputs)
 	KERASFLOW_GENERATED_EXAMPLES=2000 $(PY) -m pytest $(XDIST) -m "not gpu_image" $(ARGS)
 
-test-fast: $(STAMP) ## the quick loop: no engine, no image, no browser, nothing slow (~2 min)
+test-fast: $(STAMP) ## the quick loop: no engine, no image, no browser, nothing slow (~4 min)
 	$(PY) -m pytest $(XDIST) -m "not slow and not engine and not gpu_image" $(ARGS)
 
 test-gpu-image: $(STAMP) ## build the GPU variant (8 GB) and check its CUDA libraries

@@ -277,6 +277,21 @@ def test_the_checker_catches_each_kind_of_drift(line, tmp_path):
         globals()["DOCS"] = saved
 
 
+def test_the_contributors_file_tree_names_every_module_and_only_real_files():
+    """architecture.md's tree had gone stale (shell_line.py and metayaml.py missing): every module of the
+    package (the commands aside: cli/ is one module per command) is named in it, and each name exists."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    tree = doc.split("## What is where", 1)[1].split("```", 2)[1]
+    package = ROOT / "kerasflow"
+    modules = {p.name for p in package.rglob("*.py")
+               if p.name != "__init__.py" and "cli" not in p.relative_to(package).parts[:1]}
+    named = set(re.findall(r"\b([a-z_]+\.py)\b", tree))
+    assert not modules - named, f"architecture.md's tree does not name {sorted(modules - named)}"
+    folders = [ROOT / name for name in ("kerasflow", "tests", "docs", "bench")]
+    real = {p.name for folder in folders for p in folder.rglob("*.py")} | {p.name for p in ROOT.glob("*.py")}
+    assert not named - real, f"architecture.md's tree names files that do not exist: {sorted(named - real)}"
+
+
 def test_the_readme_lists_every_target_in_make_help_s_groups_and_commands_md_every_command():
     """The README's target list is `make help`'s (`versions` and `log-run` were missing from it), and
     docs/commands.md shows each command's make target."""
