@@ -133,7 +133,7 @@ def make_template(base: Path) -> Path:
     """A checkout as a user has it: config, a store with a finished run and a registered model with an
     alias, a run folder, a queue folder; copied for each example."""
     from helpers import ROOT
-    from test_merge import _client, _experiment, _log_model, _run
+    from test_push import _client, _experiment, _log_model, _run
 
     base.mkdir()
     shutil.copy(ROOT / "config.yaml", base / "config.yaml")

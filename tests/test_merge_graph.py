@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import assert_user_error
-from test_merge import _client, _experiment, _log_model, _run
+from test_push import _client, _experiment, _log_model, _run
 
 from kerasflow.track import orphans
 

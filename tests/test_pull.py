@@ -1,6 +1,6 @@
 """`make pull` (kerasflow/storeops/pull.py): a consistent snapshot of a store (local or over SSH) that never
 replaces another store, copies only a store, completes after an interruption and can be taken while the
-store is written. A re-pull merges: tests/test_merge.py; the laptop quickstart:
+store is written. A re-pull merges: tests/test_push.py; the laptop quickstart:
 tests/test_engine_journeys.py."""
 
 from __future__ import annotations

@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        from kerasflow.storeops import merge
+        from kerasflow.storeops import push
 
         t0 = time.perf_counter()
         since = since_ms(args.since) if args.since else None
-        report = merge.push(args.store, args.to, experiments=args.experiment, filter_string=args.filter,
+        report = push.push(args.store, args.to, experiments=args.experiment, filter_string=args.filter,
                             since=since, full=args.full)
         print(f"push: {report.summary()} in {time.perf_counter() - t0:.1f} s")
 

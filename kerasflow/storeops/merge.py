@@ -1,4 +1,5 @@
-"""Merge the runs of one store into another (`kerasflow push`): copy what is new, update what grew.
+"""Merge the runs of one store into another (`make push`, storeops/push.py; and a re-pull, storeops/pull.py,
+that keeps what was done here): copy what is new, update what grew.
 
 A store moved only whole before (`make pull` snapshots a server's database); runs made on a laptop or
 on a GPU box without a server could not join a team server. Here each source run is copied into the
@@ -39,16 +40,13 @@ MLflow's client API instead.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kerasflow import urlauth
 from kerasflow.errors import UserError
 from kerasflow.track import filters, orphans, store
 
@@ -98,61 +96,6 @@ class Report:
         return (f"{self.created} runs copied, {self.updated} updated, {self.unchanged} unchanged "
                 f"({self.metrics} metric values, {self.files} artifact files), {self.models} models, "
                 f"{self.versions} model versions{made}{kept}{gone}{skipped}")
-
-
-def destination_uri(dest: str) -> str:
-    """A store folder -> its sqlite URI; a server URL as given, its user:password moved to MLflow's
-    credential variables (never shown)."""
-    if dest.startswith(("http://", "https://")):
-        clean, user, password = urlauth.split_credentials(dest)
-        if user is not None:
-            os.environ["MLFLOW_TRACKING_USERNAME"] = user
-        if password is not None:
-            os.environ["MLFLOW_TRACKING_PASSWORD"] = password
-        return clean
-    if "://" in dest:  # a database URL (a team server's PostgreSQL)
-        return dest
-    return store.sqlite_uri(Path(dest) / store.DB_FILE)
-
-
-def push(source: str, dest: str, *, experiments: list[str] | None = None, filter_string: str = "",  # noqa: PLR0913
-         since: int | None = None, full: bool = False) -> Report:
-    """Merge the runs of store `source` (a folder, or MLFLOW_TRACKING_URI) into `dest`; `since` (epoch
-    ms) keeps the runs started then or later."""
-    import mlflow
-
-    if since is not None:
-        started = f"attributes.start_time >= {since}"
-        filter_string = f"{started} and {filter_string}" if filter_string.strip() else started
-
-    with store.open_store(source, create=False, write=False) as src_uri:
-        dst_uri = destination_uri(dest)
-        if dst_uri == src_uri:
-            raise UserError(f"the destination {urlauth.redact(dest)} is the source store: give another "
-                            "with TO=/--to")
-        store.check_backend(dst_uri, choose="--to DEST (TO= for make push)")
-        store.init_sqlite(dst_uri)
-        src = mlflow.MlflowClient(tracking_uri=src_uri)
-        dst = mlflow.MlflowClient(tracking_uri=dst_uri)
-        # artifact repositories resolve through the active store; MLflow's client would print two
-        # "View run" lines (and fetch the run again) for each copy it ends on a server
-        with store.activated(dst_uri), _env("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"):
-            return merge(src, dst, dst_uri, experiments=experiments, filter_string=filter_string,
-                         label=urlauth.redact(src_uri), src_uri=src_uri, full=full)
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
-    """`name`=`value` in os.environ for a block (MLflow reads some settings only from there)."""
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 def merge(src: mlflow.MlflowClient, dst: mlflow.MlflowClient, dst_uri: str, *,  # noqa: PLR0913
