@@ -280,3 +280,19 @@ def test_make_data_without_a_full_env_downloads_inside_the_image(sandbox):
     run = calls(sb, "run")[-1]
     assert run[-3:] == ["make", "data", "ARGS="], run
     assert "--volume" in run and f"{sb['repo']}:/workspace" in run  # data/tfds lands in the checkout
+
+
+def test_make_data_downloads_only_what_the_configured_source_needs(tmp_path):
+    """`make data` downloaded TFDS malaria whatever data_source said (a user of an image folder waited for
+    a download they did not need, and without internet got its error)."""
+    import subprocess
+
+    from helpers import PY, ROOT
+
+    for source in ("synthetic", "image_dir"):
+        done = subprocess.run([PY, "-m", "kerasflow", "data", "--set", f"data_source={source}",
+                               "--set", f"tfds_data_dir={tmp_path / 'tfds'}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == f"data_source={source} needs no download"
+    assert not (tmp_path / "tfds").exists()

@@ -1,4 +1,5 @@
-"""Download the configured data source where it needs it (TFDS malaria into tfds_data_dir), once.
+"""Download the configured data source where it needs it (TFDS malaria into tfds_data_dir), once; a
+source read from disk or drawn needs nothing.
 
     kerasflow data [--config ...] [--set tfds_data_dir=...]     (`make data`; internet)
 """

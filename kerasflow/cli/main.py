@@ -14,7 +14,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "train": "train a model from config.yaml, no MLflow (train.py)",
     "track": "train inside one MLflow run (train_mlflow.py; MLproject main)",
-    "data": "download TFDS malaria into tfds_data_dir (internet)",
+    "data": "download the configured data source (TFDS malaria into tfds_data_dir; internet)",
     "weights": "cache the VGG16 ImageNet weights in ~/.keras/models (internet)",
     "server": "MLflow server over a store on 127.0.0.1 (--auth, --db postgresql://...)",
     "server-stop": "stop this store's MLflow server (the one make run, make server or make ui left)",
