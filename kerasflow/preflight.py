@@ -137,7 +137,7 @@ def data(cfg: config.Config, entry: str, root: Path, data_mount: str) -> Check:
     if host is None:
         return Check("data", FAIL, f"{source.folder_key}={fix}")
     try:
-        return Check("data", PASS, source.look(cfg, host))
+        return Check("data", PASS, sources.look(cfg, host))
     except UserError as exc:
         return Check("data", FAIL, str(exc))
 

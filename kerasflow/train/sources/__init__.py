@@ -78,6 +78,8 @@ def get(name: str) -> Source:
     unknown = [k for k in (*source.keys, *(k for k in [source.folder_key] if k)) if k not in known]
     if unknown:
         raise TypeError(f"data source {name} declares keys the config does not have: {unknown}")
+    if source.folder_key and source.folder_key not in source.keys:
+        raise TypeError(f"data source {name}: its folder_key {source.folder_key} is not one of its keys")
     return source
 
 
@@ -109,6 +111,14 @@ def check(cfg: Config) -> None:
     """Fail in milliseconds when the configured data cannot be had (before a run or a model exists)."""
     source, view = _view(cfg)
     source.check(view)
+
+
+def look(cfg: Config, host: Path) -> str:
+    """What the source finds in its folder on the host (doctor's PASS line), or UserError with the fix."""
+    source, view = _view(cfg)
+    if source.look is None:
+        return f"data_source={cfg.data_source} reads no folder"
+    return source.look(view, host)
 
 
 def fetch(cfg: Config) -> str:
