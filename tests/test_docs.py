@@ -347,3 +347,29 @@ def test_the_readme_quickstarts_parse_into_the_journeys_ci_runs():
     broken = "<!-- journey: x -->\n<!-- ci: make gone => skip -->\n```bash\nmake demo\n```\n"
     with pytest.raises(ValueError, match="make gone"):
         readme_journeys.journeys(broken)
+
+
+def test_every_kerasflow_import_in_the_notebook_resolves():
+    """A rename (`sources.draw_synthetic` -> `sources.synthetic.draw`) broke the notebook, and only the
+    devcontainer journey, 20 minutes into CI, ran it: each of its kerasflow imports is checked here."""
+    import ast
+    import importlib
+    import json
+
+    notebook = json.loads((ROOT / "notebooks" / "explore.ipynb").read_text())
+    code = "\n".join(line for cell in notebook["cells"] if cell["cell_type"] == "code"
+                     for line in "".join(cell["source"]).splitlines() if not line.startswith(("%", "!")))
+    checked = 0
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kerasflow"):
+            module = importlib.import_module(node.module)
+            missing = [a.name for a in node.names if not hasattr(module, a.name)
+                       and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
+            assert not missing, f"notebooks/explore.ipynb imports {missing} from {node.module}: not there"
+            checked += 1
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("kerasflow"):
+                    importlib.import_module(alias.name)
+                    checked += 1
+    assert checked >= 2
