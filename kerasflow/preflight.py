@@ -130,7 +130,7 @@ def host_path(path: str, root: Path, data_mount: str) -> tuple[Path | None, str]
 def data(cfg: config.Config, entry: str, root: Path, data_mount: str) -> Check:
     """The folder the data source reads is where the container will look for it, with data in it."""
     source = sources.get(cfg.data_source)
-    if entry not in NEEDS_DATA or source.folder_key is None or source.look is None:
+    if entry not in NEEDS_DATA or source.folder_key is None:
         return Check("data", PASS, f"data_source={cfg.data_source}: nothing to download")
     path = getattr(cfg, source.folder_key)
     host, fix = host_path(path, root, data_mount)

@@ -80,6 +80,8 @@ def get(name: str) -> Source:
         raise TypeError(f"data source {name} declares keys the config does not have: {unknown}")
     if source.folder_key and source.folder_key not in source.keys:
         raise TypeError(f"data source {name}: its folder_key {source.folder_key} is not one of its keys")
+    if (source.folder_key is None) != (source.look is None):
+        raise TypeError(f"data source {name}: folder_key and look go together (doctor checks the folder)")
     return source
 
 
@@ -116,8 +118,8 @@ def check(cfg: Config) -> None:
 def look(cfg: Config, host: Path) -> str:
     """What the source finds in its folder on the host (doctor's PASS line), or UserError with the fix."""
     source, view = _view(cfg)
-    if source.look is None:
-        return f"data_source={cfg.data_source} reads no folder"
+    if source.look is None:  # a source without a folder: get() pairs folder_key and look
+        raise TypeError(f"data source {cfg.data_source} reads no folder")
     return source.look(view, host)
 
 
